@@ -197,7 +197,10 @@ mod tests {
     #[test]
     fn url_encoding_round_trips_and_keeps_unreserved() {
         assert_eq!(url_encode("aZ09-._~"), "aZ09-._~");
-        assert_eq!(url_encode("a b/c%2F+#?&;="), "a%20b%2Fc%252F%2B%23%3F%26%3B%3D");
+        assert_eq!(
+            url_encode("a b/c%2F+#?&;="),
+            "a%20b%2Fc%252F%2B%23%3F%26%3B%3D"
+        );
         assert_eq!(url_encode("é"), "%C3%A9");
         for name in ["a b", "100%2F", "é/ü", "+#?&;=", " x "] {
             assert_eq!(url_decode(&url_encode(name)).as_deref(), Some(name));
@@ -215,6 +218,7 @@ mod tests {
         for i in 0..1000 {
             seen.insert(fanout_prefix(&format!("file-{i}")));
         }
-        assert!(seen.len() > 990, "only {} distinct prefixes", seen.len());
+        // 1,000 names in 65,536 buckets collide about 7.6 times on average.
+        assert!(seen.len() >= 980, "only {} distinct prefixes", seen.len());
     }
 }

@@ -239,7 +239,10 @@ mod tests {
         let mut buf = Vec::new();
         encode(&samples()[1], &mut buf).unwrap();
         for cut in 0..buf.len() {
-            assert!(decode::<ToWorker>(&buf[..cut]).unwrap().is_none(), "cut {cut}");
+            assert!(
+                decode::<ToWorker>(&buf[..cut]).unwrap().is_none(),
+                "cut {cut}"
+            );
         }
     }
 
@@ -256,7 +259,10 @@ mod tests {
     fn garbage_payload_is_an_error_not_a_panic() {
         let mut buf = 3u32.to_le_bytes().to_vec();
         buf.extend_from_slice(&[0xff, 0xff, 0xff]);
-        assert!(matches!(decode::<ToWorker>(&buf), Err(FrameError::Decode(_))));
+        assert!(matches!(
+            decode::<ToWorker>(&buf),
+            Err(FrameError::Decode(_))
+        ));
     }
 
     #[tokio::test]
