@@ -51,10 +51,22 @@ pub enum ToCoordinator {
         bytes: u64,
         failures: Vec<Failure>,
     },
-    /// The worker cannot go on (for example its sink cannot be opened) and
-    /// is about to exit. The coordinator treats this like a crash, and logs
-    /// the reason.
-    Fatal { reason: String },
+    /// The worker cannot go on and is about to exit. With
+    /// [`FatalKind::Crash`] the coordinator treats it like a crash (restart,
+    /// back off); with [`FatalKind::NoSpace`] it stops the whole run cleanly,
+    /// because every shard writes to the same full file system.
+    Fatal { kind: FatalKind, reason: String },
+}
+
+/// Why a worker gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FatalKind {
+    /// Anything a restart might cure: the sink cannot be opened, a test
+    /// hook, an internal error.
+    Crash,
+    /// The output file system is full (`ENOSPC`, `EDQUOT`). A restart would
+    /// only fail again; the run stops with its checkpoint saved.
+    NoSpace,
 }
 
 /// One name that failed permanently.
