@@ -1,1 +1,34 @@
-//! Placeholder.
+//! HTTP for bulkget: one keep-alive connection at a time, with every limit
+//! a hostile server could otherwise exploit.
+//!
+//! # Layout
+//!
+//! - [`Endpoint`]: the service's base URL, parsed once (`http://host:port/prefix`).
+//! - [`Conn`]: one HTTP/1.1 connection driven by hyper's low-level
+//!   `client::conn::http1` API. The caller owns exactly one request at a
+//!   time on it, so "C connections" means exactly C sockets (no pool that
+//!   might open more), and keep-alive is under our control.
+//! - [`Conn::get`]: a GET that enforces the first-byte and idle-body
+//!   timeouts, refuses bodies over a size limit before buffering them, checks
+//!   the body against `Content-Length`, and follows same-host redirects only.
+//! - [`FetchError`]: what went wrong, and whether a retry may cure it
+//!   ([`FetchError::is_transient`]).
+//! - [`Backoff`]: exponential backoff with jitter that honours `Retry-After`.
+//!
+//! Architecture invariant: no request leaves this crate without a timeout,
+//! and no body is buffered past its limit.
+
+mod backoff;
+mod conn;
+mod endpoint;
+mod error;
+
+pub use backoff::{Backoff, Jitter};
+pub use conn::{Conn, Limits, Response};
+pub use endpoint::{Endpoint, UrlError};
+pub use error::FetchError;
+
+/// The header the test server sets on responses that should make a worker
+/// abort, when the worker's test hook is on. Defined here because this is
+/// the crate that reads response headers.
+pub const TEST_ABORT_HEADER: &str = "x-bulkget-test-abort";

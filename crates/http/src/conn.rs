@@ -1,0 +1,334 @@
+use crate::{Endpoint, FetchError, TEST_ABORT_HEADER};
+use bytes::{Buf, Bytes};
+use http::header::{CONTENT_LENGTH, HOST, LOCATION, RETRY_AFTER, USER_AGENT};
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// The limits every request runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From sending the request to having the response headers.
+    pub first_byte: Duration,
+    /// Longest silence between two pieces of a body.
+    pub idle: Duration,
+    /// Largest body accepted; larger ones are refused, never buffered.
+    pub max_body: u64,
+    /// Same-host redirects followed per request.
+    pub max_redirects: u32,
+}
+
+/// A successful response; its body is in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// The response carried [`TEST_ABORT_HEADER`]. Only a worker with its
+    /// test hook on acts on this.
+    pub test_abort: bool,
+}
+
+/// Error bodies are read (so the connection can be reused) up to this size.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+
+/// A server's `Retry-After` is honoured up to this long. A hostile or
+/// confused server asking for a day must not park a worker for a day.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+static UA: HeaderValue = HeaderValue::from_static(concat!("bulkget/", env!("CARGO_PKG_VERSION")));
+
+/// One HTTP/1.1 keep-alive connection.
+pub struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    host: HeaderValue,
+    /// Set when a request failed in a way that leaves the connection in an
+    /// unknown state (mid-body, timed out). Such a connection is dropped.
+    broken: bool,
+}
+
+impl Conn {
+    /// Opens a TCP connection (within `connect_timeout`) and performs the
+    /// HTTP/1 handshake. The connection's driver runs as a tokio task and
+    /// ends when this `Conn` is dropped.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        connect_timeout: Duration,
+    ) -> Result<Conn, FetchError> {
+        let (host, port) = endpoint.connect_target();
+        let stream = match timeout(connect_timeout, TcpStream::connect((host.as_str(), port))).await
+        {
+            Err(_) => return Err(FetchError::Timeout("connect")),
+            Ok(Err(e)) => return Err(FetchError::Connect(format!("{}: {e}", endpoint.authority))),
+            Ok(Ok(s)) => s,
+        };
+        // Requests are tiny and latency-bound; Nagle would only delay them.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| FetchError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            // Errors surface on the request that was in flight; the driver
+            // itself has no one else to tell.
+            let _ = conn.await;
+        });
+        let host = HeaderValue::from_str(&endpoint.authority)
+            .map_err(|e| FetchError::Connect(format!("invalid host header: {e}")))?;
+        Ok(Conn {
+            sender,
+            host,
+            broken: false,
+        })
+    }
+
+    /// Whether this connection may carry another request.
+    pub fn is_usable(&self) -> bool {
+        !self.broken && !self.sender.is_closed()
+    }
+
+    /// GETs `path` (origin form, already percent-encoded) into `body`,
+    /// following same-host redirects.
+    ///
+    /// On success `body` holds exactly the response body, whose length was
+    /// checked against `Content-Length`. On error, [`Conn::is_usable`] says
+    /// whether the connection may be kept.
+    pub async fn get(
+        &mut self,
+        endpoint: &Endpoint,
+        path: &str,
+        limits: &Limits,
+        body: &mut Vec<u8>,
+    ) -> Result<Response, FetchError> {
+        let result = self.get_following(endpoint, path, limits, body).await;
+        if let Err(e) = &result {
+            if !e.connection_reusable() {
+                self.broken = true;
+            }
+        }
+        result
+    }
+
+    async fn get_following(
+        &mut self,
+        endpoint: &Endpoint,
+        path: &str,
+        limits: &Limits,
+        body: &mut Vec<u8>,
+    ) -> Result<Response, FetchError> {
+        let mut owned_path: Option<String> = None;
+        for _ in 0..=limits.max_redirects {
+            let current = owned_path.as_deref().unwrap_or(path);
+            match self.get_once(current, limits, body).await? {
+                Step::Done(r) => return Ok(r),
+                Step::Redirect(location) => {
+                    owned_path = Some(resolve_redirect(endpoint, current, &location)?);
+                }
+            }
+        }
+        Err(FetchError::BadRedirect(format!(
+            "more than {} redirects",
+            limits.max_redirects
+        )))
+    }
+
+    async fn get_once(
+        &mut self,
+        path: &str,
+        limits: &Limits,
+        body: &mut Vec<u8>,
+    ) -> Result<Step, FetchError> {
+        body.clear();
+        if self.sender.is_closed() {
+            return Err(FetchError::Transport("connection closed by server".into()));
+        }
+        let mut req = Request::get(path)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| FetchError::BadRedirect(format!("invalid request path {path:?}: {e}")))?;
+        req.headers_mut().insert(HOST, self.host.clone());
+        req.headers_mut().insert(USER_AGENT, UA.clone());
+
+        let response = match timeout(limits.first_byte, async {
+            self.sender
+                .ready()
+                .await
+                .map_err(|e| FetchError::Transport(e.to_string()))?;
+            self.sender
+                .send_request(req)
+                .await
+                .map_err(|e| FetchError::Transport(e.to_string()))
+        })
+        .await
+        {
+            Err(_) => return Err(FetchError::Timeout("first-byte")),
+            Ok(r) => r?,
+        };
+
+        let status = response.status().as_u16();
+        let headers = response.headers();
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let test_abort = headers.contains_key(TEST_ABORT_HEADER);
+        let retry_after = headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+        let location = headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+
+        let success = (200..300).contains(&status);
+        let limit = if success {
+            limits.max_body
+        } else {
+            MAX_ERROR_BODY
+        };
+        if let Some(d) = declared {
+            if d > limit {
+                if success {
+                    return Err(FetchError::TooLarge {
+                        limit,
+                        declared: Some(d),
+                    });
+                }
+                // An error page too big to drain: report the status, but the
+                // connection cannot be reused.
+                self.broken = true;
+                return Err(FetchError::Status {
+                    code: status,
+                    retry_after,
+                });
+            }
+        }
+
+        let mut incoming = response.into_body();
+        let mut got: u64 = 0;
+        loop {
+            let frame = match timeout(limits.idle, incoming.frame()).await {
+                Err(_) => return Err(FetchError::Timeout("idle-body")),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(match declared {
+                        Some(expected) if got < expected => FetchError::ShortBody { expected, got },
+                        _ => FetchError::Transport(e.to_string()),
+                    })
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            if let Ok(mut data) = frame.into_data() {
+                got += data.remaining() as u64;
+                if got > limit {
+                    if success {
+                        return Err(FetchError::TooLarge { limit, declared });
+                    }
+                    self.broken = true;
+                    return Err(FetchError::Status {
+                        code: status,
+                        retry_after,
+                    });
+                }
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    body.extend_from_slice(chunk);
+                    let n = chunk.len();
+                    data.advance(n);
+                }
+            }
+        }
+        if let Some(expected) = declared {
+            if got != expected {
+                return Err(FetchError::ShortBody { expected, got });
+            }
+        }
+
+        if matches!(status, 301 | 302 | 303 | 307 | 308) {
+            return match location {
+                Some(l) => Ok(Step::Redirect(l)),
+                None => Err(FetchError::BadRedirect(format!(
+                    "{status} without Location"
+                ))),
+            };
+        }
+        if !success {
+            return Err(FetchError::Status {
+                code: status,
+                retry_after,
+            });
+        }
+        Ok(Step::Done(Response { status, test_abort }))
+    }
+}
+
+enum Step {
+    Done(Response),
+    Redirect(String),
+}
+
+/// Turns a `Location` into a path on the same server, or refuses it.
+fn resolve_redirect(
+    endpoint: &Endpoint,
+    current: &str,
+    location: &str,
+) -> Result<String, FetchError> {
+    let location = location.trim();
+    if location.is_empty() {
+        return Err(FetchError::BadRedirect("empty Location".into()));
+    }
+    let path = if let Some(rest) = location.strip_prefix("//") {
+        // Scheme-relative: another authority, checked like an absolute URL.
+        return resolve_redirect(endpoint, current, &format!("http://{rest}"));
+    } else if location.contains("://") {
+        if !endpoint.same_origin(location) {
+            return Err(FetchError::OffHostRedirect(location.to_string()));
+        }
+        let after_scheme = &location[location.find("://").map(|i| i + 3).unwrap_or(0)..];
+        match after_scheme.find('/') {
+            Some(i) => after_scheme[i..].to_string(),
+            None => "/".to_string(),
+        }
+    } else if location.starts_with('/') {
+        location.to_string()
+    } else {
+        let dir = match current.rfind('/') {
+            Some(i) => &current[..=i],
+            None => "/",
+        };
+        format!("{dir}{location}")
+    };
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(FetchError::BadRedirect(format!(
+            "invalid Location {location:?}"
+        )));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_resolve_on_the_same_host_only() {
+        let e = Endpoint::parse("http://127.0.0.1:8080/api").unwrap();
+        let r = |loc: &str| resolve_redirect(&e, "/api/get/a", loc);
+        assert_eq!(r("/other/a").unwrap(), "/other/a");
+        assert_eq!(r("b").unwrap(), "/api/get/b");
+        assert_eq!(r("http://127.0.0.1:8080/x?y").unwrap(), "/x?y");
+        assert!(matches!(
+            r("http://127.0.0.2:9/get/a"),
+            Err(FetchError::OffHostRedirect(_))
+        ));
+        assert!(matches!(
+            r("//evil.example/x"),
+            Err(FetchError::OffHostRedirect(_))
+        ));
+        assert!(matches!(r(""), Err(FetchError::BadRedirect(_))));
+        assert!(matches!(r("/a\r\nb"), Err(FetchError::BadRedirect(_))));
+    }
+}

@@ -1,0 +1,101 @@
+use std::fmt;
+use std::time::Duration;
+
+/// What went wrong with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The TCP connection could not be made.
+    Connect(String),
+    /// No response or body data within the named timeout.
+    Timeout(&'static str),
+    /// The connection failed mid-request (reset, closed, protocol error).
+    Transport(String),
+    /// A status other than 2xx. `retry_after` is the server's
+    /// `Retry-After`, in seconds form, when it gave one.
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+    /// The body ended before `Content-Length` bytes.
+    ShortBody { expected: u64, got: u64 },
+    /// The body is larger than the limit (declared or actually sent).
+    TooLarge { limit: u64, declared: Option<u64> },
+    /// A redirect to another host, which is never followed.
+    OffHostRedirect(String),
+    /// More redirects than allowed, or a redirect without a usable `Location`.
+    BadRedirect(String),
+}
+
+impl FetchError {
+    /// Whether trying again may succeed: connection trouble, timeouts, short
+    /// bodies, 5xx and 429. Other 4xx, oversized bodies and bad redirects
+    /// fail at once, because the server will answer the same again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Connect(_)
+            | FetchError::Timeout(_)
+            | FetchError::Transport(_)
+            | FetchError::ShortBody { .. } => true,
+            FetchError::Status { code, .. } => *code >= 500 || *code == 429 || *code == 408,
+            FetchError::TooLarge { .. }
+            | FetchError::OffHostRedirect(_)
+            | FetchError::BadRedirect(_) => false,
+        }
+    }
+
+    /// The HTTP status behind the error, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FetchError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The server's requested wait before the next attempt.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the connection may carry another request after this error.
+    /// Only a complete error response leaves it in a known state.
+    pub fn connection_reusable(&self) -> bool {
+        matches!(self, FetchError::Status { .. })
+    }
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Connect(e) => write!(f, "connect failed: {e}"),
+            FetchError::Timeout(which) => write!(f, "{which} timeout"),
+            FetchError::Transport(e) => write!(f, "connection error: {e}"),
+            FetchError::Status { code, .. } => {
+                let reason = http::StatusCode::from_u16(*code)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("");
+                write!(f, "HTTP {code} {reason}")
+            }
+            FetchError::ShortBody { expected, got } => {
+                write!(f, "body ended after {got} of {expected} bytes")
+            }
+            FetchError::TooLarge {
+                limit,
+                declared: Some(d),
+            } => write!(f, "body of {d} bytes is over the {limit}-byte limit"),
+            FetchError::TooLarge {
+                limit,
+                declared: None,
+            } => write!(f, "body is over the {limit}-byte limit"),
+            FetchError::OffHostRedirect(to) => {
+                write!(f, "redirect to another host refused: {to}")
+            }
+            FetchError::BadRedirect(why) => write!(f, "bad redirect: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
