@@ -1,1 +1,136 @@
-fn main() {}
+//! `bulkget`: command-line glue over the library crates. Parses arguments,
+//! sets up logging and maps results to exit codes; nothing else lives here.
+
+use bulkget_coordinator::args::{FetchArgs, LayoutArg, LogFormat};
+use bulkget_coordinator::exit;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Download every file from a remote file service, fast, and lose none.
+///
+/// Exit codes: 0 every listed file is in the sink; 1 unexpected error;
+/// 2 bad usage; 3 some files failed (see failed.jsonl); 4 the listing
+/// failed; 5 every shard was parked; 6 state directory conflict; 7 out of
+/// disk space; 130 interrupted (SIGINT); 143 terminated (SIGTERM).
+/// Runs stopped by 4, 5, 7, 130 or 143 are resumable with --resume.
+#[derive(Parser)]
+#[command(name = "bulkget", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download every file the service at URL lists into OUT.
+    Fetch(FetchArgs),
+    /// Show a run's progress per shard and in total, while it runs or after.
+    Status(bulkget_stats::StatusArgs),
+    /// Unpack the SQLite shards of OUT into a directory tree.
+    Export {
+        /// The output directory of a `--sink sqlite` run.
+        out: PathBuf,
+        /// Where to write the files (created if missing).
+        dest: PathBuf,
+        /// Directory layout to write.
+        #[arg(long, value_enum, default_value_t = LayoutArg::Flat)]
+        layout: LayoutArg,
+    },
+    /// Print one fetched file's bytes to stdout.
+    Cat {
+        /// The output directory of a run (any sink that keeps files).
+        out: PathBuf,
+        /// The file's name as the service lists it.
+        name: String,
+    },
+    /// Internal: a worker process, started by `fetch`.
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let code = match cli.command {
+        Command::Fetch(args) => match std::env::current_exe() {
+            Ok(exe) => bulkget_coordinator::fetch(args, exe),
+            Err(e) => {
+                eprintln!("bulkget: cannot find my own executable to start workers: {e}");
+                exit::ERROR
+            }
+        },
+        Command::Worker => bulkget_worker::run_on_fd(bulkget_worker::WORKER_FD),
+        Command::Status(args) => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            match bulkget_stats::run_status(&args, &mut out) {
+                Ok(code) => code,
+                Err(e) => {
+                    let _ = out.flush();
+                    eprintln!("bulkget status: {e}");
+                    exit::ERROR
+                }
+            }
+        }
+        Command::Export { out, dest, layout } => {
+            let layout = match layout {
+                LayoutArg::Flat => bulkget_sink::Layout::Flat,
+                LayoutArg::Fanout => bulkget_sink::Layout::Fanout,
+            };
+            match bulkget_sink::export(&out, &dest, layout) {
+                Ok(summary) => {
+                    println!(
+                        "exported {} files ({} bytes) to {}",
+                        summary.files,
+                        summary.bytes,
+                        dest.display()
+                    );
+                    for (name, why) in &summary.refused {
+                        eprintln!("bulkget export: refused {name:?}: {why}");
+                    }
+                    if summary.refused.is_empty() {
+                        exit::OK
+                    } else {
+                        exit::FILES_FAILED
+                    }
+                }
+                Err(e) => {
+                    eprintln!("bulkget export: {e}");
+                    exit::ERROR
+                }
+            }
+        }
+        Command::Cat { out, name } => {
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            match bulkget_sink::cat(&out, &name, &mut lock) {
+                Ok(true) => exit::OK,
+                Ok(false) => {
+                    eprintln!("bulkget cat: {name:?} is not in {}", out.display());
+                    exit::FILES_FAILED
+                }
+                Err(e) => {
+                    eprintln!("bulkget cat: {e}");
+                    exit::ERROR
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

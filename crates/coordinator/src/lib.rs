@@ -1,1 +1,11 @@
-//! Placeholder.
+//! The coordinator.
+pub mod args;
+pub mod exit;
+pub mod lister;
+pub mod progress;
+pub mod restart;
+pub mod run;
+pub mod scheduler;
+pub mod state;
+pub mod supervisor;
+pub use run::fetch;

@@ -72,6 +72,30 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError
     Ok(())
 }
 
+/// Appends a frame holding `ToWorker::Batch { id, names }` without owning
+/// the names. The coordinator keeps every unacknowledged batch (to resend it
+/// after a crash), so borrowing here saves a copy of every name.
+pub fn encode_batch(
+    id: crate::BatchId,
+    names: &[String],
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    encode(&ToWorkerRef::Batch { id, names }, out)
+}
+
+/// A borrowed mirror of [`crate::ToWorker`]. Serde encodes an enum variant
+/// by its index, so the variants must stay in the same order as in
+/// `ToWorker`; the `borrowed_batch_encodes_like_owned` test holds that.
+#[derive(Serialize)]
+enum ToWorkerRef<'a> {
+    #[allow(dead_code)]
+    Hello,
+    Batch {
+        id: crate::BatchId,
+        names: &'a [String],
+    },
+}
+
 /// Decodes the first frame in `buf`.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole frame, and
@@ -232,6 +256,23 @@ mod tests {
             at += used;
         }
         assert_eq!(at, buf.len());
+    }
+
+    #[test]
+    fn borrowed_batch_encodes_like_owned() {
+        let names = vec!["a".to_string(), "b c".to_string()];
+        let mut owned = Vec::new();
+        encode(
+            &ToWorker::Batch {
+                id: 5,
+                names: names.clone(),
+            },
+            &mut owned,
+        )
+        .unwrap();
+        let mut borrowed = Vec::new();
+        encode_batch(5, &names, &mut borrowed).unwrap();
+        assert_eq!(owned, borrowed);
     }
 
     #[test]

@@ -1,1 +1,31 @@
-//! Placeholder.
+//! The worker process.
+//!
+//! A worker is started by the coordinator (`bulkget worker`, a hidden
+//! subcommand) with one end of a Unix socket pair as file descriptor 3. It
+//! runs one tokio `current_thread` runtime, so everything below runs on one
+//! thread and shares state through `Rc` and `Cell` with no locks or atomics
+//! on the per-file path.
+//!
+//! # Theory of operation
+//!
+//! ```text
+//!  socket ──> main loop ──> queue of (batch, index) ──> C connection tasks ──> sink.put
+//!                 ^                                              │ last name of a batch
+//!                 └── outbox <── committer: sink.commit, BatchDone ┘
+//! ```
+//!
+//! - [`engine`]: the queue, the connection tasks, retries and completion.
+//! - [`session`]: the conversation with the coordinator: hello, batches,
+//!   shutdown, end of stream; and the process's exit.
+//! - [`stats_file`]: `shards/shard-KK.json`, rewritten every interval.
+//!
+//! Invariants: a `BatchDone` is sent only after the sink commit that covers
+//! every name of the batch; a worker whose socket reaches end-of-stream
+//! exits at once (the coordinator is gone, nobody can acknowledge its work);
+//! only this shard's worker writes this shard's stats file.
+
+pub mod engine;
+pub mod session;
+pub mod stats_file;
+
+pub use session::{run_on_fd, WORKER_FD};

@@ -1,0 +1,118 @@
+//! The `bulkget fetch` command line.
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkArg {
+    /// One file per name under OUT.
+    Dir,
+    /// One SQLite database per shard: OUT/shard-KK.sqlite.
+    Sqlite,
+    /// Keep nothing; count and check lengths (for benchmarks).
+    Null,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// OUT/<name>.
+    Flat,
+    /// OUT/ab/cd/<name>, from a hash of the name (recommended above ~1M files).
+    Fanout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressArg {
+    /// A bar on a terminal, plain lines otherwise.
+    Auto,
+    Bar,
+    Plain,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Download every file the service lists into OUT.
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// The service's base URL, e.g. http://127.0.0.1:8080 or http://host/api.
+    pub url: String,
+    /// The output directory (created if missing).
+    pub out: PathBuf,
+    /// Worker processes (shards). Default: the number of CPUs.
+    #[arg(long, short = 'w')]
+    pub workers: Option<usize>,
+    /// Concurrent keep-alive connections per worker.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    pub connections: u32,
+    /// Where files go.
+    #[arg(long, value_enum, default_value_t = SinkArg::Dir)]
+    pub sink: SinkArg,
+    /// Directory layout for the dir sink.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Flat)]
+    pub layout: LayoutArg,
+    /// State directory (lock, checkpoint, failed.jsonl, stats). Default: OUT/.bulkget.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Continue the unfinished run in the state directory from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Names per batch sent to a worker.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Unacknowledged batches per worker (back-pressure window).
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Largest file accepted, in bytes; larger ones fail without being buffered.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_file_size: u64,
+    /// Largest list page accepted, in bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_page_size: u64,
+    /// TCP connect timeout, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// Time allowed from request to response headers, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence allowed inside a body, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub idle_timeout_ms: u64,
+    /// Attempts per file (and per list page) before a transient error is permanent.
+    #[arg(long, default_value_t = 10)]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubles per attempt, with jitter.
+    #[arg(long, default_value_t = 50)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay in milliseconds (a server's Retry-After may ask for more, up to 120 s).
+    #[arg(long, default_value_t = 10_000)]
+    pub retry_max_ms: u64,
+    /// Seconds to let in-flight batches finish after Ctrl-C or SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub grace: u64,
+    /// Park a shard that crashes more than this many times ...
+    #[arg(long, default_value_t = 5)]
+    pub restart_burst: u32,
+    /// ... within this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub restart_interval: u64,
+    /// Seconds between checkpoints.
+    #[arg(long, default_value_t = 5)]
+    pub checkpoint_interval: u64,
+    /// Progress display on stderr.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
+    /// No progress and no summary; errors only.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Test hook: a worker aborts when a response carries x-bulkget-test-abort.
+    #[arg(long, hide = true)]
+    pub test_abort_on_header: bool,
+    /// Test hook: workers of this shard fail at start-up.
+    #[arg(long, hide = true)]
+    pub test_fail_start_shard: Vec<u32>,
+}

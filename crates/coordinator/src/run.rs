@@ -1,0 +1,964 @@
+//! `bulkget fetch`: the run loop.
+//!
+//! One task owns every decision, as nextest's dispatcher does: it
+//! `select!`s over list pages, worker events, restart timers, signals and a
+//! one-second tick, and updates the [`Scheduler`], the workers and the
+//! state directory. Blocking work on the state directory (appending
+//! failures, syncing, writing checkpoints) runs on a separate thread fed in
+//! order through a channel, so a slow disk never stalls dispatch.
+
+use crate::args::{FetchArgs, LayoutArg, SinkArg};
+use crate::exit;
+use crate::lister::{self, ListError, ListerConfig, Page};
+use crate::progress::{human_bytes, Progress, Snapshot};
+use crate::restart::{Decision, RestartPolicy, ShardLife};
+use crate::scheduler::{ListPosition, Scheduler, Totals};
+use crate::state::{RunInfo, Start, StateDir, StateError};
+use crate::supervisor::{self, describe_exit, Event, Worker};
+use bulkget_http::{Backoff, Endpoint, Limits};
+use bulkget_protocol::{
+    Failure, FatalKind, Layout, SinkKind, TestHooks, ToCoordinator, ToWorker, WorkerSettings,
+};
+use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// Why the run is stopping early, if it is.
+#[derive(Debug, Clone, PartialEq)]
+enum Stop {
+    Signal { code: i32, name: &'static str },
+    ListingFailed(String),
+    AllParked,
+    NoSpace(String),
+}
+
+impl Stop {
+    fn code(&self) -> i32 {
+        match self {
+            Stop::Signal { code, .. } => *code,
+            Stop::ListingFailed(_) => exit::LISTING_FAILED,
+            Stop::AllParked => exit::ALL_PARKED,
+            Stop::NoSpace(_) => exit::NO_SPACE,
+        }
+    }
+}
+
+/// What the state thread does, in order.
+enum StateOp {
+    Failures(Vec<Failure>),
+    Checkpoint {
+        position: ListPosition,
+        totals: Totals,
+        complete: bool,
+        done: std::sync::mpsc::Sender<Result<(), String>>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Running,
+    Backoff,
+    Parked,
+    Stopped,
+}
+
+struct ShardSlot {
+    worker: Option<Worker>,
+    generation: u32,
+    phase: Phase,
+    /// The current worker's socket or process has gone; its batches were
+    /// put back. The slot waits for the exit before a restart.
+    down: bool,
+    life: ShardLife,
+    idle_since: Option<Instant>,
+    idle_total: Duration,
+}
+
+/// Runs `bulkget fetch` and returns the process exit code.
+pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bulkget: cannot start runtime: {e}");
+            return exit::ERROR;
+        }
+    };
+    runtime.block_on(async move {
+        match Run::setup(args, exe) {
+            Ok(Setup::Go(run)) => run.main().await,
+            Ok(Setup::Done(code)) => code,
+            Err((code, msg)) => {
+                eprintln!("bulkget: {msg}");
+                code
+            }
+        }
+    })
+}
+
+enum Setup {
+    Go(Box<Run>),
+    Done(i32),
+}
+
+struct Run {
+    args: FetchArgs,
+    exe: PathBuf,
+    endpoint: Endpoint,
+    state_dir: PathBuf,
+    settings: WorkerSettings,
+    sched: Scheduler,
+    start_position: ListPosition,
+    resumed_from: Totals,
+    state_tx: std::sync::mpsc::Sender<StateOp>,
+    state_thread: Option<std::thread::JoinHandle<()>>,
+    shards: Vec<ShardSlot>,
+    policy: RestartPolicy,
+    started: Instant,
+    started_at: String,
+    pages_listed: u64,
+    current_marker: Option<String>,
+    listing_done: bool,
+    lister_wait_ms: Arc<AtomicU64>,
+    rate: RateWindow,
+    stop: Option<Stop>,
+    progress: Progress,
+}
+
+impl Run {
+    fn setup(args: FetchArgs, exe: PathBuf) -> Result<Setup, (i32, String)> {
+        let endpoint = Endpoint::parse(&args.url).map_err(|e| (exit::USAGE, e.to_string()))?;
+        if args.workers == Some(0)
+            || args.connections == 0
+            || args.batch_size == 0
+            || args.window == 0
+        {
+            return Err((
+                exit::USAGE,
+                "--workers, --connections, --batch-size and --window must be at least 1".into(),
+            ));
+        }
+        std::fs::create_dir_all(&args.out).map_err(|e| {
+            (
+                exit::ERROR,
+                format!("cannot create {}: {e}", args.out.display()),
+            )
+        })?;
+        let out = std::fs::canonicalize(&args.out).map_err(|e| {
+            (
+                exit::ERROR,
+                format!("cannot resolve {}: {e}", args.out.display()),
+            )
+        })?;
+        let state_dir = args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| out.join(".bulkget"));
+        let (sink, sink_name) = match args.sink {
+            SinkArg::Dir => (SinkKind::Dir, "dir"),
+            SinkArg::Sqlite => (SinkKind::Sqlite, "sqlite"),
+            SinkArg::Null => (SinkKind::Null, "null"),
+        };
+        let (layout, layout_name) = match args.layout {
+            LayoutArg::Flat => (Layout::Flat, "flat"),
+            LayoutArg::Fanout => (Layout::Fanout, "fanout"),
+        };
+        let info = RunInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            url: endpoint.url(),
+            out_dir: out.display().to_string(),
+            sink: sink_name.into(),
+            layout: layout_name.into(),
+            created_at: bulkget_stats::now_rfc3339(),
+        };
+        let (mut state, start) =
+            StateDir::open(&state_dir, &out, &info, args.resume).map_err(|e| {
+                let code = match e {
+                    StateError::Io(_) => exit::ERROR,
+                    _ => exit::STATE_CONFLICT,
+                };
+                (code, e.to_string())
+            })?;
+        let (start_position, totals) = match start {
+            Start::Fresh => (ListPosition::Start, Totals::default()),
+            Start::Resume(cp) => {
+                if !args.quiet {
+                    eprintln!(
+                        "bulkget: resuming from the checkpoint: {} files done before it, listing from {}",
+                        cp.totals.files_ok + cp.totals.files_failed,
+                        match &cp.position {
+                            ListPosition::Start => "the first page".to_string(),
+                            ListPosition::Marker(m) => format!("marker {m:?}"),
+                            ListPosition::Done => "the end".to_string(),
+                        }
+                    );
+                }
+                (cp.position, cp.totals)
+            }
+            Start::AlreadyComplete(cp) => {
+                let t = cp.totals;
+                println!(
+                    "bulkget: the run in {} is already complete: {} files ok, {} failed; nothing to do",
+                    state_dir.display(),
+                    t.files_ok,
+                    t.files_failed
+                );
+                return Ok(Setup::Done(if t.files_failed > 0 {
+                    exit::FILES_FAILED
+                } else {
+                    exit::OK
+                }));
+            }
+        };
+        let workers = args.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let settings = WorkerSettings {
+            base_url: endpoint.url(),
+            out_dir: out.display().to_string(),
+            state_dir: state_dir.display().to_string(),
+            sink,
+            layout,
+            connections: args.connections,
+            max_file_size: args.max_file_size,
+            connect_timeout_ms: args.connect_timeout_ms,
+            first_byte_timeout_ms: args.first_byte_timeout_ms,
+            idle_timeout_ms: args.idle_timeout_ms,
+            max_attempts: args.max_attempts.max(1),
+            backoff_base_ms: args.retry_base_ms,
+            backoff_max_ms: args.retry_max_ms,
+            max_redirects: 5,
+            stats_interval_ms: 1_000,
+            test_hooks: TestHooks {
+                abort_on_header: args.test_abort_on_header,
+                fail_start_shards: args.test_fail_start_shard.clone(),
+            },
+        };
+        // Stats files of an earlier run or of more shards would mislead
+        // `bulkget status`; each worker writes its own afresh.
+        if let Ok(entries) = std::fs::read_dir(state_dir.join("shards")) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+
+        let (state_tx, state_rx) = std::sync::mpsc::channel::<StateOp>();
+        let state_thread = std::thread::Builder::new()
+            .name("bulkget-state".into())
+            .spawn(move || {
+                for op in state_rx {
+                    match op {
+                        StateOp::Failures(f) => {
+                            if let Err(e) = state.record_failures(&f) {
+                                eprintln!("bulkget: cannot write failed.jsonl: {e}");
+                            }
+                        }
+                        StateOp::Checkpoint {
+                            position,
+                            totals,
+                            complete,
+                            done,
+                        } => {
+                            let r = state
+                                .write_checkpoint(position, totals, complete)
+                                .map_err(|e| e.to_string());
+                            let _ = done.send(r);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| (exit::ERROR, format!("cannot start state thread: {e}")))?;
+
+        let policy = RestartPolicy {
+            burst: args.restart_burst,
+            interval: Duration::from_secs(args.restart_interval),
+            ..RestartPolicy::default()
+        };
+        let sched = Scheduler::new(
+            workers,
+            args.window,
+            args.batch_size,
+            start_position.clone(),
+        )
+        .with_totals(totals);
+        let shards = (0..workers)
+            .map(|_| ShardSlot {
+                worker: None,
+                generation: 0,
+                phase: Phase::Starting,
+                down: false,
+                life: ShardLife::default(),
+                idle_since: Some(Instant::now()),
+                idle_total: Duration::ZERO,
+            })
+            .collect();
+        let progress = Progress::new(args.progress, args.quiet);
+        Ok(Setup::Go(Box::new(Run {
+            args,
+            exe,
+            endpoint,
+            state_dir,
+            settings,
+            sched,
+            start_position,
+            resumed_from: totals,
+            state_tx,
+            state_thread: Some(state_thread),
+            shards,
+            policy,
+            started: Instant::now(),
+            started_at: bulkget_stats::now_rfc3339(),
+            pages_listed: 0,
+            current_marker: None,
+            listing_done: false,
+            lister_wait_ms: Arc::new(AtomicU64::new(0)),
+            rate: RateWindow::new(Duration::from_secs(5)),
+            stop: None,
+            progress,
+        })))
+    }
+
+    async fn main(mut self: Box<Self>) -> i32 {
+        let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+        let (restart_tx, mut restarts) = mpsc::unbounded_channel::<usize>();
+        for shard in 0..self.shards.len() {
+            if let Err(e) = self.spawn(shard, &events_tx) {
+                eprintln!("bulkget: cannot start worker: {e}");
+                return exit::ERROR;
+            }
+        }
+
+        // The page channel holds one page: with the page being parsed and
+        // the one being cut into batches, at most three pages are in memory.
+        let (page_tx, mut pages) = mpsc::channel::<Result<Page, ListError>>(1);
+        let lister = if self.start_position == ListPosition::Done {
+            self.listing_done = true;
+            None
+        } else {
+            let config = ListerConfig {
+                connect_timeout: Duration::from_millis(self.args.connect_timeout_ms),
+                limits: Limits {
+                    first_byte: Duration::from_millis(self.args.first_byte_timeout_ms),
+                    idle: Duration::from_millis(self.args.idle_timeout_ms),
+                    max_body: self.args.max_page_size,
+                    max_redirects: 5,
+                },
+                max_attempts: self.args.max_attempts.max(1),
+                backoff: Backoff {
+                    base: Duration::from_millis(self.args.retry_base_ms.max(1)),
+                    max: Duration::from_millis(self.args.retry_max_ms),
+                },
+            };
+            Some(tokio::spawn(lister::run(
+                self.endpoint.clone(),
+                self.start_position.clone(),
+                0,
+                config,
+                page_tx,
+                self.lister_wait_ms.clone(),
+            )))
+        };
+
+        let mut sigint = signal(SignalKind::interrupt()).expect("signal handler");
+        let mut sigterm = signal(SignalKind::terminate()).expect("signal handler");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_checkpoint = Instant::now();
+        let checkpoint_every = Duration::from_secs(self.args.checkpoint_interval.max(1));
+        let mut grace_deadline: Option<tokio::time::Instant> = None;
+        let mut signals_seen = 0;
+        let mut finishing = false;
+        // The pending queue may hold this many batches before the lister is
+        // asked for more: enough to refill every window once.
+        let max_pending = self.shards.len() * self.args.window;
+
+        loop {
+            let accepting =
+                self.stop.is_none() && !self.listing_done && self.sched.pending_len() < max_pending;
+            tokio::select! {
+                page = pages.recv(), if accepting => match page {
+                    Some(Ok(page)) => self.on_page(page),
+                    Some(Err(e)) => {
+                        eprintln!("bulkget: {e}");
+                        self.begin_stop(Stop::ListingFailed(e.to_string()), &mut grace_deadline);
+                    }
+                    None => {
+                        if !self.listing_done && self.stop.is_none() {
+                            self.begin_stop(Stop::ListingFailed("the lister stopped unexpectedly".into()), &mut grace_deadline);
+                        }
+                    }
+                },
+                Some(ev) = events.recv() => self.on_event(ev, &restart_tx, &mut grace_deadline),
+                Some(shard) = restarts.recv() => {
+                    if self.stop.is_none() && !finishing && self.shards[shard].phase == Phase::Backoff {
+                        if let Err(e) = self.spawn(shard, &events_tx) {
+                            eprintln!("bulkget: cannot restart worker {shard}: {e}");
+                            self.park(shard, &mut grace_deadline);
+                        }
+                    }
+                }
+                _ = sigint.recv() => {
+                    signals_seen += 1;
+                    self.on_signal(signals_seen, Stop::Signal { code: exit::INTERRUPTED, name: "SIGINT" }, &mut grace_deadline);
+                }
+                _ = sigterm.recv() => {
+                    signals_seen += 1;
+                    self.on_signal(signals_seen, Stop::Signal { code: exit::TERMINATED, name: "SIGTERM" }, &mut grace_deadline);
+                }
+                () = sleep_until_opt(grace_deadline) => {
+                    eprintln!("bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
+                    grace_deadline = None;
+                    self.stop_workers_now();
+                }
+                _ = tick.tick() => {
+                    self.write_stats(RunState::Listing, None);
+                    self.update_progress();
+                    if last_checkpoint.elapsed() >= checkpoint_every {
+                        last_checkpoint = Instant::now();
+                        self.checkpoint_async();
+                    }
+                }
+            }
+
+            self.dispatch();
+
+            if self.stop.is_none() && !finishing && self.sched.is_finished() {
+                // Every file is acknowledged: let the workers write their
+                // last stats and exit.
+                finishing = true;
+                for s in &self.shards {
+                    if let Some(w) = &s.worker {
+                        w.send(&ToWorker::Shutdown { drain: true });
+                    }
+                }
+                grace_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(10));
+            }
+            if (finishing || self.stop.is_some()) && self.stop_ready() {
+                break;
+            }
+        }
+        if let Some(l) = lister {
+            l.abort();
+        }
+        self.finish(finishing).await
+    }
+
+    fn spawn(
+        &mut self,
+        shard: usize,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> std::io::Result<()> {
+        let slot = &mut self.shards[shard];
+        let generation = slot.life.restarts;
+        let worker =
+            supervisor::spawn(&self.exe, shard, generation, &self.settings, events.clone())?;
+        slot.worker = Some(worker);
+        slot.generation = generation;
+        slot.phase = Phase::Starting;
+        slot.down = false;
+        Ok(())
+    }
+
+    fn on_page(&mut self, page: Page) {
+        self.pages_listed += 1;
+        self.current_marker = page.next.clone();
+        if page.next.is_none() {
+            self.listing_done = true;
+        }
+        let failures = self.sched.add_page(page.names, page.next);
+        self.record_failures(failures);
+    }
+
+    fn record_failures(&mut self, failures: Vec<Failure>) {
+        if !failures.is_empty() {
+            let _ = self.state_tx.send(StateOp::Failures(failures));
+        }
+    }
+
+    fn dispatch(&mut self) {
+        if matches!(self.stop, Some(_)) {
+            return;
+        }
+        let mut buf = Vec::with_capacity(8 << 10);
+        while let Some((shard, batch)) = self.sched.assign() {
+            buf.clear();
+            bulkget_protocol::frame::encode_batch(batch.id, &batch.names, &mut buf)
+                .expect("a batch of checked names fits a frame");
+            let slot = &mut self.shards[shard];
+            if let Some(since) = slot.idle_since.take() {
+                slot.idle_total += since.elapsed();
+            }
+            if let Some(w) = &slot.worker {
+                // A failed send means the worker is going away; its batches
+                // come back with the exit event.
+                w.send_frame(buf.clone());
+            }
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        ev: Event,
+        restart_tx: &mpsc::UnboundedSender<usize>,
+        grace_deadline: &mut Option<tokio::time::Instant>,
+    ) {
+        match ev {
+            Event::Message {
+                shard,
+                generation,
+                msg,
+            } => {
+                if generation != self.shards[shard].generation || self.shards[shard].down {
+                    return;
+                }
+                match msg {
+                    ToCoordinator::Ready { .. } => {
+                        self.shards[shard].phase = Phase::Running;
+                        if self.stop.is_none() {
+                            self.sched.set_available(shard, true);
+                        }
+                    }
+                    ToCoordinator::BatchDone {
+                        id,
+                        ok,
+                        bytes,
+                        failures,
+                    } => match self.sched.batch_done(shard, id, ok, bytes, failures) {
+                        Some(done) => {
+                            self.record_failures(done);
+                            self.shards[shard].life.on_progress();
+                            if self.sched.in_flight(shard) == 0 {
+                                self.shards[shard].idle_since = Some(Instant::now());
+                            }
+                        }
+                        None => {
+                            eprintln!("bulkget: worker {shard} acknowledged unknown batch {id}; restarting it");
+                            self.shard_down(shard);
+                        }
+                    },
+                    ToCoordinator::Fatal { kind, reason } => {
+                        eprintln!("bulkget: worker {shard}: {reason}");
+                        if kind == FatalKind::NoSpace {
+                            self.begin_stop(Stop::NoSpace(reason), grace_deadline);
+                        }
+                    }
+                }
+            }
+            Event::Disconnected {
+                shard,
+                generation,
+                error,
+            } => {
+                tracing::debug!(shard, generation, ?error, "disconnected");
+                if generation == self.shards[shard].generation && !self.shards[shard].down {
+                    if let Some(e) = error {
+                        eprintln!("bulkget: worker {shard}: {e}");
+                    }
+                    self.shard_down(shard);
+                }
+            }
+            Event::Exited {
+                shard,
+                generation,
+                status,
+            } => {
+                tracing::debug!(shard, generation, ?status, "exited");
+                if generation != self.shards[shard].generation {
+                    return;
+                }
+                let expected = self.shards[shard].phase == Phase::Stopped
+                    || self.stop.is_some()
+                    || self.sched.is_finished();
+                if !self.shards[shard].down {
+                    self.shard_down(shard);
+                }
+                self.shards[shard].worker = None;
+                if expected {
+                    if self.shards[shard].phase != Phase::Parked {
+                        self.shards[shard].phase = Phase::Stopped;
+                    }
+                    return;
+                }
+                let what = describe_exit(&status);
+                match self.shards[shard]
+                    .life
+                    .on_crash(Instant::now(), &self.policy)
+                {
+                    Decision::RestartAfter(delay) => {
+                        tracing::warn!(shard, %what, ?delay, "worker died; restarting");
+                        if !self.args.quiet {
+                            eprintln!(
+                                "bulkget: worker {shard} died ({what}); restarting in {delay:?}"
+                            );
+                        }
+                        self.shards[shard].phase = Phase::Backoff;
+                        let tx = restart_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = tx.send(shard);
+                        });
+                    }
+                    Decision::Park => {
+                        eprintln!(
+                            "bulkget: worker {shard} died ({what}) more than {} times in {:?}; shard {shard} is parked, the run goes on without it",
+                            self.policy.burst, self.policy.interval
+                        );
+                        self.park(shard, grace_deadline);
+                    }
+                }
+            }
+        }
+    }
+
+    fn park(&mut self, shard: usize, grace_deadline: &mut Option<tokio::time::Instant>) {
+        self.shards[shard].phase = Phase::Parked;
+        self.shards[shard].life.parked = true;
+        if self.shards.iter().all(|s| s.phase == Phase::Parked) {
+            eprintln!("bulkget: every shard is parked; stopping the run");
+            self.begin_stop(Stop::AllParked, grace_deadline);
+        }
+    }
+
+    /// The shard's worker is gone or must go: put its batches back and make
+    /// sure the process dies.
+    fn shard_down(&mut self, shard: usize) {
+        tracing::debug!(shard, "shard down");
+        let failures = self.sched.shard_down(shard);
+        self.record_failures(failures);
+        let slot = &mut self.shards[shard];
+        slot.down = true;
+        slot.idle_since.get_or_insert_with(Instant::now);
+        if let Some(w) = &slot.worker {
+            w.signal(Signal::SIGKILL);
+        }
+    }
+
+    fn on_signal(
+        &mut self,
+        count: u32,
+        stop: Stop,
+        grace_deadline: &mut Option<tokio::time::Instant>,
+    ) {
+        if count == 1 {
+            if let Stop::Signal { name, .. } = &stop {
+                eprintln!(
+                    "bulkget: {name}: stopping; letting in-flight batches finish for up to {}s (press Ctrl-C again to stop at once)",
+                    self.args.grace
+                );
+            }
+            self.begin_stop(stop, grace_deadline);
+        } else {
+            eprintln!("bulkget: second signal: stopping workers now");
+            self.stop_workers_now();
+        }
+    }
+
+    fn begin_stop(&mut self, stop: Stop, grace_deadline: &mut Option<tokio::time::Instant>) {
+        if self.stop.is_some() {
+            return;
+        }
+        self.stop = Some(stop);
+        for shard in 0..self.shards.len() {
+            self.sched.set_available(shard, false);
+        }
+        *grace_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(self.args.grace));
+        self.ask_idle_workers_to_exit();
+    }
+
+    /// While stopping, a worker with nothing in flight is told to exit.
+    fn ask_idle_workers_to_exit(&mut self) {
+        for shard in 0..self.shards.len() {
+            let idle = self.sched.in_flight(shard) == 0;
+            let slot = &mut self.shards[shard];
+            if idle && slot.phase != Phase::Stopped {
+                if let Some(w) = &slot.worker {
+                    w.send(&ToWorker::Shutdown { drain: false });
+                }
+                if slot.phase != Phase::Parked {
+                    slot.phase = Phase::Stopped;
+                }
+            }
+        }
+    }
+
+    /// SIGTERM to every worker, SIGKILL to any still there a second later.
+    fn stop_workers_now(&mut self) {
+        for s in &mut self.shards {
+            if s.phase != Phase::Parked {
+                s.phase = Phase::Stopped;
+            }
+            if let Some(w) = &s.worker {
+                w.signal(Signal::SIGTERM);
+                let pid = w.pid;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        Signal::SIGKILL,
+                    );
+                });
+            }
+        }
+    }
+
+    /// Whether every worker process has exited (after a stop or the end).
+    fn stop_ready(&mut self) -> bool {
+        if self.stop.is_some() {
+            self.ask_idle_workers_to_exit();
+        }
+        self.shards.iter().all(|s| s.worker.is_none())
+    }
+
+    fn checkpoint_async(&mut self) {
+        let (position, totals) = self.sched.checkpoint();
+        let (done, _rx) = std::sync::mpsc::channel();
+        let _ = self.state_tx.send(StateOp::Checkpoint {
+            position,
+            totals,
+            complete: false,
+            done,
+        });
+    }
+
+    async fn finish(mut self: Box<Self>, finished: bool) -> i32 {
+        let complete = finished && self.stop.is_none() && self.sched.is_finished();
+        let (position, totals) = self.sched.checkpoint();
+        let (done, done_rx) = std::sync::mpsc::channel();
+        let _ = self.state_tx.send(StateOp::Checkpoint {
+            position,
+            totals,
+            complete,
+            done,
+        });
+        let checkpoint_result = tokio::task::spawn_blocking(move || done_rx.recv())
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+        let (state_tx, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.state_tx, state_tx));
+        if let Some(t) = self.state_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        let mut code = match &self.stop {
+            Some(s) => s.code(),
+            None if totals.files_failed > 0 => exit::FILES_FAILED,
+            None => exit::OK,
+        };
+        if let Some(Err(e)) = &checkpoint_result {
+            eprintln!("bulkget: cannot save the checkpoint: {e}");
+            code = exit::ERROR;
+        }
+        let state = match (&self.stop, complete) {
+            (Some(Stop::Signal { .. }), _) => RunState::Interrupted,
+            (Some(_), _) => RunState::Failed,
+            (None, true) => RunState::Finished,
+            (None, false) => RunState::Failed,
+        };
+        self.write_stats(state, Some(code));
+        self.progress.finish();
+        if !self.args.quiet {
+            self.print_summary(code, totals);
+        }
+        code
+    }
+
+    fn print_summary(&self, code: i32, durable: Totals) {
+        let live = self.sched.live_totals();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let this_run = (live.files_ok + live.files_failed)
+            - (self.resumed_from.files_ok + self.resumed_from.files_failed);
+        let restarts: u32 = self.shards.iter().map(|s| s.life.restarts).sum();
+        let parked = self
+            .shards
+            .iter()
+            .filter(|s| s.phase == Phase::Parked)
+            .count();
+        let retries = self.shard_retries();
+        println!("bulkget summary");
+        println!("  files ok:       {}", live.files_ok);
+        println!("  files failed:   {}", live.files_failed);
+        println!("  retries:        {retries}");
+        println!(
+            "  bytes:          {} ({})",
+            live.bytes,
+            human_bytes(live.bytes)
+        );
+        println!("  wall time:      {elapsed:.2}s");
+        println!(
+            "  files/s:        {:.0}",
+            this_run as f64 / elapsed.max(1e-9)
+        );
+        println!("  restarts:       {restarts}");
+        if parked > 0 {
+            println!("  parked shards:  {parked}");
+        }
+        if live.files_failed > 0 {
+            println!(
+                "  failures:       {}",
+                self.state_dir.join("failed.jsonl").display()
+            );
+        }
+        println!("  state:          {}", self.state_dir.display());
+        match &self.stop {
+            None if code == exit::OK => {
+                println!("  result:         complete: every listed file is in the sink")
+            }
+            None => println!(
+                "  result:         complete, with {} failed files (exit {code})",
+                live.files_failed
+            ),
+            Some(stop) => {
+                let why = match stop {
+                    Stop::Signal { name, .. } => format!("interrupted by {name}"),
+                    Stop::ListingFailed(e) => e.clone(),
+                    Stop::AllParked => "every shard was parked".into(),
+                    Stop::NoSpace(e) => format!("out of space: {e}"),
+                };
+                println!("  result:         stopped: {why} (exit {code})");
+                println!(
+                    "  checkpoint:     {} files saved; continue with: bulkget fetch {} {} --resume{}",
+                    durable.files_ok + durable.files_failed,
+                    self.args.url,
+                    self.args.out.display(),
+                    match &self.args.state_dir {
+                        Some(d) => format!(" --state-dir {}", d.display()),
+                        None => String::new(),
+                    }
+                );
+            }
+        }
+    }
+
+    /// Retries summed over the shards' stats files (the workers count them).
+    fn shard_retries(&self) -> u64 {
+        (0..self.shards.len())
+            .filter_map(|k| {
+                bulkget_stats::read_json::<bulkget_stats::ShardStats>(
+                    &bulkget_stats::schema::shard_path(&self.state_dir, k as u32),
+                )
+                .ok()
+                .flatten()
+            })
+            .map(|s| s.retries)
+            .sum()
+    }
+
+    fn update_progress(&mut self) {
+        let live = self.sched.live_totals();
+        let done = live.files_ok + live.files_failed;
+        self.rate.sample(Instant::now(), done);
+        let snapshot = Snapshot {
+            ok: live.files_ok,
+            failed: live.files_failed,
+            bytes: live.bytes,
+            listed: live.names_listed.max(done),
+            listing_done: self.listing_done,
+            files_per_sec: self.rate.rate(),
+            eta_seconds: self.eta(),
+            restarts: self.shards.iter().map(|s| s.life.restarts).sum(),
+            parked: self
+                .shards
+                .iter()
+                .filter(|s| s.phase == Phase::Parked)
+                .count(),
+        };
+        self.progress.update(&snapshot);
+    }
+
+    fn eta(&self) -> Option<f64> {
+        if !self.listing_done {
+            return None;
+        }
+        let live = self.sched.live_totals();
+        let remaining = live
+            .names_listed
+            .saturating_sub(live.files_ok + live.files_failed);
+        bulkget_stats::eta_seconds(remaining, self.rate.rate())
+    }
+
+    fn write_stats(&self, state: RunState, exit_code: Option<i32>) {
+        let live = self.sched.live_totals();
+        let state = if exit_code.is_none() && (self.stop.is_some() || self.listing_done) {
+            RunState::Draining
+        } else {
+            state
+        };
+        let eta = self.eta();
+        let stats = CoordinatorStats {
+            schema_version: bulkget_stats::SCHEMA_VERSION,
+            pid: std::process::id(),
+            state,
+            url: self.endpoint.url(),
+            started_at: self.started_at.clone(),
+            updated_at: bulkget_stats::now_rfc3339(),
+            pages_listed: self.pages_listed,
+            names_listed: live.names_listed,
+            current_marker: self.current_marker.clone(),
+            listing_done: self.listing_done,
+            batches_queued: self.sched.pending_len() as u64,
+            files_ok: live.files_ok,
+            files_failed: live.files_failed,
+            bytes: live.bytes,
+            files_per_sec: self.rate.rate(),
+            eta_seconds: eta,
+            eta_method: match (exit_code, self.listing_done, eta) {
+                (Some(_), _, _) => bulkget_stats::schema::eta_method::DONE,
+                (None, false, _) => bulkget_stats::schema::eta_method::NONE_LISTING,
+                (None, true, Some(_)) => bulkget_stats::schema::eta_method::REMAINING_OVER_RATE,
+                (None, true, None) => bulkget_stats::schema::eta_method::NONE_NO_PROGRESS,
+            }
+            .to_string(),
+            lister_wait_ms: self.lister_wait_ms.load(Ordering::Relaxed),
+            batches_requeued: self.sched.requeued(),
+            exit_code,
+            shards: self
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(k, s)| ShardSummary {
+                    shard: k as u32,
+                    pid: s.worker.as_ref().map(|w| w.pid),
+                    state: match s.phase {
+                        Phase::Starting | Phase::Running => {
+                            bulkget_stats::schema::summary_state::RUNNING
+                        }
+                        Phase::Backoff => bulkget_stats::schema::summary_state::BACKOFF,
+                        Phase::Parked => bulkget_stats::schema::summary_state::PARKED,
+                        Phase::Stopped => bulkget_stats::schema::summary_state::STOPPED,
+                    }
+                    .to_string(),
+                    batches_in_flight: self.sched.in_flight(k) as u64,
+                    restarts: s.life.restarts,
+                    idle_ms: (s.idle_total + s.idle_since.map(|t| t.elapsed()).unwrap_or_default())
+                        .as_millis() as u64,
+                })
+                .collect(),
+        };
+        let path = bulkget_stats::schema::coordinator_path(&self.state_dir);
+        if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The state directory a run on `out` uses by default.
+pub fn default_state_dir(out: &Path) -> PathBuf {
+    out.join(".bulkget")
+}

@@ -1,0 +1,386 @@
+//! The state directory: what makes a run resumable.
+//!
+//! ```text
+//! STATE/lock              flock'ed while a run owns the directory; holds its pid
+//! STATE/run.json          URL and settings; a resume with another URL is refused
+//! STATE/checkpoint.json   where to resume listing, and the counters up to there
+//! STATE/failed.jsonl      one line per permanently failed name
+//! STATE/coordinator.json  live stats (bulkget-stats)
+//! STATE/shards/           per-shard live stats, written by the workers
+//! ```
+//!
+//! Durability order at each checkpoint: `failed.jsonl` is flushed and
+//! synced, the output file system is synced (`syncfs`), then the checkpoint
+//! is written to a temporary file, synced and renamed. So a checkpoint never
+//! claims a file the disk does not hold, and `failed.jsonl` is truncated on
+//! resume to the length the checkpoint recorded, dropping the lines of pages
+//! that will be listed again.
+
+use crate::scheduler::{ListPosition, Totals};
+use bulkget_protocol::Failure;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// `run.json`: what was asked for. Written once, when a run starts fresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub version: String,
+    pub url: String,
+    pub out_dir: String,
+    pub sink: String,
+    pub layout: String,
+    pub created_at: String,
+}
+
+/// `checkpoint.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub schema_version: u32,
+    /// Where the next run lists from: the earliest page not fully
+    /// acknowledged.
+    pub position: ListPosition,
+    /// Counters over every page before `position`.
+    pub totals: Totals,
+    /// The length of `failed.jsonl` that belongs to those pages.
+    pub failed_len: u64,
+    /// The whole listing is done and every file acknowledged.
+    pub complete: bool,
+    pub updated_at: String,
+}
+
+/// Why the state directory cannot be used.
+#[derive(Debug)]
+pub enum StateError {
+    /// Another run holds the lock.
+    Locked {
+        dir: PathBuf,
+        pid: Option<u32>,
+    },
+    /// The directory holds a run for another URL or output.
+    Mismatch(String),
+    /// An unfinished run is there and `--resume` was not given.
+    Unfinished {
+        dir: PathBuf,
+        done: u64,
+    },
+    /// `--resume` was given and there is nothing to resume.
+    NothingToResume(PathBuf),
+    Io(String),
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::Locked { dir, pid: Some(pid) } => write!(
+                f,
+                "{} is in use by another bulkget run (pid {pid}); wait for it or use another --state-dir",
+                dir.display()
+            ),
+            StateError::Locked { dir, pid: None } => write!(
+                f,
+                "{} is in use by another bulkget run; wait for it or use another --state-dir",
+                dir.display()
+            ),
+            StateError::Mismatch(why) => f.write_str(why),
+            StateError::Unfinished { dir, done } => write!(
+                f,
+                "{} holds an unfinished run ({done} files done); pass --resume to continue it, or use another --state-dir",
+                dir.display()
+            ),
+            StateError::NothingToResume(dir) => {
+                write!(f, "--resume: {} holds no run to resume", dir.display())
+            }
+            StateError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> StateError {
+    StateError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+/// An open, locked state directory.
+pub struct StateDir {
+    pub dir: PathBuf,
+    /// Held for the life of the run; the lock is released when it closes.
+    _lock: File,
+    failed: BufWriter<File>,
+    failed_len: u64,
+    out_fd: File,
+}
+
+/// How the run starts.
+pub enum Start {
+    Fresh,
+    Resume(Checkpoint),
+    /// The directory holds a complete run: nothing to do.
+    AlreadyComplete(Checkpoint),
+}
+
+impl StateDir {
+    /// Locks `dir` (creating it) and decides between a fresh start and a
+    /// resume.
+    pub fn open(
+        dir: &Path,
+        out_dir: &Path,
+        info: &RunInfo,
+        resume: bool,
+    ) -> Result<(StateDir, Start), StateError> {
+        std::fs::create_dir_all(dir.join("shards")).map_err(|e| io_err("cannot create", dir, e))?;
+        let lock_path = dir.join("lock");
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| io_err("cannot open", &lock_path, e))?;
+        // SAFETY: flock on a descriptor we own; the lock lives as long as it.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut text = String::new();
+                let _ = lock.read_to_string(&mut text);
+                return Err(StateError::Locked {
+                    dir: dir.to_path_buf(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            return Err(io_err("cannot lock", &lock_path, e));
+        }
+        lock.set_len(0)
+            .map_err(|e| io_err("cannot write", &lock_path, e))?;
+        write!(lock, "{}", std::process::id())
+            .map_err(|e| io_err("cannot write", &lock_path, e))?;
+
+        let run_path = dir.join("run.json");
+        let checkpoint_path = bulkget_stats::schema::checkpoint_path(dir);
+        let previous: Option<RunInfo> = read_json_opt(&run_path)?;
+        let checkpoint: Option<Checkpoint> = read_json_opt(&checkpoint_path)?;
+
+        let start = match (previous, checkpoint) {
+            (Some(prev), Some(cp)) => {
+                if prev.url != info.url {
+                    return Err(StateError::Mismatch(format!(
+                        "{} belongs to a run of {}, not {}; use another --state-dir",
+                        dir.display(),
+                        prev.url,
+                        info.url
+                    )));
+                }
+                if prev.sink != info.sink
+                    || prev.layout != info.layout
+                    || prev.out_dir != info.out_dir
+                {
+                    return Err(StateError::Mismatch(format!(
+                        "{} belongs to a run into {} (sink {}, layout {}); resume with the same output and settings",
+                        dir.display(),
+                        prev.out_dir,
+                        prev.sink,
+                        prev.layout
+                    )));
+                }
+                if cp.complete {
+                    Start::AlreadyComplete(cp)
+                } else if resume {
+                    Start::Resume(cp)
+                } else {
+                    return Err(StateError::Unfinished {
+                        dir: dir.to_path_buf(),
+                        done: cp.totals.files_ok + cp.totals.files_failed,
+                    });
+                }
+            }
+            _ if resume => return Err(StateError::NothingToResume(dir.to_path_buf())),
+            _ => {
+                bulkget_stats::write_json_durable(&run_path, info)
+                    .map_err(|e| io_err("cannot write", &run_path, e))?;
+                Start::Fresh
+            }
+        };
+
+        let failed_path = dir.join("failed.jsonl");
+        let failed = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&failed_path)
+            .map_err(|e| io_err("cannot open", &failed_path, e))?;
+        // A fresh run starts an empty list; a resume keeps the lines of the
+        // pages before its checkpoint and drops the rest, which will be
+        // listed and recorded again.
+        let keep = match &start {
+            Start::Fresh => 0,
+            Start::Resume(cp) | Start::AlreadyComplete(cp) => cp.failed_len,
+        };
+        failed
+            .set_len(keep)
+            .map_err(|e| io_err("cannot truncate", &failed_path, e))?;
+        let out_fd = File::open(out_dir).map_err(|e| io_err("cannot open", out_dir, e))?;
+        let mut failed = BufWriter::new(failed);
+        failed
+            .seek(SeekFrom::End(0))
+            .map_err(|e| io_err("cannot seek", &failed_path, e))?;
+        Ok((
+            StateDir {
+                dir: dir.to_path_buf(),
+                _lock: lock,
+                failed,
+                failed_len: keep,
+                out_fd,
+            },
+            start,
+        ))
+    }
+
+    /// Appends failures to `failed.jsonl` (buffered; synced at the next
+    /// checkpoint).
+    pub fn record_failures(&mut self, failures: &[Failure]) -> io::Result<()> {
+        for f in failures {
+            let line = serde_json::to_string(&FailedLine {
+                name: &f.name,
+                reason: &f.reason,
+                status: f.status,
+            })
+            .expect("strings always serialise");
+            self.failed.write_all(line.as_bytes())?;
+            self.failed.write_all(b"\n")?;
+            self.failed_len += line.len() as u64 + 1;
+        }
+        Ok(())
+    }
+
+    pub fn failed_path(&self) -> PathBuf {
+        self.dir.join("failed.jsonl")
+    }
+
+    /// Makes everything durable and writes the checkpoint. Blocking: syncs
+    /// the output file system, which can take a while on a busy disk.
+    pub fn write_checkpoint(
+        &mut self,
+        position: ListPosition,
+        totals: Totals,
+        complete: bool,
+    ) -> io::Result<()> {
+        self.failed.flush()?;
+        self.failed.get_ref().sync_data()?;
+        // SAFETY: syncfs takes a valid open descriptor, which out_fd is.
+        let rc = unsafe { libc::syncfs(self.out_fd.as_raw_fd()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let cp = Checkpoint {
+            schema_version: CHECKPOINT_VERSION,
+            position,
+            totals,
+            failed_len: self.failed_len,
+            complete,
+            updated_at: bulkget_stats::now_rfc3339(),
+        };
+        bulkget_stats::write_json_durable(&bulkget_stats::schema::checkpoint_path(&self.dir), &cp)
+    }
+}
+
+#[derive(Serialize)]
+struct FailedLine<'a> {
+    name: &'a str,
+    reason: &'a str,
+    status: Option<u16>,
+}
+
+fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Io(format!("{} is damaged: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("cannot read", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(url: &str) -> RunInfo {
+        RunInfo {
+            version: "t".into(),
+            url: url.into(),
+            out_dir: "/out".into(),
+            sink: "dir".into(),
+            layout: "flat".into(),
+            created_at: "now".into(),
+        }
+    }
+
+    #[test]
+    fn a_second_open_is_refused_with_the_holders_pid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let (_held, _) = StateDir::open(&state, tmp.path(), &info("http://a"), false).unwrap();
+        match StateDir::open(&state, tmp.path(), &info("http://a"), false) {
+            Err(StateError::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn resume_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        assert!(matches!(
+            StateDir::open(&state, tmp.path(), &info("http://a"), true).map(|_| ()),
+            Err(StateError::NothingToResume(_))
+        ));
+        let (mut s, start) = StateDir::open(&state, tmp.path(), &info("http://a"), false).unwrap();
+        assert!(matches!(start, Start::Fresh));
+        s.record_failures(&[Failure {
+            name: "x".into(),
+            reason: "r".into(),
+            status: Some(404),
+        }])
+        .unwrap();
+        s.write_checkpoint(
+            ListPosition::Marker("m".into()),
+            Totals {
+                files_ok: 5,
+                ..Totals::default()
+            },
+            false,
+        )
+        .unwrap();
+        // A failure recorded after the checkpoint belongs to a page that will
+        // be listed again, so a resume drops it.
+        s.record_failures(&[Failure {
+            name: "y".into(),
+            reason: "r".into(),
+            status: None,
+        }])
+        .unwrap();
+        s.failed.flush().unwrap();
+        drop(s);
+
+        assert!(matches!(
+            StateDir::open(&state, tmp.path(), &info("http://a"), false).map(|_| ()),
+            Err(StateError::Unfinished { done: 5, .. })
+        ));
+        assert!(matches!(
+            StateDir::open(&state, tmp.path(), &info("http://b"), true).map(|_| ()),
+            Err(StateError::Mismatch(_))
+        ));
+        let (s, start) = StateDir::open(&state, tmp.path(), &info("http://a"), true).unwrap();
+        match start {
+            Start::Resume(cp) => assert_eq!(cp.position, ListPosition::Marker("m".into())),
+            _ => panic!("expected resume"),
+        }
+        let failed = std::fs::read_to_string(s.failed_path()).unwrap();
+        assert_eq!(failed.lines().count(), 1);
+        assert!(failed.contains("\"x\""));
+    }
+}

@@ -1,0 +1,365 @@
+//! The fetch engine: a queue of names and the connection tasks that drain it.
+
+use crate::stats_file::Counters;
+use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
+use bulkget_protocol::{BatchId, Failure, FatalKind, WorkerSettings};
+use bulkget_sink::{PutError, Sink};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// One batch while the worker holds it.
+pub struct BatchState {
+    pub id: BatchId,
+    /// The names, immutable once received; work items index into them, so a
+    /// name is never copied on its way to the connection task.
+    pub names: Vec<String>,
+    remaining: Cell<u32>,
+    ok: Cell<u32>,
+    bytes: Cell<u64>,
+    failures: RefCell<Vec<Failure>>,
+}
+
+impl BatchState {
+    pub fn ok(&self) -> u32 {
+        self.ok.get()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.get()
+    }
+    pub fn take_failures(&self) -> Vec<Failure> {
+        self.failures.take()
+    }
+}
+
+/// One name to fetch: a batch and an index into it.
+struct Item {
+    batch: Rc<BatchState>,
+    idx: u32,
+    /// Attempts made so far for this name.
+    attempt: u32,
+}
+
+/// State shared by every task of the worker. Single-threaded: `Cell` and
+/// `RefCell` only, borrowed briefly and never across an `.await`.
+pub struct Engine {
+    settings: WorkerSettings,
+    endpoint: Endpoint,
+    limits: Limits,
+    backoff: Backoff,
+    queue: RefCell<VecDeque<Item>>,
+    work_ready: Notify,
+    sink: RefCell<Box<dyn Sink>>,
+    /// Batches whose every name is done, waiting for the committer.
+    completed: RefCell<Vec<Rc<BatchState>>>,
+    pub completed_ready: Notify,
+    /// Batches received and not yet acknowledged.
+    outstanding: Cell<usize>,
+    /// Set when the coordinator asked for a drain: connection tasks exit
+    /// once the queue is empty and nothing waits on a retry timer.
+    draining: Cell<bool>,
+    /// Names waiting on a retry timer, which the drain must wait for.
+    retrying: Cell<usize>,
+    fatal: RefCell<Option<(FatalKind, String)>>,
+    pub fatal_ready: Notify,
+    /// Woken after each acknowledgement, so a drain can see when it is done.
+    pub drain_progress: Notify,
+    jitter: RefCell<Jitter>,
+    pub counters: Counters,
+}
+
+impl Engine {
+    pub fn new(settings: WorkerSettings, endpoint: Endpoint, sink: Box<dyn Sink>) -> Rc<Engine> {
+        let limits = Limits {
+            first_byte: Duration::from_millis(settings.first_byte_timeout_ms),
+            idle: Duration::from_millis(settings.idle_timeout_ms),
+            max_body: settings.max_file_size,
+            max_redirects: settings.max_redirects,
+        };
+        let backoff = Backoff {
+            base: Duration::from_millis(settings.backoff_base_ms),
+            max: Duration::from_millis(settings.backoff_max_ms),
+        };
+        Rc::new(Engine {
+            settings,
+            endpoint,
+            limits,
+            backoff,
+            queue: RefCell::new(VecDeque::new()),
+            work_ready: Notify::new(),
+            sink: RefCell::new(sink),
+            completed: RefCell::new(Vec::new()),
+            completed_ready: Notify::new(),
+            outstanding: Cell::new(0),
+            draining: Cell::new(false),
+            retrying: Cell::new(0),
+            fatal: RefCell::new(None),
+            fatal_ready: Notify::new(),
+            drain_progress: Notify::new(),
+            jitter: RefCell::new(Jitter::from_entropy()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Starts the connection tasks on the current `LocalSet`.
+    pub fn start(self: &Rc<Self>) {
+        for _ in 0..self.settings.connections.max(1) {
+            let engine = self.clone();
+            tokio::task::spawn_local(async move { engine.connection_task().await });
+        }
+    }
+
+    /// Queues a batch received from the coordinator. An empty batch is
+    /// complete at once.
+    pub fn add_batch(&self, id: BatchId, names: Vec<String>) {
+        let n = names.len() as u32;
+        let batch = Rc::new(BatchState {
+            id,
+            names,
+            remaining: Cell::new(n),
+            ok: Cell::new(0),
+            bytes: Cell::new(0),
+            failures: RefCell::new(Vec::new()),
+        });
+        self.outstanding.set(self.outstanding.get() + 1);
+        if n == 0 {
+            self.complete(batch);
+            return;
+        }
+        let mut queue = self.queue.borrow_mut();
+        for idx in 0..n {
+            queue.push_back(Item {
+                batch: batch.clone(),
+                idx,
+                attempt: 0,
+            });
+        }
+        drop(queue);
+        self.work_ready.notify_waiters();
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.get()
+    }
+
+    /// Called by the committer after a batch was acknowledged.
+    pub fn acknowledged(&self) {
+        self.outstanding.set(self.outstanding.get() - 1);
+        self.counters
+            .batches_done
+            .set(self.counters.batches_done.get() + 1);
+        self.drain_progress.notify_waiters();
+    }
+
+    pub fn start_drain(&self) {
+        self.draining.set(true);
+        self.work_ready.notify_waiters();
+        self.drain_progress.notify_waiters();
+    }
+
+    /// A drain was requested and every batch received is acknowledged.
+    pub fn is_drained(&self) -> bool {
+        self.draining.get() && self.outstanding.get() == 0
+    }
+
+    /// The batches completed since the last call.
+    pub fn take_completed(&self) -> Vec<Rc<BatchState>> {
+        self.completed.take()
+    }
+
+    /// Commits the sink so every completed batch is durable.
+    pub fn commit(&self) -> Result<(), PutError> {
+        self.sink.borrow_mut().commit()
+    }
+
+    pub fn take_fatal(&self) -> Option<(FatalKind, String)> {
+        self.fatal.borrow_mut().take()
+    }
+
+    pub fn set_fatal(&self, kind: FatalKind, reason: String) {
+        let mut f = self.fatal.borrow_mut();
+        if f.is_none() {
+            *f = Some((kind, reason));
+            self.fatal_ready.notify_one();
+        }
+    }
+
+    /// The next name to fetch, or `None` when draining and nothing is left.
+    async fn next_item(&self) -> Option<Item> {
+        loop {
+            // Created before the check so a batch that arrives in between
+            // cannot be missed (notify_waiters wakes futures created before
+            // it is called).
+            let ready = self.work_ready.notified();
+            if let Some(item) = self.queue.borrow_mut().pop_front() {
+                return Some(item);
+            }
+            if self.draining.get() && self.retrying.get() == 0 {
+                return None;
+            }
+            ready.await;
+        }
+    }
+
+    async fn connection_task(self: Rc<Self>) {
+        let mut conn: Option<Conn> = None;
+        let mut path = String::with_capacity(256);
+        let mut body = Vec::with_capacity(4096);
+        let mut connect_failures: u32 = 0;
+        let c = &self.counters;
+        while let Some(item) = self.next_item().await {
+            if let Err(why) = bulkget_names::check(&item.batch.names[item.idx as usize]) {
+                // The coordinator filters unsafe names; this is the second
+                // line of defence, and the sink's RESOLVE_BENEATH the third.
+                self.fail(item, why.to_string(), None);
+                continue;
+            }
+            if conn.as_ref().is_none_or(|c| !c.is_usable()) {
+                if conn.take().is_some() {
+                    c.open_connections.set(c.open_connections.get() - 1);
+                }
+                match Conn::connect(
+                    &self.endpoint,
+                    Duration::from_millis(self.settings.connect_timeout_ms),
+                )
+                .await
+                {
+                    Ok(new) => {
+                        connect_failures = 0;
+                        c.connections_opened.set(c.connections_opened.get() + 1);
+                        c.open_connections.set(c.open_connections.get() + 1);
+                        conn = Some(new);
+                    }
+                    Err(e) => {
+                        // Back off this connection slot too, so a server that
+                        // refuses connections is not hammered in a hot loop.
+                        connect_failures += 1;
+                        c.status.borrow_mut().record_error();
+                        let delay = self.backoff.delay(
+                            connect_failures,
+                            None,
+                            &mut self.jitter.borrow_mut(),
+                        );
+                        self.retry_or_fail(item, e);
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                }
+            }
+            let live = conn.as_mut().expect("connected above");
+            let name = &item.batch.names[item.idx as usize];
+            path.clear();
+            path.push_str(&self.endpoint.prefix);
+            path.push_str("/get/");
+            bulkget_names::push_url_encoded(&mut path, name);
+
+            c.in_flight.set(c.in_flight.get() + 1);
+            let started = Instant::now();
+            let result = live
+                .get(&self.endpoint, &path, &self.limits, &mut body)
+                .await;
+            c.in_flight.set(c.in_flight.get() - 1);
+            c.latency
+                .borrow_mut()
+                .record(started.elapsed().as_micros() as u64);
+
+            match result {
+                Ok(response) => {
+                    c.status.borrow_mut().record(response.status);
+                    if response.test_abort && self.settings.test_hooks.abort_on_header {
+                        eprintln!("bulkget worker: test hook: aborting on {name:?}");
+                        std::process::abort();
+                    }
+                    let put = self.sink.borrow_mut().put(name, &body);
+                    match put {
+                        Ok(()) => self.succeed(item, body.len() as u64),
+                        Err(PutError::File(why)) => self.fail(item, why, None),
+                        Err(PutError::NoSpace(why)) => {
+                            self.set_fatal(FatalKind::NoSpace, why);
+                            return;
+                        }
+                        Err(PutError::Fatal(why)) => {
+                            self.set_fatal(FatalKind::Crash, why);
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    match e.status() {
+                        Some(code) => c.status.borrow_mut().record(code),
+                        None => c.status.borrow_mut().record_error(),
+                    }
+                    self.retry_or_fail(item, e);
+                }
+            }
+        }
+        if conn.is_some() {
+            c.open_connections.set(c.open_connections.get() - 1);
+        }
+    }
+
+    fn retry_or_fail(self: &Rc<Self>, mut item: Item, error: FetchError) {
+        item.attempt += 1;
+        if !error.is_transient() || item.attempt >= self.settings.max_attempts {
+            let reason = if error.is_transient() {
+                format!("{error} (gave up after {} attempts)", item.attempt)
+            } else {
+                error.to_string()
+            };
+            self.fail(item, reason, error.status());
+            return;
+        }
+        let c = &self.counters;
+        c.retries.set(c.retries.get() + 1);
+        let delay = self.backoff.delay(
+            item.attempt,
+            error.retry_after(),
+            &mut self.jitter.borrow_mut(),
+        );
+        // A timer task per retry keeps the connection free for other names
+        // while this one waits; retries are rare, so the task is cheap.
+        self.retrying.set(self.retrying.get() + 1);
+        let engine = self.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(delay).await;
+            engine.retrying.set(engine.retrying.get() - 1);
+            engine.queue.borrow_mut().push_front(item);
+            engine.work_ready.notify_waiters();
+        });
+    }
+
+    fn succeed(&self, item: Item, bytes: u64) {
+        let c = &self.counters;
+        c.files_ok.set(c.files_ok.get() + 1);
+        c.bytes.set(c.bytes.get() + bytes);
+        item.batch.ok.set(item.batch.ok.get() + 1);
+        item.batch.bytes.set(item.batch.bytes.get() + bytes);
+        self.finish(item);
+    }
+
+    fn fail(&self, item: Item, reason: String, status: Option<u16>) {
+        let c = &self.counters;
+        c.files_failed.set(c.files_failed.get() + 1);
+        item.batch.failures.borrow_mut().push(Failure {
+            name: item.batch.names[item.idx as usize].clone(),
+            reason,
+            status,
+        });
+        self.finish(item);
+    }
+
+    fn finish(&self, item: Item) {
+        let remaining = item.batch.remaining.get() - 1;
+        item.batch.remaining.set(remaining);
+        if remaining == 0 {
+            self.complete(item.batch);
+        }
+    }
+
+    fn complete(&self, batch: Rc<BatchState>) {
+        self.completed.borrow_mut().push(batch);
+        self.completed_ready.notify_one();
+    }
+}

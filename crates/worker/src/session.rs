@@ -1,0 +1,262 @@
+//! The worker's conversation with the coordinator, and its exit.
+
+use crate::engine::Engine;
+use crate::stats_file::StatsFile;
+use bulkget_http::Endpoint;
+use bulkget_protocol::frame::{FrameReader, FrameWriter};
+use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker};
+use std::os::fd::{FromRawFd, RawFd};
+use std::rc::Rc;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+/// The file descriptor on which a worker finds its socket. The coordinator
+/// puts it there with `dup2` between `fork` and `exec`.
+pub const WORKER_FD: RawFd = 3;
+
+/// Exit codes of a worker process (the coordinator reads them; users never
+/// should need to).
+pub mod exit {
+    /// Drained and finished, or told to stop.
+    pub const OK: i32 = 0;
+    /// Could not go on; a `Fatal` message said why.
+    pub const FATAL: i32 = 1;
+    /// Started by hand, or the socket is not usable.
+    pub const USAGE: i32 = 2;
+}
+
+/// Runs a worker on the socket at `fd` and returns the process exit code.
+pub fn run_on_fd(fd: RawFd) -> i32 {
+    install_abort_on_panic();
+    // Check the descriptor is a socket before taking ownership of it, so
+    // that running `bulkget worker` by hand gives a clear error.
+    let is_socket = nix::sys::stat::fstat(fd)
+        .map(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK)
+        .unwrap_or(false);
+    if !is_socket {
+        eprintln!(
+            "bulkget worker: file descriptor {fd} is not a socket; this subcommand is started by `bulkget fetch`, not by hand"
+        );
+        return exit::USAGE;
+    }
+    // SAFETY: fd is an open socket (checked above) that this process owns:
+    // the coordinator passed it to us and nothing else in the process uses it.
+    let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    if let Err(e) = std_stream.set_nonblocking(true) {
+        eprintln!("bulkget worker: cannot use socket: {e}");
+        return exit::USAGE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bulkget worker: cannot start runtime: {e}");
+            return exit::FATAL;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        match UnixStream::from_std(std_stream) {
+            Ok(stream) => serve(stream).await,
+            Err(e) => {
+                eprintln!("bulkget worker: cannot use socket: {e}");
+                exit::USAGE
+            }
+        }
+    })
+}
+
+/// A panic anywhere in a worker must kill the process: tokio would
+/// otherwise catch it in the task and leave a batch that never completes.
+/// A dead worker is restarted and its batches are fetched again.
+fn install_abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
+}
+
+async fn serve(stream: UnixStream) -> i32 {
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FrameReader::new(read_half);
+    let (outbox, outbox_rx) = mpsc::unbounded_channel::<ToCoordinator>();
+    let writer = tokio::task::spawn_local(write_outbox(FrameWriter::new(write_half), outbox_rx));
+
+    let (shard, generation, settings) = match reader.next::<ToWorker>().await {
+        Ok(Some(ToWorker::Hello {
+            shard,
+            generation,
+            settings,
+        })) => (shard, generation, settings),
+        Ok(None) => return exit::OK,
+        Ok(Some(other)) => {
+            eprintln!("bulkget worker: expected hello, got {other:?}");
+            return exit::USAGE;
+        }
+        Err(e) => {
+            eprintln!("bulkget worker: {e}");
+            return exit::USAGE;
+        }
+    };
+    let fatal = |kind: FatalKind, reason: String| {
+        eprintln!("bulkget worker {shard}: {reason}");
+        let _ = outbox.send(ToCoordinator::Fatal { kind, reason });
+    };
+
+    if settings.test_hooks.fail_start_shards.contains(&shard) {
+        fatal(
+            FatalKind::Crash,
+            "test hook: start-up fails on this shard".into(),
+        );
+        drop(outbox);
+        let _ = writer.await;
+        return exit::FATAL;
+    }
+    let endpoint = match Endpoint::parse(&settings.base_url) {
+        Ok(e) => e,
+        Err(e) => {
+            fatal(FatalKind::Crash, e.to_string());
+            drop(outbox);
+            let _ = writer.await;
+            return exit::FATAL;
+        }
+    };
+    let sink = match bulkget_sink::open(
+        settings.sink,
+        settings.layout,
+        settings.out_dir.as_ref(),
+        shard,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let kind = match e {
+                bulkget_sink::PutError::NoSpace(_) => FatalKind::NoSpace,
+                _ => FatalKind::Crash,
+            };
+            fatal(kind, format!("cannot open the sink: {e}"));
+            drop(outbox);
+            let _ = writer.await;
+            return exit::FATAL;
+        }
+    };
+    let stats = Rc::new(StatsFile::new(&settings.state_dir, shard, generation));
+    let interval = std::time::Duration::from_millis(settings.stats_interval_ms.max(100));
+    let engine = Engine::new(settings, endpoint, sink);
+    let _ = outbox.send(ToCoordinator::Ready {
+        pid: std::process::id(),
+    });
+    engine.start();
+    let committer = tokio::task::spawn_local(commit_loop(engine.clone(), outbox.clone()));
+    let stats_task = {
+        let (engine, stats) = (engine.clone(), stats.clone());
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                stats.write(&engine.counters, bulkget_stats::ShardState::Running);
+            }
+        })
+    };
+
+    let code = loop {
+        tokio::select! {
+            msg = reader.next::<ToWorker>() => match msg {
+                Ok(Some(ToWorker::Batch { id, names })) => engine.add_batch(id, names),
+                Ok(Some(ToWorker::Shutdown { drain: true })) => {
+                    engine.start_drain();
+                    if engine.outstanding() == 0 {
+                        break exit::OK;
+                    }
+                }
+                Ok(Some(ToWorker::Shutdown { drain: false })) => break exit::OK,
+                Ok(Some(ToWorker::Hello { .. })) => {
+                    eprintln!("bulkget worker {shard}: unexpected second hello");
+                    break exit::USAGE;
+                }
+                // End of stream: the coordinator is gone (exited or killed).
+                // Nobody can acknowledge further work, so stop at once.
+                Ok(None) => break exit::OK,
+                Err(e) => {
+                    eprintln!("bulkget worker {shard}: {e}");
+                    break exit::USAGE;
+                }
+            },
+            () = drained(&engine) => break exit::OK,
+            () = engine.fatal_ready.notified() => {
+                if let Some((kind, reason)) = engine.take_fatal() {
+                    fatal(kind, reason);
+                }
+                break exit::FATAL;
+            }
+        }
+    };
+    // Stop the periodic writer first, or it could overwrite the final
+    // "exited" snapshot; stop the committer, whose outbox sender would keep
+    // the writer (and so this process) alive.
+    stats_task.abort();
+    committer.abort();
+    stats.write(&engine.counters, bulkget_stats::ShardState::Exited);
+    drop(outbox);
+    // Give the outbox a bounded moment to deliver the last frames; the
+    // coordinator may already be gone.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    code
+}
+
+/// Resolves once a drain has been requested and every batch is acknowledged.
+async fn drained(engine: &Rc<Engine>) {
+    loop {
+        let woken = engine.drain_progress.notified();
+        if engine.is_drained() {
+            return;
+        }
+        woken.await;
+    }
+}
+
+/// Commits the sink and acknowledges every completed batch. Several batches
+/// that complete close together share one commit.
+async fn commit_loop(engine: Rc<Engine>, outbox: mpsc::UnboundedSender<ToCoordinator>) {
+    loop {
+        engine.completed_ready.notified().await;
+        // Let the other tasks run once first, so batches completing in the
+        // same burst share the commit.
+        tokio::task::yield_now().await;
+        let batches = engine.take_completed();
+        if batches.is_empty() {
+            continue;
+        }
+        if let Err(e) = engine.commit() {
+            let kind = match e {
+                bulkget_sink::PutError::NoSpace(_) => FatalKind::NoSpace,
+                _ => FatalKind::Crash,
+            };
+            engine.set_fatal(kind, format!("sink commit failed: {e}"));
+            return;
+        }
+        for b in batches {
+            let _ = outbox.send(ToCoordinator::BatchDone {
+                id: b.id,
+                ok: b.ok(),
+                bytes: b.bytes(),
+                failures: b.take_failures(),
+            });
+            engine.acknowledged();
+        }
+    }
+}
+
+async fn write_outbox(
+    mut writer: FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<ToCoordinator>,
+) {
+    while let Some(msg) = rx.recv().await {
+        if writer.send(&msg).await.is_err() {
+            // The coordinator is gone; the main loop sees the end of stream.
+            return;
+        }
+    }
+}
