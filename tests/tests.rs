@@ -1,1 +1,6 @@
+//! End-to-end tests: the real `bulkget` and `bulkget-server` binaries,
+//! started as processes, on loopback.
 
+mod util;
+
+mod fetch;

@@ -47,7 +47,7 @@ impl Jitter {
         Jitter::new(t ^ ((std::process::id() as u64) << 32))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -61,7 +61,7 @@ impl Jitter {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 }

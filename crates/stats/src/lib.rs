@@ -1,1 +1,125 @@
-//! Placeholder.
+//! Stats for a bulkget run: the files, the meters behind them, and
+//! `bulkget status`.
+//!
+//! While a run goes on, every worker rewrites `STATE/shards/shard-KK.json`
+//! and the coordinator rewrites `STATE/coordinator.json`, once a second and
+//! once more at exit. People and scripts read those files (`cat`, `jq`,
+//! `watch`, `bulkget status`) without talking to the run, so they must always
+//! be whole, self-describing and versioned. `docs/STATS.md` documents them
+//! field by field.
+//!
+//! The crate is laid out by who uses what:
+//!
+//! * [`schema`]: the serde types of both files ([`ShardStats`],
+//!   [`CoordinatorStats`]), the schema version and the file paths. The
+//!   contract between writers and readers.
+//! * [`histogram`], [`rate`], [`http_status`]: the worker's hot-path meters.
+//!   Recording a latency or a status code is a few integer operations on one
+//!   thread: no lock, no allocation. The work of turning them into
+//!   percentiles, a rate and a map happens once per snapshot.
+//! * [`meter`]: [`ShardMeter`] bundles those meters with the worker's
+//!   counters and writes the shard file.
+//! * [`atomic`]: JSON written by temporary file and rename, so readers never
+//!   see a torn file; a durable variant (fsync of file and directory) for the
+//!   checkpoint.
+//! * [`time`]: the RFC 3339 timestamps in the files.
+//! * [`status`]: `bulkget status`: loading a state directory into a
+//!   [`StatusReport`], the table, `--json` and `--watch`.
+
+pub mod atomic;
+pub mod histogram;
+pub mod http_status;
+pub mod meter;
+pub mod rate;
+pub mod schema;
+pub mod status;
+pub mod time;
+
+pub use atomic::{read_json, write_json_atomic, write_json_durable};
+pub use histogram::LatencyHistogram;
+pub use http_status::StatusCounts;
+pub use meter::ShardMeter;
+pub use rate::{eta_seconds, RateWindow};
+pub use schema::{
+    CoordinatorStats, Latency, RunState, ShardState, ShardStats, ShardSummary, SCHEMA_VERSION,
+};
+pub use status::{
+    load, load_at, render_table, resolve_state_dir, run_status, StatusArgs, StatusError,
+    StatusReport, Totals,
+};
+pub use time::{format_rfc3339, now_rfc3339, parse_rfc3339};
+
+/// `docs/STATS.md` is the schema's documentation for people; these tests keep
+/// it honest against the types.
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+    use serde_json::Value;
+
+    const DOC: &str = include_str!("../../../docs/STATS.md");
+
+    /// The JSON block after `<!-- example: NAME -->`.
+    fn example(name: &str) -> &'static str {
+        let at = DOC
+            .find(&format!("<!-- example: {name} -->"))
+            .unwrap_or_else(|| panic!("no {name} example in docs/STATS.md"));
+        let rest = &DOC[at..];
+        let start = rest.find("```json\n").expect("a json block") + "```json\n".len();
+        let end = rest[start..].find("```").expect("the block's end");
+        &rest[start..start + end]
+    }
+
+    /// Parsing into the type and writing back loses nothing and adds
+    /// nothing: the example has every field and only known ones.
+    fn round_trips<T: serde::de::DeserializeOwned + serde::Serialize>(name: &str) -> T {
+        let text = example(name);
+        let as_value: Value = serde_json::from_str(text).unwrap();
+        let typed: T = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_value(&typed).unwrap(), as_value, "{name}");
+        typed
+    }
+
+    fn assert_documented(keys: impl IntoIterator<Item = String>) {
+        for key in keys {
+            assert!(
+                DOC.contains(&format!("| `{key}` |")),
+                "field `{key}` is not in a table of docs/STATS.md"
+            );
+        }
+    }
+
+    fn keys_of(v: &Value) -> Vec<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_examples_match_the_types() {
+        let s: ShardStats = round_trips("shard");
+        assert_eq!(s.schema_version, SCHEMA_VERSION);
+        let c: CoordinatorStats = round_trips("coordinator");
+        assert_eq!(c.schema_version, SCHEMA_VERSION);
+        assert!(c.shards.iter().any(|s| s.pid.is_none()));
+    }
+
+    #[test]
+    fn every_field_has_a_row() {
+        let shard = serde_json::to_value(ShardStats::default()).unwrap();
+        assert_documented(keys_of(&shard));
+        assert_documented(
+            keys_of(&shard["latency_ms"])
+                .into_iter()
+                .map(|k| format!("latency_ms.{k}")),
+        );
+        let mut c = CoordinatorStats::default();
+        c.shards.push(ShardSummary::default());
+        let c = serde_json::to_value(c).unwrap();
+        assert_documented(keys_of(&c));
+        assert_documented(keys_of(&c["shards"][0]));
+        assert_documented(keys_of(
+            &serde_json::to_value(StatusReport::default()).unwrap(),
+        ));
+        for key in keys_of(&serde_json::to_value(Totals::default()).unwrap()) {
+            assert!(DOC.contains(&format!("`{key}`")), "totals field `{key}`");
+        }
+    }
+}

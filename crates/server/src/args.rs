@@ -1,0 +1,220 @@
+//! The command line, shared by the binary and by in-process tests.
+
+use std::net::IpAddr;
+
+use clap::{Parser, ValueEnum};
+
+/// Every setting of the test server. The binary parses it from the command
+/// line; tests build it with struct-update syntax from [`ServerArgs::default`],
+/// which holds exactly the command-line defaults.
+#[derive(Parser, Debug, Clone, PartialEq)]
+#[command(
+    name = "bulkget-server",
+    version,
+    about = "A fast, deterministic stand-in for the remote file service, with fault injection.",
+    long_about = "A fast, deterministic stand-in for the remote file service, with fault \
+                  injection.\n\nEndpoints (under --prefix): GET /list, GET /list?next-marker=M, \
+                  GET /get/{name}, GET /get-redirected/{name}; GET /_stats answers JSON counters \
+                  (also at the root). Every fault is chosen by a hash of (seed, fault kind, name), \
+                  so a run is reproducible."
+)]
+pub struct ServerArgs {
+    /// IP address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub addr: IpAddr,
+
+    /// TCP port to listen on; 0 picks a free port (the chosen one is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Worker threads of the server's runtime; defaults to the number of CPUs.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    /// Serve every endpoint under this path prefix, e.g. `/api` gives `/api/list`.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+
+    /// Number of files in the dataset (plain names are `file-{i:010}`).
+    #[arg(long, default_value_t = 1_000_000, help_heading = "Dataset")]
+    pub files: u64,
+
+    /// Names per listing page.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Dataset")]
+    pub page_size: u64,
+
+    /// Size in bytes of every file (except --oversize-name).
+    #[arg(long, default_value_t = 100, help_heading = "Dataset")]
+    pub file_size: usize,
+
+    /// Seed that changes markers and which names get faults (not the content).
+    #[arg(long, default_value_t = 0, help_heading = "Dataset")]
+    pub seed: u64,
+
+    /// Use names that are hard to get right (spaces, unicode NFC/NFD, %, +, #, ?, /, 255 bytes...).
+    #[arg(long, help_heading = "Dataset")]
+    pub tricky: bool,
+
+    /// Also list unsafe names (`../escape`, `/abs/path`, NUL, ...) on the first page.
+    #[arg(long, help_heading = "Dataset")]
+    pub hostile_names: bool,
+
+    /// Fraction of names answered with a 5xx (500, 502, 503, some 503 with Retry-After: 1) on their first attempts.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub error_rate: f64,
+
+    /// Fraction of names answered with 429 and Retry-After on their first attempts.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub throttle_rate: f64,
+
+    /// Seconds announced in the Retry-After header of 429 answers.
+    #[arg(long, default_value_t = 1, help_heading = "Per-name faults")]
+    pub retry_after: u64,
+
+    /// How many first requests of a faulted name fail before it is served normally.
+    #[arg(long, default_value_t = 1, help_heading = "Per-name faults")]
+    pub fault_attempts: u32,
+
+    /// Fraction of names whose first attempts send headers, half the body, then abort the connection.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub reset_rate: f64,
+
+    /// Fraction of names whose first attempts send fewer bytes than Content-Length, then close.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub truncate_rate: f64,
+
+    /// Fraction of names whose body always trickles in --slow-pieces pieces over --slow-ms.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub slow_rate: f64,
+
+    /// Milliseconds a slow body takes from its first piece to its last.
+    #[arg(long, default_value_t = 2000, help_heading = "Per-name faults")]
+    pub slow_ms: u64,
+
+    /// Pieces a slow body is sent in (2: half at once, the rest after --slow-ms; file size: a byte at a time).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Per-name faults")]
+    pub slow_pieces: u64,
+
+    /// Fraction of names that always answer 404 although they are listed.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub gone_rate: f64,
+
+    /// Fraction of names whose /get answers 307 to /get-redirected/{name} on the same host.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub redirect_rate: f64,
+
+    /// Milliseconds every /get answer is delayed.
+    #[arg(long, default_value_t = 0, help_heading = "Per-name faults")]
+    pub latency_ms: u64,
+
+    /// Exactly this many dataset names, spread by a seeded permutation, carry `x-bulkget-test-abort: 1`.
+    #[arg(long, default_value_t = 0, help_heading = "Per-name faults")]
+    pub crash_names: u64,
+
+    /// A name that carries `x-bulkget-test-abort: 1` on every answer (repeatable).
+    #[arg(long, value_name = "NAME", help_heading = "Per-name faults")]
+    pub crash_name: Vec<String>,
+
+    /// Milliseconds every listing page except the first is delayed.
+    #[arg(long, default_value_t = 0, help_heading = "Listing faults")]
+    pub list_delay_ms: u64,
+
+    /// A fault applied to listing page --list-fault-page (repeatable).
+    #[arg(long, value_enum, value_name = "KIND", help_heading = "Listing faults")]
+    pub list_fault: Vec<ListFault>,
+
+    /// The 0-based listing page the --list-fault kinds apply to.
+    #[arg(long, default_value_t = 1, help_heading = "Listing faults")]
+    pub list_fault_page: u64,
+
+    /// A name listed on the first page whose body is --oversize-bytes long, streamed.
+    #[arg(long, value_name = "NAME", help_heading = "Special names")]
+    pub oversize_name: Option<String>,
+
+    /// Size in bytes of --oversize-name.
+    #[arg(long, default_value_t = 16 << 20, help_heading = "Special names")]
+    pub oversize_bytes: u64,
+
+    /// A name listed on the first page that declares a 1 TB Content-Length and streams until the client hangs up.
+    #[arg(long, value_name = "NAME", help_heading = "Special names")]
+    pub liar_name: Option<String>,
+
+    /// A name listed on the first page whose /get answers 302 to http://127.0.0.2:9/get/NAME.
+    #[arg(long, value_name = "NAME", help_heading = "Special names")]
+    pub offhost_redirect_name: Option<String>,
+}
+
+impl Default for ServerArgs {
+    /// The command-line defaults.
+    fn default() -> Self {
+        ServerArgs::parse_from(["bulkget-server"])
+    }
+}
+
+/// A fault of one listing page, chosen with `--list-fault`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListFault {
+    /// The page answers 503 the first time it is asked for, then normally.
+    FailOnce,
+    /// The body is cut off in the middle, so it is not JSON.
+    InvalidJson,
+    /// `FileNames` is a string instead of a list.
+    WrongType,
+    /// The `FileNames` key is missing (`NextMarker` is still there).
+    MissingNames,
+    /// Status 200 with an HTML error page (content-type text/html).
+    Html,
+    /// `NextMarker` points back to an earlier page (to itself on pages 0 and 1).
+    Loop,
+    /// The page also lists 2,000,000 extra names `huge-{j:07}`, streamed.
+    Huge,
+    /// The page first repeats every name of the previous page.
+    Duplicates,
+    /// Every page uses the key `NextFile` instead of `NextMarker`.
+    NextFile,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("{rate} is not a fraction between 0 and 1"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_defaults_match_the_brief() {
+        ServerArgs::command().debug_assert();
+        let args = ServerArgs::default();
+        assert_eq!(args.port, 8080);
+        assert_eq!(args.files, 1_000_000);
+        assert_eq!(args.page_size, 1000);
+        assert_eq!(args.file_size, 100);
+        assert_eq!(args.fault_attempts, 1);
+        assert_eq!(args.list_fault_page, 1);
+    }
+
+    #[test]
+    fn rates_outside_zero_to_one_are_refused() {
+        assert!(ServerArgs::try_parse_from(["s", "--error-rate", "1.5"]).is_err());
+        assert!(ServerArgs::try_parse_from(["s", "--error-rate", "-0.1"]).is_err());
+        let args = ServerArgs::try_parse_from([
+            "s",
+            "--error-rate",
+            "0.25",
+            "--list-fault",
+            "fail-once",
+            "--list-fault",
+            "next-file",
+        ])
+        .unwrap();
+        assert_eq!(args.error_rate, 0.25);
+        assert_eq!(args.list_fault, [ListFault::FailOnce, ListFault::NextFile]);
+    }
+}

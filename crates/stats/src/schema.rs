@@ -1,0 +1,350 @@
+//! The two stats files a run writes, as serde types, and where they live.
+//!
+//! These types are the contract between the processes that write the files
+//! (each worker writes its `shards/shard-KK.json`, the coordinator writes
+//! `coordinator.json`) and everything that reads them: `bulkget status`,
+//! scripts with `jq`, dashboards. `docs/STATS.md` documents every field; keep
+//! the two in step.
+//!
+//! Compatibility rules, which the attributes below implement:
+//!
+//! * Every struct is `#[serde(default)]`, so a reader accepts a file written
+//!   by an older writer that lacked a field added since (it reads as zero,
+//!   empty or `None`).
+//! * No struct denies unknown fields, so a reader accepts a file written by a
+//!   newer writer that added fields.
+//! * Enumerations have an `unknown` catch-all, so a state added later does not
+//!   make older readers fail to parse the whole file.
+//! * Removing or renaming a field, or changing its type or unit, bumps
+//!   [`SCHEMA_VERSION`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The version written in `schema_version` of both files.
+///
+/// Adding a field keeps the version; removing or renaming one, or changing
+/// what a value means, bumps it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The coordinator's stats file, relative to the state directory.
+pub const COORDINATOR_FILE: &str = "coordinator.json";
+
+/// The directory of per-shard stats files, relative to the state directory.
+pub const SHARDS_DIR: &str = "shards";
+
+/// The checkpoint, relative to the state directory. Its schema belongs to the
+/// coordinator; `bulkget status` shows it as opaque JSON.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+
+/// `STATE/coordinator.json`.
+pub fn coordinator_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(COORDINATOR_FILE)
+}
+
+/// `STATE/checkpoint.json`.
+pub fn checkpoint_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(CHECKPOINT_FILE)
+}
+
+/// `STATE/shards`.
+pub fn shards_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(SHARDS_DIR)
+}
+
+/// The file name of a shard's stats: `shard-03.json`. Two digits at least, so
+/// that `ls` sorts the first hundred shards in order.
+pub fn shard_file_name(shard: u32) -> String {
+    format!("shard-{shard:02}.json")
+}
+
+/// `STATE/shards/shard-KK.json`.
+pub fn shard_path(state_dir: &Path, shard: u32) -> PathBuf {
+    shards_dir(state_dir).join(shard_file_name(shard))
+}
+
+/// What a worker process is doing, as it says itself.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardState {
+    /// Started, has not yet received its first batch.
+    #[default]
+    Starting,
+    /// Fetching batches.
+    Running,
+    /// Told to stop: finishes the batches it holds, takes no new ones.
+    Draining,
+    /// Wrote its last snapshot and exited. A file in this state is not
+    /// expected to change again (until a restart of the shard rewrites it).
+    Exited,
+    /// A state this reader does not know, written by a newer bulkget.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ShardState {
+    /// The spelling used in the file and in the status table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardState::Starting => "starting",
+            ShardState::Running => "running",
+            ShardState::Draining => "draining",
+            ShardState::Exited => "exited",
+            ShardState::Unknown => "unknown",
+        }
+    }
+}
+
+/// What the run as a whole is doing, as the coordinator says.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Listing pages and dispatching batches (downloads run meanwhile).
+    #[default]
+    Listing,
+    /// The listing is done (or was stopped); waiting for the last batches.
+    Draining,
+    /// Stopped by SIGINT/SIGTERM, checkpoint saved. Final.
+    Interrupted,
+    /// Every listed name is done or failed. Final.
+    Finished,
+    /// Stopped by an error (every shard parked, listing error, ...). Final.
+    Failed,
+    /// A state this reader does not know, written by a newer bulkget.
+    #[serde(other)]
+    Unknown,
+}
+
+impl RunState {
+    /// The spelling used in the file and in the status table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Listing => "listing",
+            RunState::Draining => "draining",
+            RunState::Interrupted => "interrupted",
+            RunState::Finished => "finished",
+            RunState::Failed => "failed",
+            RunState::Unknown => "unknown",
+        }
+    }
+
+    /// Whether the coordinator has stopped: its file will not change again,
+    /// and shard files that stopped updating are expected, not a symptom.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Interrupted | RunState::Finished | RunState::Failed
+        )
+    }
+}
+
+/// Request latency percentiles, in milliseconds.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq)]
+#[serde(default)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    /// The slowest request seen. Added beside the percentiles because a
+    /// request that ran into a timeout shows here long before it moves p99.
+    pub max: f64,
+}
+
+/// `STATE/shards/shard-KK.json`: one worker's view, rewritten by the worker
+/// every second and once more when it exits.
+///
+/// Counters count from the start of this worker *process* (`started_at`): a
+/// restarted shard starts again from zero with `generation` one higher. The
+/// coordinator's totals, which count acknowledgements, are the authoritative
+/// numbers for the run.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct ShardStats {
+    pub schema_version: u32,
+    /// The shard number, `KK` in the file name.
+    pub shard: u32,
+    /// The worker process.
+    pub pid: u32,
+    /// How many times this shard has been restarted before this process: 0
+    /// for the first worker.
+    pub generation: u32,
+    pub state: ShardState,
+    /// When this worker process started, RFC 3339 UTC with milliseconds.
+    pub started_at: String,
+    /// When this snapshot was taken, RFC 3339 UTC with milliseconds.
+    pub updated_at: String,
+    /// Files whose bytes are in the sink.
+    pub files_ok: u64,
+    /// Files that failed permanently (also written to `failed.jsonl`).
+    pub files_failed: u64,
+    /// Payload bytes written to the sink (bodies only, no headers).
+    pub bytes: u64,
+    /// Request attempts that were retried (each retry counts once).
+    pub retries: u64,
+    /// Responses by HTTP status code (`"200"`, `"503"`, ...) plus `"error"`
+    /// for attempts that got no status (connect error, reset, timeout). Only
+    /// codes seen appear. Every attempt counts, retried ones included.
+    pub http_status: BTreeMap<String, u64>,
+    /// Requests started and not yet finished.
+    pub in_flight: u64,
+    /// HTTP connections open now.
+    pub open_connections: u64,
+    /// HTTP connections opened since start (a number far above
+    /// `open_connections` means connections are not being kept alive).
+    pub connections_opened: u64,
+    /// Batches acknowledged to the coordinator.
+    pub batches_done: u64,
+    /// Per attempt, from sending the request to the last byte of the body,
+    /// over the life of this process.
+    pub latency_ms: Latency,
+    /// Files done (ok or failed) per second over the last ~5 s.
+    pub files_per_sec: f64,
+}
+
+/// The coordinator's view of one shard, inside [`CoordinatorStats`].
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct ShardSummary {
+    pub shard: u32,
+    /// The current worker process; `None` while no worker runs for this shard
+    /// (backing off before a restart, parked, stopped).
+    pub pid: Option<u32>,
+    /// One of [`summary_state`]'s values. A string rather than an enum so that
+    /// the coordinator may add states without breaking older readers.
+    pub state: String,
+    /// Batches sent to this shard and not yet acknowledged.
+    pub batches_in_flight: u64,
+    /// Restarts of this shard since the run started.
+    pub restarts: u32,
+    /// Total time this shard had no batch to work on, in milliseconds. Growing
+    /// idle time on every shard means the listing is the bottleneck.
+    pub idle_ms: u64,
+}
+
+/// The values of [`ShardSummary::state`].
+pub mod summary_state {
+    /// A worker runs for this shard.
+    pub const RUNNING: &str = "running";
+    /// The worker died; waiting before the restart.
+    pub const BACKOFF: &str = "backoff";
+    /// Crashed too often; no longer restarted. The run goes on without it.
+    pub const PARKED: &str = "parked";
+    /// Shut down normally.
+    pub const STOPPED: &str = "stopped";
+}
+
+/// The values of [`CoordinatorStats::eta_method`] the coordinator uses, so
+/// that the text is the same wherever it is produced.
+pub mod eta_method {
+    /// While listing, the number of files is unknown, so no ETA is given.
+    pub const NONE_LISTING: &str = "none: total unknown until the listing ends";
+    /// After the listing: names listed and not yet done, over the recent rate.
+    pub const REMAINING_OVER_RATE: &str = "remaining listed names / recent rate";
+    /// After the listing, but no file finished recently.
+    pub const NONE_NO_PROGRESS: &str = "none: no recent progress";
+    /// The run is over.
+    pub const DONE: &str = "none: run over";
+}
+
+/// `STATE/coordinator.json`: the run as a whole, rewritten by the coordinator
+/// every second and once more when it exits.
+///
+/// Counters count from the start of this coordinator process: after
+/// `--resume`, names listed and files done before the resume are in the
+/// checkpoint, not here.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct CoordinatorStats {
+    pub schema_version: u32,
+    pub pid: u32,
+    pub state: RunState,
+    /// The service's base URL, as given on the command line.
+    pub url: String,
+    /// RFC 3339 UTC with milliseconds.
+    pub started_at: String,
+    /// RFC 3339 UTC with milliseconds.
+    pub updated_at: String,
+    /// List pages received.
+    pub pages_listed: u64,
+    /// Names received from the listing (before the unsafe-name check).
+    pub names_listed: u64,
+    /// The marker of the last page asked for; `None` before the second page
+    /// (the first page has no marker) and after the last one.
+    pub current_marker: Option<String>,
+    /// Whether the last page (one without a marker) has been received.
+    pub listing_done: bool,
+    /// Batches waiting in the dispatcher's queue for room in a shard's window.
+    pub batches_queued: u64,
+    /// Files acknowledged as in the sink.
+    pub files_ok: u64,
+    /// Files acknowledged as permanently failed.
+    pub files_failed: u64,
+    /// Payload bytes acknowledged.
+    pub bytes: u64,
+    /// Files acknowledged per second over the last ~5 s.
+    pub files_per_sec: f64,
+    /// Seconds until every listed name is done; `None` when unknown (see
+    /// `eta_method`).
+    pub eta_seconds: Option<f64>,
+    /// How `eta_seconds` was estimated, or why there is none. One of
+    /// [`eta_method`]'s values.
+    pub eta_method: String,
+    /// Total time the lister waited because every shard's window was full, in
+    /// milliseconds. Growing lister wait means the downloads are the
+    /// bottleneck.
+    pub lister_wait_ms: u64,
+    /// Batches put back on the queue because their worker died.
+    pub batches_requeued: u64,
+    /// The process exit code, once `state` is final; `None` before.
+    pub exit_code: Option<i32>,
+    /// One entry per shard, in shard order.
+    pub shards: Vec<ShardSummary>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_lowercase_and_unknown_values_parse() {
+        assert_eq!(
+            serde_json::to_string(&ShardState::Draining).unwrap(),
+            "\"draining\""
+        );
+        assert_eq!(
+            serde_json::to_string(&RunState::Interrupted).unwrap(),
+            "\"interrupted\""
+        );
+        let s: ShardState = serde_json::from_str("\"hibernating\"").unwrap();
+        assert_eq!(s, ShardState::Unknown);
+        let r: RunState = serde_json::from_str("\"paused\"").unwrap();
+        assert_eq!(r, RunState::Unknown);
+    }
+
+    #[test]
+    fn missing_and_extra_fields_are_tolerated() {
+        // An older writer without `latency_ms`, a newer one with `gpu_temp`.
+        let s: ShardStats = serde_json::from_str(
+            r#"{"schema_version":1,"shard":3,"state":"running","files_ok":7,"gpu_temp":40}"#,
+        )
+        .unwrap();
+        assert_eq!(s.shard, 3);
+        assert_eq!(s.files_ok, 7);
+        assert_eq!(s.latency_ms, Latency::default());
+        let c: CoordinatorStats =
+            serde_json::from_str(r#"{"state":"finished","shards":[{"shard":1}]}"#).unwrap();
+        assert!(c.state.is_final());
+        assert_eq!(c.shards[0].pid, None);
+        assert_eq!(c.current_marker, None);
+    }
+
+    #[test]
+    fn paths() {
+        let d = Path::new("/s");
+        assert_eq!(shard_path(d, 3), Path::new("/s/shards/shard-03.json"));
+        assert_eq!(shard_file_name(123), "shard-123.json");
+        assert_eq!(coordinator_path(d), Path::new("/s/coordinator.json"));
+    }
+}

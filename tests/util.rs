@@ -1,0 +1,214 @@
+//! Helpers for the end-to-end tests: real `bulkget-server` and `bulkget`
+//! processes, fresh directories, and checks of what arrived.
+
+use bulkget_server::{Dataset, ServerArgs};
+use clap::Parser;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BULKGET: &str = env!("CARGO_BIN_EXE_bulkget");
+pub const SERVER: &str = env!("CARGO_BIN_EXE_bulkget-server");
+
+/// A `bulkget-server` process on 127.0.0.1 and a free port, stopped on drop.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub args: Vec<String>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let mut cmd = Command::new(SERVER);
+        cmd.args(["--port", "0", "--threads", "1"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start bulkget-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from bulkget-server: {line:?}"))
+            .to_string();
+        Server {
+            child,
+            url,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The same dataset the server serves, computed in this process.
+    pub fn dataset(&self) -> Dataset {
+        let mut argv = vec!["bulkget-server".to_string()];
+        argv.extend(self.args.iter().cloned());
+        Dataset::from_args(&ServerArgs::parse_from(argv))
+    }
+
+    /// The server's counters (`GET /_stats`).
+    pub fn stats(&self) -> serde_json::Value {
+        let addr = self.url.trim_start_matches("http://");
+        let mut s = TcpStream::connect(addr).expect("connect for stats");
+        write!(
+            s,
+            "GET /_stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let body = text.split("\r\n\r\n").nth(1).expect("a body");
+        serde_json::from_str(body).expect("stats JSON")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh directory for one test, with `out` inside it, so a test can
+/// check that nothing was created beside `out`.
+pub struct Workspace {
+    pub root: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            root: tempfile::Builder::new()
+                .prefix("bulkget-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+    pub fn out(&self) -> PathBuf {
+        self.root.path().join("out")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.out().join(".bulkget")
+    }
+    /// Every path under the root that is not under `out`.
+    pub fn strays(&self) -> Vec<PathBuf> {
+        let mut strays = Vec::new();
+        for entry in std::fs::read_dir(self.root.path()).unwrap() {
+            let p = entry.unwrap().path();
+            if p != self.out() {
+                strays.push(p);
+            }
+        }
+        strays
+    }
+}
+
+/// A `bulkget` command with quiet defaults for tests.
+pub fn bulkget(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BULKGET);
+    cmd.args(args).stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `bulkget fetch URL OUT ARGS...` to the end.
+pub fn fetch(server: &Server, ws: &Workspace, args: &[&str]) -> Output {
+    let out = ws.out();
+    let mut cmd = bulkget(&[
+        "fetch",
+        &server.url,
+        out.to_str().unwrap(),
+        "--progress",
+        "none",
+    ]);
+    cmd.args(args);
+    let output = cmd.output().expect("run bulkget fetch");
+    if std::env::var_os("BULKGET_TEST_VERBOSE").is_some() {
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    }
+    output
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the exit code, showing the output when it differs.
+pub fn assert_code(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "expected exit {code}\n--- stdout\n{}\n--- stderr\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+/// Checks that every safe listed name is in the flat dir sink with the
+/// right bytes; returns how many were checked.
+pub fn verify_flat(out: &Path, dataset: &Dataset) -> u64 {
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for name in dataset.listed_names() {
+        if bulkget_names::check(&name).is_err() {
+            continue;
+        }
+        let Some(expected) = dataset.expected_content(&name) else {
+            continue;
+        };
+        match std::fs::read(out.join(&name)) {
+            Ok(got) if got == expected => checked += 1,
+            Ok(got) => wrong.push(format!(
+                "{name:?}: {} bytes differ from the expected {}",
+                got.len(),
+                expected.len()
+            )),
+            Err(e) => wrong.push(format!("{name:?}: {e}")),
+        }
+        if wrong.len() > 10 {
+            break;
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "files missing or wrong:\n{}",
+        wrong.join("\n")
+    );
+    checked
+}
+
+/// Reads `failed.jsonl` as (name, reason) pairs.
+pub fn failures(state: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(state.join("failed.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("failed.jsonl line is JSON");
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes. Polling a
+/// condition is synchronisation on the state itself, not a guess at timing.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads a JSON file, or `None` if it is absent or (being replaced) unreadable.
+pub fn read_json(path: &Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
