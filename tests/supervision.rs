@@ -1,0 +1,394 @@
+//! Issue 3: crashed workers restart, nothing is lost, interrupted runs
+//! resume. These tests kill real processes.
+
+use crate::util::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts `bulkget fetch` in the background with stdout captured.
+fn spawn_fetch(server: &Server, ws: &Workspace, args: &[&str]) -> Child {
+    let out = ws.out();
+    bulkget(&[
+        "fetch",
+        &server.url,
+        out.to_str().unwrap(),
+        "--progress",
+        "none",
+    ])
+    .args(args)
+    .stdout(Stdio::piped())
+    .stderr(if std::env::var_os("BULKGET_TEST_VERBOSE").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    })
+    .spawn()
+    .unwrap()
+}
+
+fn coordinator(ws: &Workspace) -> Option<serde_json::Value> {
+    read_json(&ws.state().join("coordinator.json"))
+}
+
+/// The worker pids the coordinator reports.
+fn worker_pids(ws: &Workspace) -> Vec<i32> {
+    coordinator(ws)
+        .map(|c| {
+            c["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|s| s["pid"].as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn files_done(ws: &Workspace) -> u64 {
+    coordinator(ws)
+        .map(|c| c["files_ok"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Whether a process is gone (exited; a zombie awaiting its reaper counts
+/// as gone: it runs no code).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_output(child: Child, limit: Duration) -> std::process::Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            panic!("bulkget did not finish within {limit:?}");
+        }
+    }
+}
+
+fn gets(server: &Server) -> u64 {
+    server.stats()["requests"]["get"].as_u64().unwrap()
+}
+
+/// A small deterministic generator, so a failing run can be replayed.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn killing_random_workers_every_second_loses_nothing() {
+    let n = 200_000;
+    let server = Server::start(&["--files", "200000"]);
+    let ws = Workspace::new();
+    let child = spawn_fetch(
+        &server,
+        &ws,
+        &[
+            "--workers",
+            "4",
+            "--connections",
+            "8",
+            "--restart-burst",
+            "1000",
+        ],
+    );
+    let pid = child.id() as i32;
+    let mut rng = Lcg(7);
+    let mut kills = 0;
+    let start = Instant::now();
+    // Kill a random live worker every 0.5-1 s while the run goes on.
+    while !gone(pid) && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(500 + rng.next(500)));
+        if coordinator(&ws)
+            .is_some_and(|c| c["listing_done"] == true && c["files_ok"].as_u64() == Some(n))
+        {
+            break;
+        }
+        let pids = worker_pids(&ws);
+        if pids.is_empty() {
+            continue;
+        }
+        let victim = pids[rng.next(pids.len() as u64) as usize];
+        if kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {
+            kills += 1;
+        }
+    }
+    let output = wait_output(child, Duration::from_secs(120));
+    assert_code(&output, 0);
+    assert!(
+        kills >= 2,
+        "the run ended before the test could kill workers ({kills} kills)"
+    );
+    let summary = text(&output.stdout);
+    assert!(
+        summary.contains(&format!("files ok:       {n}")),
+        "{summary}"
+    );
+    assert!(summary.contains("files failed:   0"), "{summary}");
+    let restarts: u64 = summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("restarts:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap();
+    assert!(restarts >= 1, "restarts are reported: {summary}");
+    let c = coordinator(&ws).unwrap();
+    let per_shard: u64 = c["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["restarts"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_shard, restarts);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), n);
+}
+
+#[test]
+fn workers_die_with_a_killed_coordinator_and_resume_completes() {
+    let n = 100_000u64;
+    let server = Server::start(&["--files", "100000"]);
+    let ws = Workspace::new();
+    let (workers, window, batch) = (3u64, 4u64, 256u64);
+    let args = [
+        "--workers",
+        "3",
+        "--window",
+        "4",
+        "--batch-size",
+        "256",
+        "--connections",
+        "4",
+        "--checkpoint-interval",
+        "1",
+    ];
+    let child = spawn_fetch(&server, &ws, &args);
+    let coordinator_pid = child.id() as i32;
+    wait_for(
+        Duration::from_secs(60),
+        "a checkpoint with files in it",
+        || {
+            read_json(&ws.state().join("checkpoint.json"))
+                .is_some_and(|c| c["totals"]["files_ok"].as_u64() > Some(0))
+        },
+    );
+    let pids = worker_pids(&ws);
+    assert_eq!(pids.len(), 3);
+    kill(Pid::from_raw(coordinator_pid), Signal::SIGKILL).unwrap();
+    let _ = wait_output(child, Duration::from_secs(10));
+    let killed_at = Instant::now();
+    wait_for(
+        Duration::from_secs(5),
+        "every worker to exit after the coordinator died",
+        || pids.iter().all(|p| gone(*p)),
+    );
+    assert!(killed_at.elapsed() < Duration::from_secs(5));
+
+    let checkpoint = read_json(&ws.state().join("checkpoint.json")).unwrap();
+    let saved = checkpoint["totals"]["files_ok"].as_u64().unwrap();
+    let gets_before = gets(&server);
+    let output = fetch(&server, &ws, &[&args[..], &["--resume"]].concat());
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), n);
+    let summary = text(&output.stdout);
+    assert!(
+        summary.contains(&format!("files ok:       {n}")),
+        "counted once: {summary}"
+    );
+
+    // The resume fetches everything after the checkpoint: what was not yet
+    // acknowledged when it was written, plus at most what was in flight.
+    let refetched = gets_before + gets(&server) - gets_before - n;
+    let acked_after_checkpoint = gets_before.saturating_sub(saved);
+    assert!(
+        refetched <= acked_after_checkpoint + workers * window * batch,
+        "{refetched} files fetched twice; checkpoint had {saved}, {gets_before} fetched before the kill"
+    );
+}
+
+#[test]
+fn sigint_saves_a_checkpoint_and_resume_fetches_at_most_the_in_flight_work_again() {
+    let n = 100_000u64;
+    let server = Server::start(&["--files", "100000"]);
+    let ws = Workspace::new();
+    let args = [
+        "--workers",
+        "2",
+        "--window",
+        "4",
+        "--batch-size",
+        "256",
+        "--connections",
+        "4",
+    ];
+    let child = spawn_fetch(&server, &ws, &args);
+    wait_for(Duration::from_secs(60), "some files done", || {
+        files_done(&ws) > 5_000
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let output = wait_output(child, Duration::from_secs(60));
+    assert_code(&output, 130);
+    let summary = text(&output.stdout);
+    assert!(
+        summary.contains("--resume"),
+        "the summary says how to resume: {summary}"
+    );
+    let checkpoint = read_json(&ws.state().join("checkpoint.json")).unwrap();
+    assert_eq!(checkpoint["complete"], false);
+    let saved = checkpoint["totals"]["files_ok"].as_u64().unwrap();
+    assert!(saved > 0);
+
+    let gets_before = gets(&server);
+    let output = fetch(&server, &ws, &[&args[..], &["--resume"]].concat());
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), n);
+    let refetched = gets(&server) - n;
+    assert!(
+        refetched <= 2 * 4 * 256 + (gets_before - saved),
+        "{refetched} refetched; {saved} saved of {gets_before} fetched"
+    );
+    // A finished run says so when asked again.
+    let again = fetch(&server, &ws, &args);
+    assert_code(&again, 0);
+    assert!(
+        text(&again.stdout).contains("already complete"),
+        "{}",
+        text(&again.stdout)
+    );
+}
+
+#[test]
+fn a_name_that_crashes_its_worker_fails_alone() {
+    let server = Server::start(&["--files", "5000", "--crash-name", "file-0000002345"]);
+    let ws = Workspace::new();
+    let output = fetch(
+        &server,
+        &ws,
+        &[
+            "--workers",
+            "2",
+            "--connections",
+            "4",
+            "--test-abort-on-header",
+            "--restart-burst",
+            "50",
+        ],
+    );
+    assert_code(&output, 3);
+    let failed = failures(&ws.state());
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "file-0000002345");
+    assert!(failed[0].1.contains("worker crashed"), "{failed:?}");
+    let dataset = server.dataset();
+    let present = (0..5000u64)
+        .map(|i| dataset.name(i))
+        .filter(|n| n != "file-0000002345")
+        .filter(|n| std::fs::read(ws.out().join(n)).ok() == dataset.expected_content(n))
+        .count();
+    assert_eq!(present, 4999);
+    assert!(!ws.out().join("file-0000002345").exists());
+}
+
+#[test]
+fn a_shard_that_cannot_start_is_parked_and_the_others_finish() {
+    let server = Server::start(&["--files", "20000"]);
+    let ws = Workspace::new();
+    let output = fetch(
+        &server,
+        &ws,
+        &["--workers", "3", "--test-fail-start-shard", "1"],
+    );
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 20_000);
+    let summary = text(&output.stdout);
+    assert!(summary.contains("parked shards:  1"), "{summary}");
+    let c = coordinator(&ws).unwrap();
+    assert_eq!(c["shards"][1]["state"], "parked");
+    assert_eq!(c["shards"][1]["restarts"], 5);
+}
+
+#[test]
+fn every_shard_parked_stops_the_run_with_a_checkpoint() {
+    let server = Server::start(&["--files", "2000"]);
+    let ws = Workspace::new();
+    let output = fetch(
+        &server,
+        &ws,
+        &[
+            "--workers",
+            "1",
+            "--test-fail-start-shard",
+            "0",
+            "--restart-burst",
+            "2",
+        ],
+    );
+    assert_code(&output, 5);
+    assert!(
+        text(&output.stderr).contains("every shard is parked"),
+        "{}",
+        text(&output.stderr)
+    );
+    let checkpoint = read_json(&ws.state().join("checkpoint.json")).unwrap();
+    assert_eq!(checkpoint["complete"], false);
+}
+
+#[test]
+fn a_second_run_on_the_same_state_directory_is_refused_and_touches_nothing() {
+    let server = Server::start(&["--files", "200000", "--latency-ms", "1"]);
+    let ws = Workspace::new();
+    let first = spawn_fetch(&server, &ws, &["--workers", "1", "--connections", "2"]);
+    wait_for(Duration::from_secs(30), "the first run to start", || {
+        files_done(&ws) > 0
+    });
+    let before = std::fs::read(ws.state().join("run.json")).unwrap();
+    let second = fetch(&server, &ws, &["--workers", "1"]);
+    assert_code(&second, 6);
+    let err = text(&second.stderr);
+    assert!(err.contains("in use by another bulkget run"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", first.id())),
+        "names the other run's pid: {err}"
+    );
+    assert_eq!(std::fs::read(ws.state().join("run.json")).unwrap(), before);
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = wait_output(first, Duration::from_secs(10));
+}
+
+#[test]
+fn resuming_with_another_url_is_refused() {
+    let server = Server::start(&["--files", "1000"]);
+    let other = Server::start(&["--files", "1000"]);
+    let ws = Workspace::new();
+    let child = spawn_fetch(&server, &ws, &["--workers", "1"]);
+    let out = wait_output(child, Duration::from_secs(60));
+    assert_code(&out, 0);
+    let output = fetch(&other, &ws, &["--resume"]);
+    assert_code(&output, 6);
+    assert!(
+        text(&output.stderr).contains("belongs to a run of"),
+        "{}",
+        text(&output.stderr)
+    );
+    let _ = Path::new("");
+}
