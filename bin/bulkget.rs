@@ -72,7 +72,7 @@ fn main() {
                 Err(e) => {
                     let _ = out.flush();
                     eprintln!("bulkget status: {e}");
-                    exit::ERROR
+                    e.exit_code()
                 }
             }
         }
