@@ -103,6 +103,15 @@ pub struct FetchArgs {
     /// Seconds between checkpoints.
     #[arg(long, default_value_t = 5)]
     pub checkpoint_interval: u64,
+    /// Stop cleanly (checkpoint saved, exit 7) when OUT's file system has less
+    /// free space than this, in MiB, so no file or database is left torn by a
+    /// full disk.
+    #[arg(long, default_value_t = 64)]
+    pub min_free_mb: u64,
+    /// Stop cleanly when OUT's file system has fewer free inodes than this
+    /// (dir sink only; each file takes one).
+    #[arg(long, default_value_t = 10_000)]
+    pub min_free_inodes: u64,
     /// Progress display on stderr.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,

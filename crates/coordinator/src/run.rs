@@ -421,6 +421,10 @@ impl Run {
                     self.stop_workers_now();
                 }
                 _ = tick.tick() => {
+                    if let Some(why) = self.space_problem() {
+                        eprintln!("bulkget: {why}; stopping with the checkpoint saved");
+                        self.begin_stop(Stop::NoSpace(why), &mut grace_deadline);
+                    }
                     self.write_stats(RunState::Listing, None);
                     self.update_progress();
                     if last_checkpoint.elapsed() >= checkpoint_every {
@@ -451,6 +455,32 @@ impl Run {
             l.abort();
         }
         self.finish(finishing).await
+    }
+
+    /// Whether OUT's file system is about to run out of space or inodes.
+    /// Checked once a second: stopping before the disk is full means no
+    /// worker ever hits ENOSPC halfway through a file or a transaction.
+    fn space_problem(&self) -> Option<String> {
+        if self.stop.is_some() || self.settings.sink == SinkKind::Null {
+            return None;
+        }
+        let space = bulkget_sink::free_space(Path::new(&self.settings.out_dir)).ok()?;
+        let min_bytes = self.args.min_free_mb.saturating_mul(1 << 20);
+        if space.free_bytes < min_bytes {
+            return Some(format!(
+                "only {} free on the file system of {} (--min-free-mb {})",
+                human_bytes(space.free_bytes),
+                self.settings.out_dir,
+                self.args.min_free_mb
+            ));
+        }
+        if self.settings.sink == SinkKind::Dir && space.free_inodes < self.args.min_free_inodes {
+            return Some(format!(
+                "only {} free inodes on the file system of {} (--min-free-inodes {})",
+                space.free_inodes, self.settings.out_dir, self.args.min_free_inodes
+            ));
+        }
+        None
     }
 
     fn spawn(
