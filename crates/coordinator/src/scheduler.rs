@@ -1,12 +1,13 @@
 //! The dispatcher's state machine: which batch goes to which shard, what a
-//! crash puts back, and what the checkpoint may claim.
+//! crash puts back, and what a checkpoint may claim.
 //!
 //! It does no I/O, so every rule here is unit-tested without processes.
 //!
 //! # Rules
 //!
-//! - Pages are cut into batches that never span two pages, so a page is
-//!   complete exactly when all its batches are acknowledged.
+//! - Pages are cut into batches that never span two pages. Each batch
+//!   remembers the index of every name in its page, so an acknowledgement
+//!   marks exactly those names done in the page's bitmap.
 //! - Each shard holds at most `window` unacknowledged batches. The next batch
 //!   goes to the available shard with the most free room.
 //! - When a shard goes down, its batches go back to the front of the queue,
@@ -15,12 +16,24 @@
 //!   second crash is attributed to it alone. A suspect batch that crashes
 //!   again is split into up to [`SPLIT_WAYS`] parts; a single name that
 //!   crashes twice is recorded as failed.
-//! - The checkpoint position is the marker of the earliest page not fully
-//!   acknowledged; its counters cover fully acknowledged pages only, so a
-//!   resume that lists that page again counts each file exactly once.
+//! - A checkpoint ([`Snapshot`]) holds the position of the earliest page not
+//!   fully done, and for the pages after it which are complete (as ranges)
+//!   and which names of partly done pages are done (as bitmaps). A resume
+//!   lists again from the position and skips exactly those names, so only
+//!   work that was in flight is fetched twice, however far one straggling
+//!   batch falls behind the others. Counters count every acknowledgement
+//!   once: a skipped name is never counted again.
+//! - Repeated names are dropped within a bounded memory: a name listed
+//!   earlier on the same page, or on the page just before, is neither
+//!   fetched nor counted again (a server that repeats the previous page, or
+//!   a page boundary that moved, is harmless). Only 128-bit fingerprints of
+//!   those two pages are kept, so the check allocates nothing per name. A
+//!   name repeated further apart is fetched twice, which is harmless
+//!   because every write is idempotent, and counted twice.
 
 use bulkget_protocol::{BatchId, Failure};
-use std::collections::{HashMap, VecDeque};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// How many parts a suspect batch is split into when it crashes again.
 /// Sixteen isolates one poison name in a batch of 256 in four crashes.
@@ -30,7 +43,7 @@ pub const SPLIT_WAYS: usize = 16;
 pub const CRASH_REASON: &str = "worker crashed while fetching this name (twice)";
 
 /// Where listing starts or resumes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ListPosition {
     /// At `GET /list`.
     Start,
@@ -40,14 +53,45 @@ pub enum ListPosition {
     Done,
 }
 
-/// Files counted by acknowledgements.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Counters. `files_ok`, `files_failed` and `bytes` count acknowledgements;
+/// `names_listed` and `pages_done` count pages completed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub files_ok: u64,
     pub files_failed: u64,
     pub bytes: u64,
     pub names_listed: u64,
     pub pages_done: u64,
+    /// Retried attempts the workers reported with their acknowledgements
+    /// ([`Scheduler::add_retries`]). Absent from older checkpoints.
+    #[serde(default)]
+    pub retries: u64,
+}
+
+/// Which names of the pages from a checkpoint's position on are done.
+/// Offsets count pages from the position's page (offset 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneAfter {
+    /// Pages whose every name is done, as half-open offset ranges.
+    pub complete: Vec<(u64, u64)>,
+    /// Pages partly done.
+    pub partial: Vec<PartialPage>,
+}
+
+/// A partly done page: its length when listed, and a bitmap of done names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialPage {
+    pub offset: u64,
+    pub len: u32,
+    pub done: Vec<u64>,
+}
+
+/// What a checkpoint records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub position: ListPosition,
+    pub totals: Totals,
+    pub done_after: DoneAfter,
 }
 
 /// A batch as the coordinator keeps it until it is acknowledged.
@@ -56,6 +100,8 @@ pub struct Batch {
     pub id: BatchId,
     page_seq: u64,
     pub names: Vec<String>,
+    /// The index of each name in its page.
+    idx: Vec<u32>,
     /// Worker deaths while this batch was in flight.
     pub crashes: u32,
 }
@@ -65,9 +111,13 @@ struct PageTrack {
     seq: u64,
     /// The position this page was listed from, for the checkpoint.
     position: ListPosition,
+    len: u32,
     unacked: u32,
-    totals: Totals,
-    failures: Vec<Failure>,
+    /// Bit `i` is set when name `i` is done (ok, failed, repeated, or done
+    /// before a resume).
+    done: Vec<u64>,
+    /// Names this page adds to `names_listed` when it completes.
+    names_listed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +126,13 @@ struct Shard {
     /// Holds a suspect batch, so it must get nothing else.
     isolated: bool,
     available: bool,
+}
+
+/// What a resume skips, by page offset.
+#[derive(Debug, Default)]
+struct Skip {
+    complete: Vec<(u64, u64)>,
+    partial: HashMap<u64, PartialPage>,
 }
 
 /// The dispatcher's state. See the module documentation for its rules.
@@ -90,16 +147,19 @@ pub struct Scheduler {
     pages: VecDeque<PageTrack>,
     /// Where the page after the last one added would be listed from.
     after_last: ListPosition,
-    /// Counters over completed pages only: what a checkpoint may claim.
+    /// `names_listed` and `pages_done` over completed pages.
     durable: Totals,
-    /// Counters over every acknowledgement: what progress shows.
+    /// Every acknowledgement, and every name listed: what progress shows.
     live: Totals,
     requeued: u64,
+    skip: Skip,
+    /// Pages whose length on resume differed from the checkpoint's record.
+    resume_mismatches: u64,
+    /// Fingerprints of the previous page's names, to drop its repeats.
+    recent: HashSet<u128>,
+    /// Names dropped as repeats.
+    repeated: u64,
 }
-
-/// The pages completed by an acknowledgement, in order: their failures are
-/// ready for `failed.jsonl`.
-pub type CompletedFailures = Vec<Failure>;
 
 impl Scheduler {
     pub fn new(shards: usize, window: usize, batch_size: usize, start: ListPosition) -> Scheduler {
@@ -115,20 +175,34 @@ impl Scheduler {
             durable: Totals::default(),
             live: Totals::default(),
             requeued: 0,
+            skip: Skip::default(),
+            resume_mismatches: 0,
+            recent: HashSet::new(),
+            repeated: 0,
         }
     }
 
-    /// Starts from a checkpoint's counters on resume.
-    pub fn with_totals(mut self, totals: Totals) -> Scheduler {
+    /// Continues from a checkpoint: its counters, and the names after its
+    /// position that are already done.
+    pub fn resume(mut self, totals: Totals, done_after: DoneAfter) -> Scheduler {
         self.durable = totals;
         self.live = totals;
+        self.skip = Skip {
+            complete: done_after.complete,
+            partial: done_after
+                .partial
+                .into_iter()
+                .map(|p| (p.offset, p))
+                .collect(),
+        };
         self
     }
 
-    /// Adds a listed page. Unsafe names fail here and never reach a worker.
-    /// Returns the failures of pages this completed (a page with no safe
-    /// names completes at once).
-    pub fn add_page(&mut self, names: Vec<String>, next: Option<String>) -> CompletedFailures {
+    /// Adds a listed page. Unsafe names fail here and never reach a worker;
+    /// repeats of a name on this page or the previous one are dropped;
+    /// names a resumed checkpoint says are done are skipped. Returns the
+    /// failures to record.
+    pub fn add_page(&mut self, names: Vec<String>, next: Option<String>) -> Vec<Failure> {
         let seq = self.next_page_seq;
         self.next_page_seq += 1;
         let position = std::mem::replace(
@@ -138,24 +212,40 @@ impl Scheduler {
                 None => ListPosition::Done,
             },
         );
-        let mut page = PageTrack {
-            seq,
-            position,
-            unacked: 0,
-            totals: Totals {
-                names_listed: names.len() as u64,
-                pages_done: 1,
-                ..Totals::default()
-            },
-            failures: Vec::new(),
-        };
-        self.live.names_listed += names.len() as u64;
-        let mut batch: Vec<String> = Vec::with_capacity(self.batch_size.min(names.len()));
-        for name in names {
+        let len = names.len();
+        let mut done = vec![0u64; len.div_ceil(64)];
+        if self.skip.complete.iter().any(|&(a, b)| a <= seq && seq < b) {
+            done.iter_mut().for_each(|w| *w = u64::MAX);
+        } else if let Some(p) = self.skip.partial.remove(&seq) {
+            if p.len as usize == len && p.done.len() == done.len() {
+                done = p.done;
+            } else {
+                // The server listed this page differently than before the
+                // resume: fetch all of it (writes are idempotent; the names
+                // done before may be counted twice).
+                self.resume_mismatches += 1;
+            }
+        }
+        let mut failures = Vec::new();
+        let mut repeats = 0u64;
+        let mut seen: HashSet<u128> = HashSet::with_capacity(len);
+        let mut page_batches = 0u32;
+        let mut batch: Vec<String> = Vec::new();
+        let mut idx: Vec<u32> = Vec::new();
+        for (i, name) in names.into_iter().enumerate() {
+            let fp = fingerprint(&name);
+            if self.recent.contains(&fp) || !seen.insert(fp) {
+                repeats += 1;
+                set(&mut done, i);
+                continue;
+            }
+            if is_set(&done, i) {
+                continue;
+            }
             if let Err(why) = bulkget_names::check(&name) {
-                page.totals.files_failed += 1;
+                set(&mut done, i);
                 self.live.files_failed += 1;
-                page.failures.push(Failure {
+                failures.push(Failure {
                     name,
                     reason: why.to_string(),
                     status: None,
@@ -163,27 +253,40 @@ impl Scheduler {
                 continue;
             }
             batch.push(name);
+            idx.push(i as u32);
             if batch.len() == self.batch_size {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_size));
-                self.push_batch(seq, full);
-                page.unacked += 1;
+                self.push_batch(seq, std::mem::take(&mut batch), std::mem::take(&mut idx));
+                page_batches += 1;
             }
         }
         if !batch.is_empty() {
-            self.push_batch(seq, batch);
-            page.unacked += 1;
+            self.push_batch(seq, batch, idx);
+            page_batches += 1;
         }
-        self.pages.push_back(page);
-        self.complete_pages()
+        self.recent = seen;
+        self.repeated += repeats;
+        let listed = len as u64 - repeats;
+        self.live.names_listed += listed;
+        self.pages.push_back(PageTrack {
+            seq,
+            position,
+            len: len as u32,
+            unacked: page_batches,
+            done,
+            names_listed: listed,
+        });
+        self.complete_pages();
+        failures
     }
 
-    fn push_batch(&mut self, page_seq: u64, names: Vec<String>) {
+    fn push_batch(&mut self, page_seq: u64, names: Vec<String>, idx: Vec<u32>) {
         let id = self.next_batch_id;
         self.next_batch_id += 1;
         self.pending.push_back(Batch {
             id,
             page_seq,
             names,
+            idx,
             crashes: 0,
         });
     }
@@ -200,6 +303,16 @@ impl Scheduler {
 
     pub fn requeued(&self) -> u64 {
         self.requeued
+    }
+
+    /// Names dropped because the same or the previous page listed them.
+    pub fn repeated(&self) -> u64 {
+        self.repeated
+    }
+
+    /// Pages listed differently on resume than the checkpoint recorded.
+    pub fn resume_mismatches(&self) -> u64 {
+        self.resume_mismatches
     }
 
     /// Marks a shard as able (its worker said ready) or unable to take work.
@@ -241,7 +354,7 @@ impl Scheduler {
 
     /// Records an acknowledgement. Returns `None` if the batch is not
     /// outstanding on that shard (a protocol error by the worker), else the
-    /// failures of the pages it completed.
+    /// failures to record.
     pub fn batch_done(
         &mut self,
         shard: usize,
@@ -249,29 +362,28 @@ impl Scheduler {
         ok: u32,
         bytes: u64,
         failures: Vec<Failure>,
-    ) -> Option<CompletedFailures> {
+    ) -> Option<Vec<Failure>> {
         let s = &mut self.shards[shard];
         let batch = s.outstanding.remove(&id)?;
         if s.outstanding.is_empty() {
             s.isolated = false;
         }
-        let page = self.page_mut(batch.page_seq);
-        page.unacked -= 1;
-        page.totals.files_ok += ok as u64;
-        page.totals.files_failed += failures.len() as u64;
-        page.totals.bytes += bytes;
         self.live.files_ok += ok as u64;
         self.live.files_failed += failures.len() as u64;
         self.live.bytes += bytes;
-        self.page_mut(batch.page_seq).failures.extend(failures);
-        Some(self.complete_pages())
+        let page = self.page_mut(batch.page_seq);
+        page.unacked -= 1;
+        for &i in &batch.idx {
+            set(&mut page.done, i as usize);
+        }
+        self.complete_pages();
+        Some(failures)
     }
 
     /// A shard's worker died: its batches go back to the front of the queue
     /// with one more crash each; suspects that crashed again are split, and
-    /// single names that crashed twice fail. Returns the failures of pages
-    /// this completed.
-    pub fn shard_down(&mut self, shard: usize) -> CompletedFailures {
+    /// single names that crashed twice fail. Returns the failures to record.
+    pub fn shard_down(&mut self, shard: usize) -> Vec<Failure> {
         let s = &mut self.shards[shard];
         s.available = false;
         s.isolated = false;
@@ -279,6 +391,7 @@ impl Scheduler {
         // Keep the original order so requeued work stays in listing order.
         batches.sort_by_key(|b| b.id);
         let mut requeue = Vec::new();
+        let mut failures = Vec::new();
         for mut b in batches {
             b.crashes += 1;
             self.requeued += 1;
@@ -288,17 +401,17 @@ impl Scheduler {
                 let name = b.names.pop().expect("one name");
                 let page = self.page_mut(b.page_seq);
                 page.unacked -= 1;
-                page.totals.files_failed += 1;
-                page.failures.push(Failure {
+                set(&mut page.done, b.idx[0] as usize);
+                self.live.files_failed += 1;
+                failures.push(Failure {
                     name,
                     reason: CRASH_REASON.to_string(),
                     status: None,
                 });
-                self.live.files_failed += 1;
             } else {
-                let parts = split(b.names, SPLIT_WAYS);
+                let parts = split(b.names, b.idx, SPLIT_WAYS);
                 self.page_mut(b.page_seq).unacked += parts.len() as u32 - 1;
-                for names in parts {
+                for (names, idx) in parts {
                     let id = self.next_batch_id;
                     self.next_batch_id += 1;
                     // A part is still suspect: one more crash splits it again.
@@ -306,6 +419,7 @@ impl Scheduler {
                         id,
                         page_seq: b.page_seq,
                         names,
+                        idx,
                         crashes: 1,
                     });
                 }
@@ -314,7 +428,8 @@ impl Scheduler {
         for b in requeue.into_iter().rev() {
             self.pending.push_front(b);
         }
-        self.complete_pages()
+        self.complete_pages();
+        failures
     }
 
     fn page_mut(&mut self, seq: u64) -> &mut PageTrack {
@@ -326,31 +441,61 @@ impl Scheduler {
         &mut self.pages[(seq - first) as usize]
     }
 
-    fn complete_pages(&mut self) -> CompletedFailures {
-        let mut failures = Vec::new();
+    fn complete_pages(&mut self) {
         while self.pages.front().is_some_and(|p| p.unacked == 0) {
             let p = self.pages.pop_front().expect("checked");
-            self.durable.files_ok += p.totals.files_ok;
-            self.durable.files_failed += p.totals.files_failed;
-            self.durable.bytes += p.totals.bytes;
-            self.durable.names_listed += p.totals.names_listed;
+            self.durable.names_listed += p.names_listed;
             self.durable.pages_done += 1;
-            failures.extend(p.failures);
         }
-        failures
     }
 
-    /// Where a resume would start listing, and the counters it may claim.
-    pub fn checkpoint(&self) -> (ListPosition, Totals) {
+    /// What a checkpoint may claim now.
+    pub fn snapshot(&self) -> Snapshot {
         let position = match self.pages.front() {
             Some(p) => p.position.clone(),
             None => self.after_last.clone(),
         };
-        (position, self.durable)
+        let mut done_after = DoneAfter::default();
+        if let Some(front) = self.pages.front() {
+            for p in &self.pages {
+                let offset = p.seq - front.seq;
+                if p.unacked == 0 {
+                    match done_after.complete.last_mut() {
+                        Some((_, end)) if *end == offset => *end += 1,
+                        _ => done_after.complete.push((offset, offset + 1)),
+                    }
+                } else if p.done.iter().any(|w| *w != 0) {
+                    done_after.partial.push(PartialPage {
+                        offset,
+                        len: p.len,
+                        done: p.done.clone(),
+                    });
+                }
+            }
+        }
+        Snapshot {
+            position,
+            totals: Totals {
+                files_ok: self.live.files_ok,
+                files_failed: self.live.files_failed,
+                bytes: self.live.bytes,
+                names_listed: self.durable.names_listed,
+                pages_done: self.durable.pages_done,
+                retries: self.live.retries,
+            },
+            done_after,
+        }
     }
 
     pub fn live_totals(&self) -> Totals {
         self.live
+    }
+
+    /// Counts the retried attempts a worker reported with an
+    /// acknowledgement that [`Scheduler::batch_done`] accepted. The workers'
+    /// own counters restart with each process; this total does not.
+    pub fn add_retries(&mut self, retries: u32) {
+        self.live.retries += u64::from(retries);
     }
 
     /// Nothing is queued or in flight and the listing has ended.
@@ -364,215 +509,44 @@ impl Scheduler {
     }
 }
 
-/// Splits `names` into at most `ways` parts of nearly equal size.
-fn split(names: Vec<String>, ways: usize) -> Vec<Vec<String>> {
+fn set(bits: &mut [u64], i: usize) {
+    bits[i / 64] |= 1 << (i % 64);
+}
+
+fn is_set(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] & (1 << (i % 64)) != 0
+}
+
+/// A 128-bit fingerprint of a name from two independent 64-bit hashes. Two
+/// different names match with probability about 2^-128 per pair: over a
+/// billion-file run, no real name is ever mistaken for a repeat.
+fn fingerprint(name: &str) -> u128 {
+    let a = bulkget_names::stable_hash(name);
+    let mut h: u64 = 0x84222325cbf29ce4;
+    for &b in name.as_bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^= h >> 29;
+    }
+    ((a as u128) << 64) | (h ^ (name.len() as u64)) as u128
+}
+
+/// Splits names (with their page indices) into at most `ways` parts of
+/// nearly equal size.
+fn split(names: Vec<String>, idx: Vec<u32>, ways: usize) -> Vec<(Vec<String>, Vec<u32>)> {
     let n = names.len();
     let ways = ways.min(n).max(1);
     let mut parts = Vec::with_capacity(ways);
-    let mut it = names.into_iter();
+    let mut names = names.into_iter();
+    let mut idx = idx.into_iter();
     for i in 0..ways {
         let size = n / ways + usize::from(i < n % ways);
-        parts.push(it.by_ref().take(size).collect());
+        parts.push((
+            names.by_ref().take(size).collect(),
+            idx.by_ref().take(size).collect(),
+        ));
     }
     parts
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn names(prefix: &str, n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("{prefix}{i}")).collect()
-    }
-
-    fn ack_all(s: &mut Scheduler, shard: usize) -> CompletedFailures {
-        let ids: Vec<(BatchId, usize)> = s.shards[shard]
-            .outstanding
-            .values()
-            .map(|b| (b.id, b.names.len()))
-            .collect();
-        let mut failures = Vec::new();
-        for (id, n) in ids {
-            failures.extend(
-                s.batch_done(shard, id, n as u32, n as u64 * 100, vec![])
-                    .unwrap(),
-            );
-        }
-        failures
-    }
-
-    fn sched(shards: usize) -> Scheduler {
-        let mut s = Scheduler::new(shards, 2, 10, ListPosition::Start);
-        for i in 0..shards {
-            s.set_available(i, true);
-        }
-        s
-    }
-
-    #[test]
-    fn pages_are_cut_into_batches_that_never_span_pages() {
-        let mut s = sched(1);
-        s.add_page(names("a", 25), Some("m1".into()));
-        s.add_page(names("b", 5), None);
-        let sizes: Vec<usize> = s.pending.iter().map(|b| b.names.len()).collect();
-        assert_eq!(sizes, vec![10, 10, 5, 5]);
-    }
-
-    #[test]
-    fn windows_bound_each_shard_and_the_emptiest_shard_goes_first() {
-        let mut s = sched(2);
-        s.add_page(names("a", 100), None);
-        let mut got = Vec::new();
-        while let Some((shard, _)) = s.assign() {
-            got.push(shard);
-        }
-        assert_eq!(got, vec![0, 1, 0, 1]);
-        assert_eq!(s.in_flight(0), 2);
-        assert_eq!(s.pending_len(), 6);
-        let id = *s.shards[1].outstanding.keys().next().unwrap();
-        s.batch_done(1, id, 10, 1000, vec![]).unwrap();
-        assert_eq!(s.assign().map(|(shard, _)| shard), Some(1));
-    }
-
-    #[test]
-    fn unavailable_shards_get_nothing() {
-        let mut s = sched(2);
-        s.set_available(0, false);
-        s.add_page(names("a", 40), None);
-        while let Some((shard, _)) = s.assign() {
-            assert_eq!(shard, 1);
-        }
-        assert_eq!(s.in_flight(1), 2);
-    }
-
-    #[test]
-    fn checkpoint_is_the_earliest_page_not_fully_acknowledged() {
-        let mut s = sched(1);
-        assert_eq!(s.checkpoint().0, ListPosition::Start);
-        s.add_page(names("a", 10), Some("m1".into()));
-        s.add_page(names("b", 10), Some("m2".into()));
-        assert_eq!(s.checkpoint().0, ListPosition::Start);
-        let (_, first) = s.assign().unwrap();
-        let first = first.id;
-        let (_, second) = s.assign().unwrap();
-        let second = second.id;
-        // Acknowledging the second page first does not move the checkpoint.
-        s.batch_done(0, second, 10, 1000, vec![]).unwrap();
-        assert_eq!(s.checkpoint().0, ListPosition::Start);
-        assert_eq!(s.checkpoint().1.files_ok, 0);
-        assert_eq!(s.live_totals().files_ok, 10);
-        s.batch_done(0, first, 10, 1000, vec![]).unwrap();
-        let (pos, totals) = s.checkpoint();
-        assert_eq!(pos, ListPosition::Marker("m2".into()));
-        assert_eq!(
-            (totals.files_ok, totals.pages_done, totals.names_listed),
-            (20, 2, 20)
-        );
-        assert!(!s.is_finished());
-    }
-
-    #[test]
-    fn unsafe_names_fail_at_once_and_empty_pages_complete() {
-        let mut s = sched(1);
-        let failures = s.add_page(vec!["../x".into(), "/abs".into(), "".into()], None);
-        assert_eq!(failures.len(), 3);
-        assert!(failures[0].reason.starts_with("unsafe name"));
-        assert!(s.is_finished());
-        assert_eq!(
-            s.checkpoint(),
-            (
-                ListPosition::Done,
-                Totals {
-                    files_failed: 3,
-                    names_listed: 3,
-                    pages_done: 1,
-                    ..Totals::default()
-                }
-            )
-        );
-    }
-
-    #[test]
-    fn a_crash_requeues_at_the_front_and_counts_each_file_once() {
-        let mut s = sched(2);
-        s.add_page(names("a", 40), None);
-        while s.assign().is_some() {}
-        assert_eq!(s.pending_len(), 0);
-        s.shard_down(0);
-        assert_eq!(s.pending_len(), 2);
-        assert!(s.pending.iter().all(|b| b.crashes == 1));
-        ack_all(&mut s, 1);
-        s.set_available(0, true);
-        // Suspects go one at a time to shards holding nothing else.
-        let (a, _) = s.assign().unwrap();
-        let (b, _) = s.assign().unwrap();
-        assert_ne!(a, b);
-        assert!(s.assign().is_none());
-        ack_all(&mut s, 0);
-        ack_all(&mut s, 1);
-        assert!(s.is_finished());
-        assert_eq!(s.checkpoint().1.files_ok, 40);
-        assert_eq!(s.live_totals().files_ok, 40);
-    }
-
-    #[test]
-    fn a_poison_name_is_isolated_and_failed_and_the_rest_succeed() {
-        let poison = "a137";
-        let mut s = Scheduler::new(2, 4, 256, ListPosition::Start);
-        s.set_available(0, true);
-        s.set_available(1, true);
-        s.add_page(names("a", 256), None);
-        let mut crashes = 0;
-        let mut failures = Vec::new();
-        let mut ok = 0u64;
-        for _ in 0..1000 {
-            while s.assign().is_some() {}
-            // Each shard: crash if it holds the poison name, else ack all.
-            for shard in 0..2 {
-                let holds = s.shards[shard]
-                    .outstanding
-                    .values()
-                    .any(|b| b.names.iter().any(|n| n == poison));
-                if holds {
-                    crashes += 1;
-                    failures.extend(s.shard_down(shard));
-                    s.set_available(shard, true);
-                } else {
-                    let n: u64 = s.shards[shard]
-                        .outstanding
-                        .values()
-                        .map(|b| b.names.len() as u64)
-                        .sum();
-                    ok += n;
-                    failures.extend(ack_all(&mut s, shard));
-                }
-            }
-            if s.is_finished() {
-                break;
-            }
-        }
-        assert!(s.is_finished());
-        assert_eq!(ok, 255);
-        assert_eq!(failures.len(), 1);
-        assert_eq!(failures[0].name, poison);
-        assert_eq!(failures[0].reason, CRASH_REASON);
-        assert!(crashes <= 4, "{crashes} crashes to isolate one name");
-        let t = s.checkpoint().1;
-        assert_eq!((t.files_ok, t.files_failed), (255, 1));
-    }
-
-    #[test]
-    fn unknown_acknowledgements_are_refused() {
-        let mut s = sched(1);
-        assert!(s.batch_done(0, 99, 1, 1, vec![]).is_none());
-    }
-
-    #[test]
-    fn split_is_even_and_complete() {
-        let parts = split(names("x", 35), 16);
-        assert_eq!(parts.len(), 16);
-        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 35);
-        assert!(parts.iter().all(|p| p.len() == 2 || p.len() == 3));
-        assert_eq!(split(names("x", 3), 16).len(), 3);
-    }
-}
+mod tests;

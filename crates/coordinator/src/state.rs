@@ -16,7 +16,7 @@
 //! resume to the length the checkpoint recorded, dropping the lines of pages
 //! that will be listed again.
 
-use crate::scheduler::{ListPosition, Totals};
+use crate::scheduler::{DoneAfter, ListPosition, Snapshot, Totals};
 use bulkget_protocol::Failure;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -44,8 +44,12 @@ pub struct Checkpoint {
     /// Where the next run lists from: the earliest page not fully
     /// acknowledged.
     pub position: ListPosition,
-    /// Counters over every page before `position`.
+    /// Counters: files acknowledged (anywhere), and pages completed before
+    /// `position`.
     pub totals: Totals,
+    /// Which names after `position` are done already; a resume skips them.
+    #[serde(default)]
+    pub done_after: DoneAfter,
     /// The length of `failed.jsonl` that belongs to those pages.
     pub failed_len: u64,
     /// The whole listing is done and every file acknowledged.
@@ -262,12 +266,7 @@ impl StateDir {
 
     /// Makes everything durable and writes the checkpoint. Blocking: syncs
     /// the output file system, which can take a while on a busy disk.
-    pub fn write_checkpoint(
-        &mut self,
-        position: ListPosition,
-        totals: Totals,
-        complete: bool,
-    ) -> io::Result<()> {
+    pub fn write_checkpoint(&mut self, snapshot: Snapshot, complete: bool) -> io::Result<()> {
         self.failed.flush()?;
         self.failed.get_ref().sync_data()?;
         // SAFETY: syncfs takes a valid open descriptor, which out_fd is.
@@ -277,8 +276,9 @@ impl StateDir {
         }
         let cp = Checkpoint {
             schema_version: CHECKPOINT_VERSION,
-            position,
-            totals,
+            position: snapshot.position,
+            totals: snapshot.totals,
+            done_after: snapshot.done_after,
             failed_len: self.failed_len,
             complete,
             updated_at: bulkget_stats::now_rfc3339(),
@@ -346,17 +346,18 @@ mod tests {
             status: Some(404),
         }])
         .unwrap();
-        s.write_checkpoint(
-            ListPosition::Marker("m".into()),
-            Totals {
+        let snapshot = Snapshot {
+            position: ListPosition::Marker("m".into()),
+            totals: Totals {
                 files_ok: 5,
                 ..Totals::default()
             },
-            false,
-        )
-        .unwrap();
-        // A failure recorded after the checkpoint belongs to a page that will
-        // be listed again, so a resume drops it.
+            done_after: DoneAfter::default(),
+        };
+        s.write_checkpoint(snapshot, false).unwrap();
+        // A failure recorded after the checkpoint belongs to a name the
+        // checkpoint does not call done, which will be fetched and recorded
+        // again, so a resume drops it.
         s.record_failures(&[Failure {
             name: "y".into(),
             reason: "r".into(),

@@ -1,0 +1,348 @@
+use super::*;
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Acknowledges every batch on `shard` as all ok; returns the files acked.
+fn ack_all(s: &mut Scheduler, shard: usize) -> u64 {
+    let ids: Vec<(BatchId, usize)> = s.shards[shard]
+        .outstanding
+        .values()
+        .map(|b| (b.id, b.names.len()))
+        .collect();
+    let mut n = 0;
+    for (id, len) in ids {
+        s.batch_done(shard, id, len as u32, len as u64 * 100, vec![])
+            .unwrap();
+        n += len as u64;
+    }
+    n
+}
+
+fn sched(shards: usize) -> Scheduler {
+    let mut s = Scheduler::new(shards, 2, 10, ListPosition::Start);
+    for i in 0..shards {
+        s.set_available(i, true);
+    }
+    s
+}
+
+/// Runs `s` to the end on one shard, acking everything; returns the names
+/// that were sent.
+fn drain(s: &mut Scheduler) -> Vec<String> {
+    let mut sent = Vec::new();
+    loop {
+        let mut any = false;
+        while let Some((_, b)) = s.assign() {
+            sent.extend(b.names.iter().cloned());
+            any = true;
+        }
+        for shard in 0..s.shards.len() {
+            ack_all(s, shard);
+        }
+        if !any {
+            return sent;
+        }
+    }
+}
+
+#[test]
+fn pages_are_cut_into_batches_that_never_span_pages() {
+    let mut s = sched(1);
+    s.add_page(names("a", 25), Some("m1".into()));
+    s.add_page(names("b", 5), None);
+    let sizes: Vec<usize> = s.pending.iter().map(|b| b.names.len()).collect();
+    assert_eq!(sizes, vec![10, 10, 5, 5]);
+}
+
+#[test]
+fn windows_bound_each_shard_and_the_emptiest_shard_goes_first() {
+    let mut s = sched(2);
+    s.add_page(names("a", 100), None);
+    let mut got = Vec::new();
+    while let Some((shard, _)) = s.assign() {
+        got.push(shard);
+    }
+    assert_eq!(got, vec![0, 1, 0, 1]);
+    assert_eq!(s.in_flight(0), 2);
+    assert_eq!(s.pending_len(), 6);
+    let id = *s.shards[1].outstanding.keys().next().unwrap();
+    s.batch_done(1, id, 10, 1000, vec![]).unwrap();
+    assert_eq!(s.assign().map(|(shard, _)| shard), Some(1));
+}
+
+#[test]
+fn unavailable_shards_get_nothing() {
+    let mut s = sched(2);
+    s.set_available(0, false);
+    s.add_page(names("a", 40), None);
+    while let Some((shard, _)) = s.assign() {
+        assert_eq!(shard, 1);
+    }
+    assert_eq!(s.in_flight(1), 2);
+}
+
+#[test]
+fn the_position_is_the_earliest_page_not_fully_done() {
+    let mut s = sched(1);
+    assert_eq!(s.snapshot().position, ListPosition::Start);
+    s.add_page(names("a", 10), Some("m1".into()));
+    s.add_page(names("b", 10), Some("m2".into()));
+    let first = s.assign().unwrap().1.id;
+    let second = s.assign().unwrap().1.id;
+    // The second page completes first: the position stays, and the
+    // checkpoint records the second page as complete.
+    s.batch_done(0, second, 10, 1000, vec![]).unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.position, ListPosition::Start);
+    assert_eq!(snap.done_after.complete, vec![(1, 2)]);
+    assert_eq!(snap.totals.files_ok, 10);
+    assert_eq!(snap.totals.pages_done, 0);
+    s.batch_done(0, first, 10, 1000, vec![]).unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.position, ListPosition::Marker("m2".into()));
+    assert_eq!(snap.done_after, DoneAfter::default());
+    assert_eq!(
+        (
+            snap.totals.files_ok,
+            snap.totals.pages_done,
+            snap.totals.names_listed
+        ),
+        (20, 2, 20)
+    );
+    assert!(!s.is_finished());
+}
+
+#[test]
+fn unsafe_names_fail_at_once_and_empty_pages_complete() {
+    let mut s = sched(1);
+    let failures = s.add_page(vec!["../x".into(), "/abs".into(), "".into()], None);
+    assert_eq!(failures.len(), 3);
+    assert!(failures[0].reason.starts_with("unsafe name"));
+    assert!(s.is_finished());
+    let snap = s.snapshot();
+    assert_eq!(snap.position, ListPosition::Done);
+    assert_eq!(
+        snap.totals,
+        Totals {
+            files_failed: 3,
+            names_listed: 3,
+            pages_done: 1,
+            ..Totals::default()
+        }
+    );
+}
+
+#[test]
+fn a_crash_requeues_at_the_front_and_counts_each_file_once() {
+    let mut s = sched(2);
+    s.add_page(names("a", 40), None);
+    while s.assign().is_some() {}
+    assert_eq!(s.pending_len(), 0);
+    s.shard_down(0);
+    assert_eq!(s.pending_len(), 2);
+    assert!(s.pending.iter().all(|b| b.crashes == 1));
+    ack_all(&mut s, 1);
+    s.set_available(0, true);
+    // Suspects go one at a time to shards holding nothing else.
+    let (a, _) = s.assign().unwrap();
+    let (b, _) = s.assign().unwrap();
+    assert_ne!(a, b);
+    assert!(s.assign().is_none());
+    ack_all(&mut s, 0);
+    ack_all(&mut s, 1);
+    assert!(s.is_finished());
+    assert_eq!(s.snapshot().totals.files_ok, 40);
+    assert_eq!(s.live_totals().files_ok, 40);
+}
+
+#[test]
+fn a_poison_name_is_isolated_and_failed_and_the_rest_succeed() {
+    let poison = "a137";
+    let mut s = Scheduler::new(2, 4, 256, ListPosition::Start);
+    s.set_available(0, true);
+    s.set_available(1, true);
+    s.add_page(names("a", 256), None);
+    let mut crashes = 0;
+    let mut failures = Vec::new();
+    let mut ok = 0u64;
+    for _ in 0..1000 {
+        while s.assign().is_some() {}
+        // Each shard: crash if it holds the poison name, else ack all.
+        for shard in 0..2 {
+            let holds = s.shards[shard]
+                .outstanding
+                .values()
+                .any(|b| b.names.iter().any(|n| n == poison));
+            if holds {
+                crashes += 1;
+                failures.extend(s.shard_down(shard));
+                s.set_available(shard, true);
+            } else {
+                ok += ack_all(&mut s, shard);
+            }
+        }
+        if s.is_finished() {
+            break;
+        }
+    }
+    assert!(s.is_finished());
+    assert_eq!(ok, 255);
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].name, poison);
+    assert_eq!(failures[0].reason, CRASH_REASON);
+    assert!(crashes <= 4, "{crashes} crashes to isolate one name");
+    let t = s.snapshot().totals;
+    assert_eq!((t.files_ok, t.files_failed), (255, 1));
+}
+
+#[test]
+fn unknown_acknowledgements_are_refused() {
+    let mut s = sched(1);
+    assert!(s.batch_done(0, 99, 1, 1, vec![]).is_none());
+}
+
+#[test]
+fn split_is_even_complete_and_keeps_indices_with_names() {
+    let parts = split(names("x", 35), (0..35).collect(), 16);
+    assert_eq!(parts.len(), 16);
+    assert_eq!(parts.iter().map(|p| p.0.len()).sum::<usize>(), 35);
+    assert!(parts.iter().all(|p| p.0.len() == 2 || p.0.len() == 3));
+    for (names, idx) in &parts {
+        for (n, i) in names.iter().zip(idx) {
+            assert_eq!(n, &format!("x{i}"));
+        }
+    }
+    assert_eq!(split(names("x", 3), vec![0, 1, 2], 16).len(), 3);
+}
+
+#[test]
+fn repeats_of_this_page_or_the_previous_are_fetched_and_counted_once() {
+    let mut s = Scheduler::new(1, 100, 10, ListPosition::Start);
+    s.set_available(0, true);
+    s.add_page(names("a", 25), Some("m1".into()));
+    // The previous page again, a repeat within the page, then new names.
+    let mut second = names("a", 25);
+    second.extend(names("b", 5));
+    second.push("b0".into());
+    s.add_page(second, Some("m2".into()));
+    // A page that repeats a name from two pages back: beyond the window,
+    // fetched again (harmless) and counted again.
+    s.add_page(vec!["a0".into(), "c0".into()], None);
+    let sent: Vec<String> = s.pending.iter().flat_map(|b| b.names.clone()).collect();
+    let mut expected = names("a", 25);
+    expected.extend(names("b", 5));
+    expected.extend(["a0".to_string(), "c0".to_string()]);
+    assert_eq!(sent, expected);
+    assert_eq!(s.repeated(), 26);
+    drain(&mut s);
+    assert!(s.is_finished());
+    let t = s.snapshot().totals;
+    assert_eq!((t.files_ok, t.names_listed, t.pages_done), (32, 32, 3));
+    assert_eq!(s.live_totals().names_listed, 32);
+}
+
+#[test]
+fn a_repeated_unsafe_name_fails_once() {
+    let mut s = sched(1);
+    let failures = s.add_page(vec!["../x".into(), "../x".into()], Some("m".into()));
+    let more = s.add_page(vec!["../x".into()], None);
+    assert_eq!(failures.len() + more.len(), 1);
+    assert_eq!(s.snapshot().totals.files_failed, 1);
+}
+
+/// The heart of resume: a straggling batch on the first page while later
+/// pages complete. The checkpoint says exactly what is done, and a resumed
+/// scheduler fetches only the rest, counting every file once.
+#[test]
+fn a_resume_fetches_only_what_was_not_done_however_far_a_straggler_fell_behind() {
+    let pages: Vec<Vec<String>> = (0..6).map(|p| names(&format!("p{p}-"), 25)).collect();
+    let markers = |p: usize| {
+        if p < 5 {
+            Some(format!("m{}", p + 1))
+        } else {
+            None
+        }
+    };
+    let mut s = Scheduler::new(2, 100, 10, ListPosition::Start);
+    s.set_available(0, true);
+    s.set_available(1, true);
+    for (p, n) in pages.iter().enumerate() {
+        s.add_page(n.clone(), markers(p));
+    }
+    // The first batch (page 0) straggles on shard 0; everything else is
+    // acknowledged except one batch of page 3, in flight when we "crash".
+    let mut straggler = None;
+    let mut in_flight_p3 = None;
+    while let Some((shard, b)) = s.assign() {
+        let (id, first) = (b.id, b.names[0].clone());
+        if straggler.is_none() {
+            straggler = Some((shard, id));
+        } else if first == "p3-10" {
+            in_flight_p3 = Some((shard, id));
+        } else {
+            let n = s.shards[shard].outstanding[&id].names.len() as u32;
+            s.batch_done(shard, id, n, n as u64, vec![]).unwrap();
+        }
+    }
+    let _ = (straggler, in_flight_p3);
+    let snap = s.snapshot();
+    assert_eq!(snap.position, ListPosition::Start);
+    assert_eq!(snap.done_after.complete, vec![(1, 3), (4, 6)]);
+    assert_eq!(
+        snap.done_after.partial.len(),
+        2,
+        "pages 0 and 3 are partly done"
+    );
+    assert_eq!(snap.totals.files_ok, 150 - 10 - 10);
+
+    // Resume from that checkpoint: the same pages are listed again.
+    let mut r = Scheduler::new(2, 100, 10, snap.position.clone())
+        .resume(snap.totals, snap.done_after.clone());
+    r.set_available(0, true);
+    r.set_available(1, true);
+    for (p, n) in pages.iter().enumerate() {
+        r.add_page(n.clone(), markers(p));
+    }
+    let mut sent = drain(&mut r);
+    sent.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("p0-{i}")).collect();
+    expected.extend((10..20).map(|i| format!("p3-{i}")));
+    expected.sort();
+    assert_eq!(
+        sent, expected,
+        "only the straggler and the in-flight batch are fetched again"
+    );
+    assert!(r.is_finished());
+    let t = r.snapshot().totals;
+    assert_eq!((t.files_ok, t.names_listed, t.pages_done), (150, 150, 6));
+    assert_eq!(r.resume_mismatches(), 0);
+}
+
+#[test]
+fn a_page_listed_differently_on_resume_is_fetched_whole() {
+    let mut s = sched(1);
+    s.add_page(names("a", 20), Some("m1".into()));
+    s.add_page(names("b", 20), None);
+    let _first = s.assign().unwrap().1.id;
+    let second = s.assign().unwrap().1.id;
+    s.batch_done(0, second, 10, 10, vec![]).unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.done_after.partial.len(), 1);
+    let mut r = Scheduler::new(1, 2, 10, snap.position).resume(snap.totals, snap.done_after);
+    r.set_available(0, true);
+    r.add_page(names("a", 21), None);
+    assert_eq!(r.resume_mismatches(), 1);
+    assert_eq!(drain(&mut r).len(), 21);
+}
+
+#[test]
+fn fingerprints_differ_for_similar_names() {
+    let mut seen = HashSet::new();
+    for i in 0..100_000 {
+        assert!(seen.insert(fingerprint(&format!("file-{i:010}"))));
+    }
+    assert_ne!(fingerprint("ab"), fingerprint("ba"));
+    assert_ne!(fingerprint(""), fingerprint("\0"));
+}
