@@ -10,9 +10,9 @@
 use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
 use crate::lister::{self, ListError, ListerConfig, Page};
-use crate::progress::{human_bytes, Progress, Snapshot};
+use crate::progress::{human_bytes, note, Progress, Snapshot as ProgressView};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
-use crate::scheduler::{ListPosition, Scheduler, Totals};
+use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Snapshot, Totals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::supervisor::{self, describe_exit, Event, Worker};
 use bulkget_http::{Backoff, Endpoint, Limits};
@@ -52,8 +52,7 @@ impl Stop {
 enum StateOp {
     Failures(Vec<Failure>),
     Checkpoint {
-        position: ListPosition,
-        totals: Totals,
+        snapshot: Snapshot,
         complete: bool,
         done: std::sync::mpsc::Sender<Result<(), String>>,
     },
@@ -171,12 +170,18 @@ impl Run {
             LayoutArg::Flat => (Layout::Flat, "flat"),
             LayoutArg::Fanout => (Layout::Fanout, "fanout"),
         };
+        let workers = args.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
         let info = RunInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             url: endpoint.url(),
             out_dir: out.display().to_string(),
             sink: sink_name.into(),
             layout: layout_name.into(),
+            shards: workers,
             created_at: bulkget_stats::now_rfc3339(),
         };
         let (mut state, start) =
@@ -187,8 +192,8 @@ impl Run {
                 };
                 (code, e.to_string())
             })?;
-        let (start_position, totals) = match start {
-            Start::Fresh => (ListPosition::Start, Totals::default()),
+        let (start_position, totals, done_after) = match start {
+            Start::Fresh => (ListPosition::Start, Totals::default(), DoneAfter::default()),
             Start::Resume(cp) => {
                 if !args.quiet {
                     eprintln!(
@@ -201,7 +206,7 @@ impl Run {
                         }
                     );
                 }
-                (cp.position, cp.totals)
+                (cp.position, cp.totals, cp.done_after)
             }
             Start::AlreadyComplete(cp) => {
                 let t = cp.totals;
@@ -218,11 +223,6 @@ impl Run {
                 }));
             }
         };
-        let workers = args.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
         let settings = WorkerSettings {
             base_url: endpoint.url(),
             out_dir: out.display().to_string(),
@@ -264,13 +264,12 @@ impl Run {
                             }
                         }
                         StateOp::Checkpoint {
-                            position,
-                            totals,
+                            snapshot,
                             complete,
                             done,
                         } => {
                             let r = state
-                                .write_checkpoint(position, totals, complete)
+                                .write_checkpoint(snapshot, complete)
                                 .map_err(|e| e.to_string());
                             let _ = done.send(r);
                         }
@@ -290,7 +289,8 @@ impl Run {
             args.batch_size,
             start_position.clone(),
         )
-        .with_totals(totals);
+        .resume(totals, done_after)
+        .with_affinity(sink == SinkKind::Sqlite);
         let shards = (0..workers)
             .map(|_| ShardSlot {
                 worker: None,
@@ -380,7 +380,9 @@ impl Run {
         let mut finishing = false;
         // The pending queue may hold this many batches before the lister is
         // asked for more: enough to refill every window once.
-        let max_pending = self.shards.len() * self.args.window;
+        // Twice that, because with affinity a restarting shard's batches
+        // wait in the queue while the others keep working.
+        let max_pending = 2 * self.shards.len() * self.args.window;
 
         loop {
             let accepting =
@@ -389,7 +391,7 @@ impl Run {
                 page = pages.recv(), if accepting => match page {
                     Some(Ok(page)) => self.on_page(page),
                     Some(Err(e)) => {
-                        eprintln!("bulkget: {e}");
+                        note!(self.progress, "bulkget: {e}");
                         self.begin_stop(Stop::ListingFailed(e.to_string()), &mut grace_deadline);
                     }
                     None => {
@@ -402,7 +404,7 @@ impl Run {
                 Some(shard) = restarts.recv() => {
                     if self.stop.is_none() && !finishing && self.shards[shard].phase == Phase::Backoff {
                         if let Err(e) = self.spawn(shard, &events_tx) {
-                            eprintln!("bulkget: cannot restart worker {shard}: {e}");
+                            note!(self.progress, "bulkget: cannot restart worker {shard}: {e}");
                             self.park(shard, &mut grace_deadline);
                         }
                     }
@@ -416,17 +418,18 @@ impl Run {
                     self.on_signal(signals_seen, Stop::Signal { code: exit::TERMINATED, name: "SIGTERM" }, &mut grace_deadline);
                 }
                 () = sleep_until_opt(grace_deadline) => {
-                    eprintln!("bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
+                    note!(self.progress, "bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
                     grace_deadline = None;
                     self.stop_workers_now();
                 }
                 _ = tick.tick() => {
                     if let Some(why) = self.space_problem() {
-                        eprintln!("bulkget: {why}; stopping with the checkpoint saved");
+                        note!(self.progress, "bulkget: {why}; stopping with the checkpoint saved");
                         self.begin_stop(Stop::NoSpace(why), &mut grace_deadline);
                     }
-                    self.write_stats(RunState::Listing, None);
+                    // Progress first: it samples the rate the stats file shows.
                     self.update_progress();
+                    self.write_stats(RunState::Listing, None);
                     if last_checkpoint.elapsed() >= checkpoint_every {
                         last_checkpoint = Instant::now();
                         self.checkpoint_async();
@@ -516,7 +519,7 @@ impl Run {
     }
 
     fn dispatch(&mut self) {
-        if matches!(self.stop, Some(_)) {
+        if self.stop.is_some() {
             return;
         }
         let mut buf = Vec::with_capacity(8 << 10);
@@ -562,9 +565,11 @@ impl Run {
                         id,
                         ok,
                         bytes,
+                        retries,
                         failures,
                     } => match self.sched.batch_done(shard, id, ok, bytes, failures) {
                         Some(done) => {
+                            self.sched.add_retries(retries);
                             self.record_failures(done);
                             self.shards[shard].life.on_progress();
                             if self.sched.in_flight(shard) == 0 {
@@ -572,12 +577,12 @@ impl Run {
                             }
                         }
                         None => {
-                            eprintln!("bulkget: worker {shard} acknowledged unknown batch {id}; restarting it");
+                            note!(self.progress, "bulkget: worker {shard} acknowledged unknown batch {id}; restarting it");
                             self.shard_down(shard);
                         }
                     },
                     ToCoordinator::Fatal { kind, reason } => {
-                        eprintln!("bulkget: worker {shard}: {reason}");
+                        note!(self.progress, "bulkget: worker {shard}: {reason}");
                         if kind == FatalKind::NoSpace {
                             self.begin_stop(Stop::NoSpace(reason), grace_deadline);
                         }
@@ -592,7 +597,7 @@ impl Run {
                 tracing::debug!(shard, generation, ?error, "disconnected");
                 if generation == self.shards[shard].generation && !self.shards[shard].down {
                     if let Some(e) = error {
-                        eprintln!("bulkget: worker {shard}: {e}");
+                        note!(self.progress, "bulkget: worker {shard}: {e}");
                     }
                     self.shard_down(shard);
                 }
@@ -627,7 +632,8 @@ impl Run {
                     Decision::RestartAfter(delay) => {
                         tracing::warn!(shard, %what, ?delay, "worker died; restarting");
                         if !self.args.quiet {
-                            eprintln!(
+                            note!(
+                                self.progress,
                                 "bulkget: worker {shard} died ({what}); restarting in {delay:?}"
                             );
                         }
@@ -639,7 +645,8 @@ impl Run {
                         });
                     }
                     Decision::Park => {
-                        eprintln!(
+                        note!(
+                            self.progress,
                             "bulkget: worker {shard} died ({what}) more than {} times in {:?}; shard {shard} is parked, the run goes on without it",
                             self.policy.burst, self.policy.interval
                         );
@@ -651,10 +658,14 @@ impl Run {
     }
 
     fn park(&mut self, shard: usize, grace_deadline: &mut Option<tokio::time::Instant>) {
+        self.sched.park(shard);
         self.shards[shard].phase = Phase::Parked;
         self.shards[shard].life.parked = true;
         if self.shards.iter().all(|s| s.phase == Phase::Parked) {
-            eprintln!("bulkget: every shard is parked; stopping the run");
+            note!(
+                self.progress,
+                "bulkget: every shard is parked; stopping the run"
+            );
             self.begin_stop(Stop::AllParked, grace_deadline);
         }
     }
@@ -681,14 +692,18 @@ impl Run {
     ) {
         if count == 1 {
             if let Stop::Signal { name, .. } = &stop {
-                eprintln!(
+                note!(
+                    self.progress,
                     "bulkget: {name}: stopping; letting in-flight batches finish for up to {}s (press Ctrl-C again to stop at once)",
                     self.args.grace
                 );
             }
             self.begin_stop(stop, grace_deadline);
         } else {
-            eprintln!("bulkget: second signal: stopping workers now");
+            note!(
+                self.progress,
+                "bulkget: second signal: stopping workers now"
+            );
             self.stop_workers_now();
         }
     }
@@ -750,11 +765,9 @@ impl Run {
     }
 
     fn checkpoint_async(&mut self) {
-        let (position, totals) = self.sched.checkpoint();
         let (done, _rx) = std::sync::mpsc::channel();
         let _ = self.state_tx.send(StateOp::Checkpoint {
-            position,
-            totals,
+            snapshot: self.sched.snapshot(),
             complete: false,
             done,
         });
@@ -762,11 +775,11 @@ impl Run {
 
     async fn finish(mut self: Box<Self>, finished: bool) -> i32 {
         let complete = finished && self.stop.is_none() && self.sched.is_finished();
-        let (position, totals) = self.sched.checkpoint();
+        let snapshot = self.sched.snapshot();
+        let totals = snapshot.totals;
         let (done, done_rx) = std::sync::mpsc::channel();
         let _ = self.state_tx.send(StateOp::Checkpoint {
-            position,
-            totals,
+            snapshot,
             complete,
             done,
         });
@@ -794,6 +807,8 @@ impl Run {
             (None, true) => RunState::Finished,
             (None, false) => RunState::Failed,
         };
+        // The final numbers, for a plain log's last line and the stats file.
+        self.update_progress();
         self.write_stats(state, Some(code));
         self.progress.finish();
         if !self.args.quiet {
@@ -813,7 +828,8 @@ impl Run {
             .iter()
             .filter(|s| s.phase == Phase::Parked)
             .count();
-        let retries = self.shard_retries();
+        // Reported with each acknowledgement, so restarts lose none.
+        let retries = live.retries;
         println!("bulkget summary");
         println!("  files ok:       {}", live.files_ok);
         println!("  files failed:   {}", live.files_failed);
@@ -869,25 +885,11 @@ impl Run {
         }
     }
 
-    /// Retries summed over the shards' stats files (the workers count them).
-    fn shard_retries(&self) -> u64 {
-        (0..self.shards.len())
-            .filter_map(|k| {
-                bulkget_stats::read_json::<bulkget_stats::ShardStats>(
-                    &bulkget_stats::schema::shard_path(&self.state_dir, k as u32),
-                )
-                .ok()
-                .flatten()
-            })
-            .map(|s| s.retries)
-            .sum()
-    }
-
     fn update_progress(&mut self) {
         let live = self.sched.live_totals();
         let done = live.files_ok + live.files_failed;
         self.rate.sample(Instant::now(), done);
-        let snapshot = Snapshot {
+        let snapshot = ProgressView {
             ok: live.files_ok,
             failed: live.files_failed,
             bytes: live.bytes,
@@ -901,6 +903,7 @@ impl Run {
                 .iter()
                 .filter(|s| s.phase == Phase::Parked)
                 .count(),
+            retries: live.retries,
         };
         self.progress.update(&snapshot);
     }
@@ -923,7 +926,12 @@ impl Run {
         } else {
             state
         };
-        let eta = self.eta();
+        // Once the run is over there is nothing to estimate.
+        let eta = if exit_code.is_some() {
+            None
+        } else {
+            self.eta()
+        };
         let stats = CoordinatorStats {
             schema_version: bulkget_stats::SCHEMA_VERSION,
             pid: std::process::id(),
@@ -931,7 +939,9 @@ impl Run {
             url: self.endpoint.url(),
             started_at: self.started_at.clone(),
             updated_at: bulkget_stats::now_rfc3339(),
-            pages_listed: self.pages_listed,
+            // The whole run's, like the other counters: the pages a resumed
+            // checkpoint covered, then this process's.
+            pages_listed: self.resumed_from.pages_done + self.pages_listed,
             names_listed: live.names_listed,
             current_marker: self.current_marker.clone(),
             listing_done: self.listing_done,
@@ -939,6 +949,7 @@ impl Run {
             files_ok: live.files_ok,
             files_failed: live.files_failed,
             bytes: live.bytes,
+            retries: live.retries,
             files_per_sec: self.rate.rate(),
             eta_seconds: eta,
             eta_method: match (exit_code, self.listing_done, eta) {

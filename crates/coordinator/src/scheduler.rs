@@ -23,6 +23,12 @@
 //!   work that was in flight is fetched twice, however far one straggling
 //!   batch falls behind the others. Counters count every acknowledgement
 //!   once: a skipped name is never counted again.
+//! - With *affinity* (the SQLite sink), a name belongs to shard
+//!   `hash(name) % shards`: pages are cut into batches per home shard, and a
+//!   batch goes only to its home shard, also after a crash or a resume. So a
+//!   name is written to exactly one database, and fetching it again only
+//!   replaces its row. Only when a shard is parked do its batches lose their
+//!   home and go anywhere (a name may then be in two databases).
 //! - Repeated names are dropped within a bounded memory: a name listed
 //!   earlier on the same page, or on the page just before, is neither
 //!   fetched nor counted again (a server that repeats the previous page, or
@@ -104,6 +110,8 @@ pub struct Batch {
     idx: Vec<u32>,
     /// Worker deaths while this batch was in flight.
     pub crashes: u32,
+    /// The only shard this batch may go to (affinity), if any.
+    home: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -159,6 +167,9 @@ pub struct Scheduler {
     recent: HashSet<u128>,
     /// Names dropped as repeats.
     repeated: u64,
+    /// Route each name to the shard its hash picks (see the module docs).
+    affinity: bool,
+    parked: Vec<bool>,
 }
 
 impl Scheduler {
@@ -179,6 +190,31 @@ impl Scheduler {
             resume_mismatches: 0,
             recent: HashSet::new(),
             repeated: 0,
+            affinity: false,
+            parked: vec![false; shards],
+        }
+    }
+
+    /// Routes every name to the shard its hash picks, for sinks that keep
+    /// one store per shard.
+    pub fn with_affinity(mut self, affinity: bool) -> Scheduler {
+        self.affinity = affinity;
+        self
+    }
+
+    /// The shard a name belongs to under affinity. Stable across runs and
+    /// versions (it derives from `bulkget_names::stable_hash`).
+    pub fn home_of(&self, name: &str) -> usize {
+        (bulkget_names::stable_hash(name) % self.shards.len() as u64) as usize
+    }
+
+    /// A shard was parked: its batches may go anywhere from now on.
+    pub fn park(&mut self, shard: usize) {
+        self.parked[shard] = true;
+        for b in self.pending.iter_mut() {
+            if b.home == Some(shard) {
+                b.home = None;
+            }
         }
     }
 
@@ -230,8 +266,10 @@ impl Scheduler {
         let mut repeats = 0u64;
         let mut seen: HashSet<u128> = HashSet::with_capacity(len);
         let mut page_batches = 0u32;
-        let mut batch: Vec<String> = Vec::new();
-        let mut idx: Vec<u32> = Vec::new();
+        // One open batch per home shard (just one without affinity).
+        let groups = if self.affinity { self.shards.len() } else { 1 };
+        let mut open: Vec<(Vec<String>, Vec<u32>)> =
+            (0..groups).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, name) in names.into_iter().enumerate() {
             let fp = fingerprint(&name);
             if self.recent.contains(&fp) || !seen.insert(fp) {
@@ -252,16 +290,25 @@ impl Scheduler {
                 });
                 continue;
             }
+            let g = if self.affinity {
+                self.home_of(&name)
+            } else {
+                0
+            };
+            let (batch, idx) = &mut open[g];
             batch.push(name);
             idx.push(i as u32);
             if batch.len() == self.batch_size {
-                self.push_batch(seq, std::mem::take(&mut batch), std::mem::take(&mut idx));
+                let (b, x) = (std::mem::take(batch), std::mem::take(idx));
+                self.push_batch(seq, b, x, self.home(g));
                 page_batches += 1;
             }
         }
-        if !batch.is_empty() {
-            self.push_batch(seq, batch, idx);
-            page_batches += 1;
+        for (g, (batch, idx)) in open.into_iter().enumerate() {
+            if !batch.is_empty() {
+                self.push_batch(seq, batch, idx, self.home(g));
+                page_batches += 1;
+            }
         }
         self.recent = seen;
         self.repeated += repeats;
@@ -279,7 +326,19 @@ impl Scheduler {
         failures
     }
 
-    fn push_batch(&mut self, page_seq: u64, names: Vec<String>, idx: Vec<u32>) {
+    /// The home for batches of group `g`: none without affinity, and none
+    /// for a parked shard.
+    fn home(&self, g: usize) -> Option<usize> {
+        (self.affinity && !self.parked[g]).then_some(g)
+    }
+
+    fn push_batch(
+        &mut self,
+        page_seq: u64,
+        names: Vec<String>,
+        idx: Vec<u32>,
+        home: Option<usize>,
+    ) {
         let id = self.next_batch_id;
         self.next_batch_id += 1;
         self.pending.push_back(Batch {
@@ -288,6 +347,7 @@ impl Scheduler {
             names,
             idx,
             crashes: 0,
+            home,
         });
     }
 
@@ -326,28 +386,55 @@ impl Scheduler {
 
     /// Picks the next batch to send and moves it into its shard's window.
     /// Returns the shard and the batch to encode.
+    ///
+    /// The earliest batch that some shard can take goes first, so a batch
+    /// waiting for its home shard does not hold back the others. A suspect
+    /// batch that cannot be placed yet reserves the shards it may go to
+    /// (its home, or every shard), so that they drain and it is not starved
+    /// by the work behind it.
     pub fn assign(&mut self) -> Option<(usize, &Batch)> {
-        let front = self.pending.front()?;
-        let suspect = front.crashes > 0;
         let window = self.window;
-        let shard = self
-            .shards
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.available && !s.isolated)
-            .filter(|(_, s)| {
-                if suspect {
-                    s.outstanding.is_empty()
-                } else {
-                    s.outstanding.len() < window
+        let n = self.shards.len();
+        let mut reserved = vec![false; n];
+        let mut found = None;
+        for (pos, b) in self.pending.iter().enumerate() {
+            let suspect = b.crashes > 0;
+            let fits = |i: usize| {
+                let s = &self.shards[i];
+                !reserved[i]
+                    && s.available
+                    && !s.isolated
+                    && if suspect {
+                        s.outstanding.is_empty()
+                    } else {
+                        s.outstanding.len() < window
+                    }
+            };
+            let shard = match b.home {
+                Some(h) => fits(h).then_some(h),
+                None => (0..n).filter(|&i| fits(i)).max_by_key(|&i| {
+                    (
+                        window - self.shards[i].outstanding.len(),
+                        std::cmp::Reverse(i),
+                    )
+                }),
+            };
+            if let Some(shard) = shard {
+                found = Some((pos, shard));
+                break;
+            }
+            if suspect {
+                match b.home {
+                    Some(h) => reserved[h] = true,
+                    None => return None,
                 }
-            })
-            .max_by_key(|(i, s)| (window - s.outstanding.len(), std::cmp::Reverse(*i)))
-            .map(|(i, _)| i)?;
-        let batch = self.pending.pop_front().expect("front exists");
+            }
+        }
+        let (pos, shard) = found?;
+        let batch = self.pending.remove(pos).expect("found above");
         let id = batch.id;
         let s = &mut self.shards[shard];
-        s.isolated = suspect;
+        s.isolated = batch.crashes > 0;
         s.outstanding.insert(id, batch);
         Some((shard, &s.outstanding[&id]))
     }
@@ -421,6 +508,7 @@ impl Scheduler {
                         names,
                         idx,
                         crashes: 1,
+                        home: b.home,
                     });
                 }
             }

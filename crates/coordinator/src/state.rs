@@ -34,6 +34,10 @@ pub struct RunInfo {
     pub out_dir: String,
     pub sink: String,
     pub layout: String,
+    /// Worker processes. A sqlite run keeps each name in the database of the
+    /// shard its hash picks, so it must resume with the same number.
+    #[serde(default)]
+    pub shards: usize,
     pub created_at: String,
 }
 
@@ -191,6 +195,14 @@ impl StateDir {
                         prev.layout
                     )));
                 }
+                if prev.sink == "sqlite" && prev.shards != info.shards {
+                    return Err(StateError::Mismatch(format!(
+                        "{} belongs to a sqlite run with {} workers; each name lives in the database of its shard, so resume with --workers {}",
+                        dir.display(),
+                        prev.shards,
+                        prev.shards
+                    )));
+                }
                 if cp.complete {
                     Start::AlreadyComplete(cp)
                 } else if resume {
@@ -315,6 +327,7 @@ mod tests {
             out_dir: "/out".into(),
             sink: "dir".into(),
             layout: "flat".into(),
+            shards: 2,
             created_at: "now".into(),
         }
     }

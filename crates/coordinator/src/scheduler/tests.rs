@@ -346,3 +346,80 @@ fn fingerprints_differ_for_similar_names() {
     assert_ne!(fingerprint("ab"), fingerprint("ba"));
     assert_ne!(fingerprint(""), fingerprint("\0"));
 }
+
+#[test]
+fn affinity_sends_each_name_to_its_home_shard_even_after_a_crash() {
+    let mut s = Scheduler::new(3, 4, 8, ListPosition::Start).with_affinity(true);
+    for i in 0..3 {
+        s.set_available(i, true);
+    }
+    s.add_page(names("a", 60), None);
+    let mut homes = HashMap::new();
+    while let Some((shard, b)) = s.assign() {
+        let batch = b.names.clone();
+        for n in batch {
+            assert_eq!(s.home_of(&n), shard, "{n} went to shard {shard}");
+            homes.insert(n, shard);
+        }
+    }
+    assert!(
+        homes.values().collect::<HashSet<_>>().len() == 3,
+        "names spread over every shard"
+    );
+    // Shard 1 dies: its batches wait for it, the other shards are not
+    // given them, and they go back to shard 1 once it is up again.
+    s.shard_down(1);
+    ack_all(&mut s, 0);
+    ack_all(&mut s, 2);
+    while let Some((shard, _)) = s.assign() {
+        assert_ne!(shard, 1);
+    }
+    assert!(s.pending.iter().all(|b| b.home == Some(1)));
+    s.set_available(1, true);
+    let mut sent = Vec::new();
+    while let Some((shard, b)) = s.assign() {
+        assert_eq!(shard, 1);
+        sent.extend(b.names.iter().cloned());
+        ack_all(&mut s, 1);
+    }
+    assert!(!sent.is_empty());
+    assert!(sent.iter().all(|n| homes[n] == 1));
+    drain(&mut s);
+    assert!(s.is_finished());
+    assert_eq!(s.snapshot().totals.files_ok, 60);
+}
+
+#[test]
+fn a_parked_shards_work_goes_anywhere() {
+    let mut s = Scheduler::new(2, 4, 8, ListPosition::Start).with_affinity(true);
+    s.set_available(0, true);
+    s.add_page(names("a", 40), None);
+    // Shard 1 never comes up and is parked.
+    while s.assign().is_some() {}
+    assert!(s.pending_len() > 0);
+    s.park(1);
+    let sent = drain(&mut s);
+    assert!(s.is_finished());
+    assert!(!sent.is_empty());
+    assert_eq!(s.snapshot().totals.files_ok, 40);
+}
+
+#[test]
+fn a_waiting_suspect_is_not_starved_by_the_work_behind_it() {
+    let mut s = Scheduler::new(1, 2, 10, ListPosition::Start);
+    s.set_available(0, true);
+    s.add_page(names("a", 20), Some("m".into()));
+    while s.assign().is_some() {}
+    s.shard_down(0);
+    s.set_available(0, true);
+    s.add_page(names("b", 100), None);
+    // The two suspects go first, one at a time, each alone on the shard.
+    for _ in 0..2 {
+        let (_, b) = s.assign().unwrap();
+        assert!(b.names[0].starts_with('a'));
+        assert!(s.assign().is_none(), "nothing joins a suspect");
+        ack_all(&mut s, 0);
+    }
+    let (_, b) = s.assign().unwrap();
+    assert!(b.names[0].starts_with('b'));
+}
