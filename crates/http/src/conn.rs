@@ -176,8 +176,9 @@ impl Conn {
         let retry_after = headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+            .and_then(|v| {
+                crate::backoff::parse_retry_after(v, std::time::SystemTime::now(), MAX_RETRY_AFTER)
+            });
         let location = headers
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())

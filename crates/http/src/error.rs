@@ -11,7 +11,8 @@ pub enum FetchError {
     /// The connection failed mid-request (reset, closed, protocol error).
     Transport(String),
     /// A status other than 2xx. `retry_after` is the server's
-    /// `Retry-After`, in seconds form, when it gave one.
+    /// `Retry-After` (seconds or an IMF-fixdate, capped at
+    /// [`crate::MAX_RETRY_AFTER`]), when it gave a valid one.
     Status {
         code: u16,
         retry_after: Option<Duration>,

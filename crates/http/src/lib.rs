@@ -23,8 +23,8 @@ mod conn;
 mod endpoint;
 mod error;
 
-pub use backoff::{Backoff, Jitter};
-pub use conn::{Conn, Limits, Response};
+pub use backoff::{parse_retry_after, Backoff, Jitter};
+pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};
 pub use endpoint::{Endpoint, UrlError};
 pub use error::FetchError;
 

@@ -53,8 +53,18 @@ impl From<std::io::Error> for FrameError {
     }
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// bincode's standard configuration with a decoding limit. The limit is
+/// what stops a length *inside* the payload from allocating: a string or a
+/// list announces its length before its bytes, and without a limit bincode
+/// reserves what is announced (a 20-byte frame could ask for 2^62 bytes and
+/// abort the process). With it, everything one frame's decoding reserves
+/// adds up to at most [`MAX_FRAME`].
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_FRAME>,
+> {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
 }
 
 /// Appends one frame holding `msg` to `out`.
@@ -237,6 +247,7 @@ mod tests {
             id: 9,
             ok: 1,
             bytes: 100,
+            retries: 3,
             failures: vec![Failure {
                 name: "x".into(),
                 reason: "HTTP 404".into(),
@@ -293,6 +304,28 @@ mod tests {
         assert!(matches!(
             decode::<ToWorker>(&buf),
             Err(FrameError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn lengths_inside_a_payload_cannot_reserve_more_than_a_frame() {
+        // Found by the frame_decode fuzz stand-in: `Fatal` (variant 2) with
+        // kind 0 and a reason announcing 2^62 bytes made bincode reserve
+        // them, and the process aborted. Now it is a decode error.
+        let payload = [2u8, 0, 253, 0, 0, 0, 0, 0, 0, 0, 0x40];
+        let mut buf = (payload.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&payload);
+        assert!(matches!(
+            decode::<ToCoordinator>(&buf),
+            Err(FrameError::Decode(_))
+        ));
+        // A batch (variant 1) whose one name announces 2^40 bytes.
+        let payload = [1u8, 0, 1, 253, 0, 0, 0, 0, 0, 1, 0, 0];
+        let mut buf = (payload.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&payload);
+        assert!(matches!(
+            decode::<ToWorker>(&buf),
+            Err(FrameError::Decode(_))
         ));
     }
 
