@@ -124,6 +124,7 @@ fn main() {
 }
 
 fn init_logging(format: LogFormat) {
+    bulkget_coordinator::progress::set_json_logs(format == LogFormat::Json);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     let builder = tracing_subscriber::fmt()

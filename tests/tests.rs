@@ -4,4 +4,6 @@
 mod util;
 
 mod fetch;
+mod hostile;
+mod stats;
 mod supervision;

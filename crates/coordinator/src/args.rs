@@ -23,7 +23,7 @@ pub enum LayoutArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressArg {
-    /// A bar on a terminal, plain lines otherwise.
+    /// A bar on a terminal; plain lines otherwise, and always with --log-format json.
     Auto,
     Bar,
     Plain,

@@ -54,6 +54,9 @@ enum StateOp {
     Checkpoint {
         snapshot: Snapshot,
         complete: bool,
+        /// The run's last checkpoint, written once every worker is gone: it
+        /// may use the state directory's reserve if the disk is full.
+        last: bool,
         done: std::sync::mpsc::Sender<Result<(), String>>,
     },
 }
@@ -129,6 +132,8 @@ struct Run {
     lister_wait_ms: Arc<AtomicU64>,
     rate: RateWindow,
     stop: Option<Stop>,
+    /// The listing failed; the run stops once what was listed is done.
+    listing_failed: Option<String>,
     progress: Progress,
 }
 
@@ -266,11 +271,15 @@ impl Run {
                         StateOp::Checkpoint {
                             snapshot,
                             complete,
+                            last,
                             done,
                         } => {
-                            let r = state
-                                .write_checkpoint(snapshot, complete)
-                                .map_err(|e| e.to_string());
+                            let r = if last {
+                                state.write_last_checkpoint(snapshot, complete)
+                            } else {
+                                state.write_checkpoint(snapshot, complete)
+                            }
+                            .map_err(|e| e.to_string());
                             let _ = done.send(r);
                         }
                     }
@@ -324,6 +333,7 @@ impl Run {
             lister_wait_ms: Arc::new(AtomicU64::new(0)),
             rate: RateWindow::new(Duration::from_secs(5)),
             stop: None,
+            listing_failed: None,
             progress,
         })))
     }
@@ -385,18 +395,23 @@ impl Run {
         let max_pending = 2 * self.shards.len() * self.args.window;
 
         loop {
-            let accepting =
-                self.stop.is_none() && !self.listing_done && self.sched.pending_len() < max_pending;
+            let accepting = self.stop.is_none()
+                && !self.listing_done
+                && self.listing_failed.is_none()
+                && self.sched.pending_len() < max_pending;
             tokio::select! {
                 page = pages.recv(), if accepting => match page {
                     Some(Ok(page)) => self.on_page(page),
                     Some(Err(e)) => {
-                        note!(self.progress, "bulkget: {e}");
-                        self.begin_stop(Stop::ListingFailed(e.to_string()), &mut grace_deadline);
+                        // The pages already listed are still fetched; the
+                        // run stops once they are done (below), so the
+                        // checkpoint ends at the failed page.
+                        note!(self.progress, "bulkget: {e}; finishing the pages already listed");
+                        self.listing_failed = Some(e.to_string());
                     }
                     None => {
-                        if !self.listing_done && self.stop.is_none() {
-                            self.begin_stop(Stop::ListingFailed("the lister stopped unexpectedly".into()), &mut grace_deadline);
+                        if !self.listing_done && self.listing_failed.is_none() {
+                            self.listing_failed = Some("the lister stopped unexpectedly".into());
                         }
                     }
                 },
@@ -439,6 +454,14 @@ impl Run {
 
             self.dispatch();
 
+            if self.stop.is_none()
+                && self.sched.pending_len() == 0
+                && self.sched.nothing_in_flight()
+            {
+                if let Some(why) = self.listing_failed.clone() {
+                    self.begin_stop(Stop::ListingFailed(why), &mut grace_deadline);
+                }
+            }
             if self.stop.is_none() && !finishing && self.sched.is_finished() {
                 // Every file is acknowledged: let the workers write their
                 // last stats and exit.
@@ -583,8 +606,15 @@ impl Run {
                     },
                     ToCoordinator::Fatal { kind, reason } => {
                         note!(self.progress, "bulkget: worker {shard}: {reason}");
-                        if kind == FatalKind::NoSpace {
-                            self.begin_stop(Stop::NoSpace(reason), grace_deadline);
+                        if kind == FatalKind::NoSpace && self.stop.is_none() {
+                            let why =
+                                format!("the file system of {} is full", self.settings.out_dir);
+                            note!(
+                                self.progress,
+                                "bulkget: {why}; stopping with the checkpoint saved"
+                            );
+                            let why = format!("{why} (worker {shard}: {reason})");
+                            self.begin_stop(Stop::NoSpace(why), grace_deadline);
                         }
                     }
                 }
@@ -769,6 +799,7 @@ impl Run {
         let _ = self.state_tx.send(StateOp::Checkpoint {
             snapshot: self.sched.snapshot(),
             complete: false,
+            last: false,
             done,
         });
     }
@@ -781,6 +812,7 @@ impl Run {
         let _ = self.state_tx.send(StateOp::Checkpoint {
             snapshot,
             complete,
+            last: true,
             done,
         });
         let checkpoint_result = tokio::task::spawn_blocking(move || done_rx.recv())

@@ -7,6 +7,7 @@
 //! STATE/failed.jsonl      one line per permanently failed name
 //! STATE/coordinator.json  live stats (bulkget-stats)
 //! STATE/shards/           per-shard live stats, written by the workers
+//! STATE/reserve           1 MiB set aside for the last checkpoint (see below)
 //! ```
 //!
 //! Durability order at each checkpoint: `failed.jsonl` is flushed and
@@ -15,6 +16,16 @@
 //! claims a file the disk does not hold, and `failed.jsonl` is truncated on
 //! resume to the length the checkpoint recorded, dropping the lines of pages
 //! that will be listed again.
+//!
+//! A full disk must not cost the checkpoint: the free-space guard stops a
+//! run before the disk fills, but a fast run can fill a small file system
+//! between two checks, and then even a one-page checkpoint cannot be
+//! written (tmpfs and ext4 alike need a new block and a new inode for the
+//! temporary file). So the state directory holds `reserve`, [`RESERVE_BYTES`]
+//! allocated when the run starts (like CockroachDB's emergency ballast). The
+//! last checkpoint of a run, written after every worker has exited, deletes
+//! it and tries again if the disk is full; a resume allocates it anew, and a
+//! complete run removes it.
 
 use crate::scheduler::{DoneAfter, ListPosition, Snapshot, Totals};
 use bulkget_protocol::Failure;
@@ -25,6 +36,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// The size of `STATE/reserve`: far more than a checkpoint and the
+/// `failed.jsonl` lines of the batches in flight need.
+pub const RESERVE_BYTES: u64 = 1 << 20;
 
 /// `run.json`: what was asked for. Written once, when a run starts fresh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +137,8 @@ pub struct StateDir {
     failed: BufWriter<File>,
     failed_len: u64,
     out_fd: File,
+    /// `STATE/reserve`, while it is allocated.
+    reserve: Option<PathBuf>,
 }
 
 /// How the run starts.
@@ -243,6 +260,19 @@ impl StateDir {
         failed
             .seek(SeekFrom::End(0))
             .map_err(|e| io_err("cannot seek", &failed_path, e))?;
+        let reserve_path = dir.join("reserve");
+        let reserve = match allocate_reserve(&reserve_path) {
+            Ok(()) => Some(reserve_path),
+            Err(e) => {
+                let _ = std::fs::remove_file(&reserve_path);
+                eprintln!(
+                    "bulkget: cannot set aside {} KiB in {} ({e}); if the disk fills up, the last checkpoint may not be saved",
+                    RESERVE_BYTES >> 10,
+                    reserve_path.display()
+                );
+                None
+            }
+        };
         Ok((
             StateDir {
                 dir: dir.to_path_buf(),
@@ -250,6 +280,7 @@ impl StateDir {
                 failed,
                 failed_len: keep,
                 out_fd,
+                reserve,
             },
             start,
         ))
@@ -297,6 +328,56 @@ impl StateDir {
         };
         bulkget_stats::write_json_durable(&bulkget_stats::schema::checkpoint_path(&self.dir), &cp)
     }
+
+    /// The last checkpoint of a run, written when no worker is left. If the
+    /// disk is full, the reserve is given up and the write tried again; a
+    /// complete run also removes the reserve, which it no longer needs.
+    pub fn write_last_checkpoint(&mut self, snapshot: Snapshot, complete: bool) -> io::Result<()> {
+        let result = match self.write_checkpoint(snapshot.clone(), complete) {
+            Err(e) if is_no_space(&e) && self.release_reserve() => {
+                eprintln!(
+                    "bulkget: the disk is full; using the space set aside in {} for the checkpoint",
+                    self.dir.join("reserve").display()
+                );
+                self.write_checkpoint(snapshot, complete)
+            }
+            other => other,
+        };
+        if result.is_ok() && complete {
+            self.release_reserve();
+        }
+        result
+    }
+
+    /// Deletes the reserve; whether there was one.
+    fn release_reserve(&mut self) -> bool {
+        match self.reserve.take() {
+            Some(path) => std::fs::remove_file(path).is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Creates `path` with [`RESERVE_BYTES`] really allocated (not a sparse
+/// file, which would free nothing when deleted).
+fn allocate_reserve(path: &Path) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    // SAFETY: posix_fallocate on a descriptor we own; it returns an error
+    // number instead of setting errno. glibc falls back to writing blocks
+    // on file systems without fallocate.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, RESERVE_BYTES as libc::off_t) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -396,5 +477,31 @@ mod tests {
         let failed = std::fs::read_to_string(s.failed_path()).unwrap();
         assert_eq!(failed.lines().count(), 1);
         assert!(failed.contains("\"x\""));
+    }
+
+    #[test]
+    fn the_reserve_is_allocated_and_a_complete_run_removes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let (mut s, _) = StateDir::open(&state, tmp.path(), &info("http://a"), false).unwrap();
+        let reserve = state.join("reserve");
+        let meta = std::fs::metadata(&reserve).unwrap();
+        assert_eq!(meta.len(), RESERVE_BYTES);
+        // Allocated, not sparse: deleting it frees the space.
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 >= RESERVE_BYTES,
+            "{} blocks",
+            meta.blocks()
+        );
+        let snapshot = Snapshot {
+            position: ListPosition::Done,
+            totals: Totals::default(),
+            done_after: DoneAfter::default(),
+        };
+        s.write_last_checkpoint(snapshot.clone(), false).unwrap();
+        assert!(reserve.exists(), "a stopped run keeps its reserve");
+        s.write_last_checkpoint(snapshot, true).unwrap();
+        assert!(!reserve.exists(), "a complete run needs no reserve");
     }
 }

@@ -45,10 +45,14 @@ pub enum ToCoordinator {
     /// Every name of batch `id` is in the sink (`ok` of them, `bytes` in
     /// all) or has failed permanently (`failures`). Sent only after the
     /// sink has made the batch durable (for SQLite: after the commit).
+    /// `retries` counts the attempts of the batch's names that were retried
+    /// (a name fetched at its third attempt counts 2), so the run's total
+    /// survives worker restarts, which reset the worker's own counters.
     BatchDone {
         id: BatchId,
         ok: u32,
         bytes: u64,
+        retries: u32,
         failures: Vec<Failure>,
     },
     /// The worker cannot go on and is about to exit. With

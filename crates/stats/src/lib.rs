@@ -41,7 +41,8 @@ pub use http_status::StatusCounts;
 pub use meter::ShardMeter;
 pub use rate::{eta_seconds, RateWindow};
 pub use schema::{
-    CoordinatorStats, Latency, RunState, ShardState, ShardStats, ShardSummary, SCHEMA_VERSION,
+    CheckpointDoneAfter, CheckpointFile, CheckpointPartialPage, CheckpointTotals, CoordinatorStats,
+    Latency, ResumePosition, RunState, ShardState, ShardStats, ShardSummary, SCHEMA_VERSION,
 };
 pub use status::{
     load, load_at, render_table, resolve_state_dir, run_status, StatusArgs, StatusError,
@@ -99,6 +100,23 @@ mod doc_tests {
         let c: CoordinatorStats = round_trips("coordinator");
         assert_eq!(c.schema_version, SCHEMA_VERSION);
         assert!(c.shards.iter().any(|s| s.pid.is_none()));
+        let cp: CheckpointFile = round_trips("checkpoint");
+        assert!(matches!(cp.position, ResumePosition::Marker(_)));
+        // The example is consistent: every name before the position, on the
+        // complete pages after it and in the bitmap is counted once.
+        let bits: u32 = cp.done_after.partial[0]
+            .done
+            .iter()
+            .map(|w| w.count_ones())
+            .sum();
+        assert_eq!(
+            cp.totals.files_ok + cp.totals.files_failed,
+            cp.totals.names_listed + cp.done_after.complete_pages() * 1000 + u64::from(bits)
+        );
+        assert_eq!(
+            cp.done_after.partial[0].done.len(),
+            (cp.done_after.partial[0].len as usize).div_ceil(64)
+        );
     }
 
     #[test]
@@ -118,6 +136,22 @@ mod doc_tests {
         assert_documented(keys_of(
             &serde_json::to_value(StatusReport::default()).unwrap(),
         ));
+        let mut cp = CheckpointFile::default();
+        cp.done_after.partial.push(CheckpointPartialPage::default());
+        let cp = serde_json::to_value(cp).unwrap();
+        assert_documented(keys_of(&cp));
+        for nested in ["totals", "done_after"] {
+            assert_documented(
+                keys_of(&cp[nested])
+                    .into_iter()
+                    .map(|k| format!("{nested}.{k}")),
+            );
+        }
+        assert_documented(
+            keys_of(&cp["done_after"]["partial"][0])
+                .into_iter()
+                .map(|k| format!("done_after.partial[].{k}")),
+        );
         for key in keys_of(&serde_json::to_value(Totals::default()).unwrap()) {
             assert!(DOC.contains(&format!("`{key}`")), "totals field `{key}`");
         }

@@ -35,8 +35,8 @@ pub const COORDINATOR_FILE: &str = "coordinator.json";
 /// The directory of per-shard stats files, relative to the state directory.
 pub const SHARDS_DIR: &str = "shards";
 
-/// The checkpoint, relative to the state directory. Its schema belongs to the
-/// coordinator; `bulkget status` shows it as opaque JSON.
+/// The checkpoint, relative to the state directory. The coordinator writes
+/// it; [`CheckpointFile`] is how readers see it.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 
 /// `STATE/coordinator.json`.
@@ -251,9 +251,10 @@ pub mod eta_method {
 /// `STATE/coordinator.json`: the run as a whole, rewritten by the coordinator
 /// every second and once more when it exits.
 ///
-/// Counters count from the start of this coordinator process: after
-/// `--resume`, names listed and files done before the resume are in the
-/// checkpoint, not here.
+/// Counters cover the whole run: after `--resume` they start from the
+/// checkpoint's counters, so `files_ok` of a finished run is the number of
+/// files in the sink however often it was resumed. Rates and ETA are this
+/// process's.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(default)]
 pub struct CoordinatorStats {
@@ -283,6 +284,11 @@ pub struct CoordinatorStats {
     pub files_failed: u64,
     /// Payload bytes acknowledged.
     pub bytes: u64,
+    /// Request attempts retried for the files acknowledged (a file fetched
+    /// at its third attempt counts 2), as the workers report them with each
+    /// acknowledgement. Attempts of a worker that died before acknowledging
+    /// are not counted: its batches are fetched again and count then.
+    pub retries: u64,
     /// Files acknowledged per second over the last ~5 s.
     pub files_per_sec: f64,
     /// Seconds until every listed name is done; `None` when unknown (see
@@ -301,6 +307,99 @@ pub struct CoordinatorStats {
     pub exit_code: Option<i32>,
     /// One entry per shard, in shard order.
     pub shards: Vec<ShardSummary>,
+}
+
+/// Where a resume starts listing, as `checkpoint.json` says it.
+///
+/// The coordinator writes it as serde's external tagging of its own
+/// `ListPosition`: `"Start"`, `{"Marker": "..."}` or `"Done"`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub enum ResumePosition {
+    /// At the first page (`GET /list`): nothing was fully acknowledged yet.
+    Start,
+    /// At `GET /list?next-marker=MARKER`: the earliest page not fully
+    /// acknowledged.
+    Marker(String),
+    /// After the last page: nothing is left to list.
+    Done,
+    /// A position this reader does not know, or none.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+/// The counters in `checkpoint.json`. The file counts are every
+/// acknowledgement up to the checkpoint, wherever its page is; the page and
+/// name counts cover the pages before the resume position.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct CheckpointTotals {
+    pub files_ok: u64,
+    pub files_failed: u64,
+    pub bytes: u64,
+    pub names_listed: u64,
+    pub pages_done: u64,
+    pub retries: u64,
+}
+
+/// Which names after the resume position are done already, so a resume
+/// skips them. Page offsets count from the position's page (offset 0).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct CheckpointDoneAfter {
+    /// Pages whose every name is done, as half-open `[first, end)` offset
+    /// ranges.
+    pub complete: Vec<(u64, u64)>,
+    /// Pages partly done.
+    pub partial: Vec<CheckpointPartialPage>,
+}
+
+impl CheckpointDoneAfter {
+    /// Pages after the position whose every name is done.
+    pub fn complete_pages(&self) -> u64 {
+        self.complete
+            .iter()
+            .map(|&(a, b)| b.saturating_sub(a))
+            .sum()
+    }
+}
+
+/// A partly done page in a checkpoint.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct CheckpointPartialPage {
+    /// Pages after the position's page (0: that page itself).
+    pub offset: u64,
+    /// Names on the page when it was listed; a page listed with another
+    /// length on resume is fetched whole.
+    pub len: u32,
+    /// One bit per name, set when done: name `i` is bit `i % 64` of word
+    /// `i / 64`.
+    pub done: Vec<u64>,
+}
+
+/// `STATE/checkpoint.json` as a reader sees it. The coordinator owns the
+/// file (`bulkget-coordinator`, `state.rs`) and writes it durably (fsync of
+/// the file and its directory) every `--checkpoint-interval` seconds and at
+/// exit, after `failed.jsonl` and the output file system are synced; this
+/// type is the readers' tolerant view of it, for `bulkget status`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct CheckpointFile {
+    pub schema_version: u32,
+    /// Where a resume lists from.
+    pub position: ResumePosition,
+    /// Counters (see [`CheckpointTotals`]).
+    pub totals: CheckpointTotals,
+    /// Names from `position` on that are done already.
+    pub done_after: CheckpointDoneAfter,
+    /// The length in bytes of `failed.jsonl` that belongs to the
+    /// acknowledgements counted; a resume truncates the file to it.
+    pub failed_len: u64,
+    /// The listing is done and every file acknowledged: nothing to resume.
+    pub complete: bool,
+    /// When the checkpoint was taken, RFC 3339 UTC with milliseconds.
+    pub updated_at: String,
 }
 
 #[cfg(test)]
@@ -338,6 +437,34 @@ mod tests {
         assert!(c.state.is_final());
         assert_eq!(c.shards[0].pid, None);
         assert_eq!(c.current_marker, None);
+    }
+
+    #[test]
+    fn checkpoint_positions_parse_as_the_coordinator_writes_them() {
+        let p = |json: &str| {
+            serde_json::from_str::<CheckpointFile>(json)
+                .unwrap()
+                .position
+        };
+        assert_eq!(p(r#"{"position":"Start"}"#), ResumePosition::Start);
+        assert_eq!(p(r#"{"position":"Done"}"#), ResumePosition::Done);
+        assert_eq!(
+            p(r#"{"position":{"Marker":"m-1"}}"#),
+            ResumePosition::Marker("m-1".into())
+        );
+        assert_eq!(p(r#"{"position":"Elsewhere"}"#), ResumePosition::Unknown);
+        assert_eq!(p("{}"), ResumePosition::Unknown);
+        let c: CheckpointFile = serde_json::from_str(
+            r#"{"schema_version":1,"position":{"Marker":"x"},"totals":{"files_ok":5,
+                "files_failed":1,"bytes":500,"names_listed":6,"pages_done":2},
+                "failed_len":40,"complete":false,"updated_at":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.totals.files_ok, c.totals.pages_done, c.totals.retries),
+            (5, 2, 0)
+        );
+        assert_eq!(c.failed_len, 40);
     }
 
     #[test]

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic::read_json;
 use crate::schema::{
-    checkpoint_path, coordinator_path, shards_dir, summary_state, CoordinatorStats, ShardState,
-    ShardStats, ShardSummary, COORDINATOR_FILE, SCHEMA_VERSION, SHARDS_DIR,
+    checkpoint_path, coordinator_path, shards_dir, summary_state, CheckpointFile, CoordinatorStats,
+    ResumePosition, ShardState, ShardStats, ShardSummary, COORDINATOR_FILE, SCHEMA_VERSION,
+    SHARDS_DIR,
 };
 use crate::time::{age, format_rfc3339};
 
@@ -244,8 +245,9 @@ pub struct StatusReport {
     pub coordinator: Option<CoordinatorStats>,
     /// Every readable `shards/shard-*.json`, in shard order.
     pub shards: Vec<ShardStats>,
-    /// `checkpoint.json` as opaque JSON (its schema belongs to the
-    /// coordinator); `None` if absent or unreadable.
+    /// `checkpoint.json` as written (the coordinator's schema, documented in
+    /// `docs/STATS.md` and read by [`CheckpointFile`]); `None` if absent or
+    /// unreadable.
     pub checkpoint: Option<serde_json::Value>,
     /// When `checkpoint.json` was last replaced (its modification time).
     pub checkpoint_saved_at: Option<String>,
@@ -809,29 +811,29 @@ fn render_header(out: &mut String, report: &StatusReport, now: SystemTime) {
         out,
         "files",
         &format!(
-            "{} ok + {} failed of {} listed{percent}, {}",
+            "{} ok + {} failed of {}{percent}, {}, {}",
             grouped(c.files_ok),
             grouped(c.files_failed),
             grouped(c.names_listed),
             human_bytes(c.bytes),
+            plural(c.retries, "retry", "retries"),
         ),
     );
 
-    let eta = c
-        .eta_seconds
-        .map_or("unknown".to_string(), |s| human_secs(s.max(0.0)));
-    let method = if c.eta_method.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", c.eta_method)
+    // The method says how the ETA was made, or why there is none.
+    let eta = match (c.eta_seconds, c.eta_method.as_str()) {
+        (Some(s), "") => format!("eta {}", human_secs(s.max(0.0))),
+        (Some(s), method) => format!("eta {} ({method})", human_secs(s.max(0.0))),
+        (None, "") => "eta unknown".to_string(),
+        (None, method) => format!(
+            "no eta: {}",
+            method.strip_prefix("none: ").unwrap_or(method)
+        ),
     };
     header_line(
         out,
         "rate",
-        &format!(
-            "{} files/s, eta {eta}{method}",
-            grouped(c.files_per_sec.round() as u64)
-        ),
+        &format!("{} files/s, {eta}", grouped(c.files_per_sec.round() as u64)),
     );
 
     // Shards as the coordinator sees them.
@@ -893,8 +895,10 @@ fn render_header(out: &mut String, report: &StatusReport, now: SystemTime) {
 }
 
 fn render_checkpoint(out: &mut String, report: &StatusReport, now: SystemTime) {
-    let Some(cp) = &report.checkpoint else { return };
-    let mut text = match report
+    let Some(raw) = &report.checkpoint else {
+        return;
+    };
+    let saved = match report
         .checkpoint_saved_at
         .as_deref()
         .and_then(|t| age(t, now))
@@ -902,22 +906,54 @@ fn render_checkpoint(out: &mut String, report: &StatusReport, now: SystemTime) {
         Some(a) => format!("saved {} ago", human_age(a)),
         None => "present".to_string(),
     };
-    // The checkpoint's schema is the coordinator's; show the marker if it
-    // has one under a likely name, and nothing it does not have.
-    for key in ["marker", "resume_marker", "next_marker"] {
-        match cp.get(key) {
-            Some(serde_json::Value::String(m)) => {
-                let _ = write!(text, ", resumes from marker {}", show_marker(Some(m)));
-                break;
+    let Ok(cp) = serde_json::from_value::<CheckpointFile>(raw.clone()) else {
+        header_line(
+            out,
+            "checkpoint",
+            &format!("{saved}, but its content is not understood (see --json)"),
+        );
+        return;
+    };
+    let position = match (&cp.position, cp.complete) {
+        (_, true) => "the run is complete, nothing to resume".to_string(),
+        (ResumePosition::Start, _) => "a resume lists from the first page".to_string(),
+        (ResumePosition::Marker(m), _) => {
+            format!("a resume lists from marker {}", show_marker(Some(m)))
+        }
+        (ResumePosition::Done, _) => {
+            "the listing is done; a resume only fetches what is unacknowledged".to_string()
+        }
+        (ResumePosition::Unknown, _) => format!(
+            "resume position not understood (schema version {})",
+            cp.schema_version
+        ),
+    };
+    header_line(out, "checkpoint", &format!("{saved}; {position}"));
+    let t = &cp.totals;
+    let mut counts = format!(
+        "{} ok + {} failed, {}; ",
+        grouped(t.files_ok),
+        grouped(t.files_failed),
+        human_bytes(t.bytes),
+    );
+    if cp.complete {
+        counts.push_str(&plural(t.pages_done, "page", "pages"));
+    } else {
+        let _ = write!(
+            counts,
+            "{} done before it",
+            plural(t.pages_done, "page", "pages")
+        );
+        let after = cp.done_after.complete_pages();
+        let partial = cp.done_after.partial.len() as u64;
+        if after + partial > 0 {
+            let _ = write!(counts, ", {} after", grouped(after + partial));
+            if partial > 0 {
+                let _ = write!(counts, " ({} partly)", grouped(partial));
             }
-            Some(serde_json::Value::Null) => {
-                text.push_str(", resumes from the first page");
-                break;
-            }
-            _ => {}
         }
     }
-    header_line(out, "checkpoint", &text);
+    header_line(out, "", &counts);
 }
 
 /// The human table: a header about the run, one row per shard, a TOTAL row,
@@ -1237,6 +1273,7 @@ mod tests {
             files_ok: 1_000_000,
             files_failed: 12,
             bytes: 100_000_000,
+            retries: 1_234,
             files_per_sec: 12_345.6,
             eta_seconds: None,
             eta_method: crate::schema::eta_method::NONE_LISTING.to_string(),
@@ -1254,6 +1291,24 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// `checkpoint.json` as the coordinator writes it.
+    fn checkpoint(position: serde_json::Value, files_ok: u64, complete: bool) -> serde_json::Value {
+        serde_json::json!({
+            "schema_version": 1,
+            "position": position,
+            "totals": {
+                "files_ok": files_ok,
+                "files_failed": 12,
+                "bytes": files_ok * 100,
+                "names_listed": files_ok + 12,
+                "pages_done": files_ok / 1000,
+            },
+            "failed_len": 1_234,
+            "complete": complete,
+            "updated_at": ago(0),
+        })
     }
 
     /// Writes a run: a coordinator and `shards` shard files, shard 2 stale.
@@ -1345,11 +1400,11 @@ mod tests {
             .find(|l| l.trim_start().starts_with("01 "))
             .unwrap();
         assert!(fresh_row.contains("running") && !fresh_row.contains("STALE"));
-        assert!(text.contains("1,000,000 ok + 12 failed of 1,234,000 listed (81.0 %)"));
         assert!(text.contains("in progress, marker \"m-1234\""));
-        assert!(text.contains(
-            "rate       12,346 files/s, eta unknown (none: total unknown until the listing ends)"
-        ));
+        assert!(text
+            .contains("rate       12,346 files/s, no eta: total unknown until the listing ends\n"));
+        assert!(text
+            .contains("1,000,000 ok + 12 failed of 1,234,000 (81.0 %), 100.0 MB, 1,234 retries\n"));
         assert!(text.contains("200: 1,000,006   503: 12"));
         for line in text.lines() {
             assert!(line.chars().count() <= WIDTH, "too wide: {line}");
@@ -1374,6 +1429,7 @@ mod tests {
         c.files_ok = 987_654_321;
         c.files_failed = 12_345;
         c.bytes = 98_765_432_100;
+        c.retries = 2_119_876;
         c.files_per_sec = 1_654_321.0;
         c.eta_seconds = Some(7.5);
         c.eta_method = crate::schema::eta_method::REMAINING_OVER_RATE.to_string();
@@ -1393,10 +1449,22 @@ mod tests {
             s.latency_ms.p99 = 9.87 + f64::from(n) * 0.31;
             write_json_atomic(&shard_path(dir.path(), n), &s).unwrap();
         }
-        write_json_atomic(
-            &dir.path().join("checkpoint.json"),
-            &serde_json::json!({"marker": "m-00999872", "files_ok": 987_000_000}),
-        )
+        write_json_atomic(&dir.path().join("checkpoint.json"), &{
+            let mut cp = checkpoint(
+                serde_json::json!({"Marker": "m-00999872"}),
+                987_000_000,
+                false,
+            );
+            cp["totals"]["files_failed"] = 12_000.into();
+            cp["done_after"] = serde_json::json!({
+                "complete": [[1, 3], [4, 5]],
+                "partial": [
+                    {"offset": 0, "len": 1000, "done": [u64::MAX, 7]},
+                    {"offset": 3, "len": 1000, "done": [1]},
+                ],
+            });
+            cp
+        })
         .unwrap();
         let text = render_table(&load_at(dir.path(), t0()).unwrap(), t0());
         println!("{text}");
@@ -1405,6 +1473,13 @@ mod tests {
         }
         assert_eq!(total_row(&text)[..2], ["TOTAL", "8"]);
         assert_eq!(total_row(&text)[3], "11,976");
+        assert!(
+            text.contains("checkpoint saved 0s ago; a resume lists from marker \"m-00999872\"\n")
+        );
+        assert!(text.contains(
+            "\n           987,000,000 ok + 12,000 failed, 98.7 GB; 987,000 pages done before it, \
+             5 after (2 partly)\n"
+        ));
     }
 
     #[test]
@@ -1416,7 +1491,7 @@ mod tests {
         c.current_marker = None;
         c.exit_code = Some(0);
         c.names_listed = 1_000_012;
-        c.eta_seconds = Some(0.0);
+        c.eta_seconds = None;
         c.eta_method = crate::schema::eta_method::DONE.to_string();
         c.started_at = ago(725);
         c.updated_at = ago(600); // long over
@@ -1438,23 +1513,27 @@ mod tests {
         write_json_atomic(&shard_path(dir.path(), 3), &s).unwrap();
         write_json_atomic(
             &dir.path().join("checkpoint.json"),
-            &serde_json::json!({"marker": null, "files_ok": 1_000_000}),
+            &checkpoint(serde_json::json!("Done"), 1_000_000, true),
         )
         .unwrap();
 
         let r = load_at(dir.path(), t0()).unwrap();
         assert!(r.stale_shards.is_empty());
         assert!(!r.coordinator_stale);
-        assert_eq!(r.checkpoint.as_ref().unwrap()["files_ok"], 1_000_000);
+        assert_eq!(
+            r.checkpoint.as_ref().unwrap()["totals"]["files_ok"],
+            1_000_000
+        );
         let text = render_table(&r, t0());
         println!("{text}");
         assert!(!text.contains("STALE"), "{text}");
         assert!(text.starts_with("run        finished (exit 0), pid 4242, ran 2m05s"));
         assert!(text.contains("listing    1,234 pages, 1,000,012 names, done"));
         assert!(text.contains("(100.0 %)"));
-        assert!(text.contains(", eta 0.0s (none: run over)"));
+        assert!(text.contains("rate       12,346 files/s, no eta: run over\n"));
         assert!(text.contains("3 stopped"));
-        assert!(text.contains("resumes from the first page"));
+        assert!(text.contains("checkpoint saved 0s ago; the run is complete, nothing to resume\n"));
+        assert!(text.contains("\n           1,000,000 ok + 12 failed, 100.0 MB; 1,000 pages\n"));
         assert_eq!(
             total_row(&text),
             [
@@ -1463,6 +1542,28 @@ mod tests {
             ]
         );
         assert_eq!(text.matches(" exited ").count(), 3);
+    }
+
+    #[test]
+    fn checkpoint_positions_and_a_checkpoint_not_understood() {
+        let dir = fixture(RunState::Listing, 1);
+        let path = dir.path().join("checkpoint.json");
+        let line = |cp: serde_json::Value| {
+            write_json_atomic(&path, &cp).unwrap();
+            let text = render_table(&load_at(dir.path(), t0()).unwrap(), t0());
+            text.lines()
+                .find(|l| l.starts_with("checkpoint"))
+                .expect("a checkpoint line")
+                .to_string()
+        };
+        assert!(line(checkpoint(serde_json::json!("Start"), 0, false))
+            .ends_with("; a resume lists from the first page"));
+        assert!(line(checkpoint(serde_json::json!("Done"), 0, false))
+            .ends_with("; the listing is done; a resume only fetches what is unacknowledged"));
+        assert!(line(checkpoint(serde_json::json!("Sideways"), 0, false))
+            .ends_with("; resume position not understood (schema version 1)"));
+        assert!(line(serde_json::json!({"totals": "many"}))
+            .ends_with(", but its content is not understood (see --json)"));
     }
 
     #[test]
@@ -1555,7 +1656,7 @@ mod tests {
         let dir = fixture(RunState::Listing, 3);
         write_json_atomic(
             &dir.path().join("checkpoint.json"),
-            &serde_json::json!({"marker": "m-1200", "files_ok": 999}),
+            &checkpoint(serde_json::json!({"Marker": "m-1200"}), 999, false),
         )
         .unwrap();
         let a = StatusArgs {
@@ -1572,7 +1673,7 @@ mod tests {
         assert_eq!(parsed, load_at(dir.path(), t0()).unwrap());
         assert_eq!(parsed.totals.files_ok, 750_003);
         assert_eq!(parsed.stale_shards, [2]);
-        assert_eq!(parsed.checkpoint.unwrap()["marker"], "m-1200");
+        assert_eq!(parsed.checkpoint.unwrap()["position"]["Marker"], "m-1200");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["coordinator"]["state"], "listing");
         assert_eq!(v["shards"][0]["http_status"]["200"], 250_000);

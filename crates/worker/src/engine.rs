@@ -19,6 +19,8 @@ pub struct BatchState {
     remaining: Cell<u32>,
     ok: Cell<u32>,
     bytes: Cell<u64>,
+    /// Attempts of this batch's names that were retried.
+    retries: Cell<u32>,
     failures: RefCell<Vec<Failure>>,
 }
 
@@ -28,6 +30,9 @@ impl BatchState {
     }
     pub fn bytes(&self) -> u64 {
         self.bytes.get()
+    }
+    pub fn retries(&self) -> u32 {
+        self.retries.get()
     }
     pub fn take_failures(&self) -> Vec<Failure> {
         self.failures.take()
@@ -121,6 +126,7 @@ impl Engine {
             remaining: Cell::new(n),
             ok: Cell::new(0),
             bytes: Cell::new(0),
+            retries: Cell::new(0),
             failures: RefCell::new(Vec::new()),
         });
         self.outstanding.set(self.outstanding.get() + 1);
@@ -172,6 +178,16 @@ impl Engine {
     /// Commits the sink so every completed batch is durable.
     pub fn commit(&self) -> Result<(), PutError> {
         self.sink.borrow_mut().commit()
+    }
+
+    /// Closes the sink (anything not committed is rolled back) and puts a
+    /// null sink in its place. Called before the worker closes its socket:
+    /// the coordinator kills a worker whose socket has closed, and a SQLite
+    /// database closed cleanly folds its write-ahead log back into the
+    /// database file and removes it, so a finished run is one file per shard.
+    pub fn close_sink(&self) {
+        let sink = self.sink.replace(Box::new(bulkget_sink::NullSink::new()));
+        drop(sink);
     }
 
     pub fn take_fatal(&self) -> Option<(FatalKind, String)> {
@@ -313,6 +329,7 @@ impl Engine {
         }
         let c = &self.counters;
         c.retries.set(c.retries.get() + 1);
+        item.batch.retries.set(item.batch.retries.get() + 1);
         let delay = self.backoff.delay(
             item.attempt,
             error.retry_after(),

@@ -156,7 +156,7 @@ async fn serve(stream: UnixStream) -> i32 {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                stats.write(&engine.counters, bulkget_stats::ShardState::Running);
+                stats.write(&engine.counters);
             }
         })
     };
@@ -164,8 +164,12 @@ async fn serve(stream: UnixStream) -> i32 {
     let code = loop {
         tokio::select! {
             msg = reader.next::<ToWorker>() => match msg {
-                Ok(Some(ToWorker::Batch { id, names })) => engine.add_batch(id, names),
+                Ok(Some(ToWorker::Batch { id, names })) => {
+                    engine.counters.batch_received();
+                    engine.add_batch(id, names);
+                }
                 Ok(Some(ToWorker::Shutdown { drain: true })) => {
+                    engine.counters.state.set(bulkget_stats::ShardState::Draining);
                     engine.start_drain();
                     if engine.outstanding() == 0 {
                         break exit::OK;
@@ -198,7 +202,13 @@ async fn serve(stream: UnixStream) -> i32 {
     // the writer (and so this process) alive.
     stats_task.abort();
     committer.abort();
-    stats.write(&engine.counters, bulkget_stats::ShardState::Exited);
+    // Close the database before the socket: once the socket closes the
+    // coordinator may kill this process, and only a clean close folds the
+    // SQLite write-ahead log back into the database. Nothing uncommitted was
+    // acknowledged, so the rollback of an open transaction loses nothing.
+    engine.close_sink();
+    engine.counters.state.set(bulkget_stats::ShardState::Exited);
+    stats.write(&engine.counters);
     drop(outbox);
     // Give the outbox a bounded moment to deliver the last frames; the
     // coordinator may already be gone.
@@ -242,6 +252,7 @@ async fn commit_loop(engine: Rc<Engine>, outbox: mpsc::UnboundedSender<ToCoordin
                 id: b.id,
                 ok: b.ok(),
                 bytes: b.bytes(),
+                retries: b.retries(),
                 failures: b.take_failures(),
             });
             engine.acknowledged();
