@@ -10,10 +10,9 @@
 use crate::util::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 // ---------------------------------------------------------------- helpers
 
@@ -83,113 +82,6 @@ fn fault(stats: &Value, kind: &str) -> u64 {
 }
 
 /// The `bulkget fetch URL OUT --progress none ARGS...` command.
-fn fetch_cmd(url: &str, ws: &Workspace, args: &[&str]) -> Command {
-    let out = ws.out();
-    let mut cmd = bulkget(&["fetch", url, out.to_str().unwrap(), "--progress", "none"]);
-    cmd.args(args);
-    cmd
-}
-
-/// A running `bulkget fetch`, killed if the test gives up on it. Its
-/// output is drained by threads, so a chatty run cannot block on a full
-/// pipe and look like a hang.
-struct Running {
-    child: Child,
-    /// Reaped by `wait4` behind std's back: never signal or wait again.
-    reaped: bool,
-    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
-    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start bulkget fetch");
-        let drain = |mut r: Box<dyn Read + Send>| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = r.read_to_end(&mut buf);
-                buf
-            })
-        };
-        let stdout = Some(drain(Box::new(child.stdout.take().unwrap())));
-        let stderr = Some(drain(Box::new(child.stderr.take().unwrap())));
-        Running {
-            child,
-            reaped: false,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn output(&mut self, status: ExitStatus) -> Output {
-        Output {
-            status,
-            stdout: self.stdout.take().unwrap().join().unwrap(),
-            stderr: self.stderr.take().unwrap().join().unwrap(),
-        }
-    }
-
-    /// Waits for the exit, failing the test (and killing the run) if it
-    /// takes longer than `limit`.
-    fn wait_within(&mut self, limit: Duration) -> Output {
-        let mut status = None;
-        wait_for(limit, "bulkget fetch to exit", || {
-            status = self.child.try_wait().unwrap();
-            status.is_some()
-        });
-        self.output(status.unwrap())
-    }
-
-    /// Waits for the exit and returns the largest resident set size, in
-    /// KiB, of the process and of every descendant it waited for (its
-    /// workers), as the kernel accounts it in `wait4(2)`'s rusage.
-    fn wait_with_peak_rss_kib(&mut self, limit: Duration) -> (Output, u64) {
-        let pid = self.pid() as libc::pid_t;
-        let started = Instant::now();
-        loop {
-            let mut status = 0;
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: plain syscall on our own child with valid pointers.
-            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-            assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
-            if r == pid {
-                use std::os::unix::process::ExitStatusExt;
-                self.reaped = true;
-                let output = self.output(ExitStatus::from_raw(status));
-                return (output, usage.ru_maxrss as u64);
-            }
-            assert!(
-                started.elapsed() < limit,
-                "bulkget fetch did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // Only a run the test gave up on is still running. std remembers
-        // an exit it reaped; one reaped by `wait4` is never touched, as its
-        // pid may belong to another process by now.
-        if self.reaped {
-            return;
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A `bulkget-server` on a chosen port (0: any), for tests that stop a
 /// server and start another one at the same URL.
 struct PortServer {
@@ -324,7 +216,7 @@ fn slow_bodies_past_the_idle_timeout_fail_with_a_timeout_and_the_run_ends() {
     assert!(!slow.is_empty());
 
     let ws = Workspace::new();
-    let mut run = Running::spawn(fetch_cmd(
+    let mut run = Running::spawn(fetch_command(
         &server.url,
         &ws,
         &[
@@ -403,7 +295,7 @@ fn permanent_faults_fail_alone_with_clear_reasons_and_oversized_bodies_are_never
     assert!(!gone.is_empty() && hostile.len() >= 8);
 
     let ws = Workspace::new();
-    let mut run = Running::spawn(fetch_cmd(
+    let mut run = Running::spawn(fetch_command(
         &server.url,
         &ws,
         &[
@@ -637,14 +529,14 @@ fn a_listing_failure_resumes_from_its_checkpoint_and_loses_nothing() {
         "--retry-max-ms",
         "50",
     ];
-    let output = fetch_cmd(&url, &ws, &client).output().unwrap();
+    let output = fetch_command(&url, &ws, &client).output().unwrap();
     assert_code(&output, 4);
     drop(broken);
 
     // The service is fixed and comes back at the same URL.
     let fixed = PortServer::start(port, &dataset_args);
     assert_eq!(fixed.url, url);
-    let output = fetch_cmd(&url, &ws, &[&client[..], &["--resume"]].concat())
+    let output = fetch_command(&url, &ws, &[&client[..], &["--resume"]].concat())
         .output()
         .unwrap();
     assert_code(&output, 0);
@@ -728,7 +620,7 @@ fn a_two_million_name_page_is_accepted_by_default_and_refused_clearly_below_max_
     // listed and its names are being fetched; the interrupted run must still
     // save a consistent checkpoint.
     let ws = Workspace::new();
-    let mut run = Running::spawn(fetch_cmd(
+    let mut run = Running::spawn(fetch_command(
         &server.url,
         &ws,
         &["--workers", "2", "--sink", "null", "--grace", "5"],

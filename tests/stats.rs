@@ -8,44 +8,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Starts `bulkget fetch URL OUT --progress none ARGS...` in the background,
-/// stdout and stderr captured.
-fn spawn_fetch(server: &Server, ws: &Workspace, args: &[&str]) -> Child {
-    let out = ws.out();
-    bulkget(&[
-        "fetch",
-        &server.url,
-        out.to_str().unwrap(),
-        "--progress",
-        "none",
-    ])
-    .args(args)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
-}
-
-/// Waits for a child with a deadline; kills it and fails on timeout.
-fn wait_output(child: Child, limit: Duration) -> Output {
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            panic!("process did not finish within {limit:?}");
-        }
-    }
-}
 
 fn coordinator(state: &Path) -> Option<CoordinatorStats> {
     bulkget_stats::read_json(&state.join("coordinator.json"))
@@ -119,7 +85,7 @@ fn stats_files_parse_at_every_moment_of_a_run() {
     let ws = Workspace::new();
     let state = ws.state();
     // The sink does not matter here; `null` keeps the run about the files.
-    let child = spawn_fetch(
+    let mut child = spawn_fetch(
         &server,
         &ws,
         &["--workers", "2", "--connections", "4", "--sink", "null"],
@@ -176,7 +142,7 @@ fn stats_files_parse_at_every_moment_of_a_run() {
             (reads, live_reads)
         })
     };
-    let output = wait_output(child, Duration::from_secs(120));
+    let output = child.wait_within(Duration::from_secs(120));
     done.store(true, Ordering::Release);
     let (reads, live_reads) = reader.join().expect("the reader saw only whole files");
     assert_code(&output, 0);
@@ -299,7 +265,7 @@ fn a_killed_worker_shows_in_its_generation_and_restarts_and_every_file_counts_on
     let server = Server::start(&["--files", "20000", "--latency-ms", "2"]);
     let ws = Workspace::new();
     let state = ws.state();
-    let child = spawn_fetch(
+    let mut child = spawn_fetch(
         &server,
         &ws,
         &["--workers", "2", "--connections", "4", "--sink", "null"],
@@ -324,7 +290,7 @@ fn a_killed_worker_shows_in_its_generation_and_restarts_and_every_file_counts_on
             .flatten()
             .is_some_and(|s| s.generation >= 1 && s.pid != victim)
     });
-    let output = wait_output(child, Duration::from_secs(120));
+    let output = child.wait_within(Duration::from_secs(120));
     assert_code(&output, 0);
 
     let s0 = shard(&state, 0);
@@ -387,7 +353,7 @@ fn status_of_a_live_run_a_finished_one_and_an_empty_directory() {
     let ws = Workspace::new();
     let state = ws.state();
     let state_arg = state.to_str().unwrap().to_string();
-    let child = spawn_fetch(
+    let mut child = spawn_fetch(
         &server,
         &ws,
         &["--workers", "2", "--connections", "4", "--sink", "null"],
@@ -397,18 +363,14 @@ fn status_of_a_live_run_a_finished_one_and_an_empty_directory() {
             && (0..2).all(|k| state.join(format!("shards/shard-{k:02}.json")).exists())
     });
     // `--watch --json` from now to the end, in the background.
-    let watcher = bulkget(&[
+    let mut watcher = Running::spawn(bulkget(&[
         "status",
         &state_arg,
         "--watch",
         "--json",
         "--interval-ms",
         "200",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    ]));
 
     // While it runs: the header says listing or draining, one row per shard
     // with a live pid, a TOTAL row.
@@ -447,12 +409,12 @@ fn status_of_a_live_run_a_finished_one_and_an_empty_directory() {
     assert!(["listing", "draining"].contains(&live_json["coordinator"]["state"].as_str().unwrap()));
     assert_eq!(live_json["shards"].as_array().unwrap().len(), 2);
 
-    let output = wait_output(child, Duration::from_secs(120));
+    let output = child.wait_within(Duration::from_secs(120));
     assert_code(&output, 0);
 
     // The watcher ends by itself once the run is final, its last line saying
     // so; the lines before it were taken while the run went on.
-    let watched = wait_output(watcher, Duration::from_secs(30));
+    let watched = watcher.wait_within(Duration::from_secs(30));
     assert_code(&watched, 0);
     let lines: Vec<Value> = text(&watched.stdout)
         .lines()
@@ -588,7 +550,7 @@ fn a_hung_worker_is_flagged_stale_and_recovers() {
     let ws = Workspace::new();
     let state = ws.state();
     let state_arg = state.to_str().unwrap().to_string();
-    let child = spawn_fetch(
+    let mut child = spawn_fetch(
         &server,
         &ws,
         &["--workers", "2", "--connections", "4", "--sink", "null"],
@@ -628,7 +590,7 @@ fn a_hung_worker_is_flagged_stale_and_recovers() {
     );
 
     // Woken up, it goes on, and once the run is over nothing is stale.
-    let output = wait_output(child, Duration::from_secs(120));
+    let output = child.wait_within(Duration::from_secs(120));
     assert_code(&output, 0);
     let report: Value = serde_json::from_slice(&status(&[&state_arg, "--json"]).stdout).unwrap();
     assert_eq!(report["stale_shards"], serde_json::json!([]));

@@ -5,80 +5,12 @@ use crate::util::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-/// Starts `bulkget fetch` in the background with stdout captured.
-fn spawn_fetch(server: &Server, ws: &Workspace, args: &[&str]) -> Child {
-    let out = ws.out();
-    bulkget(&[
-        "fetch",
-        &server.url,
-        out.to_str().unwrap(),
-        "--progress",
-        "none",
-    ])
-    .args(args)
-    .stdout(Stdio::piped())
-    .stderr(if std::env::var_os("BULKGET_TEST_VERBOSE").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    })
-    .spawn()
-    .unwrap()
-}
-
-fn coordinator(ws: &Workspace) -> Option<serde_json::Value> {
-    read_json(&ws.state().join("coordinator.json"))
-}
-
-/// The worker pids the coordinator reports.
-fn worker_pids(ws: &Workspace) -> Vec<i32> {
-    coordinator(ws)
-        .map(|c| {
-            c["shards"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|s| s["pid"].as_i64())
-                .map(|p| p as i32)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn files_done(ws: &Workspace) -> u64 {
-    coordinator(ws)
+    coordinator_json(ws)
         .map(|c| c["files_ok"].as_u64().unwrap_or(0))
         .unwrap_or(0)
-}
-
-/// Whether a process is gone (exited; a zombie awaiting its reaper counts
-/// as gone: it runs no code).
-fn gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
-fn wait_output(child: Child, limit: Duration) -> std::process::Output {
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            panic!("bulkget did not finish within {limit:?}");
-        }
-    }
 }
 
 fn gets(server: &Server) -> u64 {
@@ -102,7 +34,7 @@ fn killing_random_workers_every_second_loses_nothing() {
     let n = 200_000;
     let server = Server::start(&["--files", "200000"]);
     let ws = Workspace::new();
-    let child = spawn_fetch(
+    let mut child = spawn_fetch(
         &server,
         &ws,
         &[
@@ -114,14 +46,14 @@ fn killing_random_workers_every_second_loses_nothing() {
             "1000",
         ],
     );
-    let pid = child.id() as i32;
+    let pid = child.pid() as i32;
     let mut rng = Lcg(7);
     let mut kills = 0;
     let start = Instant::now();
     // Kill a random live worker every 0.5-1 s while the run goes on.
     while !gone(pid) && start.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(500 + rng.next(500)));
-        if coordinator(&ws)
+        if coordinator_json(&ws)
             .is_some_and(|c| c["listing_done"] == true && c["files_ok"].as_u64() == Some(n))
         {
             break;
@@ -135,7 +67,7 @@ fn killing_random_workers_every_second_loses_nothing() {
             kills += 1;
         }
     }
-    let output = wait_output(child, Duration::from_secs(120));
+    let output = child.wait_within(Duration::from_secs(120));
     assert_code(&output, 0);
     assert!(
         kills >= 2,
@@ -153,7 +85,7 @@ fn killing_random_workers_every_second_loses_nothing() {
         .map(|v| v.trim().parse().unwrap())
         .unwrap();
     assert!(restarts >= 1, "restarts are reported: {summary}");
-    let c = coordinator(&ws).unwrap();
+    let c = coordinator_json(&ws).unwrap();
     let per_shard: u64 = c["shards"]
         .as_array()
         .unwrap()
@@ -182,8 +114,8 @@ fn workers_die_with_a_killed_coordinator_and_resume_completes() {
         "--checkpoint-interval",
         "1",
     ];
-    let child = spawn_fetch(&server, &ws, &args);
-    let coordinator_pid = child.id() as i32;
+    let mut child = spawn_fetch(&server, &ws, &args);
+    let coordinator_pid = child.pid() as i32;
     wait_for(
         Duration::from_secs(60),
         "a checkpoint with files in it",
@@ -195,7 +127,7 @@ fn workers_die_with_a_killed_coordinator_and_resume_completes() {
     let pids = worker_pids(&ws);
     assert_eq!(pids.len(), 3);
     kill(Pid::from_raw(coordinator_pid), Signal::SIGKILL).unwrap();
-    let _ = wait_output(child, Duration::from_secs(10));
+    let _ = child.wait_within(Duration::from_secs(10));
     let killed_at = Instant::now();
     wait_for(
         Duration::from_secs(5),
@@ -241,12 +173,12 @@ fn sigint_saves_a_checkpoint_and_resume_fetches_at_most_the_in_flight_work_again
         "--connections",
         "4",
     ];
-    let child = spawn_fetch(&server, &ws, &args);
+    let mut child = spawn_fetch(&server, &ws, &args);
     wait_for(Duration::from_secs(60), "some files done", || {
         files_done(&ws) > 5_000
     });
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    let output = wait_output(child, Duration::from_secs(60));
+    kill(Pid::from_raw(child.pid() as i32), Signal::SIGINT).unwrap();
+    let output = child.wait_within(Duration::from_secs(60));
     assert_code(&output, 130);
     let summary = text(&output.stdout);
     assert!(
@@ -342,7 +274,7 @@ fn a_shard_that_cannot_start_is_parked_and_the_others_finish() {
     assert_eq!(verify_flat(&ws.out(), &server.dataset()), 20_000);
     let summary = text(&output.stdout);
     assert!(summary.contains("parked shards:  1"), "{summary}");
-    let c = coordinator(&ws).unwrap();
+    let c = coordinator_json(&ws).unwrap();
     assert_eq!(c["shards"][1]["state"], "parked");
     assert_eq!(c["shards"][1]["restarts"], 1);
 }
@@ -377,7 +309,7 @@ fn every_shard_parked_stops_the_run_with_a_checkpoint() {
 fn a_second_run_on_the_same_state_directory_is_refused_and_touches_nothing() {
     let server = Server::start(&["--files", "200000", "--latency-ms", "1"]);
     let ws = Workspace::new();
-    let first = spawn_fetch(&server, &ws, &["--workers", "1", "--connections", "2"]);
+    let mut first = spawn_fetch(&server, &ws, &["--workers", "1", "--connections", "2"]);
     wait_for(Duration::from_secs(30), "the first run to start", || {
         files_done(&ws) > 0
     });
@@ -387,12 +319,12 @@ fn a_second_run_on_the_same_state_directory_is_refused_and_touches_nothing() {
     let err = text(&second.stderr);
     assert!(err.contains("in use by another bulkget run"), "{err}");
     assert!(
-        err.contains(&format!("pid {}", first.id())),
+        err.contains(&format!("pid {}", first.pid())),
         "names the other run's pid: {err}"
     );
     assert_eq!(std::fs::read(ws.state().join("run.json")).unwrap(), before);
-    kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).unwrap();
-    let _ = wait_output(first, Duration::from_secs(10));
+    kill(Pid::from_raw(first.pid() as i32), Signal::SIGKILL).unwrap();
+    let _ = first.wait_within(Duration::from_secs(10));
 }
 
 #[test]
@@ -400,8 +332,8 @@ fn resuming_with_another_url_is_refused() {
     let server = Server::start(&["--files", "1000"]);
     let other = Server::start(&["--files", "1000"]);
     let ws = Workspace::new();
-    let child = spawn_fetch(&server, &ws, &["--workers", "1"]);
-    let out = wait_output(child, Duration::from_secs(60));
+    let mut child = spawn_fetch(&server, &ws, &["--workers", "1"]);
+    let out = child.wait_within(Duration::from_secs(60));
     assert_code(&out, 0);
     let output = fetch(&other, &ws, &["--resume"]);
     assert_code(&output, 6);

@@ -212,3 +212,148 @@ pub fn read_json(path: &Path) -> Option<serde_json::Value> {
     let bytes = std::fs::read(path).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
+
+/// `bulkget fetch URL OUT --progress none ARGS...`, not yet started.
+pub fn fetch_command(url: &str, ws: &Workspace, args: &[&str]) -> Command {
+    let out = ws.out();
+    let mut cmd = bulkget(&["fetch", url, out.to_str().unwrap(), "--progress", "none"]);
+    cmd.args(args);
+    cmd
+}
+
+/// A running `bulkget fetch`, killed if the test gives up on it. Its
+/// output is drained by threads, so a chatty run cannot block on a full
+/// pipe and look like a hang.
+pub struct Running {
+    child: Child,
+    /// Reaped by `wait4` behind std's back: never signal or wait again.
+    reaped: bool,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bulkget fetch");
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let stdout = Some(drain(Box::new(child.stdout.take().unwrap())));
+        let stderr = Some(drain(Box::new(child.stderr.take().unwrap())));
+        Running {
+            child,
+            reaped: false,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn output(&mut self, status: std::process::ExitStatus) -> Output {
+        Output {
+            status,
+            stdout: self.stdout.take().unwrap().join().unwrap(),
+            stderr: self.stderr.take().unwrap().join().unwrap(),
+        }
+    }
+
+    /// Waits for the exit, failing the test (and killing the run) if it
+    /// takes longer than `limit`.
+    pub fn wait_within(&mut self, limit: Duration) -> Output {
+        let mut status = None;
+        wait_for(limit, "bulkget fetch to exit", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        self.output(status.unwrap())
+    }
+
+    /// Waits for the exit and returns the largest resident set size, in
+    /// KiB, of the process and of every descendant it waited for (its
+    /// workers), as the kernel accounts it in `wait4(2)`'s rusage.
+    pub fn wait_with_peak_rss_kib(&mut self, limit: Duration) -> (Output, u64) {
+        let pid = self.pid() as libc::pid_t;
+        let started = Instant::now();
+        loop {
+            let mut status = 0;
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: plain syscall on our own child with valid pointers.
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+            if r == pid {
+                use std::os::unix::process::ExitStatusExt;
+                self.reaped = true;
+                let output = self.output(std::process::ExitStatus::from_raw(status));
+                return (output, usage.ru_maxrss as u64);
+            }
+            assert!(
+                started.elapsed() < limit,
+                "bulkget fetch did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only a run the test gave up on is still running. std remembers
+        // an exit it reaped; one reaped by `wait4` is never touched, as its
+        // pid may belong to another process by now.
+        if self.reaped {
+            return;
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `bulkget fetch` against `server` in the background.
+pub fn spawn_fetch(server: &Server, ws: &Workspace, args: &[&str]) -> Running {
+    Running::spawn(fetch_command(&server.url, ws, args))
+}
+
+/// The run's `coordinator.json`, if it is there and whole.
+pub fn coordinator_json(ws: &Workspace) -> Option<serde_json::Value> {
+    read_json(&ws.state().join("coordinator.json"))
+}
+
+/// The worker pids the coordinator reports.
+pub fn worker_pids(ws: &Workspace) -> Vec<i32> {
+    coordinator_json(ws)
+        .map(|c| {
+            c["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|s| s["pid"].as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a process is gone (exited; a zombie awaiting its reaper counts
+/// as gone: it runs no code).
+pub fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
