@@ -5,5 +5,7 @@ mod util;
 
 mod fetch;
 mod hostile;
+mod space;
+mod sqlite;
 mod stats;
 mod supervision;
