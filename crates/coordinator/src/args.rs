@@ -64,8 +64,13 @@ pub struct FetchArgs {
     /// Names per batch sent to a worker.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    /// Unacknowledged batches per worker (back-pressure window).
-    #[arg(long, default_value_t = 4)]
+    /// Unacknowledged batches per worker (back-pressure window). A batch is
+    /// acknowledged when its slowest name is done, so a name waiting out a
+    /// server's Retry-After holds its batch: the window must cover the names
+    /// a worker fetches during such a wait. 256 keeps 20% transient errors
+    /// with Retry-After: 1 at 0.77x the clean rate (window 4: 0.03x; see
+    /// docs/BENCHMARKS.md), for at most shards x 256 x batch names in memory.
+    #[arg(long, default_value_t = 256)]
     pub window: usize,
     /// Largest file accepted, in bytes; larger ones fail without being buffered.
     #[arg(long, default_value_t = 8 << 20)]

@@ -389,10 +389,10 @@ impl Run {
         let mut signals_seen = 0;
         let mut finishing = false;
         // The pending queue may hold this many batches before the lister is
-        // asked for more: enough to refill every window once.
-        // Twice that, because with affinity a restarting shard's batches
-        // wait in the queue while the others keep working.
-        let max_pending = 2 * self.shards.len() * self.args.window;
+        // asked for more. It only needs to refill windows between two pages, so it
+        // is not as deep as the windows; twice that, because with affinity
+        // a restarting shard's batches wait in it while the others work.
+        let max_pending = 2 * self.shards.len() * self.args.window.min(8);
 
         loop {
             let accepting = self.stop.is_none()
