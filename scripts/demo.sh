@@ -17,9 +17,10 @@ shift $(( $# > 2 ? 2 : $# ))
 
 echo "==> building (release)"
 cargo build --release --quiet --bins
+bin=${CARGO_TARGET_DIR:-target}/release
 
 server_log=$(mktemp)
-./target/release/bulkget-server --port 0 --files "$files" >"$server_log" 2>&1 &
+"$bin/bulkget-server" --port 0 --files "$files" >"$server_log" 2>&1 &
 server_pid=$!
 trap 'kill "$server_pid" 2>/dev/null || true; rm -f "$server_log"' EXIT
 for _ in $(seq 100); do
@@ -32,13 +33,13 @@ echo "==> bulkget-server is serving $files files at $url"
 
 echo "==> bulkget fetch $url $out --layout fanout $*"
 set +e
-./target/release/bulkget fetch "$url" "$out" --layout fanout "$@"
+"$bin/bulkget" fetch "$url" "$out" --layout fanout "$@"
 code=$?
 set -e
 
 echo
 echo "==> bulkget status $out/.bulkget"
-./target/release/bulkget status "$out/.bulkget" || true
+"$bin/bulkget" status "$out/.bulkget" || true
 echo
 echo "files are in $out (exit code $code)"
 exit $code
