@@ -4,13 +4,14 @@
 //!
 //! ```text
 //! cargo run --release -p bulkget-sink --example create_floor -- \
-//!     [--fanout] [--openat2] [--threads T] [--size B] FILES DIR
+//!     [--fanout] [--openat2] [--threads T] [--size B] [--sync] FILES DIR
 //! ```
 //!
 //! Creates FILES files `file-{i:010}` (the test server's names) of B bytes
 //! (default 100) in DIR (created if missing; it should be empty) with
 //! `openat(O_WRONLY|O_CREAT|O_TRUNC)`, one `write` and `close` each, and
-//! prints one line: `create_floor files=… layout=… threads=… secs=… files_per_sec=…`.
+//! prints one line: `create_floor files=… layout=… threads=… secs=…
+//! files_per_sec=… [sync_secs=…]`.
 //!
 //! - `--fanout`: files go to `DIR/ab/cd/NAME`, where `ab/cd` is
 //!   `bulkget_names::fanout_prefix`, the dir sink's fan-out. A leaf
@@ -21,6 +22,9 @@
 //!   like the dir sink, instead of plain `openat`, to price that check.
 //! - `--threads T`: T threads split the names (thread t takes i ≡ t mod T),
 //!   all in the same tree, as T workers do.
+//! - `--sync`: after creating, `syncfs(2)` the file system and report its
+//!   time apart (`sync_secs`). `bulkget fetch` ends with a syncfs before its
+//!   last checkpoint, so a fair floor for a whole run is secs + sync_secs.
 //!
 //! Only creation is timed: not making the names, not removing the files.
 
@@ -37,6 +41,7 @@ fn usage() -> ! {
 fn main() {
     let mut fanout = false;
     let mut use_openat2 = false;
+    let mut sync = false;
     let mut threads = 1usize;
     let mut size = 100usize;
     let mut pos = Vec::new();
@@ -45,6 +50,7 @@ fn main() {
         match a.as_str() {
             "--fanout" => fanout = true,
             "--openat2" => use_openat2 = true,
+            "--sync" => sync = true,
             "--threads" => {
                 threads = args
                     .next()
@@ -101,8 +107,17 @@ fn main() {
         }
     });
     let secs = start.elapsed().as_secs_f64();
+    let synced = if sync {
+        let t = Instant::now();
+        // SAFETY: root is an open descriptor.
+        let rc = unsafe { libc::syncfs(root) };
+        assert_eq!(rc, 0, "syncfs: {}", std::io::Error::last_os_error());
+        format!(" sync_secs={:.3}", t.elapsed().as_secs_f64())
+    } else {
+        String::new()
+    };
     println!(
-        "create_floor files={files} layout={} open={} threads={threads} secs={secs:.3} files_per_sec={:.0}",
+        "create_floor files={files} layout={} open={} threads={threads} secs={secs:.3} files_per_sec={:.0}{synced}",
         if fanout { "fanout" } else { "flat" },
         if use_openat2 { "openat2" } else { "openat" },
         files as f64 / secs

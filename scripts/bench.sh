@@ -1,0 +1,524 @@
+#!/usr/bin/env bash
+# bulkget benchmark harness (issue 6). Not a test: it measures and reports.
+#
+#   scripts/bench.sh [--quick] [--big] [--sizes "100000 1000000"] [--runs 3]
+#                    [--big-runs 1] [--out-base DIR] [--no-pin] [--no-build]
+#                    [--no-sweeps] [--no-profile] [--only LIST] [--nice N]
+#                    [--doc FILE | --no-doc]
+#
+# In one run, against one `bulkget-server` per configuration, it measures
+#   1. the server's ceiling for GET /get/... with wrk (keep-alive, real names
+#      file-{i:010} cycling through i < N, as many connections as the client);
+#   2. the file-creation floor (crates/sink/examples/create_floor.rs): N files
+#      of 100 bytes with openat/write/close, flat and fan-out;
+#   3. `bulkget fetch` with --sink null, dir (flat and fanout) and sqlite;
+#   4. sweeps of --connections, --batch-size and --window (null sink), the
+#      lister (standalone and inside a run), and --error-rate 0.2 vs clean;
+#   5. a perf profile of the whole process tree (null sink), if perf works;
+# and appends a dated Markdown section to docs/BENCHMARKS.md.
+#
+# Options:
+#   --quick          sizes 100000, 1 run, 3 s wrk, short sweeps (a smoke test)
+#   --big            also N = 10^7 with the null and sqlite sinks (long)
+#   --sizes "A B"    sizes for the main table (default "100000 1000000")
+#   --runs R         runs per measurement; medians are reported (default 3)
+#   --big-runs R     runs per measurement at 10^7 (default 1)
+#   --out-base DIR   write dir/sqlite output under DIR (removed after each run)
+#                    instead of a fresh scratch ext4 per run (see below)
+#   --no-pin         do not split the CPUs between server and client
+#   --no-build       use the binaries already in target/release
+#   --only LIST      comma-separated subset of: main,sweeps,split,errors,lister,profile
+#   --nice N         run server and client at this nice level (e.g. -10 while
+#                    other jobs share the machine; default: unchanged)
+#   --doc FILE       where to append the section (default docs/BENCHMARKS.md)
+#   --no-doc         print the section to stdout only
+#
+# CPU split. Server and client share this machine. By default the first half
+# of the CPUs (taskset) runs bulkget-server with one runtime thread per CPU,
+# and the other half runs the client under test: wrk, create_floor or
+# `bulkget fetch --workers <CPUs in that half>` (coordinator and workers).
+# On 2 CPUs: server on CPU 0 (--threads 1), client on CPU 1 (1 worker). So
+# "× wrk ceiling" compares bulkget with wrk on the same core against the same
+# server, and the client's CPU per file is what limits it.
+#
+# Output file system. By default (as root, with mkfs.ext4 and loop devices)
+# every dir/sqlite run and every create_floor run gets a fresh, empty,
+# journaled ext4 made in a sparse image under target/bench-scratch and
+# loop-mounted: identical conditions for every run, and no slow `rm -rf` of
+# millions of files between runs. With --out-base the runs go under DIR.
+#
+# Measurement method.
+#   wall      the whole `bulkget fetch` process, from bash's EPOCHREALTIME
+#   CPU       user+sys from /usr/bin/time: the coordinator plus every worker,
+#             because the coordinator reaps its workers and wait4 reports a
+#             process's own usage plus that of its reaped children
+#   RSS       VmHWM of the coordinator and of each worker, sampled every 50 ms
+#             by scripts/benchtool.py poll (VmHWM is the kernel's high-water
+#             mark, so sampling never misses a peak, except growth in a
+#             process's last 50 ms); /usr/bin/time's %M (the max over the
+#             tree) is kept as a cross-check
+#   lister    coordinator.json: lister_wait_ms (time the lister waited for room
+#             = it was ahead) and shards[].idle_ms (time a shard had no batch)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+ORIG_ARGS="$*"
+
+QUICK=0 BIG=0 RUNS=3 BIG_RUNS=1 SIZES="100000 1000000" OUT_BASE="" PIN=1 BUILD=1
+DOC="$ROOT/docs/BENCHMARKS.md" WRITE_DOC=1 ONLY="main,sweeps,split,errors,lister,profile"
+SIZES_SET=0 RUNS_SET=0 NICE=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --big) BIG=1 ;;
+    --sizes) SIZES="$2"; SIZES_SET=1; shift ;;
+    --runs) RUNS="$2"; RUNS_SET=1; shift ;;
+    --big-runs) BIG_RUNS="$2"; shift ;;
+    --out-base) OUT_BASE="$2"; shift ;;
+    --no-pin) PIN=0 ;;
+    --no-build) BUILD=0 ;;
+    --no-sweeps) ONLY=${ONLY//sweeps/} ;;
+    --no-profile) ONLY=${ONLY//profile/} ;;
+    --only) ONLY="$2"; shift ;;
+    --nice) NICE="$2"; shift ;;
+    --doc) DOC="$2"; shift ;;
+    --no-doc) WRITE_DOC=0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+WRK_SECS=10
+SWEEP_SIZE=1000000
+if [[ $QUICK == 1 ]]; then
+  [[ $SIZES_SET == 1 ]] || SIZES="100000"
+  [[ $RUNS_SET == 1 ]] || RUNS=1
+  WRK_SECS=3
+  SWEEP_SIZE=100000
+fi
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# ---------------------------------------------------------------- tools
+need_pkgs=()
+command -v wrk >/dev/null || need_pkgs+=(wrk)
+[[ -x /usr/bin/time ]] || need_pkgs+=(time)
+command -v taskset >/dev/null || need_pkgs+=(util-linux)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+if [[ ${#need_pkgs[@]} -gt 0 ]]; then
+  log "installing ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# ---------------------------------------------------------------- build
+if [[ $BUILD == 1 ]]; then
+  log "building release binaries"
+  cargo build --release -q -p bulkget --bins
+  cargo build --release -q -p bulkget-sink --example create_floor
+fi
+BULKGET="$ROOT/target/release/bulkget"
+SERVER="$ROOT/target/release/bulkget-server"
+FLOOR="$ROOT/target/release/examples/create_floor"
+TOOL="$ROOT/scripts/benchtool.py"
+WRK_LUA="$ROOT/scripts/wrk-names.lua"
+for b in "$BULKGET" "$SERVER" "$FLOOR"; do [[ -x $b ]] || { echo "bench.sh: missing $b" >&2; exit 1; }; done
+
+# ---------------------------------------------------------------- work area
+WORK=$(mktemp -d /tmp/bulkget-bench.XXXXXX)
+RESULTS="$WORK/results.tsv"
+META="$WORK/meta"
+: >"$RESULTS"
+SERVER_PID=""
+SCRATCH_DIR="$ROOT/target/bench-scratch"
+SCRATCH_IMG="$SCRATCH_DIR/ext4.img"
+SCRATCH_MNT="$SCRATCH_DIR/mnt"
+USE_SCRATCH=0
+if [[ -z $OUT_BASE ]]; then
+  if [[ $(id -u) == 0 ]] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null && [[ -e /dev/loop-control ]]; then
+    USE_SCRATCH=1
+    mkdir -p "$SCRATCH_MNT"
+  else
+    OUT_BASE="$WORK/out"
+  fi
+fi
+[[ -n $OUT_BASE ]] && mkdir -p "$OUT_BASE"
+# The null sink writes only its state directory; on tmpfs its syncfs calls
+# cost nothing, so other jobs' dirty data on a shared disk cannot show up in
+# the engine's numbers.
+NULL_BASE="$WORK"
+if [[ -d /dev/shm && -w /dev/shm ]]; then NULL_BASE=$(mktemp -d /dev/shm/bulkget-bench.XXXXXX); fi
+
+cleanup() {
+  set +e
+  stop_server
+  [[ -n ${OTHER_SERVER_PID:-} ]] && kill "$OTHER_SERVER_PID" 2>/dev/null
+  [[ $NULL_BASE == /dev/shm/* ]] && rm -rf "$NULL_BASE"
+  if [[ $USE_SCRATCH == 1 ]]; then
+    mountpoint -q "$SCRATCH_MNT" && umount "$SCRATCH_MNT"
+    rm -f "$SCRATCH_IMG"
+  fi
+  log "raw results kept in $RESULTS"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- CPU split
+NPROC=$(nproc)
+if [[ $PIN == 1 && $NPROC -ge 2 ]]; then
+  half=$((NPROC / 2))
+  SERVER_CPUS="0-$((half - 1))"
+  CLIENT_CPUS="$half-$((NPROC - 1))"
+  SERVER_THREADS=$half
+  WORKERS=$((NPROC - half))
+  SPLIT="server pinned to CPUs $SERVER_CPUS (--threads $SERVER_THREADS); client (wrk, create_floor, bulkget coordinator + $WORKERS worker(s)) pinned to CPUs $CLIENT_CPUS"
+else
+  SERVER_CPUS="0-$((NPROC - 1))"
+  CLIENT_CPUS="$SERVER_CPUS"
+  SERVER_THREADS=$NPROC
+  WORKERS=$NPROC
+  SPLIT="no pinning: server --threads $NPROC and $WORKERS workers share all $NPROC CPUs"
+fi
+CONNS=32 BATCH=256 WINDOW=4   # the defaults of bulkget fetch
+WRK_TAG=main
+PINNED_SPLIT=("$SERVER_CPUS" "$CLIENT_CPUS" "$SERVER_THREADS" "$WORKERS")
+# set_split pinned|shared: the CPU split used by start_server, client and run_*.
+set_split() {
+  if [[ $1 == shared ]]; then
+    SERVER_CPUS="0-$((NPROC - 1))" CLIENT_CPUS="0-$((NPROC - 1))" SERVER_THREADS=$NPROC WORKERS=$NPROC
+  else
+    SERVER_CPUS=${PINNED_SPLIT[0]} CLIENT_CPUS=${PINNED_SPLIT[1]}
+    SERVER_THREADS=${PINNED_SPLIT[2]} WORKERS=${PINNED_SPLIT[3]}
+  fi
+}
+NICE_CMD=()
+[[ -n $NICE ]] && NICE_CMD=(nice -n "$NICE")
+client() { "${NICE_CMD[@]}" taskset -c "$CLIENT_CPUS" "$@"; }
+
+# ---------------------------------------------------------------- server
+start_server() { # N [server args...]
+  local n=$1; shift
+  stop_server
+  rm -f "$WORK/server.out"
+  "${NICE_CMD[@]}" taskset -c "$SERVER_CPUS" "$SERVER" --port 0 --files "$n" --threads "$SERVER_THREADS" "$@" \
+    >"$WORK/server.out" 2>"$WORK/server.err" &
+  SERVER_PID=$!
+  local i
+  URL=""
+  for i in $(seq 200); do
+    URL=$(head -1 "$WORK/server.out" 2>/dev/null | sed -n 's/^listening on //p')
+    [[ -n $URL ]] && break
+    sleep 0.05
+  done
+  [[ -n $URL ]] || { echo "bench.sh: the server did not start" >&2; cat "$WORK/server.err" >&2; exit 1; }
+}
+stop_server() {
+  if [[ -n $SERVER_PID ]]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+  fi
+}
+
+# ---------------------------------------------------------------- output dirs
+# fresh_out KIND N: prints an empty directory for a run's output.
+fresh_out() {
+  local kind=$1 n=$2
+  if [[ $USE_SCRATCH == 1 ]]; then
+    local per_file=5000 inodes=$((n + 100000))
+    [[ $kind == sqlite ]] && { per_file=400; inodes=200000; }
+    local gb=$(((n * per_file) / 1000000000 + 3))
+    mountpoint -q "$SCRATCH_MNT" && umount "$SCRATCH_MNT"
+    rm -f "$SCRATCH_IMG"
+    truncate -s "${gb}G" "$SCRATCH_IMG"
+    # The image is a new sparse file, so its inode tables already read as
+    # zeros: lazy init and noinit_itable skip zeroing them (no background
+    # ext4lazyinit I/O during the run).
+    mkfs.ext4 -q -F -N "$inodes" -E lazy_itable_init=1,lazy_journal_init=1 "$SCRATCH_IMG"
+    mount -o loop,noinit_itable "$SCRATCH_IMG" "$SCRATCH_MNT"
+    echo "$SCRATCH_MNT/out"
+  else
+    local d="$OUT_BASE/out"
+    rm -rf "$d"
+    echo "$d"
+  fi
+}
+drop_out() {
+  local d=$1
+  if [[ $USE_SCRATCH == 1 && $d == "$SCRATCH_MNT"/* ]]; then
+    umount "$SCRATCH_MNT"
+    rm -f "$SCRATCH_IMG"
+  else
+    rm -rf "$d"
+  fi
+}
+
+# ---------------------------------------------------------------- measurements
+note() { printf 'kind=note\ttext=%s\n' "$*" >>"$RESULTS"; log "note: $*"; }
+
+run_wrk() { # N [DEPTH]
+  local n=$1 depth=${2:-1} c=$((WORKERS * CONNS)) out
+  out=$(client /usr/bin/time -o "$WORK/wrk.time" -f "TIME user=%U sys=%S" \
+    env FILES="$n" WRK_THREADS="$WORKERS" DEPTH="$depth" wrk -t"$WORKERS" -c"$c" -d"${WRK_SECS}s" \
+    -s "$WRK_LUA" "$URL" 2>&1)
+  local line
+  line=$(grep '^WRK_RESULT' <<<"$out" | head -1)
+  [[ -n $line ]] || { echo "$out" >&2; echo "bench.sh: wrk failed" >&2; exit 1; }
+  local rps secs errs bad reqs cpu
+  rps=$(sed -n 's/.* rps=\([0-9]*\).*/\1/p' <<<"$line")
+  secs=$(sed -n 's/.* secs=\([0-9.]*\).*/\1/p' <<<"$line")
+  bad=$(sed -n 's/.* non2xx=\([0-9]*\).*/\1/p' <<<"$line")
+  errs=$(sed -n 's/.* errors=\([0-9]*\).*/\1/p' <<<"$line")
+  reqs=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")
+  cpu=$(awk -v n="$reqs" '/^TIME/ { split($2,u,"="); split($3,s,"="); printf "%.2f", (u[2]+s[2])/n*1e6 }' "$WORK/wrk.time")
+  printf 'kind=wrk\ttag=%s\tsize=%s\tconns=%s\tthreads=%s\tdepth=%s\trps=%s\tsecs=%s\tcpu_us=%s\tnon2xx=%s\terrors=%s\n' \
+    "$WRK_TAG" "$n" "$c" "$WORKERS" "$depth" "$rps" "$secs" "$cpu" "$bad" "$errs" >>"$RESULTS"
+  log "wrk N=$n c=$c depth=$depth: $rps req/s, $cpu µs CPU/request (non-2xx $bad, socket errors $errs)"
+}
+
+run_floor() { # N LAYOUT(flat|fanout|flat-openat2)
+  local n=$1 layout=$2 dir flags=() line
+  case $layout in
+    fanout) flags=(--fanout) ;;
+    flat-openat2) flags=(--openat2) ;;
+  esac
+  dir=$(fresh_out floor "$n")
+  line=$(client /usr/bin/time -o "$WORK/floor.time" -f "TIME user=%U sys=%S" \
+    "$FLOOR" "${flags[@]}" --sync --threads "$WORKERS" "$n" "$dir")
+  local secs cpu sync
+  secs=$(sed -n 's/.* secs=\([0-9.]*\) .*/\1/p' <<<"$line")
+  sync=$(sed -n 's/.* sync_secs=\([0-9.]*\).*/\1/p' <<<"$line")
+  cpu=$(awk -v n="$n" '/^TIME/ { split($2,u,"="); split($3,s,"="); printf "%.2f", (u[2]+s[2])/n*1e6 }' "$WORK/floor.time")
+  printf 'kind=floor\tsize=%s\tlayout=%s\tsecs=%s\tsync_secs=%s\tcpu_us=%s\n' "$n" "$layout" "$secs" "$sync" "$cpu" >>"$RESULTS"
+  log "create_floor N=$n $layout: $line (cpu $cpu µs/file)"
+  drop_out "$dir"
+}
+
+# run_fetch TAG N SINK LAYOUT CONNS BATCH WINDOW ERR PAGE [extra fetch args]
+run_fetch() {
+  local tag=$1 n=$2 sink=$3 layout=$4 conns=$5 batch=$6 window=$7 err=$8 page=$9
+  shift 9
+  local out args=()
+  if [[ $sink == null ]]; then
+    out="$NULL_BASE/null-out"; rm -rf "$out"
+  else
+    out=$(fresh_out "$sink" "$n")
+  fi
+  [[ $sink == dir ]] && args+=(--layout "$layout")
+  local t0 t1 pid poller rc=0
+  t0=$EPOCHREALTIME
+  client /usr/bin/time -o "$WORK/fetch.time" -f "TIME user=%U sys=%S maxrss=%M exit=%x" \
+    "$BULKGET" fetch "$URL" "$out" --sink "$sink" "${args[@]}" --workers "$WORKERS" \
+    --connections "$conns" --batch-size "$batch" --window "$window" --progress none "$@" \
+    >"$WORK/fetch.log" 2>&1 &
+  pid=$!
+  python3 "$TOOL" poll "$pid" "$WORK/poll.json" &
+  poller=$!
+  wait "$pid" || rc=$?
+  t1=$EPOCHREALTIME
+  wait "$poller" || true
+  local wall
+  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  python3 "$TOOL" fetchrow kind=fetch tag="$tag" size="$n" sink="$sink" layout="$layout" \
+    conns="$conns" batch="$batch" window="$window" workers="$WORKERS" err="$err" page="$page" \
+    -- "$WORK/fetch.time" "$WORK/poll.json" "$out/.bulkget" "$wall" >>"$RESULTS"
+  local row
+  row=$(tail -1 "$RESULTS")
+  log "fetch [$tag] N=$n sink=$sink${args[*]:+ ${args[*]}} c=$conns b=$batch w=$window err=$err page=$page: wall ${wall}s ($(awk -v n="$n" -v w="$wall" 'BEGIN{printf "%.0f", n/w}') files/s) rc=$rc"
+  if [[ $rc != 0 ]] || ! grep -q "files_ok=$n	" <<<"$row"; then
+    note "run not complete (exit $rc): $tag N=$n sink=$sink layout=$layout; log: $(tail -3 "$WORK/fetch.log" | tr '\n\t' '  ')"
+  fi
+  if [[ $sink == null ]]; then rm -rf "$out"; else drop_out "$out"; fi
+}
+
+# ---------------------------------------------------------------- meta
+meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
+: >"$META"
+meta date "$(date -u '+%Y-%m-%d %H:%M UTC')"
+meta command "scripts/bench.sh $ORIG_ARGS"
+meta nproc "$NPROC"
+meta cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+meta ram "$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+meta kernel "$(uname -r)"
+if [[ $USE_SCRATCH == 1 ]]; then
+  meta out_fs "fresh ext4 per run (mkfs.ext4 defaults + -N, journaled, 4 KiB blocks) on a loop device; image on $(findmnt -no FSTYPE,SOURCE -T "$SCRATCH_DIR" | tr -s ' ')"
+else
+  meta out_fs "$(findmnt -no FSTYPE,SOURCE,OPTIONS -T "$OUT_BASE" | tr -s ' ') ($OUT_BASE)"
+fi
+meta split "$SPLIT; $CONNS connections per worker, batch $BATCH, window $WINDOW unless varied"
+meta load_before "$(cut -d' ' -f1-3 /proc/loadavg)"
+meta null_out "${NULL_BASE%/*} ($(findmnt -no FSTYPE -T "$NULL_BASE")) for --sink null runs"
+[[ -n $NICE ]] && meta nice "server and client ran under nice -n $NICE"
+meta git "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')"
+log "$SPLIT"
+
+# ---------------------------------------------------------------- 1-3: the main table
+if want main; then
+  for n in $SIZES; do
+    start_server "$n"
+    [[ $n == "${SIZES%% *}" ]] && run_floor "$n" flat-openat2
+    # Interleaved, so that a burst of load from elsewhere hits every case of
+    # one round rather than every run of one case.
+    for r in $(seq "$RUNS"); do
+      run_wrk "$n"
+      run_floor "$n" flat
+      run_floor "$n" fanout
+      run_fetch main "$n" null - $CONNS $BATCH $WINDOW 0 1000
+      run_fetch main "$n" dir flat $CONNS $BATCH $WINDOW 0 1000
+      run_fetch main "$n" dir fanout $CONNS $BATCH $WINDOW 0 1000
+      run_fetch main "$n" sqlite - $CONNS $BATCH $WINDOW 0 1000
+    done
+    stop_server
+  done
+  if [[ $BIG == 1 ]]; then
+    n=10000000
+    start_server "$n"
+    for r in $(seq "$BIG_RUNS"); do
+      run_wrk "$n"
+      run_fetch main "$n" null - $CONNS $BATCH $WINDOW 0 1000
+      run_fetch main "$n" sqlite - $CONNS $BATCH $WINDOW 0 1000
+    done
+    stop_server
+  else
+    note "10^7 files not run (pass --big): null and sqlite at 10^7 take several minutes each here"
+  fi
+fi
+
+# ---------------------------------------------------------------- 4: sweeps
+if want sweeps; then
+  n=$SWEEP_SIZE
+  WRK_TAG=sweeps
+  start_server "$n"
+  for r in $(seq "$RUNS"); do
+    run_wrk "$n" 1
+    # Pipelined wrk: what the per-request round trip costs (see the doc).
+    run_wrk "$n" 4
+    run_wrk "$n" 16
+  done
+  for r in $(seq "$RUNS"); do
+    for c in 4 16 32 64 128; do run_fetch conns "$n" null - "$c" $BATCH $WINDOW 0 1000; done
+    for b in 64 256 1024; do run_fetch batch "$n" null - $CONNS "$b" $WINDOW 0 1000; done
+    for w in 1 2 4 8 32; do run_fetch window "$n" null - $CONNS $BATCH "$w" 0 1000; done
+  done
+  stop_server
+fi
+
+# keep_server: the running server stays up (as OTHER) while start_server
+# starts another; URL_OTHER is its URL.
+keep_server() {
+  OTHER_SERVER_PID=$SERVER_PID URL_OTHER=$URL
+  SERVER_PID=""
+}
+drop_other_server() {
+  kill "$OTHER_SERVER_PID" 2>/dev/null || true
+  wait "$OTHER_SERVER_PID" 2>/dev/null || true
+  OTHER_SERVER_PID=""
+}
+
+if want split && [[ $PIN == 1 && $NPROC -ge 2 ]]; then
+  # The same null-sink run and wrk, pinned (the default split) and with
+  # server and client sharing every CPU, in alternating rounds.
+  n=$SWEEP_SIZE
+  set_split shared; start_server "$n"; keep_server; URL_SHARED=$URL_OTHER
+  set_split pinned; start_server "$n"; URL_PINNED=$URL
+  for r in $(seq "$RUNS"); do
+    for split in pinned shared; do
+      set_split "$split"; WRK_TAG="split-$split"
+      if [[ $split == shared ]]; then URL=$URL_SHARED; else URL=$URL_PINNED; fi
+      run_wrk "$n"
+      run_fetch "split-$split" "$n" null - $CONNS $BATCH $WINDOW 0 1000
+    done
+  done
+  set_split pinned; URL=$URL_PINNED; WRK_TAG=main
+  stop_server; drop_other_server
+fi
+
+if want errors; then
+  # With --error-rate 0.2 a quarter of the failing names (5 % of all) get
+  # 503 + Retry-After: 1, so no run can end sooner than ~1 s after its last
+  # batch; at 10^5 files (~1 s clean) that alone caps the ratio near 0.5, so
+  # the windows that can keep up are also measured at $SWEEP_SIZE files.
+  # The default window at 10^5 only: it runs at ~1,000 files/s (~100 s).
+  # Two servers (clean and faulty) run at once, so clean and faulty runs
+  # alternate in rounds and share the outside load.
+  for n in $(printf '%s\n' 100000 "$SWEEP_SIZE" | sort -un); do
+    start_server "$n" --error-rate 0.2; keep_server; URL_ERR=$URL_OTHER
+    start_server "$n"; URL_CLEAN=$URL
+    if [[ $n == 100000 ]]; then
+      URL=$URL_ERR; run_fetch errors "$n" null - $CONNS $BATCH $WINDOW 0.2 1000
+      windows="16 64 256"
+    else
+      windows="64 256 1024"
+    fi
+    for r in $(seq "$RUNS"); do
+      URL=$URL_CLEAN; run_fetch errors "$n" null - $CONNS $BATCH $WINDOW 0 1000
+      URL=$URL_ERR
+      for w in $windows; do run_fetch errors "$n" null - $CONNS $BATCH "$w" 0.2 1000; done
+    done
+    stop_server; drop_other_server
+  done
+fi
+
+if want lister; then
+  n=$SWEEP_SIZE
+  for page in 100 1000 10000; do
+    start_server "$n" --page-size "$page"
+    for r in $(seq "$RUNS"); do
+      line=$(taskset -c "$CLIENT_CPUS" python3 "$TOOL" list "$URL")
+      printf 'kind=list\tsize=%s\tpage=%s\t%s\n' "$n" "$page" "$(sed 's/^LIST //; s/ /\t/g' <<<"$line")" >>"$RESULTS"
+      log "list N=$n page=$page: $line"
+      run_fetch lister "$n" null - $CONNS $BATCH $WINDOW 0 "$page"
+    done
+    stop_server
+  done
+fi
+
+# ---------------------------------------------------------------- 5: profile
+PROFILE_TXT=""
+if want profile; then
+  if perf record -o "$WORK/probe.data" -e cpu-clock true >/dev/null 2>&1; then
+    n=$SWEEP_SIZE
+    start_server "$n"
+    out="$NULL_BASE/prof-out"; rm -rf "$out"
+    client perf record -q -e cpu-clock -F 4999 -o "$WORK/perf.data" -- \
+      "$BULKGET" fetch "$URL" "$out" --sink null --workers "$WORKERS" --progress none \
+      >"$WORK/prof.log" 2>&1 || true
+    stop_server
+    PROFILE_TXT="$WORK/profile.txt"
+    {
+      echo "\`perf record -e cpu-clock -F 4999\` of \`bulkget fetch --sink null\` (coordinator and workers, N=$n)."
+      echo
+      python3 "$TOOL" profile "$WORK/perf.data" "$out/.bulkget" "$n"
+    } >"$PROFILE_TXT"
+    rm -rf "$out"
+    log "profile written to $PROFILE_TXT"
+  else
+    note "perf record does not work here; no profile"
+  fi
+fi
+
+# ---------------------------------------------------------------- report
+meta load_after "$(cut -d' ' -f1-3 /proc/loadavg)"
+SECTION="$WORK/section.md"
+python3 "$TOOL" report "$RESULTS" "$META" >"$SECTION"
+if [[ -n $PROFILE_TXT ]]; then
+  { echo "### Profile"; echo; cat "$PROFILE_TXT"; echo; } >>"$SECTION"
+fi
+{
+  echo "<details><summary>Raw results of this run</summary>"
+  echo
+  echo '```text'
+  cat "$RESULTS"
+  echo '```'
+  echo
+  echo "</details>"
+} >>"$SECTION"
+if [[ $WRITE_DOC == 1 ]]; then
+  mkdir -p "$(dirname "$DOC")"
+  [[ -s $DOC ]] || printf '# Benchmarks\n\nSections below are appended by `scripts/bench.sh`.\n' >"$DOC"
+  cat "$SECTION" >>"$DOC"
+  log "appended the results to $DOC"
+else
+  cat "$SECTION"
+fi
