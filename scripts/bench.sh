@@ -180,7 +180,18 @@ else
   WORKERS=$NPROC
   SPLIT="no pinning: server --threads $NPROC and $WORKERS workers share all $NPROC CPUs"
 fi
-CONNS=32 BATCH=256 WINDOW=4   # the defaults of bulkget fetch
+# The defaults of this build of `bulkget fetch`, read from its --help, so
+# "defaults" in the tables are the binary's own.
+FETCH_HELP=$("$BULKGET" fetch --help)
+default_of() { # OPTION FALLBACK
+  local v
+  v=$(awk -v opt="$1 <" 'index($0, opt) { f = 1 } f && /\[default: [0-9]+\]/ {
+        match($0, /\[default: [0-9]+\]/); print substr($0, RSTART + 10, RLENGTH - 11); exit }' <<<"$FETCH_HELP")
+  echo "${v:-$2}"
+}
+CONNS=$(default_of --connections 32)
+BATCH=$(default_of --batch-size 256)
+WINDOW=$(default_of --window 256)
 WRK_TAG=main
 PINNED_SPLIT=("$SERVER_CPUS" "$CLIENT_CPUS" "$SERVER_THREADS" "$WORKERS")
 # set_split pinned|shared: the CPU split used by start_server, client and run_*.
@@ -346,7 +357,7 @@ if [[ $USE_SCRATCH == 1 ]]; then
 else
   meta out_fs "$(findmnt -no FSTYPE,SOURCE,OPTIONS -T "$OUT_BASE" | tr -s ' ') ($OUT_BASE)"
 fi
-meta split "$SPLIT; $CONNS connections per worker, batch $BATCH, window $WINDOW unless varied"
+meta split "$SPLIT; $CONNS connections per worker, batch $BATCH, window $WINDOW (this build's defaults) unless varied"
 meta load_before "$(cut -d' ' -f1-3 /proc/loadavg)"
 meta null_out "${NULL_BASE%/*} ($(findmnt -no FSTYPE -T "$NULL_BASE")) for --sink null runs"
 [[ -n $NICE ]] && meta nice "server and client ran under nice -n $NICE"
@@ -399,7 +410,7 @@ if want sweeps; then
   for r in $(seq "$RUNS"); do
     for c in 4 16 32 64 128; do run_fetch conns "$n" null - "$c" $BATCH $WINDOW 0 1000; done
     for b in 64 256 1024; do run_fetch batch "$n" null - $CONNS "$b" $WINDOW 0 1000; done
-    for w in 1 2 4 8 32; do run_fetch window "$n" null - $CONNS $BATCH "$w" 0 1000; done
+    for w in 1 4 32 256; do run_fetch window "$n" null - $CONNS $BATCH "$w" 0 1000; done
   done
   stop_server
 fi
@@ -439,14 +450,15 @@ if want errors; then
   # 503 + Retry-After: 1, so no run can end sooner than ~1 s after its last
   # batch; at 10^5 files (~1 s clean) that alone caps the ratio near 0.5, so
   # the windows that can keep up are also measured at $SWEEP_SIZE files.
-  # The default window at 10^5 only: it runs at ~1,000 files/s (~100 s).
+  # Window 4 (the default before 2026-11-21) at 10^5 only: it runs at
+  # ~1,000 files/s (~100 s).
   # Two servers (clean and faulty) run at once, so clean and faulty runs
   # alternate in rounds and share the outside load.
   for n in $(printf '%s\n' 100000 "$SWEEP_SIZE" | sort -un); do
     start_server "$n" --error-rate 0.2; keep_server; URL_ERR=$URL_OTHER
     start_server "$n"; URL_CLEAN=$URL
     if [[ $n == 100000 ]]; then
-      URL=$URL_ERR; run_fetch errors "$n" null - $CONNS $BATCH $WINDOW 0.2 1000
+      URL=$URL_ERR; run_fetch errors "$n" null - $CONNS $BATCH 4 0.2 1000
       windows="16 64 256"
     else
       windows="64 256 1024"
