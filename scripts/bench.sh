@@ -12,10 +12,12 @@
 #   2. the file-creation floor (crates/sink/examples/create_floor.rs): N files
 #      of 100 bytes with openat/write/close, flat and fan-out;
 #   3. `bulkget fetch` with --sink null, dir (flat and fanout) and sqlite;
-#   4. sweeps of --connections, --batch-size and --window (null sink), the
-#      lister (standalone and inside a run), and --error-rate 0.2 vs clean;
+#   4. sweeps of --connections, --batch-size and --window (null sink); the
+#      CPU split pinned vs shared; the lister (standalone and inside a run);
+#      --error-rate 0.2 vs clean (two servers side by side, runs alternating);
 #   5. a perf profile of the whole process tree (null sink), if perf works;
-# and appends a dated Markdown section to docs/BENCHMARKS.md.
+# and appends a dated Markdown section to docs/BENCHMARKS.md. "Defaults" are
+# read from this build's `bulkget fetch --help`.
 #
 # Options:
 #   --quick          sizes 100000, 1 run, 3 s wrk, short sweeps (a smoke test)
