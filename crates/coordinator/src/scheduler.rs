@@ -164,7 +164,7 @@ pub struct Scheduler {
     /// Pages whose length on resume differed from the checkpoint's record.
     resume_mismatches: u64,
     /// Fingerprints of the previous page's names, to drop its repeats.
-    recent: HashSet<u128>,
+    recent: FingerprintSet,
     /// Names dropped as repeats.
     repeated: u64,
     /// Route each name to the shard its hash picks (see the module docs).
@@ -188,7 +188,7 @@ impl Scheduler {
             requeued: 0,
             skip: Skip::default(),
             resume_mismatches: 0,
-            recent: HashSet::new(),
+            recent: FingerprintSet::default(),
             repeated: 0,
             affinity: false,
             parked: vec![false; shards],
@@ -264,7 +264,7 @@ impl Scheduler {
         }
         let mut failures = Vec::new();
         let mut repeats = 0u64;
-        let mut seen: HashSet<u128> = HashSet::with_capacity(len);
+        let mut seen = FingerprintSet::with_capacity_and_hasher(len, Default::default());
         let mut page_batches = 0u32;
         // One open batch per home shard (just one without affinity).
         let groups = if self.affinity { self.shards.len() } else { 1 };
@@ -603,6 +603,29 @@ fn set(bits: &mut [u64], i: usize) {
 
 fn is_set(bits: &[u64], i: usize) -> bool {
     bits[i / 64] & (1 << (i % 64)) != 0
+}
+
+/// A set of fingerprints. They are hashes already, so the set uses their low
+/// 64 bits as they are instead of hashing them again with SipHash, which
+/// cost 5% of the coordinator's CPU in the profile (docs/BENCHMARKS.md).
+type FingerprintSet = HashSet<u128, std::hash::BuildHasherDefault<Identity>>;
+
+#[derive(Default)]
+struct Identity(u64);
+
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u128 keys are hashed; keep whatever bytes come, folded.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
 }
 
 /// A 128-bit fingerprint of a name from two independent 64-bit hashes. Two
