@@ -16,19 +16,25 @@ use std::time::Duration;
 
 // ---------------------------------------------------------------- helpers
 
-/// Retries counted by the workers: the sum of `retries` over
-/// `STATE/shards/shard-*.json`.
-fn shard_retries(state: &Path) -> u64 {
+/// The sum of `field` over `STATE/shards/shard-*.json`.
+fn shard_sum(state: &Path, field: &str) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(state.join("shards")).expect("shards directory") {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name.starts_with("shard-") && name.ends_with(".json") {
             let v = read_json(&path).unwrap_or_else(|| panic!("{name} is not JSON"));
-            total += v["retries"].as_u64().expect("retries is a number");
+            total += v[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{field} is not a number in {name}"));
         }
     }
     total
+}
+
+/// Retries counted by the workers.
+fn shard_retries(state: &Path) -> u64 {
+    shard_sum(state, "retries")
 }
 
 /// `failed.jsonl` as name -> (reason, status).
@@ -194,6 +200,53 @@ fn transient_faults_are_retried_until_every_file_arrives_honouring_retry_after()
     assert!(stats["retry_after_sent"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["retry_after_violations"], 0, "{stats}");
     assert!(stats["retry_after_min_gap_ms"].as_u64().unwrap() >= 1000);
+}
+
+#[test]
+fn a_throttled_batch_steps_out_of_the_window_and_every_file_is_counted_once() {
+    // One batch at a time in the window: without stall reports a batch with
+    // a name told `Retry-After: 1` would hold the only place until then.
+    let server = Server::start(&[
+        "--files",
+        "2000",
+        "--page-size",
+        "500",
+        "--throttle-rate",
+        "0.05",
+        "--retry-after",
+        "1",
+    ]);
+    let ws = Workspace::new();
+    let output = fetch(
+        &server,
+        &ws,
+        &[
+            "--workers",
+            "2",
+            "--window",
+            "1",
+            "--batch-size",
+            "50",
+            "--connections",
+            "8",
+            "--retry-base-ms",
+            "10",
+        ],
+    );
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 2000);
+    assert!(failures(&ws.state()).is_empty());
+
+    // Batches did stall, and the names a stall report counted were not
+    // counted again by the batch's acknowledgement.
+    let stats = server.stats();
+    assert!(fault(&stats, "throttle") > 0, "no throttling: {stats}");
+    assert!(shard_sum(&ws.state(), "batches_stalled") > 0);
+    let c = coordinator_json(&ws).expect("coordinator.json");
+    assert_eq!(c["files_ok"], 2000, "{c}");
+    assert_eq!(c["files_failed"], 0, "{c}");
+    assert_eq!(c["retries"].as_u64(), Some(shard_retries(&ws.state())));
+    assert_eq!(stats["retry_after_violations"], 0, "{stats}");
 }
 
 #[test]

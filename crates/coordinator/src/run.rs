@@ -604,6 +604,27 @@ impl Run {
                             self.shard_down(shard);
                         }
                     },
+                    ToCoordinator::BatchStalled {
+                        id,
+                        ok,
+                        bytes,
+                        retries,
+                        failures,
+                        waiting,
+                    } => match self
+                        .sched
+                        .batch_stalled(shard, id, ok, bytes, failures, &waiting)
+                    {
+                        Some(done) => {
+                            self.sched.add_retries(retries);
+                            self.record_failures(done);
+                            self.shards[shard].life.on_progress();
+                        }
+                        None => {
+                            note!(self.progress, "bulkget: worker {shard} sent a stall report that does not fit batch {id}; restarting it");
+                            self.shard_down(shard);
+                        }
+                    },
                     ToCoordinator::Fatal { kind, reason } => {
                         note!(self.progress, "bulkget: worker {shard}: {reason}");
                         if kind == FatalKind::NoSpace && self.stop.is_none() {
@@ -1011,6 +1032,7 @@ impl Run {
                     }
                     .to_string(),
                     batches_in_flight: self.sched.in_flight(k) as u64,
+                    batches_stalled: self.sched.stalled(k) as u64,
                     restarts: s.life.restarts,
                     idle_ms: (s.idle_total + s.idle_since.map(|t| t.elapsed()).unwrap_or_default())
                         .as_millis() as u64,

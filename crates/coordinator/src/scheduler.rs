@@ -8,8 +8,15 @@
 //! - Pages are cut into batches that never span two pages. Each batch
 //!   remembers the index of every name in its page, so an acknowledgement
 //!   marks exactly those names done in the page's bitmap.
-//! - Each shard holds at most `window` unacknowledged batches. The next batch
-//!   goes to the available shard with the most free room.
+//! - Each shard holds at most `window` unacknowledged batches that still
+//!   have names to fetch now. The next batch goes to the available shard
+//!   with the most free room. A batch whose every remaining name waits on a
+//!   retry timer is *stalled* (the worker says so with the names done so
+//!   far, which count at once): it leaves the window, so throttled names do
+//!   not throttle the shard, but stays unacknowledged until its
+//!   `BatchDone`. At most [`MAX_STALLED`] batches per shard are stalled;
+//!   beyond that a stalled batch keeps its window place, which bounds the
+//!   memory a server that throttles everything can cost.
 //! - When a shard goes down, its batches go back to the front of the queue,
 //!   each marked with one more crash. A batch that has crashed once is
 //!   *suspect*: it is sent only to a shard that holds nothing else, so a
@@ -44,6 +51,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 /// How many parts a suspect batch is split into when it crashes again.
 /// Sixteen isolates one poison name in a batch of 256 in four crashes.
 pub const SPLIT_WAYS: usize = 16;
+
+/// Stalled batches a shard may hold outside its window. With batches of
+/// 256 names this lets a worker keep about 260,000 names waiting on retry
+/// timers (a few tens of MB at most) while it goes on with new work.
+pub const MAX_STALLED: usize = 1024;
 
 /// The reason recorded for a name that crashed its worker twice.
 pub const CRASH_REASON: &str = "worker crashed while fetching this name (twice)";
@@ -112,6 +124,8 @@ pub struct Batch {
     pub crashes: u32,
     /// The only shard this batch may go to (affinity), if any.
     home: Option<usize>,
+    /// Reported stalled and moved out of its shard's window.
+    stalled: bool,
 }
 
 #[derive(Debug)]
@@ -131,6 +145,8 @@ struct PageTrack {
 #[derive(Debug, Default)]
 struct Shard {
     outstanding: HashMap<BatchId, Batch>,
+    /// How many of `outstanding` are stalled (outside the window).
+    stalled: usize,
     /// Holds a suspect batch, so it must get nothing else.
     isolated: bool,
     available: bool,
@@ -348,6 +364,7 @@ impl Scheduler {
             idx,
             crashes: 0,
             home,
+            stalled: false,
         });
     }
 
@@ -356,9 +373,14 @@ impl Scheduler {
         self.pending.len()
     }
 
-    /// Batches sent and not acknowledged, per shard.
+    /// Batches sent and not acknowledged, per shard (stalled ones too).
     pub fn in_flight(&self, shard: usize) -> usize {
         self.shards[shard].outstanding.len()
+    }
+
+    /// Batches of a shard that are stalled on retry timers.
+    pub fn stalled(&self, shard: usize) -> usize {
+        self.shards[shard].stalled
     }
 
     pub fn requeued(&self) -> u64 {
@@ -407,14 +429,15 @@ impl Scheduler {
                     && if suspect {
                         s.outstanding.is_empty()
                     } else {
-                        s.outstanding.len() < window
+                        s.outstanding.len() - s.stalled < window
                     }
             };
             let shard = match b.home {
                 Some(h) => fits(h).then_some(h),
                 None => (0..n).filter(|&i| fits(i)).max_by_key(|&i| {
+                    let s = &self.shards[i];
                     (
-                        window - self.shards[i].outstanding.len(),
+                        window - (s.outstanding.len() - s.stalled),
                         std::cmp::Reverse(i),
                     )
                 }),
@@ -452,6 +475,9 @@ impl Scheduler {
     ) -> Option<Vec<Failure>> {
         let s = &mut self.shards[shard];
         let batch = s.outstanding.remove(&id)?;
+        if batch.stalled {
+            s.stalled -= 1;
+        }
         if s.outstanding.is_empty() {
             s.isolated = false;
         }
@@ -467,6 +493,63 @@ impl Scheduler {
         Some(failures)
     }
 
+    /// Records a stall report: the names of batch `id` outside `waiting`
+    /// are done (`ok` of them, `bytes` in all, and `failures`), and the
+    /// batch shrinks to the names in `waiting`, which is all a crash would
+    /// now put back. The batch leaves the window unless [`MAX_STALLED`] are
+    /// stalled already. Returns `None` if the report does not fit the batch
+    /// (unknown, already stalled, or `waiting` not increasing positions of
+    /// it): a protocol error by the worker.
+    pub fn batch_stalled(
+        &mut self,
+        shard: usize,
+        id: BatchId,
+        ok: u32,
+        bytes: u64,
+        failures: Vec<Failure>,
+        waiting: &[u32],
+    ) -> Option<Vec<Failure>> {
+        let s = &mut self.shards[shard];
+        let batch = s.outstanding.get_mut(&id)?;
+        let increasing = waiting.windows(2).all(|w| w[0] < w[1]);
+        let in_range = waiting
+            .last()
+            .is_some_and(|&last| (last as usize) < batch.names.len());
+        if batch.stalled || !increasing || !in_range {
+            return None;
+        }
+        // Increasing positions in range: `waiting` is no longer than the batch.
+        let finished = batch.names.len() - waiting.len();
+        if ok as usize + failures.len() != finished {
+            return None;
+        }
+        let mut keep = waiting.iter().peekable();
+        let mut done_idx = Vec::with_capacity(finished);
+        let names = std::mem::take(&mut batch.names);
+        let idx = std::mem::take(&mut batch.idx);
+        for (pos, (name, i)) in names.into_iter().zip(idx).enumerate() {
+            if keep.next_if(|&&w| w as usize == pos).is_some() {
+                batch.names.push(name);
+                batch.idx.push(i);
+            } else {
+                done_idx.push(i);
+            }
+        }
+        if s.stalled < MAX_STALLED {
+            batch.stalled = true;
+            s.stalled += 1;
+        }
+        let page_seq = batch.page_seq;
+        self.live.files_ok += ok as u64;
+        self.live.files_failed += failures.len() as u64;
+        self.live.bytes += bytes;
+        let page = self.page_mut(page_seq);
+        for i in done_idx {
+            set(&mut page.done, i as usize);
+        }
+        Some(failures)
+    }
+
     /// A shard's worker died: its batches go back to the front of the queue
     /// with one more crash each; suspects that crashed again are split, and
     /// single names that crashed twice fail. Returns the failures to record.
@@ -474,6 +557,7 @@ impl Scheduler {
         let s = &mut self.shards[shard];
         s.available = false;
         s.isolated = false;
+        s.stalled = 0;
         let mut batches: Vec<Batch> = s.outstanding.drain().map(|(_, b)| b).collect();
         // Keep the original order so requeued work stays in listing order.
         batches.sort_by_key(|b| b.id);
@@ -481,6 +565,7 @@ impl Scheduler {
         let mut failures = Vec::new();
         for mut b in batches {
             b.crashes += 1;
+            b.stalled = false;
             self.requeued += 1;
             if b.crashes < 2 {
                 requeue.push(b);
@@ -509,6 +594,7 @@ impl Scheduler {
                         idx,
                         crashes: 1,
                         home: b.home,
+                        stalled: false,
                     });
                 }
             }

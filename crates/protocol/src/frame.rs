@@ -254,11 +254,21 @@ mod tests {
                 status: Some(404),
             }],
         };
-        let mut buf2 = Vec::new();
-        encode(&done, &mut buf2).unwrap();
-        let (back, used): (ToCoordinator, usize) = decode(&buf2).unwrap().unwrap();
-        assert_eq!(back, done);
-        assert_eq!(used, buf2.len());
+        let stalled = ToCoordinator::BatchStalled {
+            id: 9,
+            ok: 250,
+            bytes: 25_000,
+            retries: 6,
+            failures: vec![],
+            waiting: vec![3, 17, 255],
+        };
+        for msg in [done, stalled] {
+            let mut buf2 = Vec::new();
+            encode(&msg, &mut buf2).unwrap();
+            let (back, used): (ToCoordinator, usize) = decode(&buf2).unwrap().unwrap();
+            assert_eq!(back, msg);
+            assert_eq!(used, buf2.len());
+        }
 
         let mut at = 0;
         for m in samples() {

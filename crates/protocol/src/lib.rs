@@ -55,6 +55,22 @@ pub enum ToCoordinator {
         retries: u32,
         failures: Vec<Failure>,
     },
+    /// Every name of batch `id` not yet finished is waiting on a retry
+    /// timer (a `Retry-After`, or backoff after an error), so the batch no
+    /// longer needs a place in the shard's window. The names finished so far
+    /// are durable in the sink, exactly as for [`ToCoordinator::BatchDone`],
+    /// and `ok`, `bytes`, `retries` and `failures` count them; `waiting`
+    /// lists, in increasing order, the positions (in the batch as sent) of
+    /// the names still to do. Sent at most once per batch, always before its
+    /// `BatchDone`, which then counts only the names in `waiting`.
+    BatchStalled {
+        id: BatchId,
+        ok: u32,
+        bytes: u64,
+        retries: u32,
+        failures: Vec<Failure>,
+        waiting: Vec<u32>,
+    },
     /// The worker cannot go on and is about to exit. With
     /// [`FatalKind::Crash`] the coordinator treats it like a crash (restart,
     /// back off); with [`FatalKind::NoSpace`] it stops the whole run cleanly,

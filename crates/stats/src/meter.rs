@@ -121,6 +121,7 @@ impl ShardMeter {
             open_connections: self.open_connections,
             connections_opened: self.connections_opened,
             batches_done: self.batches_done,
+            batches_stalled: 0,
             latency_ms: self.latency.latency(),
             files_per_sec: self.rate.rate(),
         }

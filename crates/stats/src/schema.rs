@@ -196,6 +196,9 @@ pub struct ShardStats {
     pub connections_opened: u64,
     /// Batches acknowledged to the coordinator.
     pub batches_done: u64,
+    /// Batches reported stalled: every name they had left was waiting on a
+    /// retry timer, so they stepped out of the shard's window.
+    pub batches_stalled: u64,
     /// Per attempt, from sending the request to the last byte of the body,
     /// over the life of this process.
     pub latency_ms: Latency,
@@ -216,6 +219,9 @@ pub struct ShardSummary {
     pub state: String,
     /// Batches sent to this shard and not yet acknowledged.
     pub batches_in_flight: u64,
+    /// Of `batches_in_flight`, those stalled on retry timers (outside the
+    /// window, so they do not hold back new work).
+    pub batches_stalled: u64,
     /// Restarts of this shard since the run started.
     pub restarts: u32,
     /// Total time this shard had no batch to work on, in milliseconds. Growing

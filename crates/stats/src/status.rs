@@ -1247,6 +1247,7 @@ mod tests {
             open_connections: 64,
             connections_opened: 64 + u64::from(n),
             batches_done: files_ok / 1000,
+            batches_stalled: 0,
             latency_ms: Latency {
                 p50: 0.5 + f64::from(n),
                 p90: 2.0,
@@ -1286,6 +1287,7 @@ mod tests {
                     pid: Some(40_000 + i),
                     state: summary_state::RUNNING.to_string(),
                     batches_in_flight: 4,
+                    batches_stalled: 0,
                     restarts: i % 2,
                     idle_ms: 300,
                 })

@@ -2,7 +2,7 @@
 
 use crate::stats_file::Counters;
 use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
-use bulkget_protocol::{BatchId, Failure, FatalKind, WorkerSettings};
+use bulkget_protocol::{BatchId, Failure, FatalKind, ToCoordinator, WorkerSettings};
 use bulkget_sink::{PutError, Sink};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -22,6 +22,10 @@ pub struct BatchState {
     /// Attempts of this batch's names that were retried.
     retries: Cell<u32>,
     failures: RefCell<Vec<Failure>>,
+    /// Positions of the names now waiting on a retry timer.
+    sleeping: RefCell<Vec<u32>>,
+    /// A stall report was made; it is made at most once per batch.
+    stalled: Cell<bool>,
 }
 
 impl BatchState {
@@ -60,6 +64,11 @@ pub struct Engine {
     /// Batches whose every name is done, waiting for the committer.
     completed: RefCell<Vec<Rc<BatchState>>>,
     pub completed_ready: Notify,
+    /// Stall reports (`ToCoordinator::BatchStalled`) waiting for the
+    /// committer, which sends them after the commit that makes the names
+    /// they count durable. Taken at the moment of the stall, so the counts
+    /// and `waiting` agree however late the committer runs.
+    stalls: RefCell<Vec<ToCoordinator>>,
     /// Batches received and not yet acknowledged.
     outstanding: Cell<usize>,
     /// Set when the coordinator asked for a drain: connection tasks exit
@@ -97,6 +106,7 @@ impl Engine {
             sink: RefCell::new(sink),
             completed: RefCell::new(Vec::new()),
             completed_ready: Notify::new(),
+            stalls: RefCell::new(Vec::new()),
             outstanding: Cell::new(0),
             draining: Cell::new(false),
             retrying: Cell::new(0),
@@ -128,6 +138,8 @@ impl Engine {
             bytes: Cell::new(0),
             retries: Cell::new(0),
             failures: RefCell::new(Vec::new()),
+            sleeping: RefCell::new(Vec::new()),
+            stalled: Cell::new(false),
         });
         self.outstanding.set(self.outstanding.get() + 1);
         if n == 0 {
@@ -173,6 +185,13 @@ impl Engine {
     /// The batches completed since the last call.
     pub fn take_completed(&self) -> Vec<Rc<BatchState>> {
         self.completed.take()
+    }
+
+    /// The stall reports made since the last call. They must be sent
+    /// before the `BatchDone`s taken with them: a batch may stall and then
+    /// complete before the committer runs.
+    pub fn take_stall_reports(&self) -> Vec<ToCoordinator> {
+        self.stalls.take()
     }
 
     /// Commits the sink so every completed batch is durable.
@@ -338,13 +357,43 @@ impl Engine {
         // A timer task per retry keeps the connection free for other names
         // while this one waits; retries are rare, so the task is cheap.
         self.retrying.set(self.retrying.get() + 1);
+        item.batch.sleeping.borrow_mut().push(item.idx);
+        self.check_stalled(&item.batch);
         let engine = self.clone();
         tokio::task::spawn_local(async move {
             tokio::time::sleep(delay).await;
             engine.retrying.set(engine.retrying.get() - 1);
+            item.batch.sleeping.borrow_mut().retain(|&i| i != item.idx);
             engine.queue.borrow_mut().push_front(item);
             engine.work_ready.notify_waiters();
         });
+    }
+
+    /// Reports a batch as stalled once every name it has left sleeps on a
+    /// retry timer. Without this a batch held its place in the shard's
+    /// window until its slowest name was done, so a server answering
+    /// `Retry-After` to a fraction of names throttled the whole shard
+    /// (docs/BENCHMARKS.md, "Retries block the window"). The report takes
+    /// the batch's counts so far; its `BatchDone` counts the rest.
+    fn check_stalled(&self, batch: &Rc<BatchState>) {
+        let remaining = batch.remaining.get() as usize;
+        if batch.stalled.get() || remaining == 0 || batch.sleeping.borrow().len() != remaining {
+            return;
+        }
+        batch.stalled.set(true);
+        let c = &self.counters;
+        c.batches_stalled.set(c.batches_stalled.get() + 1);
+        let mut waiting = batch.sleeping.borrow().clone();
+        waiting.sort_unstable();
+        self.stalls.borrow_mut().push(ToCoordinator::BatchStalled {
+            id: batch.id,
+            ok: batch.ok.replace(0),
+            bytes: batch.bytes.replace(0),
+            retries: batch.retries.replace(0),
+            failures: batch.failures.take(),
+            waiting,
+        });
+        self.completed_ready.notify_one();
     }
 
     fn succeed(&self, item: Item, bytes: u64) {
@@ -372,6 +421,8 @@ impl Engine {
         item.batch.remaining.set(remaining);
         if remaining == 0 {
             self.complete(item.batch);
+        } else {
+            self.check_stalled(&item.batch);
         }
     }
 

@@ -227,16 +227,18 @@ async fn drained(engine: &Rc<Engine>) {
     }
 }
 
-/// Commits the sink and acknowledges every completed batch. Several batches
-/// that complete close together share one commit.
+/// Commits the sink, then sends the stall reports and acknowledges every
+/// completed batch. Several batches that complete close together share one
+/// commit.
 async fn commit_loop(engine: Rc<Engine>, outbox: mpsc::UnboundedSender<ToCoordinator>) {
     loop {
         engine.completed_ready.notified().await;
         // Let the other tasks run once first, so batches completing in the
         // same burst share the commit.
         tokio::task::yield_now().await;
+        let stalls = engine.take_stall_reports();
         let batches = engine.take_completed();
-        if batches.is_empty() {
+        if batches.is_empty() && stalls.is_empty() {
             continue;
         }
         if let Err(e) = engine.commit() {
@@ -246,6 +248,11 @@ async fn commit_loop(engine: Rc<Engine>, outbox: mpsc::UnboundedSender<ToCoordin
             };
             engine.set_fatal(kind, format!("sink commit failed: {e}"));
             return;
+        }
+        // Stall reports first: a batch that stalled and then completed
+        // before this commit must be reported stalled before it is done.
+        for report in stalls {
+            let _ = outbox.send(report);
         }
         for b in batches {
             let _ = outbox.send(ToCoordinator::BatchDone {

@@ -27,6 +27,7 @@ pub struct Counters {
     pub open_connections: Cell<u64>,
     pub connections_opened: Cell<u64>,
     pub batches_done: Cell<u64>,
+    pub batches_stalled: Cell<u64>,
     pub status: RefCell<StatusCounts>,
     pub latency: RefCell<LatencyHistogram>,
 }
@@ -93,6 +94,7 @@ impl StatsFile {
             open_connections: c.open_connections.get(),
             connections_opened: c.connections_opened.get(),
             batches_done: c.batches_done.get(),
+            batches_stalled: c.batches_stalled.get(),
             latency_ms: c.latency.borrow().latency(),
             files_per_sec: rate.rate(),
         }

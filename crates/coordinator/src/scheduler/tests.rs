@@ -423,3 +423,116 @@ fn a_waiting_suspect_is_not_starved_by_the_work_behind_it() {
     let (_, b) = s.assign().unwrap();
     assert!(b.names[0].starts_with('b'));
 }
+
+#[test]
+fn a_stalled_batch_leaves_the_window_and_counts_its_done_names_at_once() {
+    // Window 2, batches of 10, one shard.
+    let mut s = sched(1);
+    s.add_page(names("a", 30), None);
+    let first = s.assign().unwrap().1.id;
+    s.assign().unwrap();
+    assert!(s.assign().is_none(), "the window is full");
+
+    // Seven names done, three (positions 1, 4, 9) waiting on Retry-After.
+    let failed = Failure {
+        name: "a2".into(),
+        reason: "HTTP 404".into(),
+        status: Some(404),
+    };
+    let recorded = s
+        .batch_stalled(0, first, 6, 600, vec![failed.clone()], &[1, 4, 9])
+        .unwrap();
+    assert_eq!(recorded, vec![failed]);
+    assert_eq!((s.stalled(0), s.in_flight(0)), (1, 2));
+    let live = s.live_totals();
+    assert_eq!((live.files_ok, live.files_failed, live.bytes), (6, 1, 600));
+    // The stall freed a window place: the third batch goes out.
+    assert!(s.assign().is_some());
+    assert!(s.assign().is_none());
+
+    // The batch now holds only the waiting names, and its BatchDone counts
+    // only those.
+    let kept = &s.shards[0].outstanding[&first];
+    assert_eq!(kept.names, vec!["a1", "a4", "a9"]);
+    s.batch_done(0, first, 3, 300, vec![]).unwrap();
+    assert_eq!(s.stalled(0), 0);
+    let live = s.live_totals();
+    assert_eq!((live.files_ok, live.files_failed, live.bytes), (9, 1, 900));
+}
+
+#[test]
+fn a_checkpoint_after_a_stall_skips_exactly_the_names_done() {
+    let mut s = sched(1);
+    s.add_page(names("a", 10), Some("m1".into()));
+    let id = s.assign().unwrap().1.id;
+    s.batch_stalled(0, id, 8, 800, vec![], &[0, 5]).unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.position, ListPosition::Start);
+    assert_eq!(snap.totals.files_ok, 8);
+    assert_eq!(snap.done_after.partial.len(), 1);
+
+    // A resume from this checkpoint fetches the two waiting names only.
+    let mut r = Scheduler::new(1, 2, 10, snap.position).resume(snap.totals, snap.done_after);
+    r.set_available(0, true);
+    r.add_page(names("a", 10), Some("m1".into()));
+    assert_eq!(drain(&mut r), vec!["a0", "a5"]);
+    assert_eq!(r.live_totals().files_ok, 10);
+}
+
+#[test]
+fn a_crash_after_a_stall_puts_back_only_the_waiting_names() {
+    let mut s = sched(1);
+    s.add_page(names("a", 10), None);
+    let id = s.assign().unwrap().1.id;
+    s.batch_stalled(0, id, 9, 900, vec![], &[7]).unwrap();
+    s.shard_down(0);
+    assert_eq!(s.stalled(0), 0);
+    s.set_available(0, true);
+    assert_eq!(drain(&mut s), vec!["a7"]);
+    let live = s.live_totals();
+    assert_eq!((live.files_ok, live.files_failed), (10, 0));
+    assert!(s.is_finished());
+}
+
+#[test]
+fn stall_reports_that_do_not_fit_the_batch_are_refused() {
+    let mut s = sched(1);
+    s.add_page(names("a", 10), None);
+    let id = s.assign().unwrap().1.id;
+    // Unknown batch, a position out of range, positions not increasing,
+    // nothing waiting, and counts that do not add up to the names done.
+    assert!(s.batch_stalled(0, id + 100, 9, 0, vec![], &[1]).is_none());
+    assert!(s.batch_stalled(0, id, 9, 0, vec![], &[10]).is_none());
+    assert!(s.batch_stalled(0, id, 8, 0, vec![], &[3, 2]).is_none());
+    assert!(s.batch_stalled(0, id, 8, 0, vec![], &[2, 2]).is_none());
+    assert!(s.batch_stalled(0, id, 0, 0, vec![], &[0; 12]).is_none());
+    assert!(s.batch_stalled(0, id, 10, 0, vec![], &[]).is_none());
+    assert!(s.batch_stalled(0, id, 5, 0, vec![], &[1]).is_none());
+    // Nothing was counted by the refused reports; a fitting one is taken
+    // once, and a second report for the same batch is refused.
+    assert_eq!(s.live_totals().files_ok, 0);
+    assert!(s.batch_stalled(0, id, 9, 0, vec![], &[1]).is_some());
+    assert!(s.batch_stalled(0, id, 0, 0, vec![], &[0]).is_none());
+    assert_eq!(s.live_totals().files_ok, 9);
+}
+
+#[test]
+fn at_most_max_stalled_batches_leave_the_window() {
+    let mut s = Scheduler::new(1, 1, 1, ListPosition::Start);
+    s.set_available(0, true);
+    s.add_page(names("a", MAX_STALLED + 2), None);
+    for _ in 0..MAX_STALLED {
+        let id = s.assign().unwrap().1.id;
+        // A one-name batch stalls with its name waiting.
+        s.batch_stalled(0, id, 0, 0, vec![], &[0]).unwrap();
+    }
+    assert_eq!(s.stalled(0), MAX_STALLED);
+    // The next stalled batch keeps its place: the window (1) stays full.
+    let id = s.assign().unwrap().1.id;
+    s.batch_stalled(0, id, 0, 0, vec![], &[0]).unwrap();
+    assert_eq!(s.stalled(0), MAX_STALLED);
+    assert!(s.assign().is_none());
+    // Once it is done the last batch goes out.
+    s.batch_done(0, id, 1, 100, vec![]).unwrap();
+    assert!(s.assign().is_some());
+}
