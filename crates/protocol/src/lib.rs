@@ -55,6 +55,11 @@ pub enum ToCoordinator {
         retries: u32,
         failures: Vec<Failure>,
     },
+    /// The worker cannot go on and is about to exit. With
+    /// [`FatalKind::Crash`] the coordinator treats it like a crash (restart,
+    /// back off); with [`FatalKind::NoSpace`] it stops the whole run cleanly,
+    /// because every shard writes to the same full file system.
+    Fatal { kind: FatalKind, reason: String },
     /// Every name of batch `id` not yet finished is waiting on a retry
     /// timer (a `Retry-After`, or backoff after an error), so the batch no
     /// longer needs a place in the shard's window. The names finished so far
@@ -71,11 +76,6 @@ pub enum ToCoordinator {
         failures: Vec<Failure>,
         waiting: Vec<u32>,
     },
-    /// The worker cannot go on and is about to exit. With
-    /// [`FatalKind::Crash`] the coordinator treats it like a crash (restart,
-    /// back off); with [`FatalKind::NoSpace`] it stops the whole run cleanly,
-    /// because every shard writes to the same full file system.
-    Fatal { kind: FatalKind, reason: String },
 }
 
 /// Why a worker gave up.
