@@ -1,8 +1,9 @@
 //! The serial listing: one keep-alive connection that asks for the next page
 //! as soon as the previous one is parsed.
 //!
-//! The lister runs as its own task and hands pages over a bounded channel,
-//! so it waits for the downloads only when the dispatcher's queue is full.
+//! The lister runs on its own thread ([`ListerThread`]) and hands pages over
+//! a bounded channel, so it waits for the downloads only when the
+//! dispatcher's queue is full, and parsing a page never delays dispatch.
 
 use crate::scheduler::ListPosition;
 use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
@@ -141,6 +142,45 @@ fn shorten_json_error(e: &serde_json::Error) -> String {
         tail - head,
         &core[tail..]
     )
+}
+
+/// The lister on a thread of its own, with its own single-threaded runtime.
+///
+/// The coordinator's thread dispatches batches and reads acknowledgements
+/// for every worker; at 16 workers that is most of a core (BENCHMARKS.md,
+/// "The coordinator is one thread"). Receiving and parsing a page of JSON
+/// there would delay dispatch by as long; on its own thread it overlaps.
+/// Dropping the handle stops the lister at its next await.
+pub struct ListerThread {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ListerThread {
+    /// Starts [`run`] on a new thread.
+    pub fn spawn(
+        endpoint: Endpoint,
+        start: ListPosition,
+        config: ListerConfig,
+        tx: mpsc::Sender<Result<Page, ListError>>,
+        wait_ms: Arc<AtomicU64>,
+    ) -> std::io::Result<ListerThread> {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("bulkget-lister".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = run(endpoint, start, 0, config, tx, wait_ms) => {}
+                        // The handle was dropped: the run is over.
+                        _ = stop_rx => {}
+                    }
+                });
+            })?;
+        Ok(ListerThread { _stop: stop_tx })
+    }
 }
 
 /// Lists from `start` until the last page, sending each page (or the error

@@ -9,7 +9,7 @@
 
 use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
-use crate::lister::{self, ListError, ListerConfig, Page};
+use crate::lister::{ListError, ListerConfig, ListerThread, Page};
 use crate::progress::{human_bytes, note, Progress, Snapshot as ProgressView};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Snapshot, Totals};
@@ -369,14 +369,19 @@ impl Run {
                     max: Duration::from_millis(self.args.retry_max_ms),
                 },
             };
-            Some(tokio::spawn(lister::run(
+            match ListerThread::spawn(
                 self.endpoint.clone(),
                 self.start_position.clone(),
-                0,
                 config,
                 page_tx,
                 self.lister_wait_ms.clone(),
-            )))
+            ) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("bulkget: cannot start the lister: {e}");
+                    return exit::ERROR;
+                }
+            }
         };
 
         let mut sigint = signal(SignalKind::interrupt()).expect("signal handler");
@@ -477,9 +482,7 @@ impl Run {
                 break;
             }
         }
-        if let Some(l) = lister {
-            l.abort();
-        }
+        drop(lister);
         self.finish(finishing).await
     }
 
@@ -545,9 +548,13 @@ impl Run {
         if self.stop.is_some() {
             return;
         }
-        let mut buf = Vec::with_capacity(8 << 10);
         while let Some((shard, batch)) = self.sched.assign() {
-            buf.clear();
+            // Each frame gets its own buffer, handed to the writer as is: no
+            // copy of the batch beyond the encoding. The size is a close
+            // guess (names plus a few bytes of framing each), so the buffer
+            // rarely grows.
+            let guess = 32 + batch.names.iter().map(|n| n.len() + 9).sum::<usize>();
+            let mut buf = Vec::with_capacity(guess);
             bulkget_protocol::frame::encode_batch(batch.id, &batch.names, &mut buf)
                 .expect("a batch of checked names fits a frame");
             let slot = &mut self.shards[shard];
@@ -557,7 +564,7 @@ impl Run {
             if let Some(w) = &slot.worker {
                 // A failed send means the worker is going away; its batches
                 // come back with the exit event.
-                w.send_frame(buf.clone());
+                w.send_frame(buf);
             }
         }
     }
