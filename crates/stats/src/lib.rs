@@ -13,12 +13,12 @@
 //! * [`schema`]: the serde types of both files ([`ShardStats`],
 //!   [`CoordinatorStats`]), the schema version and the file paths. The
 //!   contract between writers and readers.
-//! * [`histogram`], [`rate`], [`http_status`]: the worker's hot-path meters.
+//! * [`histogram`], [`rate`], [`http_status`]: the worker's hot-path meters
+//!   (its counters and the shard file's writer are in `bulkget-worker`'s
+//!   `stats_file.rs`).
 //!   Recording a latency or a status code is a few integer operations on one
 //!   thread: no lock, no allocation. The work of turning them into
 //!   percentiles, a rate and a map happens once per snapshot.
-//! * [`meter`]: [`ShardMeter`] bundles those meters with the worker's
-//!   counters and writes the shard file.
 //! * [`atomic`]: JSON written by temporary file and rename, so readers never
 //!   see a torn file; a durable variant (fsync of file and directory) for the
 //!   checkpoint.
@@ -29,7 +29,6 @@
 pub mod atomic;
 pub mod histogram;
 pub mod http_status;
-pub mod meter;
 pub mod rate;
 pub mod schema;
 pub mod status;
@@ -38,7 +37,6 @@ pub mod time;
 pub use atomic::{read_json, write_json_atomic, write_json_durable};
 pub use histogram::LatencyHistogram;
 pub use http_status::StatusCounts;
-pub use meter::ShardMeter;
 pub use rate::{eta_seconds, RateWindow};
 pub use schema::{
     CheckpointDoneAfter, CheckpointFile, CheckpointPartialPage, CheckpointTotals, CoordinatorStats,
