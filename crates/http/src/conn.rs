@@ -5,9 +5,12 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant, Sleep};
 
 /// The limits every request runs under.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +50,18 @@ pub struct Conn {
     /// Set when a request failed in a way that leaves the connection in an
     /// unknown state (mid-body, timed out). Such a connection is dropped.
     broken: bool,
+    /// The one timer behind every first-byte and idle-body deadline of this
+    /// connection. A fresh `timeout()` per await costs a clock reading and a
+    /// timer-wheel insert and removal each time; re-arming one `Sleep` to a
+    /// later deadline only updates its expiry in place (tokio moves it in the
+    /// wheel lazily, when the old slot comes up), and it is only re-armed at
+    /// all when an await actually has to wait.
+    timer: Pin<Box<Sleep>>,
+    /// When the last call to [`Conn::get`] started and how long it took,
+    /// whatever its outcome, so a caller can record latencies without
+    /// reading the clock itself.
+    last_started: Option<Instant>,
+    last_latency: Duration,
 }
 
 impl Conn {
@@ -77,10 +92,16 @@ impl Conn {
         });
         let host = HeaderValue::from_str(&endpoint.authority)
             .map_err(|e| FetchError::Connect(format!("invalid host header: {e}")))?;
+        // The deadline is a placeholder: an unpolled `Sleep` is not in the
+        // timer wheel, and every wait re-arms it before polling it.
+        let timer = Box::pin(tokio::time::sleep_until(Instant::now()));
         Ok(Conn {
             sender,
             host,
             broken: false,
+            timer,
+            last_started: None,
+            last_latency: Duration::ZERO,
         })
     }
 
@@ -95,6 +116,11 @@ impl Conn {
     /// On success `body` holds exactly the response body, whose length was
     /// checked against `Content-Length`. On error, [`Conn::is_usable`] says
     /// whether the connection may be kept.
+    ///
+    /// The call reads the clock twice (when it starts and when it ends),
+    /// plus once more for each redirect followed and once for each time the
+    /// body has to be waited for; [`Conn::last_latency`] gives the time it
+    /// took.
     pub async fn get(
         &mut self,
         endpoint: &Endpoint,
@@ -102,13 +128,31 @@ impl Conn {
         limits: &Limits,
         body: &mut Vec<u8>,
     ) -> Result<Response, FetchError> {
-        let result = self.get_following(endpoint, path, limits, body).await;
+        let started = Instant::now();
+        self.last_started = Some(started);
+        let result = self
+            .get_following(endpoint, path, limits, body, started)
+            .await;
         if let Err(e) = &result {
             if !e.connection_reusable() {
                 self.broken = true;
             }
         }
+        self.last_latency = started.elapsed();
         result
+    }
+
+    /// How long the last [`Conn::get`] on this connection took, from its
+    /// call to its return, whether it succeeded or failed (redirects
+    /// included). Zero before the first request.
+    pub fn last_latency(&self) -> Duration {
+        self.last_latency
+    }
+
+    /// When the last [`Conn::get`] on this connection started, if there was
+    /// one. It is also the instant its first-byte deadline counts from.
+    pub fn last_started(&self) -> Option<Instant> {
+        self.last_started
     }
 
     async fn get_following(
@@ -117,11 +161,16 @@ impl Conn {
         path: &str,
         limits: &Limits,
         body: &mut Vec<u8>,
+        started: Instant,
     ) -> Result<Response, FetchError> {
         let mut owned_path: Option<String> = None;
+        // The first request's first-byte deadline counts from the instant
+        // `get` already read; each redirect's from its own start.
+        let mut sent_at = Some(started);
         for _ in 0..=limits.max_redirects {
             let current = owned_path.as_deref().unwrap_or(path);
-            match self.get_once(current, limits, body).await? {
+            let sent_at = sent_at.take().unwrap_or_else(Instant::now);
+            match self.get_once(current, limits, body, sent_at).await? {
                 Step::Done(r) => return Ok(r),
                 Step::Redirect(location) => {
                     owned_path = Some(resolve_redirect(endpoint, current, &location)?);
@@ -139,6 +188,7 @@ impl Conn {
         path: &str,
         limits: &Limits,
         body: &mut Vec<u8>,
+        sent_at: Instant,
     ) -> Result<Step, FetchError> {
         body.clear();
         if self.sender.is_closed() {
@@ -150,20 +200,25 @@ impl Conn {
         req.headers_mut().insert(HOST, self.host.clone());
         req.headers_mut().insert(USER_AGENT, UA.clone());
 
-        let response = match timeout(limits.first_byte, async {
-            self.sender
-                .ready()
-                .await
-                .map_err(|e| FetchError::Transport(e.to_string()))?;
-            self.sender
-                .send_request(req)
-                .await
-                .map_err(|e| FetchError::Transport(e.to_string()))
-        })
+        let sender = &mut self.sender;
+        let response = match race(
+            async {
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| FetchError::Transport(e.to_string()))?;
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| FetchError::Transport(e.to_string()))
+            },
+            self.timer.as_mut(),
+            Deadline::At(deadline_after(sent_at, limits.first_byte)),
+        )
         .await
         {
-            Err(_) => return Err(FetchError::Timeout("first-byte")),
-            Ok(r) => r?,
+            None => return Err(FetchError::Timeout("first-byte")),
+            Some(r) => r?,
         };
 
         let status = response.status().as_u16();
@@ -211,16 +266,25 @@ impl Conn {
         let mut incoming = response.into_body();
         let mut got: u64 = 0;
         loop {
-            let frame = match timeout(limits.idle, incoming.frame()).await {
-                Err(_) => return Err(FetchError::Timeout("idle-body")),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
+            // The idle clock starts when a frame is not already there: a
+            // frame that is ready at once needs neither a clock reading nor
+            // a timer, which is the usual case for small files.
+            let frame = match race(
+                incoming.frame(),
+                self.timer.as_mut(),
+                Deadline::After(limits.idle),
+            )
+            .await
+            {
+                None => return Err(FetchError::Timeout("idle-body")),
+                Some(None) => break,
+                Some(Some(Err(e))) => {
                     return Err(match declared {
                         Some(expected) if got < expected => FetchError::ShortBody { expected, got },
                         _ => FetchError::Transport(e.to_string()),
                     })
                 }
-                Ok(Some(Ok(f))) => f,
+                Some(Some(Ok(f))) => f,
             };
             if let Ok(mut data) = frame.into_data() {
                 got += data.remaining() as u64;
@@ -269,6 +333,68 @@ impl Conn {
 enum Step {
     Done(Response),
     Redirect(String),
+}
+
+/// When a [`race`] gives up on its work.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    /// At a fixed instant, known before the work starts.
+    At(Instant),
+    /// This long after the work is first found not ready. The clock is read
+    /// only then, so work that is ready at once costs no clock reading.
+    After(Duration),
+}
+
+/// `now + d`, or a deadline that never comes if that would overflow, as
+/// `tokio::time::timeout` does, so an absurd limit cannot panic.
+fn deadline_after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
+/// Runs `work` until it finishes (`Some`) or `deadline` passes (`None`),
+/// re-arming the connection's one `timer` instead of creating a timer per
+/// call.
+///
+/// The work is polled first on every wake-up, so a result that is ready
+/// wins over a deadline that passed at the same time, exactly as with
+/// `tokio::time::timeout`. The timer is re-armed only the first time the
+/// work is pending, so a ready result never touches it. Until then it may
+/// still hold an earlier request's deadline; if that passes while nobody
+/// waits on it, it only wakes the connection's task once for nothing.
+///
+/// Re-arming to a later deadline (the usual case: each request starts after
+/// the last) updates the timer in place; an earlier one (an idle limit
+/// shorter than what is left of the first-byte limit, when a body stalls)
+/// moves it in the wheel, once per stall.
+///
+/// Both polls go through tokio's co-operative budget. If it is spent, both
+/// return `Pending` and the task is woken at once, so the deadline is
+/// checked again on the next poll with a fresh budget; the work futures
+/// here cannot spend a whole budget in one poll, which is the case
+/// `timeout` guards against with its unconstrained poll of the delay.
+async fn race<F: Future>(
+    work: F,
+    mut timer: Pin<&mut Sleep>,
+    deadline: Deadline,
+) -> Option<F::Output> {
+    let mut work = pin!(work);
+    let mut armed = false;
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if !armed {
+            armed = true;
+            let at = match deadline {
+                Deadline::At(at) => at,
+                Deadline::After(d) => deadline_after(Instant::now(), d),
+            };
+            timer.as_mut().reset(at);
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Turns a `Location` into a path on the same server, or refuses it.

@@ -7,7 +7,7 @@ use bulkget_sink::{PutError, Sink};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// One batch while the worker holds it.
@@ -291,14 +291,16 @@ impl Engine {
             bulkget_names::push_url_encoded(&mut path, name);
 
             c.in_flight.set(c.in_flight.get() + 1);
-            let started = Instant::now();
             let result = live
                 .get(&self.endpoint, &path, &self.limits, &mut body)
                 .await;
             c.in_flight.set(c.in_flight.get() - 1);
+            // `Conn::get` times itself from the same clock reading its
+            // first-byte deadline counts from, whatever the outcome, so the
+            // engine reads no clock of its own per file.
             c.latency
                 .borrow_mut()
-                .record(started.elapsed().as_micros() as u64);
+                .record(live.last_latency().as_micros() as u64);
 
             match result {
                 Ok(response) => {

@@ -1,0 +1,243 @@
+//! The first-byte and idle-body deadlines of a `Conn`, which share one
+//! re-armed timer per connection. Every test runs on tokio's paused clock:
+//! the scripted server's pauses and the client's deadlines are all virtual
+//! time, so the outcomes are exact and no test waits in real time.
+
+use bulkget_http::{Conn, Endpoint, FetchError, Limits};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One step of what the scripted server does on a connection.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Read one request head.
+    Head,
+    /// Write these bytes.
+    Send(&'static str),
+    /// Wait this long (virtual time).
+    Pause(Duration),
+    /// Keep the connection open and say nothing more.
+    Hang,
+}
+
+/// Serves one connection with `script`, then closes it.
+async fn server(script: Vec<Step>) -> Endpoint {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        for step in script {
+            match step {
+                Step::Head => {
+                    if !read_head(&mut sock, &mut buf).await {
+                        return;
+                    }
+                }
+                Step::Send(bytes) => {
+                    if sock.write_all(bytes.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                Step::Pause(d) => tokio::time::sleep(d).await,
+                Step::Hang => std::future::pending::<()>().await,
+            }
+        }
+    });
+    Endpoint::parse(&format!("http://{addr}")).unwrap()
+}
+
+/// Reads up to the end of one request head, keeping any bytes after it.
+async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..i + 4);
+            return true;
+        }
+        let mut chunk = [0u8; 1024];
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn limits(first_byte_ms: u64, idle_ms: u64) -> Limits {
+    Limits {
+        first_byte: Duration::from_millis(first_byte_ms),
+        idle: Duration::from_millis(idle_ms),
+        max_body: 1000,
+        max_redirects: 3,
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const OK_HELLO: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+
+/// Asserts that `d` is `want` give or take the timer's one-millisecond
+/// resolution (a deadline fires at the first tick at or after it).
+fn assert_about(d: Duration, want: Duration) {
+    assert!(
+        d >= want && d <= want + ms(5),
+        "took {d:?}, expected about {want:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_but_steady_body_rearms_the_idle_deadline_per_frame() {
+    // Five pieces 600 ms apart: 3 s in all, three times the idle limit, but
+    // never a pause as long as it.
+    let mut script = vec![
+        Step::Head,
+        Step::Send("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+    ];
+    for piece in ["h", "e", "l", "l", "o"] {
+        script.push(Step::Pause(ms(600)));
+        script.push(Step::Send(piece));
+    }
+    script.push(Step::Hang);
+    let endpoint = server(script).await;
+    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
+    let mut body = Vec::new();
+    let r = conn
+        .get(&endpoint, "/get/a", &limits(1000, 1000), &mut body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(body, b"hello");
+    assert!(conn.is_usable());
+    assert_about(conn.last_latency(), ms(3000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_longer_than_idle_after_some_frames_is_an_idle_timeout() {
+    let endpoint = server(vec![
+        Step::Head,
+        Step::Send("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nh"),
+        Step::Pause(ms(600)),
+        Step::Send("e"),
+        Step::Hang,
+    ])
+    .await;
+    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
+    let mut body = Vec::new();
+    let err = conn
+        .get(&endpoint, "/get/a", &limits(10_000, 1000), &mut body)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Timeout("idle-body"));
+    assert!(!conn.is_usable());
+    // The idle limit counts from the last frame ("e" at 600 ms), not from
+    // the request, and the far first-byte deadline set before it does not
+    // delay it.
+    assert_about(conn.last_latency(), ms(1600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_slower_than_idle_but_within_first_byte_are_fine() {
+    let endpoint = server(vec![
+        Step::Head,
+        Step::Pause(ms(3000)),
+        Step::Send(OK_HELLO),
+        Step::Hang,
+    ])
+    .await;
+    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
+    let mut body = Vec::new();
+    conn.get(&endpoint, "/get/a", &limits(5000, 1000), &mut body)
+        .await
+        .unwrap();
+    assert_eq!(body, b"hello");
+    assert_about(conn.last_latency(), ms(3000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_byte_timeout_still_fires_after_a_request_succeeded_on_the_same_conn() {
+    let endpoint = server(vec![
+        Step::Head,
+        Step::Pause(ms(400)),
+        Step::Send(OK_HELLO),
+        Step::Head,
+        Step::Hang,
+    ])
+    .await;
+    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
+    let mut body = Vec::new();
+    let l = limits(1000, 1000);
+    conn.get(&endpoint, "/get/a", &l, &mut body).await.unwrap();
+    assert_eq!(body, b"hello");
+    assert_about(conn.last_latency(), ms(400));
+    let first_started = conn.last_started().unwrap();
+
+    let err = conn
+        .get(&endpoint, "/get/b", &l, &mut body)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Timeout("first-byte"));
+    assert!(err.is_transient());
+    assert!(!conn.is_usable(), "a timed-out connection is not reused");
+    // The deadline counts from this request's start, not the first one's,
+    // and the latency of a failed request is reported too.
+    assert_about(conn.last_latency(), ms(1000));
+    assert_about(conn.last_started().unwrap() - first_started, ms(400));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conn_left_idle_past_every_deadline_serves_the_next_request() {
+    // The shared timer's last deadline passes (and fires) while no request
+    // is running; the next request must re-arm it, not see it as expired.
+    let endpoint = server(vec![
+        Step::Head,
+        Step::Send(OK_HELLO),
+        Step::Head,
+        Step::Pause(ms(500)),
+        Step::Send(OK_HELLO),
+        Step::Hang,
+    ])
+    .await;
+    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
+    let mut body = Vec::new();
+    let l = limits(1000, 1000);
+    conn.get(&endpoint, "/get/a", &l, &mut body).await.unwrap();
+    // The scenario is the connection idling past its deadlines; on the
+    // paused clock this advances virtual time at once.
+    tokio::time::sleep(ms(5000)).await;
+    conn.get(&endpoint, "/get/b", &l, &mut body).await.unwrap();
+    assert_eq!(body, b"hello");
+    assert_about(conn.last_latency(), ms(500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_redirect_gets_its_own_first_byte_deadline() {
+    // Two hops of 700 ms each: 1.4 s in all, over the 1 s first-byte
+    // limit, but each hop within it, as before the timer was shared.
+    let endpoint = server(vec![
+        Step::Head,
+        Step::Pause(ms(700)),
+        Step::Send("HTTP/1.1 302 Found\r\nlocation: /elsewhere/a\r\ncontent-length: 0\r\n\r\n"),
+        Step::Head,
+        Step::Pause(ms(700)),
+        Step::Send(OK_HELLO),
+        Step::Hang,
+    ])
+    .await;
+    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
+    let mut body = Vec::new();
+    conn.get(&endpoint, "/get/a", &limits(1000, 1000), &mut body)
+        .await
+        .unwrap();
+    assert_eq!(body, b"hello");
+    assert_about(conn.last_latency(), ms(1400));
+}
+
+#[tokio::test(start_paused = true)]
+async fn before_any_request_the_latency_is_zero() {
+    let endpoint = server(vec![Step::Hang]).await;
+    let conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
+    assert_eq!(conn.last_latency(), Duration::ZERO);
+    assert!(conn.last_started().is_none());
+}
