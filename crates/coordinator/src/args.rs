@@ -64,13 +64,12 @@ pub struct FetchArgs {
     /// Names per batch sent to a worker.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    /// Unacknowledged batches per worker (back-pressure window). A batch is
-    /// acknowledged when its slowest name is done, so a name waiting out a
-    /// server's Retry-After holds its batch: the window must cover the names
-    /// a worker fetches during such a wait. 256 keeps 20% transient errors
-    /// with Retry-After: 1 at 0.77x the clean rate (window 4: 0.03x; see
-    /// docs/BENCHMARKS.md), for at most shards x 256 x batch names in memory.
-    #[arg(long, default_value_t = 256)]
+    /// Unacknowledged batches per worker that still have names to fetch
+    /// (back-pressure window). A batch whose remaining names all wait on a
+    /// retry timer (Retry-After) steps out of the window, so the window only
+    /// has to keep the connections busy: throughput is flat from 4 up, and
+    /// 8 leaves a margin (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 8)]
     pub window: usize,
     /// Largest file accepted, in bytes; larger ones fail without being buffered.
     #[arg(long, default_value_t = 8 << 20)]
