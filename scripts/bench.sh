@@ -4,7 +4,7 @@
 #   scripts/bench.sh [--quick] [--big] [--sizes "100000 1000000"] [--runs 3]
 #                    [--big-runs 1] [--out-base DIR] [--no-pin] [--no-build]
 #                    [--no-sweeps] [--no-profile] [--only LIST] [--nice N]
-#                    [--doc FILE | --no-doc]
+#                    [--doc FILE | --no-doc] [--baseline DIR]
 #
 # In one run, against one `bulkget-server` per configuration, it measures
 #   1. the server's ceiling for GET /get/... with wrk (keep-alive, real names
@@ -16,6 +16,8 @@
 #      CPU split pinned vs shared; the lister (standalone and inside a run);
 #      --error-rate 0.2 vs clean (two servers side by side, runs alternating);
 #   5. a perf profile of the whole process tree (null sink), if perf works;
+#   6. with --baseline DIR: this build against an older `bulkget` binary,
+#      clean and at --error-rate 0.2, alternating in every round;
 # and appends a dated Markdown section to docs/BENCHMARKS.md. "Defaults" are
 # read from this build's `bulkget fetch --help`.
 #
@@ -29,7 +31,11 @@
 #                    instead of a fresh scratch ext4 per run (see below)
 #   --no-pin         do not split the CPUs between server and client
 #   --no-build       use the binaries already in target/release
-#   --only LIST      comma-separated subset of: main,sweeps,split,errors,lister,profile
+#   --only LIST      comma-separated subset of: main,sweeps,split,errors,lister,profile,baseline
+#   --baseline DIR   DIR/bulkget is an older build (e.g. copied from
+#                    target/release before a change); adds section 6 (also
+#                    when --only leaves it out). Each binary runs at its own
+#                    default window, read from its own --help.
 #   --nice N         run server and client at this nice level (e.g. -10 while
 #                    other jobs share the machine; default: unchanged)
 #   --doc FILE       where to append the section (default docs/BENCHMARKS.md)
@@ -69,7 +75,7 @@ ORIG_ARGS="$*"
 
 QUICK=0 BIG=0 RUNS=3 BIG_RUNS=1 SIZES="100000 1000000" OUT_BASE="" PIN=1 BUILD=1
 DOC="$ROOT/docs/BENCHMARKS.md" WRITE_DOC=1 ONLY="main,sweeps,split,errors,lister,profile"
-SIZES_SET=0 RUNS_SET=0 NICE=""
+SIZES_SET=0 RUNS_SET=0 NICE="" BASELINE=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -84,6 +90,7 @@ while [[ $# -gt 0 ]]; do
     --no-profile) ONLY=${ONLY//profile/} ;;
     --only) ONLY="$2"; shift ;;
     --nice) NICE="$2"; shift ;;
+    --baseline) BASELINE="$(cd "$2" && pwd)/bulkget"; shift ;;
     --doc) DOC="$2"; shift ;;
     --no-doc) WRITE_DOC=0 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -100,6 +107,10 @@ if [[ $QUICK == 1 ]]; then
   SWEEP_SIZE=100000
 fi
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
+if [[ -n $BASELINE ]]; then
+  [[ -x $BASELINE ]] || { echo "bench.sh: --baseline: $BASELINE is not an executable" >&2; exit 2; }
+  want baseline || ONLY="$ONLY,baseline"
+fi
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 # ---------------------------------------------------------------- tools
@@ -185,10 +196,10 @@ fi
 # The defaults of this build of `bulkget fetch`, read from its --help, so
 # "defaults" in the tables are the binary's own.
 FETCH_HELP=$("$BULKGET" fetch --help)
-default_of() { # OPTION FALLBACK
+default_of() { # OPTION FALLBACK [HELP TEXT]
   local v
   v=$(awk -v opt="$1 <" 'index($0, opt) { f = 1 } f && /\[default: [0-9]+\]/ {
-        match($0, /\[default: [0-9]+\]/); print substr($0, RSTART + 10, RLENGTH - 11); exit }' <<<"$FETCH_HELP")
+        match($0, /\[default: [0-9]+\]/); print substr($0, RSTART + 10, RLENGTH - 11); exit }' <<<"${3:-$FETCH_HELP}")
   echo "${v:-$2}"
 }
 CONNS=$(default_of --connections 32)
@@ -322,7 +333,7 @@ run_fetch() {
   local t0 t1 pid poller rc=0
   t0=$EPOCHREALTIME
   client /usr/bin/time -o "$WORK/fetch.time" -f "TIME user=%U sys=%S maxrss=%M exit=%x" \
-    "$BULKGET" fetch "$URL" "$out" --sink "$sink" "${args[@]}" --workers "$WORKERS" \
+    "${FETCH_BIN:-$BULKGET}" fetch "$URL" "$out" --sink "$sink" "${args[@]}" --workers "$WORKERS" \
     --connections "$conns" --batch-size "$batch" --window "$window" --progress none "$@" \
     >"$WORK/fetch.log" 2>&1 &
   pid=$!
@@ -451,20 +462,16 @@ if want errors; then
   # With --error-rate 0.2 a quarter of the failing names (5 % of all) get
   # 503 + Retry-After: 1, so no run can end sooner than ~1 s after its last
   # batch; at 10^5 files (~1 s clean) that alone caps the ratio near 0.5, so
-  # the windows that can keep up are also measured at $SWEEP_SIZE files.
-  # Window 4 (the default before 2026-11-21) at 10^5 only: it runs at
-  # ~1,000 files/s (~100 s).
+  # the windows are also measured at $SWEEP_SIZE files. Before stall
+  # reports (2026-11-21) window 4 ran at ~1,000 files/s here; since, a
+  # batch waiting on Retry-After leaves the window and the window hardly
+  # matters.
   # Two servers (clean and faulty) run at once, so clean and faulty runs
   # alternate in rounds and share the outside load.
   for n in $(printf '%s\n' 100000 "$SWEEP_SIZE" | sort -un); do
     start_server "$n" --error-rate 0.2; keep_server; URL_ERR=$URL_OTHER
     start_server "$n"; URL_CLEAN=$URL
-    if [[ $n == 100000 ]]; then
-      URL=$URL_ERR; run_fetch errors "$n" null - $CONNS $BATCH 4 0.2 1000
-      windows="16 64 256"
-    else
-      windows="64 256 1024"
-    fi
+    windows="4 16 256"
     for r in $(seq "$RUNS"); do
       URL=$URL_CLEAN; run_fetch errors "$n" null - $CONNS $BATCH $WINDOW 0 1000
       URL=$URL_ERR
@@ -472,6 +479,28 @@ if want errors; then
     done
     stop_server; drop_other_server
   done
+fi
+
+if want baseline && [[ -n $BASELINE ]]; then
+  # Before/after in one run: this build ("new") and the --baseline binary
+  # ("old") fetch from the same two servers (clean, and --error-rate 0.2),
+  # one after the other in every round, so both see the same outside load.
+  # Each runs at its own default window: the defaults are part of a change.
+  n=$SWEEP_SIZE
+  OLD_WINDOW=$(default_of --window 256 "$("$BASELINE" fetch --help)")
+  meta baseline "$BASELINE ($("$BASELINE" --version 2>/dev/null || echo '?'); default window $OLD_WINDOW)"
+  start_server "$n" --error-rate 0.2; keep_server; URL_ERR=$URL_OTHER
+  start_server "$n"; URL_CLEAN=$URL
+  WRK_TAG=baseline
+  for r in $(seq "$RUNS"); do
+    URL=$URL_CLEAN; run_wrk "$n"
+    for err in 0 0.2; do
+      if [[ $err == 0 ]]; then URL=$URL_CLEAN; else URL=$URL_ERR; fi
+      run_fetch baseline-new "$n" null - $CONNS $BATCH $WINDOW "$err" 1000
+      FETCH_BIN=$BASELINE run_fetch baseline-old "$n" null - $CONNS $BATCH "$OLD_WINDOW" "$err" 1000
+    done
+  done
+  stop_server; drop_other_server; WRK_TAG=main
 fi
 
 if want lister; then

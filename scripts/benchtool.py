@@ -219,7 +219,7 @@ def _load(path):
     size measured last before it. bench.sh interleaves them in rounds, so a
     ratio compares runs made minutes apart, under the same outside load."""
     rows = []
-    last_wrk, last_floor, last_clean = {}, {}, {}
+    last_wrk, last_floor, last_clean, last_new = {}, {}, {}, {}
     with open(path) as f:
         for line in f:
             line = line.rstrip("\n")
@@ -235,11 +235,22 @@ def _load(path):
                 rate = n / (float(r["secs"]) + float(r.get("sync_secs") or 0))
                 last_floor[(r["size"], r["layout"])] = rate
             elif r.get("kind") == "fetch":
-                if r.get("tag") == "errors":
+                tag = r.get("tag", "")
+                if tag == "errors" or tag.startswith("baseline-"):
+                    # A faulty run is compared with the clean run of the same
+                    # binary (tag) made last before it.
+                    key = (tag, r["size"])
                     if _num(r.get("err")) == 0:
-                        last_clean[r["size"]] = float(r["size"]) / float(r["wall"])
-                    elif r["size"] in last_clean:
-                        r["_clean"] = last_clean[r["size"]]
+                        last_clean[key] = float(r["size"]) / float(r["wall"])
+                    elif key in last_clean:
+                        r["_clean"] = last_clean[key]
+                if tag == "baseline-old":
+                    # The new build's run of the same kind just before it.
+                    new = last_new.get((r["size"], r.get("err")))
+                    if new:
+                        r["_new"] = new
+                elif tag == "baseline-new":
+                    last_new[(r["size"], r.get("err"))] = r
                 if r["size"] in last_wrk:
                     r["_wrk"] = last_wrk[r["size"]]
                 if (r["size"], r.get("layout")) in last_floor:
@@ -534,6 +545,45 @@ def cmd_report(results, meta_path):
             w(
                 f"| {int(key[0]):,} | {key[7]} | {key[5]} | {s['runs']} | {_fmt(s['wall'], 1)} | {_fmt(s['rate'])} | "
                 f"{_fmt(s['retries'])} | {_fmt(s['cpu_us'], 1)} | {_fmt(vs_clean, 2)} |"
+            )
+        w("")
+
+    # ---- before/after
+    ba = [r for r in rows if r["kind"] == "fetch" and r.get("tag", "").startswith("baseline-")]
+    if ba:
+        w("### This build against the baseline (null sink, alternating)\n")
+        w(f"Baseline: {meta.get('baseline', '?')}. Each binary at its own default window. "
+          "new ÷ old is the median over rounds of the new build's run against the old one's "
+          "run of the same kind in the same round (files/s, and CPU per file).\n")
+        w("| files | server --error-rate | build | --window | runs | files/s | × wrk | × its clean | "
+          "CPU µs/file | coordinator CPU µs/file | new ÷ old files/s | new ÷ old CPU/file |")
+        w("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+        def cpu(r):
+            return (_num(r.get("user")) or 0) + (_num(r.get("sys")) or 0)
+
+        g = _group(ba, ["size", "err", "tag", "window"])
+        order = sorted(g.items(), key=lambda kv: (int(kv[0][0]), _num(kv[0][1]), kv[0][2] != "baseline-new"))
+        for (size, err, tag, window), rs in order:
+            s = _fetch_stats(rs)
+            n = _num(size)
+            vs_clean = [n / _num(r["wall"]) / r["_clean"] for r in rs if r.get("_clean")]
+            coord = _median(rs, "coord_cpu")
+            pairs = [
+                (r["_new"], r)
+                for r in ba
+                if r.get("tag") == "baseline-old" and r.get("_new") and r["size"] == size and r.get("err") == err
+            ]
+            rate_ratio = cpu_ratio = None
+            if tag == "baseline-new" and pairs:
+                rate_ratio = statistics.median(_num(o["wall"]) / _num(nw["wall"]) for nw, o in pairs)
+                cpu_ratio = statistics.median(cpu(nw) / cpu(o) for nw, o in pairs if cpu(o) > 0)
+            w(
+                f"| {int(n):,} | {err} | {tag[len('baseline-'):]} | {window} | {s['runs']} | {_fmt(s['rate'])} | "
+                f"{_fmt(s['vs_wrk'], 2) if _num(err) == 0 else '–'} | "
+                f"{_fmt(statistics.median(vs_clean), 2) if vs_clean else '–'} | {_fmt(s['cpu_us'], 1)} | "
+                f"{_fmt(coord / n * 1e6 if coord is not None else None, 2)} | "
+                f"{_fmt(rate_ratio, 2) if rate_ratio else ''} | {_fmt(cpu_ratio, 2) if cpu_ratio else ''} |"
             )
         w("")
 
