@@ -181,6 +181,9 @@ pub struct Scheduler {
     resume_mismatches: u64,
     /// Fingerprints of the previous page's names, to drop its repeats.
     recent: FingerprintSet,
+    /// The set the next page's fingerprints go into: the one before
+    /// `recent`, emptied and kept, so no page allocates a set of its own.
+    spare: FingerprintSet,
     /// Names dropped as repeats.
     repeated: u64,
     /// Route each name to the shard its hash picks (see the module docs).
@@ -205,6 +208,7 @@ impl Scheduler {
             skip: Skip::default(),
             resume_mismatches: 0,
             recent: FingerprintSet::default(),
+            spare: FingerprintSet::default(),
             repeated: 0,
             affinity: false,
             parked: vec![false; shards],
@@ -280,12 +284,21 @@ impl Scheduler {
         }
         let mut failures = Vec::new();
         let mut repeats = 0u64;
-        let mut seen = FingerprintSet::with_capacity_and_hasher(len, Default::default());
+        let mut seen = std::mem::take(&mut self.spare);
+        seen.clear();
+        if seen.capacity() > 4 * len.max(1024) {
+            // One huge page must not pin its set's memory for the rest of
+            // the run.
+            seen.shrink_to(len);
+        }
+        seen.reserve(len);
         let mut page_batches = 0u32;
         // One open batch per home shard (just one without affinity).
         let groups = if self.affinity { self.shards.len() } else { 1 };
-        let mut open: Vec<(Vec<String>, Vec<u32>)> =
-            (0..groups).map(|_| (Vec::new(), Vec::new())).collect();
+        // Room for a full batch, or for this group's share of the page.
+        let cap = self.batch_size.min(len.div_ceil(groups) + 8);
+        let new_batch = || (Vec::with_capacity(cap), Vec::with_capacity(cap));
+        let mut open: Vec<(Vec<String>, Vec<u32>)> = (0..groups).map(|_| new_batch()).collect();
         for (i, name) in names.into_iter().enumerate() {
             let fp = fingerprint(&name);
             if self.recent.contains(&fp) || !seen.insert(fp) {
@@ -315,7 +328,7 @@ impl Scheduler {
             batch.push(name);
             idx.push(i as u32);
             if batch.len() == self.batch_size {
-                let (b, x) = (std::mem::take(batch), std::mem::take(idx));
+                let (b, x) = std::mem::replace(&mut open[g], new_batch());
                 self.push_batch(seq, b, x, self.home(g));
                 page_batches += 1;
             }
@@ -326,7 +339,7 @@ impl Scheduler {
                 page_batches += 1;
             }
         }
-        self.recent = seen;
+        self.spare = std::mem::replace(&mut self.recent, seen);
         self.repeated += repeats;
         let listed = len as u64 - repeats;
         self.live.names_listed += listed;
