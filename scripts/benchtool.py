@@ -605,7 +605,7 @@ def cmd_report(results, meta_path):
         if lf:
             w(
                 "Inside `bulkget fetch --sink null`: the lister's busy time is at most wall − lister wait "
-                "(it shares the coordinator's thread), so names / (wall − wait) is a lower bound on the "
+                "(whether or not it has a thread of its own), so names / (wall − wait) is a lower bound on the "
                 "rate the lister reaches; `max shard idle` is the longest a shard held no batch "
                 "(start-up before the first batch and the drain after the last included):\n"
             )
