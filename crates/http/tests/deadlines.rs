@@ -76,6 +76,36 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A connection to a scripted server, and the buffer its bodies go into.
+struct Client {
+    endpoint: Endpoint,
+    conn: Conn,
+    body: Vec<u8>,
+}
+
+impl Client {
+    async fn start(script: Vec<Step>) -> Client {
+        let endpoint = server(script).await;
+        let conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
+        Client {
+            endpoint,
+            conn,
+            body: Vec::new(),
+        }
+    }
+
+    /// A GET whose success must be a 200 (the only success these scripts
+    /// send); the body is in `self.body`.
+    async fn get(&mut self, path: &str, limits: &Limits) -> Result<(), FetchError> {
+        let response = self
+            .conn
+            .get(&self.endpoint, path, limits, &mut self.body)
+            .await?;
+        assert_eq!(response.status, 200);
+        Ok(())
+    }
+}
+
 const OK_HELLO: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
 
 /// Asserts that `d` is `want` give or take the timer's one-millisecond
@@ -100,22 +130,16 @@ async fn a_slow_but_steady_body_rearms_the_idle_deadline_per_frame() {
         script.push(Step::Send(piece));
     }
     script.push(Step::Hang);
-    let endpoint = server(script).await;
-    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
-    let mut body = Vec::new();
-    let r = conn
-        .get(&endpoint, "/get/a", &limits(1000, 1000), &mut body)
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(body, b"hello");
-    assert!(conn.is_usable());
-    assert_about(conn.last_latency(), ms(3000));
+    let mut c = Client::start(script).await;
+    c.get("/get/a", &limits(1000, 1000)).await.unwrap();
+    assert_eq!(c.body, b"hello");
+    assert!(c.conn.is_usable());
+    assert_about(c.conn.last_latency(), ms(3000));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_pause_longer_than_idle_after_some_frames_is_an_idle_timeout() {
-    let endpoint = server(vec![
+    let mut c = Client::start(vec![
         Step::Head,
         Step::Send("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nh"),
         Step::Pause(ms(600)),
@@ -123,41 +147,32 @@ async fn a_pause_longer_than_idle_after_some_frames_is_an_idle_timeout() {
         Step::Hang,
     ])
     .await;
-    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
-    let mut body = Vec::new();
-    let err = conn
-        .get(&endpoint, "/get/a", &limits(10_000, 1000), &mut body)
-        .await
-        .unwrap_err();
+    let err = c.get("/get/a", &limits(10_000, 1000)).await.unwrap_err();
     assert_eq!(err, FetchError::Timeout("idle-body"));
-    assert!(!conn.is_usable());
+    assert!(!c.conn.is_usable());
     // The idle limit counts from the last frame ("e" at 600 ms), not from
     // the request, and the far first-byte deadline set before it does not
     // delay it.
-    assert_about(conn.last_latency(), ms(1600));
+    assert_about(c.conn.last_latency(), ms(1600));
 }
 
 #[tokio::test(start_paused = true)]
 async fn headers_slower_than_idle_but_within_first_byte_are_fine() {
-    let endpoint = server(vec![
+    let mut c = Client::start(vec![
         Step::Head,
         Step::Pause(ms(3000)),
         Step::Send(OK_HELLO),
         Step::Hang,
     ])
     .await;
-    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
-    let mut body = Vec::new();
-    conn.get(&endpoint, "/get/a", &limits(5000, 1000), &mut body)
-        .await
-        .unwrap();
-    assert_eq!(body, b"hello");
-    assert_about(conn.last_latency(), ms(3000));
+    c.get("/get/a", &limits(5000, 1000)).await.unwrap();
+    assert_eq!(c.body, b"hello");
+    assert_about(c.conn.last_latency(), ms(3000));
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_first_byte_timeout_still_fires_after_a_request_succeeded_on_the_same_conn() {
-    let endpoint = server(vec![
+    let mut c = Client::start(vec![
         Step::Head,
         Step::Pause(ms(400)),
         Step::Send(OK_HELLO),
@@ -165,32 +180,27 @@ async fn the_first_byte_timeout_still_fires_after_a_request_succeeded_on_the_sam
         Step::Hang,
     ])
     .await;
-    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
-    let mut body = Vec::new();
     let l = limits(1000, 1000);
-    conn.get(&endpoint, "/get/a", &l, &mut body).await.unwrap();
-    assert_eq!(body, b"hello");
-    assert_about(conn.last_latency(), ms(400));
-    let first_started = conn.last_started().unwrap();
+    c.get("/get/a", &l).await.unwrap();
+    assert_eq!(c.body, b"hello");
+    assert_about(c.conn.last_latency(), ms(400));
+    let first_started = c.conn.last_started().unwrap();
 
-    let err = conn
-        .get(&endpoint, "/get/b", &l, &mut body)
-        .await
-        .unwrap_err();
+    let err = c.get("/get/b", &l).await.unwrap_err();
     assert_eq!(err, FetchError::Timeout("first-byte"));
     assert!(err.is_transient());
-    assert!(!conn.is_usable(), "a timed-out connection is not reused");
+    assert!(!c.conn.is_usable(), "a timed-out connection is not reused");
     // The deadline counts from this request's start, not the first one's,
     // and the latency of a failed request is reported too.
-    assert_about(conn.last_latency(), ms(1000));
-    assert_about(conn.last_started().unwrap() - first_started, ms(400));
+    assert_about(c.conn.last_latency(), ms(1000));
+    assert_about(c.conn.last_started().unwrap() - first_started, ms(400));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_conn_left_idle_past_every_deadline_serves_the_next_request() {
     // The shared timer's last deadline passes (and fires) while no request
     // is running; the next request must re-arm it, not see it as expired.
-    let endpoint = server(vec![
+    let mut c = Client::start(vec![
         Step::Head,
         Step::Send(OK_HELLO),
         Step::Head,
@@ -199,23 +209,21 @@ async fn a_conn_left_idle_past_every_deadline_serves_the_next_request() {
         Step::Hang,
     ])
     .await;
-    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
-    let mut body = Vec::new();
     let l = limits(1000, 1000);
-    conn.get(&endpoint, "/get/a", &l, &mut body).await.unwrap();
+    c.get("/get/a", &l).await.unwrap();
     // The scenario is the connection idling past its deadlines; on the
     // paused clock this advances virtual time at once.
     tokio::time::sleep(ms(5000)).await;
-    conn.get(&endpoint, "/get/b", &l, &mut body).await.unwrap();
-    assert_eq!(body, b"hello");
-    assert_about(conn.last_latency(), ms(500));
+    c.get("/get/b", &l).await.unwrap();
+    assert_eq!(c.body, b"hello");
+    assert_about(c.conn.last_latency(), ms(500));
 }
 
 #[tokio::test(start_paused = true)]
 async fn each_redirect_gets_its_own_first_byte_deadline() {
     // Two hops of 700 ms each: 1.4 s in all, over the 1 s first-byte
     // limit, but each hop within it, as before the timer was shared.
-    let endpoint = server(vec![
+    let mut c = Client::start(vec![
         Step::Head,
         Step::Pause(ms(700)),
         Step::Send("HTTP/1.1 302 Found\r\nlocation: /elsewhere/a\r\ncontent-length: 0\r\n\r\n"),
@@ -225,19 +233,14 @@ async fn each_redirect_gets_its_own_first_byte_deadline() {
         Step::Hang,
     ])
     .await;
-    let mut conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
-    let mut body = Vec::new();
-    conn.get(&endpoint, "/get/a", &limits(1000, 1000), &mut body)
-        .await
-        .unwrap();
-    assert_eq!(body, b"hello");
-    assert_about(conn.last_latency(), ms(1400));
+    c.get("/get/a", &limits(1000, 1000)).await.unwrap();
+    assert_eq!(c.body, b"hello");
+    assert_about(c.conn.last_latency(), ms(1400));
 }
 
 #[tokio::test(start_paused = true)]
 async fn before_any_request_the_latency_is_zero() {
-    let endpoint = server(vec![Step::Hang]).await;
-    let conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
-    assert_eq!(conn.last_latency(), Duration::ZERO);
-    assert!(conn.last_started().is_none());
+    let c = Client::start(vec![Step::Hang]).await;
+    assert_eq!(c.conn.last_latency(), Duration::ZERO);
+    assert!(c.conn.last_started().is_none());
 }
