@@ -344,3 +344,80 @@ fn resuming_with_another_url_is_refused() {
     );
     let _ = Path::new("");
 }
+
+#[test]
+fn a_worker_killed_while_its_batches_are_stalled_loses_nothing_and_counts_each_file_once() {
+    // A tenth of the names are told `Retry-After: 3` once, so for a few
+    // seconds most batches are stalled: out of the window, their other
+    // names already counted. Killing a worker then must put back only the
+    // waiting names, and every file must be counted exactly once.
+    let n = 20_000;
+    let server = Server::start(&[
+        "--files",
+        "20000",
+        "--page-size",
+        "1000",
+        "--throttle-rate",
+        "0.1",
+        "--retry-after",
+        "3",
+    ]);
+    let ws = Workspace::new();
+    let mut child = spawn_fetch(
+        &server,
+        &ws,
+        &[
+            "--workers",
+            "2",
+            "--window",
+            "1",
+            "--batch-size",
+            "50",
+            "--connections",
+            "8",
+            "--retry-base-ms",
+            "10",
+            "--restart-burst",
+            "100",
+        ],
+    );
+    // The stalled shard with the most stalled batches, once there is one.
+    let stalled_worker = || -> Option<(i32, u64)> {
+        let c = coordinator_json(&ws)?;
+        c["shards"]
+            .as_array()?
+            .iter()
+            .filter_map(|s| Some((s["pid"].as_i64()? as i32, s["batches_stalled"].as_u64()?)))
+            .filter(|&(_, stalled)| stalled > 0)
+            .max_by_key(|&(_, stalled)| stalled)
+    };
+    let mut victim = None;
+    wait_for(
+        Duration::from_secs(60),
+        "a shard with stalled batches",
+        || {
+            victim = stalled_worker();
+            victim.is_some()
+        },
+    );
+    let (pid, stalled) = victim.unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("the worker with stalled batches is alive");
+
+    let output = child.wait_within(Duration::from_secs(120));
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), n);
+    assert!(failures(&ws.state()).is_empty());
+    let c = coordinator_json(&ws).unwrap();
+    assert_eq!(
+        c["files_ok"], n,
+        "counted once each after {stalled} stalled batches were put back: {c}"
+    );
+    assert_eq!(c["files_failed"], 0, "{c}");
+    let restarts: u64 = c["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["restarts"].as_u64().unwrap())
+        .sum();
+    assert!(restarts >= 1, "{c}");
+}

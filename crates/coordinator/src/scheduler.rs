@@ -494,9 +494,7 @@ impl Scheduler {
         if s.outstanding.is_empty() {
             s.isolated = false;
         }
-        self.live.files_ok += ok as u64;
-        self.live.files_failed += failures.len() as u64;
-        self.live.bytes += bytes;
+        self.count_acknowledged(ok, bytes, &failures);
         let page = self.page_mut(batch.page_seq);
         page.unacked -= 1;
         for &i in &batch.idx {
@@ -553,14 +551,19 @@ impl Scheduler {
             s.stalled += 1;
         }
         let page_seq = batch.page_seq;
-        self.live.files_ok += ok as u64;
-        self.live.files_failed += failures.len() as u64;
-        self.live.bytes += bytes;
+        self.count_acknowledged(ok, bytes, &failures);
         let page = self.page_mut(page_seq);
         for i in done_idx {
             set(&mut page.done, i as usize);
         }
         Some(failures)
+    }
+
+    /// Counts what a `BatchDone` or a stall report says is done.
+    fn count_acknowledged(&mut self, ok: u32, bytes: u64, failures: &[Failure]) {
+        self.live.files_ok += u64::from(ok);
+        self.live.files_failed += failures.len() as u64;
+        self.live.bytes += bytes;
     }
 
     /// A shard's worker died: its batches go back to the front of the queue
