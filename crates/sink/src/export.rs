@@ -349,6 +349,16 @@ mod tests {
                 assert_eq!(b, body.as_bytes());
             }
         }
+        // Reading left nothing beside the databases.
+        let mut left: Vec<String> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["shard-00.sqlite", "shard-01.sqlite", "shard-02.sqlite"]
+        );
     }
 
     #[test]

@@ -211,6 +211,27 @@ impl Sink for SqliteSink {
     }
 }
 
+/// A database closed by its worker goes back to a rollback journal, so that
+/// `bulkget cat`, `export` and any other reader can open it read-only
+/// without leaving `-wal` and `-shm` files beside it (a read-only
+/// connection to a WAL database must create them and cannot remove them).
+/// Uncommitted rows are rolled back first: nothing unacknowledged is kept.
+/// The switch checkpoints the log into the database; if it cannot (another
+/// connection is open, the disk is full) the database simply stays in WAL
+/// mode, which loses nothing. The next worker to open it turns WAL back on.
+impl Drop for SqliteSink {
+    fn drop(&mut self) {
+        if self.in_tx {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        let _ = self
+            .conn
+            .query_row("PRAGMA journal_mode=DELETE", [], |row| {
+                row.get::<_, String>(0)
+            });
+    }
+}
+
 /// Sorts a SQLite error into the three kinds.
 ///
 /// A full disk usually shows as `SQLITE_FULL`, but a write that fails while
@@ -267,10 +288,14 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+        // Closed cleanly, the database left WAL mode and its side files.
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(mode, "wal");
+        assert_eq!(mode, "delete");
+        for side in ["shard-07.sqlite-wal", "shard-07.sqlite-shm"] {
+            assert!(!tmp.path().join(side).exists(), "{side} is left behind");
+        }
         let (size, at, data): (i64, i64, Vec<u8>) = conn
             .query_row(
                 "SELECT size, fetched_at, data FROM files WHERE name = 'a'",
