@@ -37,7 +37,8 @@
 #                    when --only leaves it out). Each binary runs at its own
 #                    default window, read from its own --help.
 #   --nice N         run server and client at this nice level (e.g. -10 while
-#                    other jobs share the machine; default: unchanged)
+#                    other jobs share the machine; default: unchanged), in a
+#                    scheduler group of their own (scripts/lib/autogroup.sh)
 #   --doc FILE       where to append the section (default docs/BENCHMARKS.md)
 #   --no-doc         print the section to stdout only
 #
@@ -72,6 +73,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 ORIG_ARGS="$*"
+ORIG_ARGV=("$@")
 
 QUICK=0 BIG=0 RUNS=3 BIG_RUNS=1 SIZES="100000 1000000" OUT_BASE="" PIN=1 BUILD=1
 DOC="$ROOT/docs/BENCHMARKS.md" WRITE_DOC=1 ONLY="main,sweeps,split,errors,lister,profile"
@@ -107,6 +109,11 @@ if [[ $QUICK == 1 ]]; then
   SWEEP_SIZE=100000
 fi
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
+# With --nice, run in a scheduler group of our own (see lib/autogroup.sh):
+# plain nice does nothing against other sessions' builds under autogroups.
+# shellcheck source=lib/autogroup.sh
+. "$ROOT/scripts/lib/autogroup.sh"
+own_autogroup "$NICE" "$ROOT/scripts/bench.sh" "${ORIG_ARGV[@]}"
 if [[ -n $BASELINE ]]; then
   [[ -x $BASELINE ]] || { echo "bench.sh: --baseline: $BASELINE is not an executable" >&2; exit 2; }
   want baseline || ONLY="$ONLY,baseline"

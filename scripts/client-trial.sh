@@ -52,25 +52,9 @@ while [[ $# -gt 0 ]]; do
         *) echo "client-trial.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-if [[ -n $nice_level && -z ${CLIENT_TRIAL_OWN_SESSION:-} ]] \
-    && [[ -w /proc/self/autogroup ]] && command -v setsid >/dev/null; then
-    # Not exec: a terminal's Ctrl-C goes to this session only, so this
-    # process forwards it, and the inner run's trap still stops the server.
-    # A background job of a script is not a group leader, so setsid does not
-    # fork and $! is the inner script itself.
-    CLIENT_TRIAL_OWN_SESSION=1 setsid --wait "$0" "${orig_args[@]}" &
-    inner=$!
-    trap 'kill -TERM "$inner" 2>/dev/null || true' INT TERM
-    status=0
-    wait "$inner" || status=$?
-    # A forwarded signal interrupts the first wait; wait again for the exit.
-    if kill -0 "$inner" 2>/dev/null; then wait "$inner" || status=$?; fi
-    exit "$status"
-fi
-if [[ -n $nice_level && -n ${CLIENT_TRIAL_OWN_SESSION:-} ]]; then
-    # Children inherit the session, so server and client are in this group.
-    echo "$nice_level" >/proc/self/autogroup
-fi
+# shellcheck source=lib/autogroup.sh
+. "$(dirname "$0")/lib/autogroup.sh"
+own_autogroup "$nice_level" "$0" "${orig_args[@]}"
 cd "$(dirname "$0")/.."
 read -r -a mode_list <<<"$modes"
 read -r -a conn_list <<<"$conns"
