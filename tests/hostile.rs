@@ -217,22 +217,7 @@ fn a_throttled_batch_steps_out_of_the_window_and_every_file_is_counted_once() {
         "1",
     ]);
     let ws = Workspace::new();
-    let output = fetch(
-        &server,
-        &ws,
-        &[
-            "--workers",
-            "2",
-            "--window",
-            "1",
-            "--batch-size",
-            "50",
-            "--connections",
-            "8",
-            "--retry-base-ms",
-            "10",
-        ],
-    );
+    let output = fetch(&server, &ws, ONE_BATCH_WINDOW);
     assert_code(&output, 0);
     assert_eq!(verify_flat(&ws.out(), &server.dataset()), 2000);
     assert!(failures(&ws.state()).is_empty());

@@ -366,20 +366,7 @@ fn a_worker_killed_while_its_batches_are_stalled_loses_nothing_and_counts_each_f
     let mut child = spawn_fetch(
         &server,
         &ws,
-        &[
-            "--workers",
-            "2",
-            "--window",
-            "1",
-            "--batch-size",
-            "50",
-            "--connections",
-            "8",
-            "--retry-base-ms",
-            "10",
-            "--restart-burst",
-            "100",
-        ],
+        &[ONE_BATCH_WINDOW, &["--restart-burst", "100"]].concat(),
     );
     // The stalled shard with the most stalled batches, once there is one.
     let stalled_worker = || -> Option<(i32, u64)> {

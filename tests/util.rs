@@ -357,3 +357,19 @@ pub fn gone(pid: i32) -> bool {
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
 }
+
+/// `fetch` flags for the stall tests: two workers, one batch of 50 names at a
+/// time in each window, and quick retries, so that a name told
+/// `Retry-After` leaves its batch stalled while the shard goes on.
+pub const ONE_BATCH_WINDOW: &[&str] = &[
+    "--workers",
+    "2",
+    "--window",
+    "1",
+    "--batch-size",
+    "50",
+    "--connections",
+    "8",
+    "--retry-base-ms",
+    "10",
+];
