@@ -57,10 +57,8 @@ pub struct Conn {
     /// wheel lazily, when the old slot comes up), and it is only re-armed at
     /// all when an await actually has to wait.
     timer: Pin<Box<Sleep>>,
-    /// When the last call to [`Conn::get`] started and how long it took,
-    /// whatever its outcome, so a caller can record latencies without
-    /// reading the clock itself.
-    last_started: Option<Instant>,
+    /// How long the last call to [`Conn::get`] took, whatever its outcome,
+    /// so a caller can record latencies without reading the clock itself.
     last_latency: Duration,
 }
 
@@ -100,7 +98,6 @@ impl Conn {
             host,
             broken: false,
             timer,
-            last_started: None,
             last_latency: Duration::ZERO,
         })
     }
@@ -129,7 +126,6 @@ impl Conn {
         body: &mut Vec<u8>,
     ) -> Result<Response, FetchError> {
         let started = Instant::now();
-        self.last_started = Some(started);
         let result = self
             .get_following(endpoint, path, limits, body, started)
             .await;
@@ -147,12 +143,6 @@ impl Conn {
     /// included). Zero before the first request.
     pub fn last_latency(&self) -> Duration {
         self.last_latency
-    }
-
-    /// When the last [`Conn::get`] on this connection started, if there was
-    /// one. It is also the instant its first-byte deadline counts from.
-    pub fn last_started(&self) -> Option<Instant> {
-        self.last_started
     }
 
     async fn get_following(

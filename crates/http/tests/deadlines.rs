@@ -184,16 +184,15 @@ async fn the_first_byte_timeout_still_fires_after_a_request_succeeded_on_the_sam
     c.get("/get/a", &l).await.unwrap();
     assert_eq!(c.body, b"hello");
     assert_about(c.conn.last_latency(), ms(400));
-    let first_started = c.conn.last_started().unwrap();
 
     let err = c.get("/get/b", &l).await.unwrap_err();
     assert_eq!(err, FetchError::Timeout("first-byte"));
     assert!(err.is_transient());
     assert!(!c.conn.is_usable(), "a timed-out connection is not reused");
-    // The deadline counts from this request's start, not the first one's,
-    // and the latency of a failed request is reported too.
+    // The deadline counts from this request's start (from the first one's
+    // it would have fired 600 ms in), and the latency of a failed request
+    // is reported too.
     assert_about(c.conn.last_latency(), ms(1000));
-    assert_about(c.conn.last_started().unwrap() - first_started, ms(400));
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,5 +241,4 @@ async fn each_redirect_gets_its_own_first_byte_deadline() {
 async fn before_any_request_the_latency_is_zero() {
     let c = Client::start(vec![Step::Hang]).await;
     assert_eq!(c.conn.last_latency(), Duration::ZERO);
-    assert!(c.conn.last_started().is_none());
 }
