@@ -298,9 +298,12 @@ def _fetch_stats(rs):
     complete = all(r.get("files_ok") == rs[0]["size"] and r.get("exit") == "0" for r in rs)
     vs_wrk = [n / _num(r["wall"]) / r["_wrk"] for r in rs if r.get("_wrk")]
     vs_floor = [n / _num(r["wall"]) / r["_floor"] for r in rs if r.get("_floor")]
+    vs_clean = [n / _num(r["wall"]) / r["_clean"] for r in rs if r.get("_clean")]
     return {
         "vs_wrk": statistics.median(vs_wrk) if vs_wrk else None,
         "vs_floor": statistics.median(vs_floor) if vs_floor else None,
+        # Faulty runs against the clean run of their round (see _load).
+        "vs_clean": statistics.median(vs_clean) if vs_clean else None,
         "wall": wall,
         "rate": statistics.median(rates),
         "rates": rates,
@@ -540,8 +543,7 @@ def cmd_report(results, meta_path):
         for key, rs in sorted(g.items(), key=lambda kv: (int(kv[0][0]), _num(kv[0][7]), int(kv[0][5]))):
             s = _fetch_stats(rs)
             base = clean.get(key[0])
-            per_round = [_num(r["size"]) / _num(r["wall"]) / r["_clean"] for r in rs if r.get("_clean")]
-            vs_clean = statistics.median(per_round) if per_round else (s["rate"] / base if base else None)
+            vs_clean = s["vs_clean"] or (s["rate"] / base if base else None)
             w(
                 f"| {int(key[0]):,} | {key[7]} | {key[5]} | {s['runs']} | {_fmt(s['wall'], 1)} | {_fmt(s['rate'])} | "
                 f"{_fmt(s['retries'])} | {_fmt(s['cpu_us'], 1)} | {_fmt(vs_clean, 2)} |"
@@ -567,7 +569,6 @@ def cmd_report(results, meta_path):
         for (size, err, tag, window), rs in order:
             s = _fetch_stats(rs)
             n = _num(size)
-            vs_clean = [n / _num(r["wall"]) / r["_clean"] for r in rs if r.get("_clean")]
             coord = _median(rs, "coord_cpu")
             pairs = [
                 (r["_new"], r)
@@ -581,7 +582,7 @@ def cmd_report(results, meta_path):
             w(
                 f"| {int(n):,} | {err} | {tag[len('baseline-'):]} | {window} | {s['runs']} | {_fmt(s['rate'])} | "
                 f"{_fmt(s['vs_wrk'], 2) if _num(err) == 0 else '–'} | "
-                f"{_fmt(statistics.median(vs_clean), 2) if vs_clean else '–'} | {_fmt(s['cpu_us'], 1)} | "
+                f"{_fmt(s['vs_clean'], 2) if s['vs_clean'] else '–'} | {_fmt(s['cpu_us'], 1)} | "
                 f"{_fmt(coord / n * 1e6 if coord is not None else None, 2)} | "
                 f"{_fmt(rate_ratio, 2) if rate_ratio else ''} | {_fmt(cpu_ratio, 2) if cpu_ratio else ''} |"
             )
