@@ -4,7 +4,7 @@
 #   scripts/bench.sh [--quick] [--big] [--sizes "100000 1000000"] [--runs 3]
 #                    [--big-runs 1] [--out-base DIR] [--no-pin] [--no-build]
 #                    [--no-sweeps] [--no-profile] [--only LIST] [--nice N]
-#                    [--doc FILE | --no-doc] [--baseline DIR]
+#                    [--slug WORD] [--doc FILE | --no-doc] [--baseline DIR]
 #
 # In one run, against one `bulkget-server` per configuration, it measures
 #   1. the server's ceiling for GET /get/... with wrk (keep-alive, real names
@@ -18,8 +18,11 @@
 #   5. a perf profile of the whole process tree (null sink), if perf works;
 #   6. with --baseline DIR: this build against an older `bulkget` binary,
 #      clean and at --error-rate 0.2, alternating in every round;
-# and appends a dated Markdown section to docs/BENCHMARKS.md. "Defaults" are
-# read from this build's `bulkget fetch --help`.
+# and writes the run's Markdown page to a new file,
+# docs/benchmarks/YYYY-MM-DD-HHMM-<slug>.md (UTC start time; never an
+# existing file). docs/BENCHMARKS.md is the summary people read: it is
+# edited by hand, not appended to. "Defaults" are read from this build's
+# `bulkget fetch --help`.
 #
 # Options:
 #   --quick          sizes 100000, 1 run, 3 s wrk, short sweeps (a smoke test)
@@ -39,8 +42,10 @@
 #   --nice N         run server and client at this nice level (e.g. -10 while
 #                    other jobs share the machine; default: unchanged), in a
 #                    scheduler group of their own (scripts/lib/autogroup.sh)
-#   --doc FILE       where to append the section (default docs/BENCHMARKS.md)
-#   --no-doc         print the section to stdout only
+#   --slug WORD      the <slug> of the page's file name (default: what ran,
+#                    e.g. "full", "quick", "main-profile-big", "errors")
+#   --doc FILE       write the page to FILE instead (appended if it exists)
+#   --no-doc         print the page to stdout only
 #
 # CPU split. Server and client share this machine. By default the first half
 # of the CPUs (taskset) runs bulkget-server with one runtime thread per CPU,
@@ -76,8 +81,8 @@ ORIG_ARGS="$*"
 ORIG_ARGV=("$@")
 
 QUICK=0 BIG=0 RUNS=3 BIG_RUNS=1 SIZES="100000 1000000" OUT_BASE="" PIN=1 BUILD=1
-DOC="$ROOT/docs/BENCHMARKS.md" WRITE_DOC=1 ONLY="main,sweeps,split,errors,lister,profile"
-SIZES_SET=0 RUNS_SET=0 NICE="" BASELINE=""
+DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,split,errors,lister,profile"
+ONLY=$ONLY_ALL SIZES_SET=0 RUNS_SET=0 NICE="" BASELINE=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -93,6 +98,7 @@ while [[ $# -gt 0 ]]; do
     --only) ONLY="$2"; shift ;;
     --nice) NICE="$2"; shift ;;
     --baseline) BASELINE="$(cd "$2" && pwd)/bulkget"; shift ;;
+    --slug) SLUG="$2"; shift ;;
     --doc) DOC="$2"; shift ;;
     --no-doc) WRITE_DOC=0 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -119,6 +125,8 @@ if [[ -n $BASELINE ]]; then
   want baseline || ONLY="$ONLY,baseline"
 fi
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# The run's start, read once: the page's date and its file name agree.
+START_EPOCH=$(date -u +%s)
 
 # ---------------------------------------------------------------- tools
 need_pkgs=()
@@ -366,7 +374,7 @@ run_fetch() {
 # ---------------------------------------------------------------- meta
 meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
 : >"$META"
-meta date "$(date -u '+%Y-%m-%d %H:%M UTC')"
+meta date "$(date -u -d "@$START_EPOCH" '+%Y-%m-%d %H:%M UTC')"
 meta command "scripts/bench.sh $ORIG_ARGS"
 meta nproc "$NPROC"
 meta cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
@@ -553,7 +561,7 @@ meta load_after "$(cut -d' ' -f1-3 /proc/loadavg)"
 SECTION="$WORK/section.md"
 python3 "$TOOL" report "$RESULTS" "$META" >"$SECTION"
 if [[ -n $PROFILE_TXT ]]; then
-  { echo "### Profile"; echo; cat "$PROFILE_TXT"; echo; } >>"$SECTION"
+  { echo "## Profile"; echo; cat "$PROFILE_TXT"; echo; } >>"$SECTION"
 fi
 {
   echo "<details><summary>Raw results of this run</summary>"
@@ -564,11 +572,30 @@ fi
   echo
   echo "</details>"
 } >>"$SECTION"
-if [[ $WRITE_DOC == 1 ]]; then
+if [[ $WRITE_DOC == 1 && -n $DOC ]]; then
   mkdir -p "$(dirname "$DOC")"
-  [[ -s $DOC ]] || printf '# Benchmarks\n\nSections below are appended by `scripts/bench.sh`.\n' >"$DOC"
+  [[ -s $DOC ]] && printf '\n' >>"$DOC"
   cat "$SECTION" >>"$DOC"
-  log "appended the results to $DOC"
+  log "wrote the results to $DOC"
+elif [[ $WRITE_DOC == 1 ]]; then
+  # The slug says what ran, so the index of docs/benchmarks/ reads as a list.
+  if [[ -z $SLUG ]]; then
+    if [[ $QUICK == 1 ]]; then
+      SLUG=quick
+    elif [[ $ONLY == "$ONLY_ALL" || $ONLY == "$ONLY_ALL,baseline" ]]; then
+      SLUG=full
+    else
+      SLUG=$(tr -s ',' '-' <<<"$ONLY" | sed 's/^-//; s/-$//')
+    fi
+    [[ -n $BASELINE && $SLUG != *baseline* ]] && SLUG="$SLUG-baseline"
+    [[ $BIG == 1 ]] && want main && SLUG="$SLUG-big"
+  fi
+  base="$ROOT/docs/benchmarks/$(date -u -d "@$START_EPOCH" +%Y-%m-%d-%H%M)-$SLUG"
+  DOC="$base.md" i=2
+  while [[ -e $DOC ]]; do DOC="$base-$i.md" i=$((i + 1)); done
+  mkdir -p "$(dirname "$DOC")"
+  cat "$SECTION" >"$DOC"
+  log "wrote the results to $DOC; add it to the index in docs/BENCHMARKS.md"
 else
   cat "$SECTION"
 fi

@@ -25,8 +25,8 @@
       symbols, with each converted to µs per file.
 
   benchtool.py report RESULTS META
-      Prints the Markdown section for docs/BENCHMARKS.md: medians of every
-      measured group, ratios to the wrk ceiling and the create floor.
+      Prints the Markdown page of one run, for docs/benchmarks/: medians of
+      every measured group, ratios to the wrk ceiling and the create floor.
       RESULTS has one tab-separated KEY=VALUE line per run; META one
       KEY=VALUE line per fact about the machine and the command.
 """
@@ -329,7 +329,7 @@ def cmd_report(results, meta_path):
                 meta[k] = v
     out = []
     w = out.append
-    w(f"\n## Run of {meta['date']}\n")
+    w(f"# Run of {meta['date']}\n")
     w(f"Command: `{meta['command']}`\n")
     w("Machine:\n")
     for k in ["nproc", "cpu", "ram", "kernel", "out_fs", "rootfs_note", "split", "load_before", "load_after", "git"]:
@@ -363,7 +363,7 @@ def cmd_report(results, meta_path):
     # ---- the main table
     main = [r for r in rows if r["kind"] == "fetch" and r.get("tag") == "main"]
     if main:
-        w("### Throughput, CPU and memory by sink and size\n")
+        w("## Throughput, CPU and memory by sink and size\n")
         w(
             "| files | case | runs | wall s | files/s | × wrk ceiling | × create floor | "
             "CPU µs/file | coord RSS MB | max worker RSS MB | lister wait ms | max shard idle ms | complete |"
@@ -411,7 +411,7 @@ def cmd_report(results, meta_path):
 
     # ---- targets
     if main:
-        w("### Against the targets of issue 6\n")
+        w("## Against the targets of issue 6\n")
         w("| target | measured | met |")
         w("|---|---|---|")
         for size in sorted({r["size"] for r in main}, key=int):
@@ -478,7 +478,7 @@ def cmd_report(results, meta_path):
         sw = [r for r in rows if r["kind"] == "fetch" and r.get("tag") == tag]
         if not sw:
             continue
-        w(f"### {title}\n")
+        w(f"## {title}\n")
         w(f"| files | {knob} | runs | files/s | × wrk ceiling | CPU µs/file | max worker RSS MB | runs files/s |")
         w("|---:|---:|---:|---:|---:|---:|---:|---|")
         for key, rs in sorted(_group(sw, FETCH_KEYS).items(), key=lambda kv: (int(kv[0][0]), int(kv[1][0][knob]))):
@@ -494,7 +494,7 @@ def cmd_report(results, meta_path):
     # ---- split
     sp = [r for r in rows if r["kind"] == "fetch" and r.get("tag", "").startswith("split-")]
     if sp:
-        w("### CPU split: pinned halves against everything on every CPU (null sink)\n")
+        w("## CPU split: pinned halves against everything on every CPU (null sink)\n")
         w("| files | split | workers | runs | wrk req/s | bulkget files/s | × wrk | CPU µs/file |")
         w("|---:|---|---:|---:|---:|---:|---:|---:|")
         for key, rs in sorted(_group(sp, ["size", "tag"]).items()):
@@ -509,7 +509,7 @@ def cmd_report(results, meta_path):
     # ---- pipelining
     pw = [r for r in rows if r["kind"] == "wrk" and r.get("depth", "1") != "1"]
     if pw:
-        w("### wrk with HTTP/1.1 pipelining (for reference; bulkget does not pipeline)\n")
+        w("## wrk with HTTP/1.1 pipelining (for reference; bulkget does not pipeline)\n")
         w("× unpipelined is the median over rounds of each pipelined run against the unpipelined run just before it.\n")
         w("| files | depth | runs | req/s | × unpipelined | wrk CPU µs/request |")
         w("|---:|---:|---:|---:|---:|---:|")
@@ -533,7 +533,7 @@ def cmd_report(results, meta_path):
     # ---- errors
     er = [r for r in rows if r["kind"] == "fetch" and r.get("tag") == "errors"]
     if er:
-        w("### Transient errors (`--error-rate 0.2`) against a clean run (null sink)\n")
+        w("## Transient errors (`--error-rate 0.2`) against a clean run (null sink)\n")
         w("× clean is the median over runs of each run against the clean run of its round (or, for "
           "runs without one, against the median clean run).\n")
         w("| files | server --error-rate | --window | runs | wall s | files/s | retries | CPU µs/file | × clean |")
@@ -553,7 +553,7 @@ def cmd_report(results, meta_path):
     # ---- before/after
     ba = [r for r in rows if r["kind"] == "fetch" and r.get("tag", "").startswith("baseline-")]
     if ba:
-        w("### This build against the baseline (null sink, alternating)\n")
+        w("## This build against the baseline (null sink, alternating)\n")
         w(f"Baseline: {meta.get('baseline', '?')}. Each binary at its own default window. "
           "new ÷ old is the median over rounds of the new build's run against the old one's "
           "run of the same kind in the same round (files/s, and CPU per file).\n")
@@ -592,7 +592,7 @@ def cmd_report(results, meta_path):
     li = [r for r in rows if r["kind"] == "list"]
     lf = [r for r in rows if r["kind"] == "fetch" and r.get("tag") == "lister"]
     if li or lf:
-        w("### The lister\n")
+        w("## The lister\n")
         if li:
             w("Standalone walk of the listing on one keep-alive connection (`benchtool.py list`, Python's http.client and json):\n")
             w("| files | page size | runs | secs | pages/s | names/s |")
@@ -625,7 +625,7 @@ def cmd_report(results, meta_path):
     # ---- notes from the script
     notes = [r for r in rows if r["kind"] == "note"]
     if notes:
-        w("### Notes from this run\n")
+        w("## Notes from this run\n")
         for r in notes:
             w(f"- {r['text']}")
         w("")

@@ -147,9 +147,11 @@ fn shorten_json_error(e: &serde_json::Error) -> String {
 /// The lister on a thread of its own, with its own single-threaded runtime.
 ///
 /// The coordinator's thread dispatches batches and reads acknowledgements
-/// for every worker; at 16 workers that is most of a core (BENCHMARKS.md,
-/// "The coordinator is one thread"). Receiving and parsing a page of JSON
-/// there would delay dispatch by as long; on its own thread it overlaps.
+/// for every worker; at 16 workers that is most of a core (finding 2, "The
+/// coordinator is one thread", in
+/// docs/benchmarks/2026-11-21-1044-profile-findings.md). Receiving and
+/// parsing a page of JSON there would delay dispatch by as long; on its own
+/// thread it overlaps.
 /// Dropping the handle stops the lister at its next await.
 pub struct ListerThread {
     _stop: tokio::sync::oneshot::Sender<()>,

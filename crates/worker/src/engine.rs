@@ -375,7 +375,8 @@ impl Engine {
     /// retry timer. Without this a batch held its place in the shard's
     /// window until its slowest name was done, so a server answering
     /// `Retry-After` to a fraction of names throttled the whole shard
-    /// (docs/BENCHMARKS.md, "Retries block the window"). The report takes
+    /// (finding 1, "Retries block the window", in
+    /// docs/benchmarks/2026-11-21-1044-profile-findings.md). The report takes
     /// the batch's counts so far; its `BatchDone` counts the rest.
     fn check_stalled(&self, batch: &Rc<BatchState>) {
         let remaining = batch.remaining.get() as usize;
