@@ -82,6 +82,11 @@ struct ShardSlot {
     idle_total: Duration,
 }
 
+/// A duration in whole milliseconds, as the worker settings carry it.
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Runs `bulkget fetch` and returns the process exit code.
 pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -148,6 +153,12 @@ impl Run {
             return Err((
                 exit::USAGE,
                 "--workers, --connections, --batch-size and --window must be at least 1".into(),
+            ));
+        }
+        if duration_ms(args.request_timeout) == 0 || duration_ms(args.list_timeout) == 0 {
+            return Err((
+                exit::USAGE,
+                "--request-timeout and --list-timeout must be at least 1ms".into(),
             ));
         }
         std::fs::create_dir_all(&args.out).map_err(|e| {
@@ -239,6 +250,7 @@ impl Run {
             connect_timeout_ms: args.connect_timeout_ms,
             first_byte_timeout_ms: args.first_byte_timeout_ms,
             idle_timeout_ms: args.idle_timeout_ms,
+            request_timeout_ms: duration_ms(args.request_timeout),
             max_attempts: args.max_attempts.max(1),
             backoff_base_ms: args.retry_base_ms,
             backoff_max_ms: args.retry_max_ms,
@@ -362,6 +374,7 @@ impl Run {
                     idle: Duration::from_millis(self.args.idle_timeout_ms),
                     max_body: self.args.max_page_size,
                     max_redirects: 5,
+                    deadline: self.args.list_timeout,
                 },
                 max_attempts: self.args.max_attempts.max(1),
                 backoff: Backoff {

@@ -140,6 +140,8 @@ pub struct WorkerSettings {
     pub first_byte_timeout_ms: u64,
     /// Longest pause between two pieces of a body.
     pub idle_timeout_ms: u64,
+    /// The most one attempt at a file may take, redirects included.
+    pub request_timeout_ms: u64,
     /// Attempts per name before a transient error becomes permanent.
     pub max_attempts: u32,
     /// First retry delay; doubles up to `backoff_max_ms`, with jitter.
@@ -178,6 +180,7 @@ impl WorkerSettings {
             connect_timeout_ms: 5_000,
             first_byte_timeout_ms: 10_000,
             idle_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
             max_attempts: 8,
             backoff_base_ms: 10,
             backoff_max_ms: 2_000,
