@@ -1,0 +1,155 @@
+//! Issue 11: hardening for unattended runs. No request takes forever (a
+//! deadline per attempt at a file and at a list page), the state directory
+//! is protected wherever it is, and a host without `openat2` still writes
+//! nothing outside OUT.
+
+use crate::util::*;
+use bulkget_server::Transient;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+// ------------------------------------------------------------- deadlines
+
+/// The dataset names whose first attempt gets `kind`.
+fn names_with(server: &Server, kind: Transient) -> BTreeSet<String> {
+    let dataset = server.dataset();
+    dataset
+        .listed_names()
+        .filter(|n| dataset.faults(n).and_then(|f| f.transient) == Some(kind))
+        .collect()
+}
+
+/// The sum of `field` over the shards' stats files.
+fn shard_sum(state: &Path, field: &str) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(state.join("shards")).expect("shards directory") {
+        let v = read_json(&entry.unwrap().path()).expect("a whole stats file");
+        total += v[field].as_u64().expect("a counter");
+    }
+    total
+}
+
+/// Runs a fetch that must finish with every file, within `limit`, and
+/// checks that each name in `trickled` was asked for exactly twice: the
+/// trickled attempt, cut at its deadline, and the retry.
+fn assert_trickled_names_retried_once(
+    server: &Server,
+    trickled: &BTreeSet<String>,
+    flags: &[&str],
+) {
+    let ws = Workspace::new();
+    let mut args = vec![
+        "--workers",
+        "1",
+        "--connections",
+        "4",
+        "--retry-base-ms",
+        "10",
+    ];
+    args.extend_from_slice(flags);
+    let mut run = spawn_fetch(server, &ws, &args);
+    // Without a deadline a trickled answer takes minutes (a 100-byte body
+    // at a byte per 2 s is 200 s; trickled headers meet the 30 s first-byte
+    // timeout); with a 1 s deadline the run takes a few seconds.
+    let output = run.wait_within(Duration::from_secs(25));
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 40);
+    assert!(failures(&ws.state()).is_empty());
+    let stats = server.stats();
+    let retries = shard_sum(&ws.state(), "retries");
+    assert_eq!(retries, trickled.len() as u64, "{stats}");
+    assert_eq!(stats["requests"]["get"], 40 + trickled.len() as u64);
+}
+
+#[test]
+fn a_body_trickled_a_byte_every_2s_ends_at_the_request_deadline_and_the_retry_succeeds() {
+    let server = Server::start(&[
+        "--files",
+        "40",
+        "--page-size",
+        "20",
+        "--trickle-rate",
+        "0.1",
+        "--trickle-ms",
+        "2000",
+    ]);
+    let trickled = names_with(&server, Transient::Trickle);
+    assert!(!trickled.is_empty());
+    assert_trickled_names_retried_once(&server, &trickled, &["--request-timeout", "1s"]);
+    assert_eq!(server.stats()["faults"]["trickle"], trickled.len() as u64);
+}
+
+#[test]
+fn headers_trickled_a_byte_every_2s_end_at_the_request_deadline_and_the_retry_succeeds() {
+    let server = Server::start(&[
+        "--files",
+        "40",
+        "--page-size",
+        "20",
+        "--trickle-head-rate",
+        "0.1",
+        "--trickle-ms",
+        "2000",
+    ]);
+    let trickled = names_with(&server, Transient::TrickleHead);
+    assert!(!trickled.is_empty());
+    assert_trickled_names_retried_once(&server, &trickled, &["--request-timeout", "1s"]);
+    assert_eq!(
+        server.stats()["faults"]["trickle_head"],
+        trickled.len() as u64
+    );
+}
+
+#[test]
+fn a_list_page_trickled_a_byte_every_2s_ends_at_the_list_deadline_and_the_retry_succeeds() {
+    let server = Server::start(&[
+        "--files",
+        "60",
+        "--page-size",
+        "20",
+        "--list-fault",
+        "trickle",
+        "--list-fault-page",
+        "1",
+        "--trickle-ms",
+        "2000",
+    ]);
+    let ws = Workspace::new();
+    let mut run = spawn_fetch(
+        &server,
+        &ws,
+        &[
+            "--workers",
+            "1",
+            "--retry-base-ms",
+            "10",
+            "--list-timeout",
+            "1s",
+        ],
+    );
+    // The page is about 500 bytes: 1,000 s at a byte per 2 s, never idle
+    // for the 30 s idle timeout.
+    let output = run.wait_within(Duration::from_secs(25));
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 60);
+    let stats = server.stats();
+    assert_eq!(stats["faults"]["list_trickle"], 1, "{stats}");
+    // Three pages, the second twice.
+    assert_eq!(stats["requests"]["list"], 4, "{stats}");
+}
+
+#[test]
+fn a_zero_deadline_is_refused_as_a_usage_error() {
+    let server = Server::start(&["--files", "1"]);
+    for flag in ["--request-timeout", "--list-timeout"] {
+        let ws = Workspace::new();
+        let output = fetch(&server, &ws, &[flag, "0s"]);
+        assert_code(&output, 2);
+        assert!(
+            text(&output.stderr).contains(flag),
+            "{}",
+            text(&output.stderr)
+        );
+    }
+}
