@@ -153,3 +153,90 @@ fn a_zero_deadline_is_refused_as_a_usage_error() {
         );
     }
 }
+
+// ------------------------------------------------------- the state directory
+
+#[test]
+fn names_aimed_at_a_state_directory_inside_out_are_refused_in_any_case_and_the_run_resumes() {
+    let reserved = [
+        "st/run.json",
+        "st/lock",
+        "st/checkpoint.json",
+        "ST/failed.jsonl",
+        "St/reserve",
+        "st/shards/shard-00.json",
+        ".BULKGET/lock",
+    ];
+    let harmless = ["stx/a", "a/st/run.json", "st.json"];
+    let mut args = vec![
+        "--files",
+        "40",
+        "--page-size",
+        "20",
+        // The listing stops at page 1 once, so the run must resume.
+        "--list-fault",
+        "fail-once",
+    ];
+    for name in reserved.iter().chain(&harmless) {
+        args.extend(["--extra-name", name]);
+    }
+    let server = Server::start(&args);
+    let ws = Workspace::new();
+    let state = ws.out().join("st");
+    let state_arg = state.to_str().unwrap();
+    let flags = [
+        "--state-dir",
+        state_arg,
+        "--workers",
+        "2",
+        "--max-attempts",
+        "1",
+    ];
+    let output = fetch(&server, &ws, &flags);
+    assert_code(&output, 4);
+    let mut resumed = flags.to_vec();
+    resumed.push("--resume");
+    let output = fetch(&server, &ws, &resumed);
+    assert_code(&output, 3);
+
+    // Exactly the reserved names failed, saying why.
+    let failed = failures(&state);
+    let names: BTreeSet<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, reserved.iter().copied().collect(), "{failed:?}");
+    for (name, reason) in &failed {
+        assert!(
+            reason.contains("is reserved for the state directory"),
+            "{name}: {reason}"
+        );
+    }
+    // Every other name is there with its bytes; the state files are the
+    // run's own.
+    let dataset = server.dataset();
+    for name in dataset.listed_names() {
+        if reserved.contains(&name.as_str()) {
+            continue;
+        }
+        let got = std::fs::read(ws.out().join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(Some(got), dataset.expected_content(&name), "{name}");
+    }
+    let run = read_json(&state.join("run.json")).expect("run.json is the run's");
+    assert_eq!(run["url"], server.url.as_str());
+    let checkpoint = read_json(&state.join("checkpoint.json")).expect("a checkpoint");
+    assert_eq!(checkpoint["complete"], true, "{checkpoint}");
+    assert!(!ws.out().join("ST").exists() && !ws.out().join(".BULKGET").exists());
+}
+
+#[test]
+fn a_state_directory_that_is_out_itself_is_refused() {
+    let server = Server::start(&["--files", "1"]);
+    let ws = Workspace::new();
+    let out = ws.out();
+    let output = fetch(&server, &ws, &["--state-dir", out.to_str().unwrap()]);
+    assert_code(&output, 2);
+    assert!(
+        text(&output.stderr).contains("is the output directory itself"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(!out.join("run.json").exists() && !out.join("lock").exists());
+}

@@ -176,7 +176,17 @@ impl Run {
         let state_dir = args
             .state_dir
             .clone()
-            .unwrap_or_else(|| out.join(".bulkget"));
+            .unwrap_or_else(|| default_state_dir(&out));
+        // Where the state directory is inside OUT, so that no server name
+        // lands there, whatever the directory is called.
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            (
+                exit::ERROR,
+                format!("cannot create {}: {e}", state_dir.display()),
+            )
+        })?;
+        let state_dir_in_out =
+            bulkget_sink::state_dir_within(&out, &state_dir).map_err(|e| (exit::USAGE, e))?;
         let (sink, sink_name) = match args.sink {
             SinkArg::Dir => (SinkKind::Dir, "dir"),
             SinkArg::Sqlite => (SinkKind::Sqlite, "sqlite"),
@@ -243,6 +253,7 @@ impl Run {
             base_url: endpoint.url(),
             out_dir: out.display().to_string(),
             state_dir: state_dir.display().to_string(),
+            state_dir_in_out,
             sink,
             layout,
             connections: args.connections,

@@ -129,6 +129,9 @@ pub struct WorkerSettings {
     pub out_dir: String,
     /// The state directory; the worker writes `shards/shard-KK.json` in it.
     pub state_dir: String,
+    /// The state directory's path relative to `out_dir` (`.bulkget`,
+    /// `st`), when it is inside it: no sink writes a name there.
+    pub state_dir_in_out: Option<String>,
     pub sink: SinkKind,
     pub layout: Layout,
     /// Concurrent keep-alive connections, one task each.
@@ -173,6 +176,7 @@ impl WorkerSettings {
             base_url: base_url.trim_end_matches('/').to_string(),
             out_dir: out_dir.to_string(),
             state_dir: state_dir.to_string(),
+            state_dir_in_out: None,
             sink: SinkKind::Dir,
             layout: Layout::Flat,
             connections: 8,

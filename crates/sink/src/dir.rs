@@ -37,7 +37,7 @@ use nix::sys::stat::{mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use nix::NixPath;
 
-use crate::{check_name, io_error, os_error, show, Layout, PutError, Sink};
+use crate::{check_name, io_error, os_error, show, Layout, PutError, Reserved, Sink};
 
 /// Flags for opening a file to (re)write it. `O_NONBLOCK` has no effect on
 /// regular files; it is there so that a FIFO someone left in the output
@@ -230,6 +230,8 @@ pub struct DirSink {
     /// One bit per fan-out prefix known to exist (65,536 bits, 8 KiB), so a
     /// put in a known prefix is one openat2, one write and one close.
     prefixes: Box<[u64; 1024]>,
+    /// Where the state directory is: no name is written there.
+    reserved: Reserved,
 }
 
 impl std::fmt::Debug for DirSink {
@@ -277,7 +279,15 @@ impl DirSink {
             path: Vec::with_capacity(512),
             tmp_name: format!(".bulkget-tmp.{}\0", std::process::id()).into_bytes(),
             prefixes: Box::new([0; 1024]),
+            reserved: Reserved::default(),
         })
+    }
+
+    /// Refuses the names that would land where `reserved` says the state
+    /// directory is (by default only `OUT/.bulkget`).
+    pub fn with_reserved(mut self, reserved: Reserved) -> DirSink {
+        self.reserved = reserved;
+        self
     }
 
     /// Chooses between writing in place (`false`, the default) and writing a
@@ -310,10 +320,19 @@ fn fatal_io(err: &std::io::Error, what: std::fmt::Arguments<'_>) -> PutError {
 impl Sink for DirSink {
     fn put(&mut self, name: &str, body: &[u8]) -> Result<(), PutError> {
         check_name(name)?;
+        // The name is refused as the flat layout and the sqlite sink refuse
+        // it, so every sink fails the same names, and also where fan-out
+        // puts it, should the state directory be inside a fan-out
+        // directory.
+        self.reserved.check(None, name)?;
+        let prefix = (self.layout == Layout::Fanout).then(|| bulkget_names::fanout_prefix(name));
+        if let Some(p) = &prefix {
+            let p = std::str::from_utf8(p).expect("a fan-out prefix is hex digits");
+            self.reserved.check(Some(p), name)?;
+        }
         let root = self.root.as_raw_fd();
         self.path.clear();
-        if self.layout == Layout::Fanout {
-            let prefix = bulkget_names::fanout_prefix(name);
+        if let Some(prefix) = prefix {
             let (word, bit) = {
                 let i = prefix_index(&prefix);
                 (i / 64, 1u64 << (i % 64))

@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::dir::open_beneath;
 use crate::sqlite::db_error;
-use crate::{check_name, os_error, DirSink, Layout, PutError, Sink};
+use crate::{check_name, os_error, DirSink, Layout, PutError, Reserved, Sink};
 
 /// What [`export`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -196,6 +196,7 @@ fn export_one(db: &Path, sink: &mut DirSink, summary: &mut ExportSummary) -> Res
 /// ([`PutError::File`]), since it can never have been stored.
 pub fn cat(out_dir: &Path, name: &str, w: &mut dyn Write) -> Result<bool, PutError> {
     check_name(name)?;
+    Reserved::default().check(None, name)?;
     let dbs = shard_databases(out_dir)?;
     if !dbs.is_empty() {
         for db in &dbs {
