@@ -240,3 +240,117 @@ fn a_state_directory_that_is_out_itself_is_refused() {
     );
     assert!(!out.join("run.json").exists() && !out.join("lock").exists());
 }
+
+// ------------------------------------------------- a host without openat2
+
+/// Makes `openat2` fail with `ENOSYS` in the process `cmd` starts and in
+/// every process that one starts (its workers): a seccomp filter is
+/// inherited across fork and exec. This is how an older kernel, or a
+/// container sandbox that does not know the call, looks to bulkget.
+fn without_openat2(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only prctl is called, which is
+    // async-signal-safe; the filter lives on this closure's stack until the
+    // kernel has copied it.
+    unsafe {
+        cmd.pre_exec(|| {
+            const OPENAT2: u32 = 437; // The same number on every architecture.
+            let filter = [
+                // Load the syscall number, at offset 0 of seccomp_data.
+                libc::sock_filter {
+                    code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 1,
+                    k: OPENAT2,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn without_openat2_the_run_walks_paths_writes_everything_safe_and_nothing_outside_out() {
+    let server = Server::start(&[
+        "--files",
+        "40",
+        "--page-size",
+        "20",
+        "--hostile-names",
+        "--extra-name",
+        "evil/escaped",
+        "--extra-name",
+        "alias/inside",
+    ]);
+    const NOTE: &str = "openat2 cannot be used here (ENOSYS";
+    let unsafe_names: BTreeSet<String> = server
+        .dataset()
+        .listed_names()
+        .filter(|n| bulkget_names::check(n).is_err())
+        .collect();
+    for walk in [true, false] {
+        let ws = Workspace::new();
+        let outside = ws.root.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(ws.out().join("real")).unwrap();
+        std::os::unix::fs::symlink(&outside, ws.out().join("evil")).unwrap();
+        std::os::unix::fs::symlink("real", ws.out().join("alias")).unwrap();
+
+        let mut cmd = fetch_command(&server.url, &ws, &["--workers", "2"]);
+        if walk {
+            without_openat2(&mut cmd);
+        }
+        let output = Running::spawn(cmd).wait_within(Duration::from_secs(60));
+        assert_code(&output, 3);
+        // The probe's finding is said once, not once per worker.
+        let stderr = text(&output.stderr);
+        assert_eq!(stderr.matches(NOTE).count(), usize::from(walk), "{stderr}");
+
+        // Nothing outside OUT, whichever way paths were resolved.
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        let failed: BTreeSet<String> = failures(&ws.state()).into_iter().map(|(n, _)| n).collect();
+        let mut expected = unsafe_names.clone();
+        expected.insert("evil/escaped".into());
+        // The walk follows no link, not even one that stays inside.
+        if walk {
+            expected.insert("alias/inside".into());
+        }
+        assert_eq!(failed, expected, "walk: {walk}");
+        let dataset = server.dataset();
+        for name in dataset.listed_names().filter(|n| !expected.contains(n)) {
+            let got = std::fs::read(ws.out().join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(Some(got), dataset.expected_content(&name), "{name}");
+        }
+    }
+}

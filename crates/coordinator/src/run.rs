@@ -17,7 +17,8 @@ use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::supervisor::{self, describe_exit, Event, Worker};
 use bulkget_http::{Backoff, Endpoint, Limits};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, SinkKind, TestHooks, ToCoordinator, ToWorker, WorkerSettings,
+    Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker,
+    WorkerSettings,
 };
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
 use nix::sys::signal::Signal;
@@ -80,6 +81,29 @@ struct ShardSlot {
     life: ShardLife,
     idle_since: Option<Instant>,
     idle_total: Duration,
+}
+
+/// Finds out, once and before any worker starts, how the dir sink can
+/// resolve paths beneath OUT, and says so once: in the log when `openat2`
+/// works, on stderr when the workers must walk without it.
+fn probe_resolve(out: &Path, quiet: bool) -> Result<Resolve, (i32, String)> {
+    let (resolve, why) =
+        bulkget_sink::probe_resolve(out).map_err(|e| (exit::ERROR, e.to_string()))?;
+    match why {
+        None => tracing::info!("openat2 with RESOLVE_BENEATH is available"),
+        Some(why) => {
+            let msg = format!(
+                "openat2 cannot be used here ({why}); the dir sink opens each path one \
+                 component at a time with O_NOFOLLOW instead, which follows no symbolic \
+                 link inside {}",
+                out.display()
+            );
+            if !quiet {
+                eprintln!("bulkget: note: {msg}");
+            }
+        }
+    }
+    Ok(resolve)
 }
 
 /// A duration in whole milliseconds, as the worker settings carry it.
@@ -187,6 +211,12 @@ impl Run {
         })?;
         let state_dir_in_out =
             bulkget_sink::state_dir_within(&out, &state_dir).map_err(|e| (exit::USAGE, e))?;
+        let resolve = if args.sink == SinkArg::Dir {
+            probe_resolve(&out, args.quiet)?
+        } else {
+            // Only the dir sink resolves paths beneath OUT.
+            Resolve::Openat2
+        };
         let (sink, sink_name) = match args.sink {
             SinkArg::Dir => (SinkKind::Dir, "dir"),
             SinkArg::Sqlite => (SinkKind::Sqlite, "sqlite"),
@@ -256,6 +286,7 @@ impl Run {
             state_dir_in_out,
             sink,
             layout,
+            resolve,
             connections: args.connections,
             max_file_size: args.max_file_size,
             connect_timeout_ms: args.connect_timeout_ms,

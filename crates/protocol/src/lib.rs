@@ -119,6 +119,20 @@ pub enum Layout {
     Fanout,
 }
 
+/// How the `dir` sink resolves a path beneath the output directory, chosen
+/// once by the coordinator's probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolve {
+    /// `openat2(2)` with `RESOLVE_BENEATH` (Linux 5.6 or later): the kernel
+    /// refuses any path that leaves the directory; symbolic links that stay
+    /// inside are followed.
+    Openat2,
+    /// For hosts where `openat2` is missing or forbidden: one `openat(2)`
+    /// per component with `O_NOFOLLOW` under the held directory descriptor.
+    /// No symbolic link is followed at all, and `..` is refused.
+    Walk,
+}
+
 /// Everything a worker needs to know, chosen by the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSettings {
@@ -134,6 +148,8 @@ pub struct WorkerSettings {
     pub state_dir_in_out: Option<String>,
     pub sink: SinkKind,
     pub layout: Layout,
+    /// How the dir sink resolves paths beneath `out_dir`.
+    pub resolve: Resolve,
     /// Concurrent keep-alive connections, one task each.
     pub connections: u32,
     /// Bodies larger than this are refused without being buffered.
@@ -179,6 +195,7 @@ impl WorkerSettings {
             state_dir_in_out: None,
             sink: SinkKind::Dir,
             layout: Layout::Flat,
+            resolve: Resolve::Openat2,
             connections: 8,
             max_file_size: 8 << 20,
             connect_timeout_ms: 5_000,

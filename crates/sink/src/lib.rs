@@ -68,7 +68,7 @@
 use std::fmt;
 use std::path::Path;
 
-pub use bulkget_protocol::{Layout, SinkKind};
+pub use bulkget_protocol::{Layout, Resolve, SinkKind};
 
 mod dir;
 mod export;
@@ -76,7 +76,7 @@ mod null;
 mod space;
 mod sqlite;
 
-pub use dir::DirSink;
+pub use dir::{probe_resolve, DirSink};
 pub use export::{cat, count_rows, export, shard_databases, ExportSummary};
 pub use null::NullSink;
 pub use space::{free_space, Space};
@@ -246,7 +246,8 @@ impl std::error::Error for PutError {}
 
 /// Opens the sink a worker of shard `shard` writes into.
 ///
-/// `layout` matters only to the dir sink; `shard` only to the sqlite sink.
+/// `layout` and `resolve` matter only to the dir sink; `shard` only to the
+/// sqlite sink; `reserved` to both.
 /// The output directory is created if it does not exist.
 pub fn open(
     kind: SinkKind,
@@ -254,9 +255,12 @@ pub fn open(
     out_dir: &Path,
     shard: u32,
     reserved: &Reserved,
+    resolve: Resolve,
 ) -> Result<Box<dyn Sink>, PutError> {
     Ok(match kind {
-        SinkKind::Dir => Box::new(DirSink::open(out_dir, layout)?.with_reserved(reserved.clone())),
+        SinkKind::Dir => {
+            Box::new(DirSink::open_with(out_dir, layout, resolve)?.with_reserved(reserved.clone()))
+        }
         SinkKind::Sqlite => {
             Box::new(SqliteSink::open(out_dir, shard)?.with_reserved(reserved.clone()))
         }
@@ -410,7 +414,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         for kind in [SinkKind::Dir, SinkKind::Sqlite, SinkKind::Null] {
             let out = tmp.path().join(format!("{kind:?}"));
-            let mut sink = open(kind, Layout::Flat, &out, 3, &Reserved::default()).unwrap();
+            let mut sink = open(
+                kind,
+                Layout::Flat,
+                &out,
+                3,
+                &Reserved::default(),
+                Resolve::Openat2,
+            )
+            .unwrap();
             sink.put("f", b"body").unwrap();
             sink.commit().unwrap();
         }

@@ -130,6 +130,7 @@ async fn serve(stream: UnixStream) -> i32 {
         settings.out_dir.as_ref(),
         shard,
         &bulkget_sink::Reserved::new(settings.state_dir_in_out.as_deref()),
+        settings.resolve,
     ) {
         Ok(s) => s,
         Err(e) => {
