@@ -4,6 +4,7 @@
 mod util;
 
 mod fetch;
+mod hardening;
 mod hostile;
 mod space;
 mod sqlite;

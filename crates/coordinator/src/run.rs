@@ -17,7 +17,8 @@ use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::supervisor::{self, describe_exit, Event, Worker};
 use bulkget_http::{Backoff, Endpoint, Limits};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, SinkKind, TestHooks, ToCoordinator, ToWorker, WorkerSettings,
+    Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker,
+    WorkerSettings,
 };
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
 use nix::sys::signal::Signal;
@@ -80,6 +81,34 @@ struct ShardSlot {
     life: ShardLife,
     idle_since: Option<Instant>,
     idle_total: Duration,
+}
+
+/// Finds out, once and before any worker starts, how the dir sink can
+/// resolve paths beneath OUT, and says so once: in the log when `openat2`
+/// works, on stderr when the workers must walk without it.
+fn probe_resolve(out: &Path, quiet: bool) -> Result<Resolve, (i32, String)> {
+    let (resolve, why) =
+        bulkget_sink::probe_resolve(out).map_err(|e| (exit::ERROR, e.to_string()))?;
+    match why {
+        None => tracing::info!("openat2 with RESOLVE_BENEATH is available"),
+        Some(why) => {
+            let msg = format!(
+                "openat2 cannot be used here ({why}); the dir sink opens each path one \
+                 component at a time with O_NOFOLLOW instead, which follows no symbolic \
+                 link inside {}",
+                out.display()
+            );
+            if !quiet {
+                eprintln!("bulkget: note: {msg}");
+            }
+        }
+    }
+    Ok(resolve)
+}
+
+/// A duration in whole milliseconds, as the worker settings carry it.
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs `bulkget fetch` and returns the process exit code.
@@ -150,6 +179,12 @@ impl Run {
                 "--workers, --connections, --batch-size and --window must be at least 1".into(),
             ));
         }
+        if duration_ms(args.request_timeout) == 0 || duration_ms(args.list_timeout) == 0 {
+            return Err((
+                exit::USAGE,
+                "--request-timeout and --list-timeout must be at least 1ms".into(),
+            ));
+        }
         std::fs::create_dir_all(&args.out).map_err(|e| {
             (
                 exit::ERROR,
@@ -165,7 +200,23 @@ impl Run {
         let state_dir = args
             .state_dir
             .clone()
-            .unwrap_or_else(|| out.join(".bulkget"));
+            .unwrap_or_else(|| default_state_dir(&out));
+        // Where the state directory is inside OUT, so that no server name
+        // lands there, whatever the directory is called.
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            (
+                exit::ERROR,
+                format!("cannot create {}: {e}", state_dir.display()),
+            )
+        })?;
+        let state_dir_in_out =
+            bulkget_sink::state_dir_within(&out, &state_dir).map_err(|e| (exit::USAGE, e))?;
+        let resolve = if args.sink == SinkArg::Dir {
+            probe_resolve(&out, args.quiet)?
+        } else {
+            // Only the dir sink resolves paths beneath OUT.
+            Resolve::Openat2
+        };
         let (sink, sink_name) = match args.sink {
             SinkArg::Dir => (SinkKind::Dir, "dir"),
             SinkArg::Sqlite => (SinkKind::Sqlite, "sqlite"),
@@ -232,13 +283,16 @@ impl Run {
             base_url: endpoint.url(),
             out_dir: out.display().to_string(),
             state_dir: state_dir.display().to_string(),
+            state_dir_in_out,
             sink,
             layout,
+            resolve,
             connections: args.connections,
             max_file_size: args.max_file_size,
             connect_timeout_ms: args.connect_timeout_ms,
             first_byte_timeout_ms: args.first_byte_timeout_ms,
             idle_timeout_ms: args.idle_timeout_ms,
+            request_timeout_ms: duration_ms(args.request_timeout),
             max_attempts: args.max_attempts.max(1),
             backoff_base_ms: args.retry_base_ms,
             backoff_max_ms: args.retry_max_ms,
@@ -362,6 +416,7 @@ impl Run {
                     idle: Duration::from_millis(self.args.idle_timeout_ms),
                     max_body: self.args.max_page_size,
                     max_redirects: 5,
+                    deadline: self.args.list_timeout,
                 },
                 max_attempts: self.args.max_attempts.max(1),
                 backoff: Backoff {

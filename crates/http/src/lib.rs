@@ -9,8 +9,10 @@
 //!   time on it, so "C connections" means exactly C sockets (no pool that
 //!   might open more), and keep-alive is under our control.
 //! - [`Conn::get`]: a GET that enforces the first-byte and idle-body
-//!   timeouts, refuses bodies over a size limit before buffering them, checks
-//!   the body against `Content-Length`, and follows same-host redirects only.
+//!   timeouts and a deadline for the whole request, refuses bodies over a
+//!   size limit before buffering them, checks the body against
+//!   `Content-Length`, and follows same-host redirects only, resolved as
+//!   RFC 3986 says (`uri`).
 //! - [`FetchError`]: what went wrong, and whether a retry may cure it
 //!   ([`FetchError::is_transient`]).
 //! - [`Backoff`]: exponential backoff with jitter that honours `Retry-After`.
@@ -22,6 +24,7 @@ mod backoff;
 mod conn;
 mod endpoint;
 mod error;
+mod uri;
 
 pub use backoff::{parse_retry_after, Backoff, Jitter};
 pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};

@@ -83,6 +83,18 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
     pub truncate_rate: f64,
 
+    /// Fraction of names whose first attempts send their headers at once and their body one byte every --trickle-ms.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub trickle_rate: f64,
+
+    /// Fraction of names whose first attempts send the whole answer, headers first, one byte every --trickle-ms (the rest of that connection trickles too).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub trickle_head_rate: f64,
+
+    /// Milliseconds between two bytes of a trickled answer (--trickle-rate, --trickle-head-rate, --list-fault trickle).
+    #[arg(long, default_value_t = 2000, help_heading = "Per-name faults")]
+    pub trickle_ms: u64,
+
     /// Fraction of names whose body always trickles in --slow-pieces pieces over --slow-ms.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
     pub slow_rate: f64,
@@ -135,6 +147,10 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 16 << 20, help_heading = "Special names")]
     pub oversize_bytes: u64,
 
+    /// A name listed on the first page and served like a dataset file (repeatable), e.g. `st/run.json` to aim at a state directory.
+    #[arg(long, value_name = "NAME", help_heading = "Special names")]
+    pub extra_name: Vec<String>,
+
     /// A name listed on the first page that declares a 1 TB Content-Length and streams until the client hangs up.
     #[arg(long, value_name = "NAME", help_heading = "Special names")]
     pub liar_name: Option<String>,
@@ -172,6 +188,9 @@ pub enum ListFault {
     Duplicates,
     /// Every page uses the key `NextFile` instead of `NextMarker`.
     NextFile,
+    /// The page's first answer sends its headers at once and its body one
+    /// byte every --trickle-ms; later answers are normal.
+    Trickle,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

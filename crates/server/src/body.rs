@@ -35,6 +35,14 @@ enum Kind {
     Content(ContentStream),
     Liar(Option<Pin<Box<Sleep>>>),
     Huge(HugeList),
+    Trickle(Trickle),
+}
+
+/// Whole bytes sent one at a time, `gap` apart (`--list-fault trickle`).
+struct Trickle {
+    bytes: Bytes,
+    gap: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 /// How a content stream ends after its last byte.
@@ -120,6 +128,21 @@ impl ServerBody {
                 ending,
                 yielded_before_end: false,
             }),
+        }
+    }
+
+    /// This body, if it is a whole one, sent a byte at a time, `gap` apart;
+    /// streamed bodies are returned as they are.
+    pub(crate) fn trickled(self, gap: Duration) -> ServerBody {
+        match self.kind {
+            Kind::Full(Some(bytes)) => ServerBody {
+                kind: Kind::Trickle(Trickle {
+                    bytes,
+                    gap,
+                    sleep: None,
+                }),
+            },
+            kind => ServerBody { kind },
         }
     }
 
@@ -245,6 +268,20 @@ impl Body for ServerBody {
                 Poll::Ready(Some(Ok(Bytes::from_static(&LIAR_CHUNK))))
             }
             Kind::Huge(list) => Poll::Ready(list.poll_next().map(Ok)),
+            Kind::Trickle(t) => {
+                if poll_sleep(&mut t.sleep, cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if t.bytes.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    let byte = t.bytes.split_to(1);
+                    if !t.bytes.is_empty() {
+                        t.sleep = Some(Box::pin(tokio::time::sleep(t.gap)));
+                    }
+                    Poll::Ready(Some(Ok(byte)))
+                }
+            }
         };
         next.map(|item| item.map(|r| r.map(Frame::data)))
     }
@@ -257,6 +294,9 @@ impl Body for ServerBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
+            // The length of what is left: hyper reads the hint once, before
+            // the first frame, and sends it as Content-Length.
+            Kind::Trickle(t) => SizeHint::with_exact(t.bytes.len() as u64),
             // Streams leave the length to the Content-Length header, which
             // may deliberately disagree with what is sent.
             _ => SizeHint::default(),
@@ -309,6 +349,22 @@ mod tests {
         assert!(!flag.load(Ordering::Relaxed));
         assert!(body.frame().await.unwrap().is_err());
         assert!(flag.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_body_sends_a_byte_per_gap() {
+        let start = tokio::time::Instant::now();
+        let mut body = ServerBody::full("abc").trickled(Duration::from_secs(2));
+        assert_eq!(body.size_hint().exact(), Some(3));
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            assert_eq!(data.len(), 1);
+            got.extend_from_slice(&data);
+        }
+        assert_eq!(got, b"abc");
+        // Two gaps between three bytes.
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
     }
 
     #[tokio::test]

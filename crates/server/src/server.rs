@@ -1,9 +1,10 @@
 //! The listener, the runtime and the handle that owns them.
 
+use std::future::Future;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -15,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Sleep;
 
 use crate::args::ServerArgs;
 use crate::service::{handle, normalize_prefix, App, Connection};
@@ -76,13 +78,19 @@ impl Drop for ServerHandle {
 }
 
 fn validate(args: &ServerArgs) -> io::Result<()> {
-    let transient = args.error_rate + args.throttle_rate + args.reset_rate + args.truncate_rate;
+    let transient = args.error_rate
+        + args.throttle_rate
+        + args.reset_rate
+        + args.truncate_rate
+        + args.trickle_rate
+        + args.trickle_head_rate;
     if transient > 1.0 + 1e-9 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "--error-rate, --throttle-rate, --reset-rate and --truncate-rate add up to \
-                 {transient}; a name gets at most one of them, so they must add up to at most 1"
+                "--error-rate, --throttle-rate, --reset-rate, --truncate-rate, --trickle-rate and \
+                 --trickle-head-rate add up to {transient}; a name gets at most one of them, so \
+                 they must add up to at most 1"
             ),
         ));
     }
@@ -218,17 +226,21 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiv
             let _open = open;
             let _counted = app.stats.connection();
             let reset_on_close = Arc::new(AtomicBool::new(false));
+            let trickle_ms = Arc::new(AtomicU64::new(0));
             // Requests clone this per-connection Arc, not the shared `App`
             // one, so that concurrent connections do not contend on one
             // reference count.
             let shared = Arc::new(Connection {
                 app: Arc::clone(&app),
                 reset_on_close: Arc::clone(&reset_on_close),
+                trickle_ms: Arc::clone(&trickle_ms),
             });
             let service = service_fn(move |req| handle(Arc::clone(&shared), req));
             let io = TokioIo::new(ResettableStream {
                 stream,
                 reset_on_close,
+                trickle_ms,
+                trickle_pause: None,
             });
             let conn = builder.serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
@@ -253,10 +265,43 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiv
 
 /// A connection's socket that closes with a TCP RST instead of a FIN when
 /// an injected reset asked for it (`SO_LINGER` 0 makes `close` send RST and
-/// drop unsent data, which is what a crashed peer looks like).
+/// drop unsent data, which is what a crashed peer looks like), and that
+/// writes one byte at a time, `trickle_ms` apart, once a trickled answer
+/// asked for it (`--trickle-head-rate`): hyper writes a response's head in
+/// one go, so only the socket can make the head itself trickle.
 struct ResettableStream {
     stream: TcpStream,
     reset_on_close: Arc<AtomicBool>,
+    /// Zero: write normally. Otherwise the pause after each byte.
+    trickle_ms: Arc<AtomicU64>,
+    trickle_pause: Option<Pin<Box<Sleep>>>,
+}
+
+impl ResettableStream {
+    /// Writes at most one byte of `buf` once the pause after the last one
+    /// is over, when trickling; `None` when not trickling.
+    fn poll_trickle(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        let ms = self.trickle_ms.load(Ordering::Relaxed);
+        if ms == 0 {
+            return None;
+        }
+        if let Some(pause) = &mut self.trickle_pause {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Some(Poll::Pending);
+            }
+            self.trickle_pause = None;
+        }
+        let n = buf.len().min(1);
+        let written = Pin::new(&mut self.stream).poll_write(cx, &buf[..n]);
+        if let Poll::Ready(Ok(_)) = written {
+            self.trickle_pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(ms))));
+        }
+        Some(written)
+    }
 }
 
 impl Drop for ResettableStream {
@@ -283,7 +328,11 @@ impl AsyncWrite for ResettableStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Some(trickled) = this.poll_trickle(cx, buf) {
+            return trickled;
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -291,7 +340,15 @@ impl AsyncWrite for ResettableStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        if let Some(trickled) = this.poll_trickle(cx, first) {
+            return trickled;
+        }
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

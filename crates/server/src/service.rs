@@ -1,7 +1,7 @@
 //! Request handling: routing, `/list`, `/get`, `/_stats`.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,11 +31,14 @@ pub(crate) struct App {
     attempts: Attempts,
     list_faults: ListFaults,
     fail_once_pending: AtomicBool,
+    /// `--list-fault trickle` has not yet trickled its page.
+    trickle_page_pending: AtomicBool,
     prefix: String,
     latency: Duration,
     list_delay: Duration,
     slow: Duration,
     slow_pieces: u64,
+    trickle: Duration,
 }
 
 /// Normalises `--prefix`: empty or `/x/y`, never a trailing slash.
@@ -56,11 +59,13 @@ impl App {
             attempts: Attempts::new(args.fault_attempts),
             list_faults: ListFaults::new(args),
             fail_once_pending: AtomicBool::new(args.list_fault.contains(&ListFault::FailOnce)),
+            trickle_page_pending: AtomicBool::new(args.list_fault.contains(&ListFault::Trickle)),
             prefix: normalize_prefix(&args.prefix),
             latency: Duration::from_millis(args.latency_ms),
             list_delay: Duration::from_millis(args.list_delay_ms),
             slow: Duration::from_millis(args.slow_ms),
             slow_pieces: args.slow_pieces,
+            trickle: Duration::from_millis(args.trickle_ms),
         }
     }
 }
@@ -129,6 +134,9 @@ pub(crate) struct Connection {
     pub(crate) app: Arc<App>,
     /// Raised by an injected reset; the socket then closes with a TCP RST.
     pub(crate) reset_on_close: Arc<AtomicBool>,
+    /// Set by `--trickle-head-rate`: from then on the socket writes a byte
+    /// every this many milliseconds.
+    pub(crate) trickle_ms: Arc<AtomicU64>,
 }
 
 /// Answers one request. Never fails: every problem is an HTTP answer.
@@ -155,9 +163,7 @@ pub(crate) async fn handle<B>(
     } else {
         match route {
             Route::List => list(app, req.uri().query()).await,
-            Route::Get { raw, redirected } => {
-                get(app, &raw, redirected, &conn.reset_on_close).await
-            }
+            Route::Get { raw, redirected } => get(app, &raw, redirected, &conn).await,
             Route::Stats => {
                 let json = serde_json::to_vec_pretty(&app.stats.snapshot())
                     .expect("stats serialise to JSON");
@@ -194,7 +200,13 @@ async fn list(app: &App, query: Option<&str>) -> Response<ServerBody> {
             "listing temporarily unavailable",
         );
     }
-    let page = app.list_faults.render(&app.dataset, page);
+    let trickle = app.list_faults.hits(page, ListFault::Trickle)
+        && app.trickle_page_pending.swap(false, Ordering::Relaxed);
+    let mut page = app.list_faults.render(&app.dataset, page);
+    if trickle {
+        page.faults.push(FaultKind::ListTrickle);
+        page.body = page.body.trickled(app.trickle);
+    }
     for fault in &page.faults {
         app.stats.fault(*fault);
     }
@@ -206,12 +218,7 @@ async fn list(app: &App, query: Option<&str>) -> Response<ServerBody> {
     resp
 }
 
-async fn get(
-    app: &App,
-    raw: &str,
-    redirected: bool,
-    reset_on_close: &Arc<AtomicBool>,
-) -> Response<ServerBody> {
+async fn get(app: &App, raw: &str, redirected: bool, conn: &Connection) -> Response<ServerBody> {
     if !app.latency.is_zero() {
         tokio::time::sleep(app.latency).await;
     }
@@ -225,7 +232,7 @@ async fn get(
     };
     let hash = bulkget_names::stable_hash(&name);
     let faults = app.dataset.faults_of(&name, served, hash);
-    let mut resp = answer(app, &name, served, hash, faults, redirected, reset_on_close);
+    let mut resp = answer(app, &name, served, hash, faults, redirected, conn);
     if faults.crash {
         app.stats.fault(FaultKind::Crash);
         resp.headers_mut()
@@ -266,7 +273,7 @@ fn answer(
     hash: u64,
     faults: crate::faults::NameFaults,
     redirected: bool,
-    reset_on_close: &Arc<AtomicBool>,
+    conn: &Connection,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let size = match served {
@@ -309,7 +316,7 @@ fn answer(
             .attempts
             .request(name, hash, Instant::now(), retry_after, stats);
         if attempt == Attempt::Fault {
-            return transient_fault(app, transient, hash, size, retry_after, reset_on_close);
+            return transient_fault(app, transient, hash, size, retry_after, conn);
         }
     }
     if faults.slow {
@@ -328,7 +335,7 @@ fn transient_fault(
     hash: u64,
     size: u64,
     retry_after: Option<u64>,
-    reset_on_close: &Arc<AtomicBool>,
+    conn: &Connection,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let mut resp = match transient {
@@ -345,7 +352,7 @@ fn transient_fault(
         }
         Transient::Reset => {
             stats.fault(FaultKind::Reset);
-            let ending = Ending::Abort(Arc::clone(reset_on_close));
+            let ending = Ending::Abort(Arc::clone(&conn.reset_on_close));
             let body = ServerBody::content(hash, size / 2, 1, Duration::ZERO, ending);
             with_length(octets(body), size)
         }
@@ -359,6 +366,21 @@ fn transient_fault(
             stats.fault(FaultKind::Truncate);
             let body = ServerBody::content(hash, sent, 1, Duration::ZERO, Ending::Clean);
             with_length(octets(body), declared)
+        }
+        Transient::Trickle => {
+            stats.fault(FaultKind::Trickle);
+            // One piece per byte, `trickle` apart.
+            let over = app.trickle * size.saturating_sub(1) as u32;
+            let body = ServerBody::content(hash, size, size, over, Ending::Clean);
+            with_length(octets(body), size)
+        }
+        Transient::TrickleHead => {
+            stats.fault(FaultKind::TrickleHead);
+            let ms = app.trickle.as_millis().max(1) as u64;
+            conn.trickle_ms.store(ms, Ordering::Relaxed);
+            let mut buf = vec![0; size as usize];
+            fill_content_at(hash, 0, &mut buf);
+            octets(ServerBody::full(Bytes::from(buf)))
         }
     };
     if let Some(secs) = retry_after {

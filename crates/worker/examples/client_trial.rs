@@ -54,6 +54,7 @@ const LIMITS: Limits = Limits {
     idle: Duration::from_secs(10),
     max_body: 8 << 20,
     max_redirects: 5,
+    deadline: Duration::from_secs(60),
 };
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -91,6 +91,7 @@ impl Engine {
             idle: Duration::from_millis(settings.idle_timeout_ms),
             max_body: settings.max_file_size,
             max_redirects: settings.max_redirects,
+            deadline: Duration::from_millis(settings.request_timeout_ms),
         };
         let backoff = Backoff {
             base: Duration::from_millis(settings.backoff_base_ms),

@@ -129,6 +129,8 @@ async fn serve(stream: UnixStream) -> i32 {
         settings.layout,
         settings.out_dir.as_ref(),
         shard,
+        &bulkget_sink::Reserved::new(settings.state_dir_in_out.as_deref()),
+        settings.resolve,
     ) {
         Ok(s) => s,
         Err(e) => {
