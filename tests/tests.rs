@@ -5,6 +5,7 @@ mod util;
 
 mod fetch;
 mod hostile;
+mod output;
 mod space;
 mod sqlite;
 mod stats;

@@ -20,6 +20,8 @@ pub const STATE_CONFLICT: i32 = 6;
 /// The output file system is full; the checkpoint is saved. Free space and
 /// run again with `--resume`.
 pub const NO_SPACE: i32 = 7;
+/// The terminal hung up (SIGHUP); handled like SIGTERM, resumable.
+pub const HANGUP: i32 = 129;
 /// Interrupted by SIGINT (Ctrl-C); resumable.
 pub const INTERRUPTED: i32 = 130;
 /// Terminated by SIGTERM; resumable.

@@ -15,6 +15,7 @@ use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Snapshot, Totals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::supervisor::{self, describe_exit, Event, Worker};
+use bulkget_console::{errln, outln};
 use bulkget_http::{Backoff, Endpoint, Limits};
 use bulkget_protocol::{
     Failure, FatalKind, Layout, SinkKind, TestHooks, ToCoordinator, ToWorker, WorkerSettings,
@@ -90,7 +91,7 @@ pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("bulkget: cannot start runtime: {e}");
+            errln!("bulkget: cannot start runtime: {e}");
             return exit::ERROR;
         }
     };
@@ -99,7 +100,7 @@ pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
             Ok(Setup::Go(run)) => run.main().await,
             Ok(Setup::Done(code)) => code,
             Err((code, msg)) => {
-                eprintln!("bulkget: {msg}");
+                errln!("bulkget: {msg}");
                 code
             }
         }
@@ -201,7 +202,7 @@ impl Run {
             Start::Fresh => (ListPosition::Start, Totals::default(), DoneAfter::default()),
             Start::Resume(cp) => {
                 if !args.quiet {
-                    eprintln!(
+                    errln!(
                         "bulkget: resuming from the checkpoint: {} files done before it, listing from {}",
                         cp.totals.files_ok + cp.totals.files_failed,
                         match &cp.position {
@@ -215,7 +216,7 @@ impl Run {
             }
             Start::AlreadyComplete(cp) => {
                 let t = cp.totals;
-                println!(
+                outln!(
                     "bulkget: the run in {} is already complete: {} files ok, {} failed; nothing to do",
                     state_dir.display(),
                     t.files_ok,
@@ -265,7 +266,7 @@ impl Run {
                     match op {
                         StateOp::Failures(f) => {
                             if let Err(e) = state.record_failures(&f) {
-                                eprintln!("bulkget: cannot write failed.jsonl: {e}");
+                                errln!("bulkget: cannot write failed.jsonl: {e}");
                             }
                         }
                         StateOp::Checkpoint {
@@ -343,7 +344,7 @@ impl Run {
         let (restart_tx, mut restarts) = mpsc::unbounded_channel::<usize>();
         for shard in 0..self.shards.len() {
             if let Err(e) = self.spawn(shard, &events_tx) {
-                eprintln!("bulkget: cannot start worker: {e}");
+                errln!("bulkget: cannot start worker: {e}");
                 return exit::ERROR;
             }
         }
@@ -378,7 +379,7 @@ impl Run {
             ) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    eprintln!("bulkget: cannot start the lister: {e}");
+                    errln!("bulkget: cannot start the lister: {e}");
                     return exit::ERROR;
                 }
             }
@@ -386,6 +387,9 @@ impl Run {
 
         let mut sigint = signal(SignalKind::interrupt()).expect("signal handler");
         let mut sigterm = signal(SignalKind::terminate()).expect("signal handler");
+        // A closed terminal sends SIGHUP: the run stops as for SIGTERM, with
+        // its checkpoint, instead of dying without one.
+        let mut sighup = signal(SignalKind::hangup()).expect("signal handler");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_checkpoint = Instant::now();
@@ -436,6 +440,10 @@ impl Run {
                 _ = sigterm.recv() => {
                     signals_seen += 1;
                     self.on_signal(signals_seen, Stop::Signal { code: exit::TERMINATED, name: "SIGTERM" }, &mut grace_deadline);
+                }
+                _ = sighup.recv() => {
+                    signals_seen += 1;
+                    self.on_signal(signals_seen, Stop::Signal { code: exit::HANGUP, name: "SIGHUP" }, &mut grace_deadline);
                 }
                 () = sleep_until_opt(grace_deadline) => {
                     note!(self.progress, "bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
@@ -858,7 +866,7 @@ impl Run {
             None => exit::OK,
         };
         if let Some(Err(e)) = &checkpoint_result {
-            eprintln!("bulkget: cannot save the checkpoint: {e}");
+            errln!("bulkget: cannot save the checkpoint: {e}");
             code = exit::ERROR;
         }
         let state = match (&self.stop, complete) {
@@ -890,36 +898,36 @@ impl Run {
             .count();
         // Reported with each acknowledgement, so restarts lose none.
         let retries = live.retries;
-        println!("bulkget summary");
-        println!("  files ok:       {}", live.files_ok);
-        println!("  files failed:   {}", live.files_failed);
-        println!("  retries:        {retries}");
-        println!(
+        outln!("bulkget summary");
+        outln!("  files ok:       {}", live.files_ok);
+        outln!("  files failed:   {}", live.files_failed);
+        outln!("  retries:        {retries}");
+        outln!(
             "  bytes:          {} ({})",
             live.bytes,
             human_bytes(live.bytes)
         );
-        println!("  wall time:      {elapsed:.2}s");
-        println!(
+        outln!("  wall time:      {elapsed:.2}s");
+        outln!(
             "  files/s:        {:.0}",
             this_run as f64 / elapsed.max(1e-9)
         );
-        println!("  restarts:       {restarts}");
+        outln!("  restarts:       {restarts}");
         if parked > 0 {
-            println!("  parked shards:  {parked}");
+            outln!("  parked shards:  {parked}");
         }
         if live.files_failed > 0 {
-            println!(
+            outln!(
                 "  failures:       {}",
                 self.state_dir.join("failed.jsonl").display()
             );
         }
-        println!("  state:          {}", self.state_dir.display());
+        outln!("  state:          {}", self.state_dir.display());
         match &self.stop {
             None if code == exit::OK => {
-                println!("  result:         complete: every listed file is in the sink")
+                outln!("  result:         complete: every listed file is in the sink")
             }
-            None => println!(
+            None => outln!(
                 "  result:         complete, with {} failed files (exit {code})",
                 live.files_failed
             ),
@@ -930,8 +938,8 @@ impl Run {
                     Stop::AllParked => "every shard was parked".into(),
                     Stop::NoSpace(e) => format!("out of space: {e}"),
                 };
-                println!("  result:         stopped: {why} (exit {code})");
-                println!(
+                outln!("  result:         stopped: {why} (exit {code})");
+                outln!(
                     "  checkpoint:     {} files saved; continue with: bulkget fetch {} {} --resume{}",
                     durable.files_ok + durable.files_failed,
                     self.args.url,

@@ -28,6 +28,7 @@
 //! complete run removes it.
 
 use crate::scheduler::{DoneAfter, ListPosition, Snapshot, Totals};
+use bulkget_console::errln;
 use bulkget_protocol::Failure;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -265,7 +266,7 @@ impl StateDir {
             Ok(()) => Some(reserve_path),
             Err(e) => {
                 let _ = std::fs::remove_file(&reserve_path);
-                eprintln!(
+                errln!(
                     "bulkget: cannot set aside {} KiB in {} ({e}); if the disk fills up, the last checkpoint may not be saved",
                     RESERVE_BYTES >> 10,
                     reserve_path.display()
@@ -335,7 +336,7 @@ impl StateDir {
     pub fn write_last_checkpoint(&mut self, snapshot: Snapshot, complete: bool) -> io::Result<()> {
         let result = match self.write_checkpoint(snapshot.clone(), complete) {
             Err(e) if is_no_space(&e) && self.release_reserve() => {
-                eprintln!(
+                errln!(
                     "bulkget: the disk is full; using the space set aside in {} for the checkpoint",
                     self.dir.join("reserve").display()
                 );
