@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Download every file the service at URL lists into OUT.
-    Fetch(FetchArgs),
+    Fetch(Box<FetchArgs>),
     /// Show a run's progress per shard and in total, while it runs or after.
     Status(bulkget_stats::StatusArgs),
     /// Unpack the SQLite shards of OUT into a directory tree.
@@ -59,7 +59,7 @@ fn main() {
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::Fetch(args) => match std::env::current_exe() {
-            Ok(exe) => bulkget_coordinator::fetch(args, exe),
+            Ok(exe) => bulkget_coordinator::fetch(*args, exe),
             Err(e) => {
                 errln!("bulkget: cannot find my own executable to start workers: {e}");
                 exit::ERROR

@@ -128,4 +128,8 @@ pub struct FetchArgs {
     /// Test hook: workers of this shard fail at start-up.
     #[arg(long, hide = true)]
     pub test_fail_start_shard: Vec<u32>,
+    /// Test hook: the sync of the output file system after N successful
+    /// ones fails once (EIO), as the kernel reports a lost write-back once.
+    #[arg(long, hide = true, value_name = "N")]
+    pub test_fail_sync_after: Option<u64>,
 }

@@ -7,5 +7,6 @@ pub mod restart;
 pub mod run;
 pub mod scheduler;
 pub mod state;
+pub mod state_thread;
 pub mod supervisor;
 pub use run::fetch;

@@ -5,15 +5,17 @@
 //! one-second tick, and updates the [`Scheduler`], the workers and the
 //! state directory. Blocking work on the state directory (appending
 //! failures, syncing, writing checkpoints) runs on a separate thread fed in
-//! order through a channel, so a slow disk never stalls dispatch.
+//! order through a channel, so a slow disk never stalls dispatch
+//! ([`crate::state_thread`]); its first failure stops the run at once.
 
 use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
 use crate::lister::{ListError, ListerConfig, ListerThread, Page};
 use crate::progress::{human_bytes, note, Progress, Snapshot as ProgressView};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
-use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Snapshot, Totals};
+use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
+use crate::state_thread::{self, StateOp};
 use crate::supervisor::{self, describe_exit, Event, Worker};
 use bulkget_console::{errln, outln};
 use bulkget_http::{Backoff, Endpoint, Limits};
@@ -36,6 +38,9 @@ enum Stop {
     ListingFailed(String),
     AllParked,
     NoSpace(String),
+    // Writing or syncing the state directory or the output failed: the run
+    // stops at once and writes no further checkpoint.
+    StateFailed(String),
 }
 
 impl Stop {
@@ -45,21 +50,9 @@ impl Stop {
             Stop::ListingFailed(_) => exit::LISTING_FAILED,
             Stop::AllParked => exit::ALL_PARKED,
             Stop::NoSpace(_) => exit::NO_SPACE,
+            Stop::StateFailed(_) => exit::ERROR,
         }
     }
-}
-
-/// What the state thread does, in order.
-enum StateOp {
-    Failures(Vec<Failure>),
-    Checkpoint {
-        snapshot: Snapshot,
-        complete: bool,
-        /// The run's last checkpoint, written once every worker is gone: it
-        /// may use the state directory's reserve if the disk is full.
-        last: bool,
-        done: std::sync::mpsc::Sender<Result<(), String>>,
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +116,8 @@ struct Run {
     resumed_from: Totals,
     state_tx: std::sync::mpsc::Sender<StateOp>,
     state_thread: Option<std::thread::JoinHandle<()>>,
+    /// The state thread's first failure, taken by the run loop.
+    state_failed: Option<mpsc::UnboundedReceiver<String>>,
     shards: Vec<ShardSlot>,
     policy: RestartPolicy,
     started: Instant,
@@ -258,34 +253,11 @@ impl Run {
             }
         }
 
-        let (state_tx, state_rx) = std::sync::mpsc::channel::<StateOp>();
-        let state_thread = std::thread::Builder::new()
-            .name("bulkget-state".into())
-            .spawn(move || {
-                for op in state_rx {
-                    match op {
-                        StateOp::Failures(f) => {
-                            if let Err(e) = state.record_failures(&f) {
-                                errln!("bulkget: cannot write failed.jsonl: {e}");
-                            }
-                        }
-                        StateOp::Checkpoint {
-                            snapshot,
-                            complete,
-                            last,
-                            done,
-                        } => {
-                            let r = if last {
-                                state.write_last_checkpoint(snapshot, complete)
-                            } else {
-                                state.write_checkpoint(snapshot, complete)
-                            }
-                            .map_err(|e| e.to_string());
-                            let _ = done.send(r);
-                        }
-                    }
-                }
-            })
+        if let Some(n) = args.test_fail_sync_after {
+            state.fail_sync_after(n);
+        }
+        let (failed_tx, state_failed) = mpsc::unbounded_channel();
+        let (state_tx, state_thread) = state_thread::spawn(state, failed_tx)
             .map_err(|e| (exit::ERROR, format!("cannot start state thread: {e}")))?;
 
         let policy = RestartPolicy {
@@ -324,6 +296,7 @@ impl Run {
             resumed_from: totals,
             state_tx,
             state_thread: Some(state_thread),
+            state_failed: Some(state_failed),
             shards,
             policy,
             started: Instant::now(),
@@ -395,6 +368,7 @@ impl Run {
         let mut last_checkpoint = Instant::now();
         let checkpoint_every = Duration::from_secs(self.args.checkpoint_interval.max(1));
         let mut grace_deadline: Option<tokio::time::Instant> = None;
+        let mut state_failed = self.state_failed.take().expect("taken once");
         let mut signals_seen = 0;
         let mut finishing = false;
         // The pending queue may hold this many batches before the lister is
@@ -425,6 +399,7 @@ impl Run {
                     }
                 },
                 Some(ev) = events.recv() => self.on_event(ev, &restart_tx, &mut grace_deadline),
+                Some(why) = state_failed.recv() => self.on_state_failure(why, &mut grace_deadline),
                 Some(shard) = restarts.recv() => {
                     if self.stop.is_none() && !finishing && self.shards[shard].phase == Phase::Backoff {
                         if let Err(e) = self.spawn(shard, &events_tx) {
@@ -774,6 +749,26 @@ impl Run {
         }
     }
 
+    /// The state thread could not make the run durable (see
+    /// [`crate::state_thread`]). Nothing acknowledged from now on could be
+    /// saved, so the run stops at once: no grace for in-flight batches
+    /// (they are fetched again on resume), whatever stop was under way.
+    fn on_state_failure(&mut self, why: String, grace_deadline: &mut Option<tokio::time::Instant>) {
+        if matches!(self.stop, Some(Stop::StateFailed(_))) {
+            return;
+        }
+        note!(
+            self.progress,
+            "bulkget: {why}; stopping the run now, without a further checkpoint"
+        );
+        self.stop = Some(Stop::StateFailed(why));
+        for shard in 0..self.shards.len() {
+            self.sched.set_available(shard, false);
+        }
+        *grace_deadline = None;
+        self.stop_workers_now();
+    }
+
     fn begin_stop(&mut self, stop: Stop, grace_deadline: &mut Option<tokio::time::Instant>) {
         if self.stop.is_some() {
             return;
@@ -844,17 +839,23 @@ impl Run {
         let complete = finished && self.stop.is_none() && self.sched.is_finished();
         let snapshot = self.sched.snapshot();
         let totals = snapshot.totals;
-        let (done, done_rx) = std::sync::mpsc::channel();
-        let _ = self.state_tx.send(StateOp::Checkpoint {
-            snapshot,
-            complete,
-            last: true,
-            done,
-        });
-        let checkpoint_result = tokio::task::spawn_blocking(move || done_rx.recv())
-            .await
-            .ok()
-            .and_then(|r| r.ok());
+        // After a failure of the state thread there is no last checkpoint:
+        // the one saved before the failure is the one to resume from.
+        let checkpoint_result = if matches!(self.stop, Some(Stop::StateFailed(_))) {
+            None
+        } else {
+            let (done, done_rx) = std::sync::mpsc::channel();
+            let _ = self.state_tx.send(StateOp::Checkpoint {
+                snapshot,
+                complete,
+                last: true,
+                done,
+            });
+            tokio::task::spawn_blocking(move || done_rx.recv())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+        };
         let (state_tx, _) = std::sync::mpsc::channel();
         drop(std::mem::replace(&mut self.state_tx, state_tx));
         if let Some(t) = self.state_thread.take() {
@@ -937,11 +938,11 @@ impl Run {
                     Stop::ListingFailed(e) => e.clone(),
                     Stop::AllParked => "every shard was parked".into(),
                     Stop::NoSpace(e) => format!("out of space: {e}"),
+                    Stop::StateFailed(e) => e.clone(),
                 };
                 outln!("  result:         stopped: {why} (exit {code})");
-                outln!(
-                    "  checkpoint:     {} files saved; continue with: bulkget fetch {} {} --resume{}",
-                    durable.files_ok + durable.files_failed,
+                let resume = format!(
+                    "bulkget fetch {} {} --resume{}",
                     self.args.url,
                     self.args.out.display(),
                     match &self.args.state_dir {
@@ -949,6 +950,19 @@ impl Run {
                         None => String::new(),
                     }
                 );
+                let saved = bulkget_stats::schema::checkpoint_path(&self.state_dir).exists();
+                match stop {
+                    Stop::StateFailed(_) if saved => outln!(
+                        "  checkpoint:     not written after the failure; the one saved before it is exact: fix the cause, then continue with: {resume}"
+                    ),
+                    Stop::StateFailed(_) => outln!(
+                        "  checkpoint:     none was saved: fix the cause, then run again without --resume"
+                    ),
+                    _ => outln!(
+                        "  checkpoint:     {} files saved; continue with: {resume}",
+                        durable.files_ok + durable.files_failed
+                    ),
+                }
             }
         }
     }
