@@ -119,7 +119,8 @@ pub struct FetchArgs {
     /// Progress display on stderr.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
-    /// No progress and no summary; errors only.
+    /// No progress and no summary; errors only (each failed file is one:
+    /// named on stderr, capped as without --quiet).
     #[arg(long, short = 'q')]
     pub quiet: bool,
     /// Test hook: a worker aborts when a response carries x-bulkget-test-abort.

@@ -1,6 +1,7 @@
 //! The coordinator.
 pub mod args;
 pub mod exit;
+pub mod failure_log;
 pub mod lister;
 pub mod progress;
 pub mod restart;

@@ -20,12 +20,13 @@
 //! - With `--log-format json` ([`set_json_logs`]), `auto` means plain, and
 //!   plain lines and messages are JSON objects shaped like the `tracing`
 //!   JSON log lines, so stderr stays one JSON object per line.
-//! - `--progress none` and `--quiet`: nothing.
+//! - `--progress none` and `--quiet`: no progress; messages still print.
 //!
-//! Messages printed while the run goes on ("worker 3 died; restarting") go
-//! through [`Progress::note`] (the [`note!`] macro), which prints them above
-//! the bar instead of through it. Every line goes through `bulkget_console`,
-//! so a closed stderr never stops the run.
+//! Messages printed while the run goes on ("worker 3 died; restarting",
+//! `bulkget: failed: "NAME": REASON`) go through [`Progress::note`] (the
+//! [`note!`] macro), which prints them above the bar instead of through it.
+//! Every line goes through `bulkget_console`, so a closed stderr never
+//! stops the run.
 
 use crate::args::ProgressArg;
 use bulkget_console::errln;

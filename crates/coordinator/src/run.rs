@@ -10,8 +10,9 @@
 
 use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
+use crate::failure_log::{self, FailureLog};
 use crate::lister::{ListError, ListerConfig, ListerThread, Page};
-use crate::progress::{human_bytes, note, Progress, Snapshot as ProgressView};
+use crate::progress::{grouped, human_bytes, note, Progress, Snapshot as ProgressView};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
@@ -118,6 +119,8 @@ struct Run {
     state_thread: Option<std::thread::JoinHandle<()>>,
     /// The state thread's first failure, taken by the run loop.
     state_failed: Option<mpsc::UnboundedReceiver<String>>,
+    /// What has been shown of the failed files.
+    failure_log: FailureLog,
     shards: Vec<ShardSlot>,
     policy: RestartPolicy,
     started: Instant,
@@ -256,6 +259,7 @@ impl Run {
         if let Some(n) = args.test_fail_sync_after {
             state.fail_sync_after(n);
         }
+        let failure_log = FailureLog::new(&state.failed_path());
         let (failed_tx, state_failed) = mpsc::unbounded_channel();
         let (state_tx, state_thread) = state_thread::spawn(state, failed_tx)
             .map_err(|e| (exit::ERROR, format!("cannot start state thread: {e}")))?;
@@ -297,6 +301,7 @@ impl Run {
             state_tx,
             state_thread: Some(state_thread),
             state_failed: Some(state_failed),
+            failure_log,
             shards,
             policy,
             started: Instant::now(),
@@ -430,6 +435,9 @@ impl Run {
                         note!(self.progress, "bulkget: {why}; stopping with the checkpoint saved");
                         self.begin_stop(Stop::NoSpace(why), &mut grace_deadline);
                     }
+                    if let Some(line) = self.failure_log.tick(Instant::now()) {
+                        note!(self.progress, "{line}");
+                    }
                     // Progress first: it samples the rate the stats file shows.
                     self.update_progress();
                     self.write_stats(RunState::Listing, None);
@@ -521,10 +529,17 @@ impl Run {
         self.record_failures(failures);
     }
 
+    /// The one way a permanent failure is recorded (unsafe names, poison
+    /// names, failed fetches): named on stderr (capped, see
+    /// [`crate::failure_log`]) and appended to `failed.jsonl`.
     fn record_failures(&mut self, failures: Vec<Failure>) {
-        if !failures.is_empty() {
-            let _ = self.state_tx.send(StateOp::Failures(failures));
+        if failures.is_empty() {
+            return;
         }
+        for line in self.failure_log.record(&failures, Instant::now()) {
+            note!(self.progress, "{line}");
+        }
+        let _ = self.state_tx.send(StateOp::Failures(failures));
     }
 
     fn dispatch(&mut self) {
@@ -879,6 +894,9 @@ impl Run {
         // The final numbers, for a plain log's last line and the stats file.
         self.update_progress();
         self.write_stats(state, Some(code));
+        if let Some(line) = self.failure_log.flush() {
+            note!(self.progress, "{line}");
+        }
         self.progress.finish();
         if !self.args.quiet {
             self.print_summary(code, totals);
@@ -918,10 +936,24 @@ impl Run {
             outln!("  parked shards:  {parked}");
         }
         if live.files_failed > 0 {
+            let failed_path = self.state_dir.join("failed.jsonl");
             outln!(
-                "  failures:       {}",
-                self.state_dir.join("failed.jsonl").display()
+                "  failures:       every one is in {}",
+                failed_path.display()
             );
+            let first = self.failure_log.first();
+            for f in first {
+                outln!("    {}", failure_log::name_and_reason(f));
+            }
+            let rest = live.files_failed.saturating_sub(first.len() as u64);
+            if rest > 0 {
+                outln!(
+                    "    {}{} more in {}",
+                    if first.is_empty() { "" } else { "and " },
+                    grouped(rest),
+                    failed_path.display()
+                );
+            }
         }
         outln!("  state:          {}", self.state_dir.display());
         match &self.stop {
