@@ -10,12 +10,14 @@ use std::path::PathBuf;
 
 /// Download every file from a remote file service, fast, and lose none.
 ///
-/// Exit codes: 0 every listed file is in the sink; 1 unexpected error;
+/// Exit codes: 0 every listed file is in the sink; 1 unexpected error, or
+/// a failed write or sync of the state directory or OUT (stopped at once);
 /// 2 bad usage; 3 some files failed (see failed.jsonl); 4 the listing
 /// failed; 5 every shard was parked; 6 state directory conflict; 7 out of
 /// disk space; 129 hung up (SIGHUP); 130 interrupted (SIGINT); 143
 /// terminated (SIGTERM). Runs stopped by 4, 5, 7, 129, 130 or 143 are
-/// resumable with --resume.
+/// resumable with --resume, and so is a run stopped by 1 that saved a
+/// checkpoint before.
 #[derive(Parser)]
 #[command(name = "bulkget", version, about, long_about)]
 struct Cli {
