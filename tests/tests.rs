@@ -6,6 +6,7 @@ mod util;
 mod fetch;
 mod hardening;
 mod hostile;
+mod output;
 mod space;
 mod sqlite;
 mod stats;

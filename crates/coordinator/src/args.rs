@@ -131,7 +131,8 @@ pub struct FetchArgs {
     /// Progress display on stderr.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
-    /// No progress and no summary; errors only.
+    /// No progress and no summary; errors only (each failed file is one:
+    /// named on stderr, capped as without --quiet).
     #[arg(long, short = 'q')]
     pub quiet: bool,
     /// Test hook: a worker aborts when a response carries x-bulkget-test-abort.
@@ -140,4 +141,8 @@ pub struct FetchArgs {
     /// Test hook: workers of this shard fail at start-up.
     #[arg(long, hide = true)]
     pub test_fail_start_shard: Vec<u32>,
+    /// Test hook: the sync of the output file system after N successful
+    /// ones fails once (EIO), as the kernel reports a lost write-back once.
+    #[arg(long, hide = true, value_name = "N")]
+    pub test_fail_sync_after: Option<u64>,
 }

@@ -50,6 +50,12 @@ pub fn hostile_names() -> Vec<String> {
     names.push(format!("long-component-{}", "x".repeat(256 - 15)));
     names.push("..\\win".to_owned());
     names.push("dir/".to_owned());
+    // Unsafe, and made to forge a line of bulkget's stderr and to rewrite
+    // the terminal (erase the line, reverse the text) if printed raw.
+    names.push(
+        "../forged\nbulkget: failed: \"innocent\": HTTP 404 Not Found\r\u{1b}[2K\u{202e}"
+            .to_owned(),
+    );
     names
 }
 

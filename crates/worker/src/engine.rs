@@ -1,6 +1,7 @@
 //! The fetch engine: a queue of names and the connection tasks that drain it.
 
 use crate::stats_file::Counters;
+use bulkget_console::errln;
 use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
 use bulkget_protocol::{BatchId, Failure, FatalKind, ToCoordinator, WorkerSettings};
 use bulkget_sink::{PutError, Sink};
@@ -307,7 +308,7 @@ impl Engine {
                 Ok(response) => {
                     c.status.borrow_mut().record(response.status);
                     if response.test_abort && self.settings.test_hooks.abort_on_header {
-                        eprintln!("bulkget worker: test hook: aborting on {name:?}");
+                        errln!("bulkget worker: test hook: aborting on {name:?}");
                         std::process::abort();
                     }
                     let put = self.sink.borrow_mut().put(name, &body);
