@@ -39,6 +39,14 @@
 //! TLS errors (a corrupted record, a dropped handshake) may be the network
 //! and are. [`find_tls_error`] digs the rustls error out of the I/O and
 //! hyper errors that carry it.
+//!
+//! A TLS 1.3 server checks a client certificate after the client's side of
+//! the handshake is over, so its refusal arrives with the first read, not
+//! from the handshake. Through hyper it may then surface only as a closed
+//! connection or a broken pipe (a write raced the server's close), and
+//! over HTTP/2 always without the rustls error, which the h2 crate reduces
+//! to its message. A connection that must name the refusal reads it from
+//! the TLS stream itself, as the test server's mutual TLS test does.
 
 use std::error::Error as StdError;
 use std::fmt;

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 
-use crate::args::{ListFault, ServerArgs};
+use crate::args::{ListFault, RequiredHeader, ServerArgs};
 use crate::body::{Ending, ServerBody};
 use crate::content::fill_content_at;
 use crate::dataset::{Dataset, Served};
@@ -36,6 +36,7 @@ pub(crate) struct App {
     list_delay: Duration,
     slow: Duration,
     slow_pieces: u64,
+    required_headers: Vec<RequiredHeader>,
 }
 
 /// Normalises `--prefix`: empty or `/x/y`, never a trailing slash.
@@ -61,7 +62,19 @@ impl App {
             list_delay: Duration::from_millis(args.list_delay_ms),
             slow: Duration::from_millis(args.slow_ms),
             slow_pieces: args.slow_pieces,
+            required_headers: args.require_header.clone(),
         }
+    }
+
+    /// The first `--require-header` that the request lacks (or carries with
+    /// another value), if any.
+    fn missing_header(&self, headers: &HeaderMap) -> Option<&RequiredHeader> {
+        self.required_headers.iter().find(|required| {
+            !headers
+                .get_all(&required.name)
+                .iter()
+                .any(|value| value == required.value)
+        })
     }
 }
 
@@ -127,7 +140,8 @@ fn next_marker(query: Option<&str>) -> Option<Option<String>> {
 /// What the requests of one connection share.
 pub(crate) struct Connection {
     pub(crate) app: Arc<App>,
-    /// Raised by an injected reset; the socket then closes with a TCP RST.
+    /// Raised by an injected reset on an HTTP/1 connection; the socket then
+    /// closes with a TCP RST.
     pub(crate) reset_on_close: Arc<AtomicBool>,
 }
 
@@ -150,14 +164,26 @@ pub(crate) async fn handle<B>(
         Route::Other => PathKind::Other,
     };
     app.stats.request(kind);
-    let resp = if !matches!(*req.method(), Method::GET | Method::HEAD) {
+    app.stats.version(req.version());
+    // Over HTTP/2 an injected reset ends only its stream (hyper answers a
+    // failing body with RST_STREAM) and the connection, which carries other
+    // streams, goes on; so the socket is not told to reset.
+    let reset_on_close = (req.version() != Version::HTTP_2).then_some(&conn.reset_on_close);
+    // The stats stay readable without credentials, for tests.
+    let needs_headers = matches!(route, Route::List | Route::Get { .. });
+    let missing = needs_headers
+        .then(|| app.missing_header(req.headers()))
+        .flatten();
+    let resp = if let Some(missing) = missing {
+        // The answer names the header, never the value it should have.
+        let message = format!("missing or wrong {} header", missing.name);
+        json_error(StatusCode::UNAUTHORIZED, &message)
+    } else if !matches!(*req.method(), Method::GET | Method::HEAD) {
         json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served")
     } else {
         match route {
             Route::List => list(app, req.uri().query()).await,
-            Route::Get { raw, redirected } => {
-                get(app, &raw, redirected, &conn.reset_on_close).await
-            }
+            Route::Get { raw, redirected } => get(app, &raw, redirected, reset_on_close).await,
             Route::Stats => {
                 let json = serde_json::to_vec_pretty(&app.stats.snapshot())
                     .expect("stats serialise to JSON");
@@ -210,7 +236,7 @@ async fn get(
     app: &App,
     raw: &str,
     redirected: bool,
-    reset_on_close: &Arc<AtomicBool>,
+    reset_on_close: Option<&Arc<AtomicBool>>,
 ) -> Response<ServerBody> {
     if !app.latency.is_zero() {
         tokio::time::sleep(app.latency).await;
@@ -266,7 +292,7 @@ fn answer(
     hash: u64,
     faults: crate::faults::NameFaults,
     redirected: bool,
-    reset_on_close: &Arc<AtomicBool>,
+    reset_on_close: Option<&Arc<AtomicBool>>,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let size = match served {
@@ -328,7 +354,7 @@ fn transient_fault(
     hash: u64,
     size: u64,
     retry_after: Option<u64>,
-    reset_on_close: &Arc<AtomicBool>,
+    reset_on_close: Option<&Arc<AtomicBool>>,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let mut resp = match transient {
@@ -345,7 +371,7 @@ fn transient_fault(
         }
         Transient::Reset => {
             stats.fault(FaultKind::Reset);
-            let ending = Ending::Abort(Arc::clone(reset_on_close));
+            let ending = Ending::Abort(reset_on_close.cloned());
             let body = ServerBody::content(hash, size / 2, 1, Duration::ZERO, ending);
             with_length(octets(body), size)
         }
