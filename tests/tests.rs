@@ -5,6 +5,7 @@ mod util;
 
 mod fetch;
 mod hostile;
+mod server;
 mod space;
 mod sqlite;
 mod stats;
