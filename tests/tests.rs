@@ -7,6 +7,7 @@ mod fetch;
 mod hardening;
 mod hostile;
 mod output;
+mod server;
 mod space;
 mod sqlite;
 mod stats;

@@ -16,6 +16,10 @@
 //! - [`FetchError`]: what went wrong, and whether a retry may cure it
 //!   ([`FetchError::is_transient`]).
 //! - [`Backoff`]: exponential backoff with jitter that honours `Retry-After`.
+//! - [`tls`]: the rustls client configuration ([`tls::client_config`] from
+//!   [`tls::TlsOptions`]: system roots, `--cacert`, client certificates,
+//!   `--insecure`), and [`tls::classify`], which names a TLS failure and says
+//!   whether it is permanent.
 //!
 //! Architecture invariant: no request leaves this crate without a timeout,
 //! and no body is buffered past its limit.
@@ -25,6 +29,7 @@ mod conn;
 mod endpoint;
 mod error;
 mod uri;
+pub mod tls;
 
 pub use backoff::{parse_retry_after, Backoff, Jitter};
 pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};

@@ -51,11 +51,12 @@ pub(crate) enum Ending {
     /// Normally (if fewer bytes than Content-Length were sent, hyper then
     /// closes the connection: that is `--truncate-rate`).
     Clean,
-    /// With an error, which makes hyper drop the connection
-    /// (`--reset-rate`). The flag, shared with the connection's socket, is
-    /// raised first so that the socket is closed with a TCP RST rather than
-    /// a FIN: the client sees a reset, not an early end of file.
-    Abort(Arc<AtomicBool>),
+    /// With an error, which makes hyper drop an HTTP/1 connection, or reset
+    /// the stream of an HTTP/2 one (`--reset-rate`). The flag, shared with
+    /// an HTTP/1 connection's socket, is raised first so that the socket is
+    /// closed with a TCP RST rather than a FIN: the client sees a reset, not
+    /// an early end of file. HTTP/2 passes none.
+    Abort(Option<Arc<AtomicBool>>),
 }
 
 /// `len` bytes of a name's content, from byte 0, in frames of `piece`
@@ -203,7 +204,9 @@ impl ContentStream {
             return Poll::Ready(match &self.ending {
                 Ending::Clean => None,
                 Ending::Abort(reset_on_close) => {
-                    reset_on_close.store(true, Ordering::Relaxed);
+                    if let Some(flag) = reset_on_close {
+                        flag.store(true, Ordering::Relaxed);
+                    }
                     Some(Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "bulkget-server: injected connection reset",
@@ -342,7 +345,7 @@ mod tests {
             10,
             1,
             Duration::ZERO,
-            Ending::Abort(flag.clone()),
+            Ending::Abort(Some(flag.clone())),
         );
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), content("n", 10));

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 
-use crate::args::{ListFault, ServerArgs};
+use crate::args::{ListFault, RequiredHeader, ServerArgs};
 use crate::body::{Ending, ServerBody};
 use crate::content::fill_content_at;
 use crate::dataset::{Dataset, Served};
@@ -39,6 +39,7 @@ pub(crate) struct App {
     slow: Duration,
     slow_pieces: u64,
     trickle: Duration,
+    required_headers: Vec<RequiredHeader>,
 }
 
 /// Normalises `--prefix`: empty or `/x/y`, never a trailing slash.
@@ -66,7 +67,19 @@ impl App {
             slow: Duration::from_millis(args.slow_ms),
             slow_pieces: args.slow_pieces,
             trickle: Duration::from_millis(args.trickle_ms),
+            required_headers: args.require_header.clone(),
         }
+    }
+
+    /// The first `--require-header` that the request lacks (or carries with
+    /// another value), if any.
+    fn missing_header(&self, headers: &HeaderMap) -> Option<&RequiredHeader> {
+        self.required_headers.iter().find(|required| {
+            !headers
+                .get_all(&required.name)
+                .iter()
+                .any(|value| value == required.value)
+        })
     }
 }
 
@@ -132,7 +145,8 @@ fn next_marker(query: Option<&str>) -> Option<Option<String>> {
 /// What the requests of one connection share.
 pub(crate) struct Connection {
     pub(crate) app: Arc<App>,
-    /// Raised by an injected reset; the socket then closes with a TCP RST.
+    /// Raised by an injected reset on an HTTP/1 connection; the socket then
+    /// closes with a TCP RST.
     pub(crate) reset_on_close: Arc<AtomicBool>,
     /// Set by `--trickle-head-rate`: from then on the socket writes a byte
     /// every this many milliseconds.
@@ -158,12 +172,28 @@ pub(crate) async fn handle<B>(
         Route::Other => PathKind::Other,
     };
     app.stats.request(kind);
-    let resp = if !matches!(*req.method(), Method::GET | Method::HEAD) {
+    app.stats.version(req.version());
+    // Over HTTP/2 an injected reset ends only its stream (hyper answers a
+    // failing body with RST_STREAM) and the connection, which carries other
+    // streams, goes on; so the socket is not told to reset.
+    let reset_on_close = (req.version() != Version::HTTP_2).then_some(&conn.reset_on_close);
+    // The stats stay readable without credentials, for tests.
+    let needs_headers = matches!(route, Route::List | Route::Get { .. });
+    let missing = needs_headers
+        .then(|| app.missing_header(req.headers()))
+        .flatten();
+    let resp = if let Some(missing) = missing {
+        // The answer names the header, never the value it should have.
+        let message = format!("missing or wrong {} header", missing.name);
+        json_error(StatusCode::UNAUTHORIZED, &message)
+    } else if !matches!(*req.method(), Method::GET | Method::HEAD) {
         json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served")
     } else {
         match route {
             Route::List => list(app, req.uri().query()).await,
-            Route::Get { raw, redirected } => get(app, &raw, redirected, &conn).await,
+            Route::Get { raw, redirected } => {
+                get(app, &raw, redirected, &conn, reset_on_close).await
+            }
             Route::Stats => {
                 let json = serde_json::to_vec_pretty(&app.stats.snapshot())
                     .expect("stats serialise to JSON");
@@ -218,7 +248,13 @@ async fn list(app: &App, query: Option<&str>) -> Response<ServerBody> {
     resp
 }
 
-async fn get(app: &App, raw: &str, redirected: bool, conn: &Connection) -> Response<ServerBody> {
+async fn get(
+    app: &App,
+    raw: &str,
+    redirected: bool,
+    conn: &Connection,
+    reset_on_close: Option<&Arc<AtomicBool>>,
+) -> Response<ServerBody> {
     if !app.latency.is_zero() {
         tokio::time::sleep(app.latency).await;
     }
@@ -232,7 +268,16 @@ async fn get(app: &App, raw: &str, redirected: bool, conn: &Connection) -> Respo
     };
     let hash = bulkget_names::stable_hash(&name);
     let faults = app.dataset.faults_of(&name, served, hash);
-    let mut resp = answer(app, &name, served, hash, faults, redirected, conn);
+    let mut resp = answer(
+        app,
+        &name,
+        served,
+        hash,
+        faults,
+        redirected,
+        conn,
+        reset_on_close,
+    );
     if faults.crash {
         app.stats.fault(FaultKind::Crash);
         resp.headers_mut()
@@ -274,6 +319,7 @@ fn answer(
     faults: crate::faults::NameFaults,
     redirected: bool,
     conn: &Connection,
+    reset_on_close: Option<&Arc<AtomicBool>>,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let size = match served {
@@ -316,7 +362,15 @@ fn answer(
             .attempts
             .request(name, hash, Instant::now(), retry_after, stats);
         if attempt == Attempt::Fault {
-            return transient_fault(app, transient, hash, size, retry_after, conn);
+            return transient_fault(
+                app,
+                transient,
+                hash,
+                size,
+                retry_after,
+                conn,
+                reset_on_close,
+            );
         }
     }
     if faults.slow {
@@ -336,6 +390,7 @@ fn transient_fault(
     size: u64,
     retry_after: Option<u64>,
     conn: &Connection,
+    reset_on_close: Option<&Arc<AtomicBool>>,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let mut resp = match transient {
@@ -352,7 +407,7 @@ fn transient_fault(
         }
         Transient::Reset => {
             stats.fault(FaultKind::Reset);
-            let ending = Ending::Abort(Arc::clone(&conn.reset_on_close));
+            let ending = Ending::Abort(reset_on_close.cloned());
             let body = ServerBody::content(hash, size / 2, 1, Duration::ZERO, ending);
             with_length(octets(body), size)
         }
