@@ -28,8 +28,8 @@ mod backoff;
 mod conn;
 mod endpoint;
 mod error;
-mod uri;
 pub mod tls;
+mod uri;
 
 pub use backoff::{parse_retry_after, Backoff, Jitter};
 pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};
