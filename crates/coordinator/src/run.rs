@@ -9,7 +9,7 @@
 
 use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
-use crate::lister::{ListError, ListerConfig, ListerThread, Page};
+use crate::lister::{ListError, ListerConfig, ListerThread, ListerWait, Page};
 use crate::progress::{human_bytes, note, Progress, Snapshot as ProgressView};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Snapshot, Totals};
@@ -22,7 +22,6 @@ use bulkget_protocol::{
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
 use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -129,7 +128,7 @@ struct Run {
     pages_listed: u64,
     current_marker: Option<String>,
     listing_done: bool,
-    lister_wait_ms: Arc<AtomicU64>,
+    lister_wait: Arc<ListerWait>,
     rate: RateWindow,
     stop: Option<Stop>,
     /// The listing failed; the run stops once what was listed is done.
@@ -330,7 +329,7 @@ impl Run {
             pages_listed: 0,
             current_marker: None,
             listing_done: false,
-            lister_wait_ms: Arc::new(AtomicU64::new(0)),
+            lister_wait: Arc::new(ListerWait::default()),
             rate: RateWindow::new(Duration::from_secs(5)),
             stop: None,
             listing_failed: None,
@@ -374,7 +373,7 @@ impl Run {
                 self.start_position.clone(),
                 config,
                 page_tx,
-                self.lister_wait_ms.clone(),
+                self.lister_wait.clone(),
             ) {
                 Ok(l) => Some(l),
                 Err(e) => {
@@ -534,8 +533,16 @@ impl Run {
         if page.next.is_none() {
             self.listing_done = true;
         }
+        let changed = self.sched.pages_changed();
         let failures = self.sched.add_page(page.names, page.next);
         self.record_failures(failures);
+        if changed == 0 && self.sched.pages_changed() > 0 {
+            note!(
+                self.progress,
+                "bulkget: the server lists page {} differently than before the resume; pages listed differently are fetched whole",
+                self.resumed_from.pages_done + self.pages_listed
+            );
+        }
     }
 
     fn record_failures(&mut self, failures: Vec<Failure>) {
@@ -908,6 +915,10 @@ impl Run {
         if parked > 0 {
             println!("  parked shards:  {parked}");
         }
+        let changed = self.sched.pages_changed();
+        if changed > 0 {
+            println!("  pages changed:  {changed} listed differently than before the resume, fetched whole");
+        }
         if live.files_failed > 0 {
             println!(
                 "  failures:       {}",
@@ -1019,7 +1030,9 @@ impl Run {
                 (None, true, None) => bulkget_stats::schema::eta_method::NONE_NO_PROGRESS,
             }
             .to_string(),
-            lister_wait_ms: self.lister_wait_ms.load(Ordering::Relaxed),
+            lister_wait_ms: self.lister_wait.total_ms(),
+            pages_changed: self.sched.pages_changed(),
+            peak_rss_bytes: bulkget_stats::peak_rss_bytes().unwrap_or(0),
             batches_requeued: self.sched.requeued(),
             exit_code,
             shards: self
