@@ -36,6 +36,7 @@ pub(crate) struct App {
     list_delay: Duration,
     slow: Duration,
     slow_pieces: u64,
+    location_bytes: usize,
 }
 
 /// Normalises `--prefix`: empty or `/x/y`, never a trailing slash.
@@ -61,6 +62,7 @@ impl App {
             list_delay: Duration::from_millis(args.list_delay_ms),
             slow: Duration::from_millis(args.slow_ms),
             slow_pieces: args.slow_pieces,
+            location_bytes: args.location_bytes,
         }
     }
 }
@@ -249,6 +251,16 @@ fn octets(body: ServerBody) -> Response<ServerBody> {
     resp
 }
 
+/// `location`, padded to `--location-bytes` with a `?pad=` query.
+fn padded(app: &App, mut location: String) -> String {
+    if location.len() < app.location_bytes {
+        location.push_str("?pad=");
+        let missing = app.location_bytes.saturating_sub(location.len());
+        location.extend(std::iter::repeat_n('x', missing));
+    }
+    location
+}
+
 fn redirect(status: StatusCode, location: String) -> Response<ServerBody> {
     let mut resp = Response::new(ServerBody::empty());
     *resp.status_mut() = status;
@@ -274,7 +286,10 @@ fn answer(
             stats.fault(FaultKind::OffhostRedirect);
             return redirect(
                 StatusCode::FOUND,
-                format!("{OFFHOST_BASE}{}", bulkget_names::url_encode(name)),
+                padded(
+                    app,
+                    format!("{OFFHOST_BASE}{}", bulkget_names::url_encode(name)),
+                ),
             );
         }
         Served::Liar => {
@@ -296,10 +311,23 @@ fn answer(
         stats.fault(FaultKind::Redirect);
         return redirect(
             StatusCode::TEMPORARY_REDIRECT,
-            format!(
-                "{}/get-redirected/{}",
-                app.prefix,
-                bulkget_names::url_encode(name)
+            padded(
+                app,
+                format!(
+                    "{}/get-redirected/{}",
+                    app.prefix,
+                    bulkget_names::url_encode(name)
+                ),
+            ),
+        );
+    }
+    if faults.offhost_redirect {
+        stats.fault(FaultKind::OffhostRedirect);
+        return redirect(
+            StatusCode::FOUND,
+            padded(
+                app,
+                format!("{OFFHOST_BASE}{}", bulkget_names::url_encode(name)),
             ),
         );
     }
