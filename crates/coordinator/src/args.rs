@@ -75,7 +75,7 @@ pub struct FetchArgs {
     #[arg(long, default_value_t = 8 << 20)]
     pub max_file_size: u64,
     /// Largest list page accepted, in bytes. It bounds the coordinator's
-    /// memory: about 2 x this plus 90 bytes a name at most (ARCHITECTURE.md,
+    /// memory: at most about 5 x this plus 95 bytes a name (ARCHITECTURE.md,
     /// "Memory"); a page of 2,000,000 names of 15 bytes is 36 MB.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_page_size: u64,

@@ -347,8 +347,9 @@ impl Run {
             }
         }
 
-        // The page channel holds one page: with the page being parsed and
-        // the one being cut into batches, at most three pages are in memory.
+        // The page channel holds one page, and the lister asks for a page
+        // only once it has room: with the one being cut into batches, at
+        // most two parsed pages are in memory (ARCHITECTURE.md, "Memory").
         let (page_tx, mut pages) = mpsc::channel::<Result<Page, ListError>>(1);
         let lister = if self.start_position == ListPosition::Done {
             self.listing_done = true;
