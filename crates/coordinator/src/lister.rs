@@ -16,7 +16,7 @@
 
 use crate::scheduler::ListPosition;
 use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
-use bulkget_protocol::{cut_text, Names};
+use bulkget_protocol::{cut_text, Names, MAX_REASON_BYTES};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
@@ -301,19 +301,13 @@ pub async fn run(
                 Err(e) => e,
             };
             if !error.is_transient() || attempt >= config.max_attempts {
-                let error = match &error {
-                    FetchError::TooLarge { .. } => {
-                        format!("list page {error}; raise --max-page-size to accept it")
-                    }
-                    e if e.is_transient() => format!("{e} (gave up after {attempt} attempts)"),
-                    e => e.to_string(),
-                };
                 break Err(ListError::Http {
                     page: page_desc.clone(),
-                    error,
+                    error: gave_up(&error, attempt),
                 });
             }
-            tracing::warn!(page = %page_desc, %error, attempt, "list page failed; retrying");
+            let text = cut_text(&error.to_string(), MAX_REASON_BYTES).into_owned();
+            tracing::warn!(page = %page_desc, error = %text, attempt, "list page failed; retrying");
             tokio::time::sleep(
                 config
                     .backoff
@@ -345,6 +339,20 @@ pub async fn run(
         };
         seq += 1;
         permit.send(Ok(page));
+    }
+}
+
+/// Why a page's request failed for good, after `attempt` attempts. The
+/// error may quote the server (a `Location`), so it is cut like a failure's
+/// reason.
+fn gave_up(error: &FetchError, attempt: u32) -> String {
+    let text = cut_text(&error.to_string(), MAX_REASON_BYTES).into_owned();
+    match error {
+        FetchError::TooLarge { .. } => {
+            format!("list page {text}; raise --max-page-size to accept it")
+        }
+        e if e.is_transient() => format!("{text} (gave up after {attempt} attempts)"),
+        _ => text,
     }
 }
 
@@ -557,6 +565,20 @@ mod tests {
             desc.starts_with("page 3 (GET /list?next-marker=mmm"),
             "{desc}"
         );
+    }
+
+    #[test]
+    fn a_list_error_quoting_a_huge_location_stays_short() {
+        let to = format!("http://other/{}", "x".repeat(300_000));
+        let e = gave_up(&FetchError::OffHostRedirect(to), 1);
+        assert!(e.len() <= MAX_REASON_BYTES, "{}", e.len());
+        assert!(
+            e.starts_with("redirect to another host refused: http://other/xxx"),
+            "{e}"
+        );
+        let e = gave_up(&FetchError::Transport("y".repeat(300_000)), 10);
+        assert!(e.len() < MAX_REASON_BYTES + 40, "{}", e.len());
+        assert!(e.ends_with("yyy (gave up after 10 attempts)"), "{e}");
     }
 
     #[test]
