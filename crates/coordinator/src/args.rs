@@ -98,7 +98,8 @@ pub struct FetchArgs {
     /// Seconds to let in-flight batches finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub grace: u64,
-    /// Park a shard that crashes more than this many times ...
+    /// Park a shard whose workers crash more than this many times without
+    /// acknowledging anything (crashes blamed on a suspect batch excepted) ...
     #[arg(long, default_value_t = 5)]
     pub restart_burst: u32,
     /// ... within this many seconds.

@@ -12,7 +12,8 @@ pub const FILES_FAILED: i32 = 3;
 /// The listing failed (invalid page, loop, permanent HTTP error); the
 /// checkpoint is saved and `--resume` retries from the failed page.
 pub const LISTING_FAILED: i32 = 4;
-/// Every shard crashed too often and was parked; the checkpoint is saved.
+/// Every shard's workers crashed too often without acknowledging anything,
+/// and every shard was parked; the checkpoint is saved.
 pub const ALL_PARKED: i32 = 5;
 /// The state directory is in use, belongs to another run, or holds an
 /// unfinished run and `--resume` was not given.

@@ -521,6 +521,7 @@ impl Run {
         let generation = slot.life.restarts;
         let worker =
             supervisor::spawn(&self.exe, shard, generation, &self.settings, events.clone())?;
+        slot.life.on_start();
         slot.worker = Some(worker);
         slot.generation = generation;
         slot.phase = Phase::Starting;
@@ -705,7 +706,7 @@ impl Run {
                     Decision::Park => {
                         note!(
                             self.progress,
-                            "bulkget: worker {shard} died ({what}) more than {} times in {:?}; shard {shard} is parked, the run goes on without it",
+                            "bulkget: worker {shard} died ({what}); its workers crashed more than {} times in {:?} without acknowledging anything; shard {shard} is parked, the run goes on without it",
                             self.policy.burst, self.policy.interval
                         );
                         self.park(shard, grace_deadline);
@@ -729,9 +730,12 @@ impl Run {
     }
 
     /// The shard's worker is gone or must go: put its batches back and make
-    /// sure the process dies.
+    /// sure the process dies. A crash now is blamed on the batch if the
+    /// worker held one suspect batch alone (see restart.rs).
     fn shard_down(&mut self, shard: usize) {
-        tracing::debug!(shard, "shard down");
+        let blamed = self.sched.holds_suspect_alone(shard);
+        tracing::debug!(shard, blamed, "shard down");
+        self.shards[shard].life.on_down(blamed);
         let failures = self.sched.shard_down(shard);
         self.record_failures(failures);
         let slot = &mut self.shards[shard];
