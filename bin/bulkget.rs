@@ -27,7 +27,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Download every file the service at URL lists into OUT.
-    Fetch(FetchArgs),
+    // Boxed: the flags outweigh every other subcommand's many times over.
+    Fetch(Box<FetchArgs>),
     /// Show a run's progress per shard and in total, while it runs or after.
     Status(bulkget_stats::StatusArgs),
     /// Unpack the SQLite shards of OUT into a directory tree.
@@ -56,13 +57,7 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let code = match cli.command {
-        Command::Fetch(args) => match std::env::current_exe() {
-            Ok(exe) => bulkget_coordinator::fetch(args, exe),
-            Err(e) => {
-                eprintln!("bulkget: cannot find my own executable to start workers: {e}");
-                exit::ERROR
-            }
-        },
+        Command::Fetch(args) => bulkget_coordinator::fetch(*args),
         Command::Worker => bulkget_worker::run_on_fd(bulkget_worker::WORKER_FD),
         Command::Status(args) => {
             let stdout = std::io::stdout();

@@ -129,4 +129,8 @@ pub struct FetchArgs {
     /// Test hook: workers of this shard fail at start-up.
     #[arg(long, hide = true)]
     pub test_fail_start_shard: Vec<u32>,
+    /// Test hook: the coordinator announces this build id to its workers
+    /// instead of its own, as a coordinator of another build would.
+    #[arg(long, hide = true)]
+    pub test_announce_build: Option<String>,
 }

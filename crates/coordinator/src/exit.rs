@@ -3,7 +3,9 @@
 
 /// Every listed file is in the sink.
 pub const OK: i32 = 0;
-/// An unexpected error (I/O on the state directory, cannot spawn workers).
+/// An unexpected error (I/O on the state directory, cannot spawn workers),
+/// or a worker of another build than the coordinator (the checkpoint is
+/// then saved).
 pub const ERROR: i32 = 1;
 /// Bad command line (clap also uses 2).
 pub const USAGE: i32 = 2;

@@ -17,7 +17,8 @@ use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::supervisor::{self, describe_exit, Event, Worker};
 use bulkget_http::{Backoff, Endpoint, Limits};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, SinkKind, TestHooks, ToCoordinator, ToWorker, WorkerSettings,
+    Failure, FatalKind, Layout, SinkKind, TestHooks, ToCoordinator, ToWorker, Version,
+    WorkerSettings,
 };
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
 use nix::sys::signal::Signal;
@@ -31,10 +32,15 @@ use tokio::sync::mpsc;
 /// Why the run is stopping early, if it is.
 #[derive(Debug, Clone, PartialEq)]
 enum Stop {
-    Signal { code: i32, name: &'static str },
+    Signal {
+        code: i32,
+        name: &'static str,
+    },
     ListingFailed(String),
     AllParked,
     NoSpace(String),
+    /// A worker is another build than the coordinator.
+    Incompatible(String),
 }
 
 impl Stop {
@@ -44,6 +50,7 @@ impl Stop {
             Stop::ListingFailed(_) => exit::LISTING_FAILED,
             Stop::AllParked => exit::ALL_PARKED,
             Stop::NoSpace(_) => exit::NO_SPACE,
+            Stop::Incompatible(_) => exit::ERROR,
         }
     }
 }
@@ -83,7 +90,7 @@ struct ShardSlot {
 }
 
 /// Runs `bulkget fetch` and returns the process exit code.
-pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
+pub fn fetch(args: FetchArgs) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -95,7 +102,7 @@ pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
         }
     };
     runtime.block_on(async move {
-        match Run::setup(args, exe) {
+        match Run::setup(args) {
             Ok(Setup::Go(run)) => run.main().await,
             Ok(Setup::Done(code)) => code,
             Err((code, msg)) => {
@@ -113,7 +120,6 @@ enum Setup {
 
 struct Run {
     args: FetchArgs,
-    exe: PathBuf,
     endpoint: Endpoint,
     state_dir: PathBuf,
     settings: WorkerSettings,
@@ -138,7 +144,7 @@ struct Run {
 }
 
 impl Run {
-    fn setup(args: FetchArgs, exe: PathBuf) -> Result<Setup, (i32, String)> {
+    fn setup(args: FetchArgs) -> Result<Setup, (i32, String)> {
         let endpoint = Endpoint::parse(&args.url).map_err(|e| (exit::USAGE, e.to_string()))?;
         if args.workers == Some(0)
             || args.connections == 0
@@ -314,7 +320,6 @@ impl Run {
         let progress = Progress::new(args.progress, args.quiet);
         Ok(Setup::Go(Box::new(Run {
             args,
-            exe,
             endpoint,
             state_dir,
             settings,
@@ -517,16 +522,27 @@ impl Run {
         shard: usize,
         events: &mpsc::UnboundedSender<Event>,
     ) -> std::io::Result<()> {
+        let version = self.announced_version();
         let slot = &mut self.shards[shard];
         let generation = slot.life.restarts;
         let worker =
-            supervisor::spawn(&self.exe, shard, generation, &self.settings, events.clone())?;
+            supervisor::spawn(shard, generation, &version, &self.settings, events.clone())?;
         slot.life.on_start();
         slot.worker = Some(worker);
         slot.generation = generation;
         slot.phase = Phase::Starting;
         slot.down = false;
         Ok(())
+    }
+
+    /// The version the coordinator announces to its workers: its own, or
+    /// another build under the `--test-announce-build` hook.
+    fn announced_version(&self) -> Version {
+        let mut version = Version::current();
+        if let Some(build) = &self.args.test_announce_build {
+            version.build = build.clone();
+        }
+        version
     }
 
     fn on_page(&mut self, page: Page) {
@@ -659,6 +675,28 @@ impl Run {
                         note!(self.progress, "bulkget: worker {shard}: {e}");
                     }
                     self.shard_down(shard);
+                }
+            }
+            Event::Incompatible {
+                shard,
+                generation,
+                ours,
+                theirs,
+            } => {
+                if generation != self.shards[shard].generation || self.shards[shard].down {
+                    return;
+                }
+                // The worker exits by itself; nothing was sent to it.
+                self.shard_down(shard);
+                if self.stop.is_none() {
+                    let why = format!(
+                        "worker {shard} is another build of bulkget ({theirs}) than this coordinator ({ours})"
+                    );
+                    note!(
+                        self.progress,
+                        "bulkget: {why}; stopping with the checkpoint saved"
+                    );
+                    self.begin_stop(Stop::Incompatible(why), grace_deadline);
                 }
             }
             Event::Exited {
@@ -933,6 +971,7 @@ impl Run {
                     Stop::ListingFailed(e) => e.clone(),
                     Stop::AllParked => "every shard was parked".into(),
                     Stop::NoSpace(e) => format!("out of space: {e}"),
+                    Stop::Incompatible(e) => e.clone(),
                 };
                 println!("  result:         stopped: {why} (exit {code})");
                 println!(

@@ -1,9 +1,16 @@
 //! Worker processes: spawning, talking to and watching them.
 //!
-//! A worker is this same executable run with the hidden `worker`
-//! subcommand, with one end of a Unix socket pair on file descriptor 3. It
-//! gets its own process group, so a Ctrl-C at the terminal reaches only the
-//! coordinator, which then decides how the workers stop.
+//! A worker is the coordinator's own executable image, run with the hidden
+//! `worker` subcommand, with one end of a Unix socket pair on file
+//! descriptor 3. It is started from `/proc/self/exe`, not from the path the
+//! coordinator was started from: that link names the image this process
+//! runs even after the file on disk has been replaced (an upgrade during a
+//! run) or deleted, so every worker, restarts included, runs the
+//! coordinator's own code. Each side's first frame is its
+//! [`Version`]; a worker of another build is reported as
+//! [`Event::Incompatible`], never as a crash. A worker gets its own process
+//! group, so a Ctrl-C at the terminal reaches only the coordinator, which
+//! then decides how the workers stop.
 //!
 //! Each worker has three tasks here: a writer that sends frames, a reader
 //! that turns frames into [`Event::Message`], and a waiter that reports the
@@ -16,15 +23,17 @@
 //! and exits.
 
 use bulkget_protocol::frame::{self, FrameReader};
-use bulkget_protocol::{ToCoordinator, ToWorker, WorkerSettings};
+use bulkget_protocol::{ToCoordinator, ToWorker, Version, WorkerSettings};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
+
+/// The executable image of this process (see the module documentation).
+const OWN_IMAGE: &str = "/proc/self/exe";
 
 /// Something that happened to a worker.
 #[derive(Debug)]
@@ -39,6 +48,15 @@ pub enum Event {
         shard: usize,
         generation: u32,
         error: Option<String>,
+    },
+    /// The worker's first frame says it is another build, or speaks another
+    /// protocol, than the coordinator announced (`ours`). Nothing else is
+    /// read from it; it exits by itself.
+    Incompatible {
+        shard: usize,
+        generation: u32,
+        ours: Version,
+        theirs: Version,
     },
     /// The process exited.
     Exited {
@@ -75,11 +93,11 @@ impl Worker {
     }
 }
 
-/// Starts a worker for `shard` and sends it its hello.
+/// Starts a worker for `shard` and sends it `version`, then its hello.
 pub fn spawn(
-    exe: &Path,
     shard: usize,
     generation: u32,
+    version: &Version,
     settings: &WorkerSettings,
     events: mpsc::UnboundedSender<Event>,
 ) -> io::Result<Worker> {
@@ -89,12 +107,18 @@ pub fn spawn(
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let theirs: OwnedFd = theirs.into();
     let theirs_fd = theirs.as_raw_fd();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("worker")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .process_group(0);
+    let mut cmd = std::process::Command::new(OWN_IMAGE);
+    // The name `ps` shows: the coordinator's own.
+    cmd.arg0(
+        std::env::args_os()
+            .next()
+            .unwrap_or_else(|| "bulkget".into()),
+    )
+    .arg("worker")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit())
+    .process_group(0);
     // SAFETY: between fork and exec only async-signal-safe calls are made
     // (dup2, fcntl), on descriptors that exist in the child.
     unsafe {
@@ -133,8 +157,31 @@ pub fn spawn(
     });
 
     let ev = events.clone();
+    let announced = version.clone();
     tokio::spawn(async move {
+        let disconnected = |error: Option<String>| {
+            let _ = ev.send(Event::Disconnected {
+                shard,
+                generation,
+                error,
+            });
+        };
         let mut reader = FrameReader::new(read_half);
+        // The worker's first frame is its version.
+        match reader.next::<Version>().await {
+            Ok(Some(theirs)) if theirs == announced => {}
+            Ok(Some(theirs)) => {
+                let _ = ev.send(Event::Incompatible {
+                    shard,
+                    generation,
+                    ours: announced,
+                    theirs,
+                });
+                return;
+            }
+            Ok(None) => return disconnected(None),
+            Err(e) => return disconnected(Some(e.to_string())),
+        }
         loop {
             match reader.next::<ToCoordinator>().await {
                 Ok(Some(msg)) => {
@@ -149,22 +196,8 @@ pub fn spawn(
                         return;
                     }
                 }
-                Ok(None) => {
-                    let _ = ev.send(Event::Disconnected {
-                        shard,
-                        generation,
-                        error: None,
-                    });
-                    return;
-                }
-                Err(e) => {
-                    let _ = ev.send(Event::Disconnected {
-                        shard,
-                        generation,
-                        error: Some(e.to_string()),
-                    });
-                    return;
-                }
+                Ok(None) => return disconnected(None),
+                Err(e) => return disconnected(Some(e.to_string())),
             }
         }
     });
@@ -185,6 +218,9 @@ pub fn spawn(
         pid,
         frames: frames_tx,
     };
+    let mut buf = Vec::new();
+    frame::encode(version, &mut buf).expect("a version is small");
+    worker.send_frame(buf);
     worker.send(&ToWorker::Hello {
         shard: shard as u32,
         generation,

@@ -280,6 +280,21 @@ mod tests {
     }
 
     #[test]
+    fn the_version_frame_has_the_same_layout_in_every_build() {
+        // Peers of different builds must read each other's version, so its
+        // bytes are pinned: a u32 varint, then a length-prefixed string.
+        let mut buf = Vec::new();
+        let v = Version {
+            protocol: 1,
+            build: "0.1.0+ab".into(),
+        };
+        encode(&v, &mut buf).unwrap();
+        assert_eq!(buf, b"\x0a\0\0\0\x01\x080.1.0+ab");
+        let (back, used): (Version, usize) = decode(&buf).unwrap().unwrap();
+        assert_eq!((back, used), (v, buf.len()));
+    }
+
+    #[test]
     fn borrowed_batch_encodes_like_owned() {
         let names = vec!["a".to_string(), "b c".to_string()];
         let mut owned = Vec::new();
