@@ -66,6 +66,13 @@ fn killing_random_workers_every_second_loses_nothing() {
         kills >= 2,
         "the run ended before the test could kill workers ({kills} kills)"
     );
+    // The killer was someone else: the messages do not blame the coordinator.
+    let err = text(&output.stderr);
+    assert!(
+        err.contains("died (killed by SIGKILL); restarting"),
+        "{err}"
+    );
+    assert!(!err.contains("killed by the coordinator"), "{err}");
     let summary = text(&output.stdout);
     assert!(
         summary.contains(&format!("files ok:       {n}")),
@@ -433,6 +440,29 @@ fn a_worker_killed_while_its_batches_are_stalled_loses_nothing_and_counts_each_f
         .map(|s| s["restarts"].as_u64().unwrap())
         .sum();
     assert!(restarts >= 1, "{c}");
+}
+
+/// A worker that closes its socket but does not exit is killed by the
+/// coordinator, and the message says so, with the worker's exit status.
+#[test]
+fn a_worker_the_coordinator_kills_is_reported_as_killed_by_it() {
+    let server = Server::start(&["--files", "2000"]);
+    let ws = Workspace::new();
+    let output = fetch(
+        &server,
+        &ws,
+        &["--workers", "1", "--test-linger-shard", "0"],
+    );
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 2000);
+    let err = text(&output.stderr);
+    assert!(
+        err.contains(
+            "worker 0 was killed by the coordinator because it closed its socket and it had not exited 2s later (killed by SIGKILL); restarting"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("died"), "{err}");
 }
 
 /// A copy of the `bulkget` binary in a directory of its own, so a test can

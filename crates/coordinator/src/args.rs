@@ -129,6 +129,10 @@ pub struct FetchArgs {
     /// Test hook: workers of this shard fail at start-up.
     #[arg(long, hide = true)]
     pub test_fail_start_shard: Vec<u32>,
+    /// Test hook: the first worker of this shard closes its socket after the
+    /// hello and does not exit.
+    #[arg(long, hide = true)]
+    pub test_linger_shard: Vec<u32>,
     /// Test hook: the coordinator announces this build id to its workers
     /// instead of its own, as a coordinator of another build would.
     #[arg(long, hide = true)]

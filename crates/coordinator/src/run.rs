@@ -14,7 +14,7 @@ use crate::progress::{human_bytes, note, Progress, Snapshot as ProgressView};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Snapshot, Totals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
-use crate::supervisor::{self, describe_exit, Event, Worker};
+use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
 use bulkget_http::{Backoff, Endpoint, Limits};
 use bulkget_protocol::{
     Failure, FatalKind, Layout, SinkKind, TestHooks, ToCoordinator, ToWorker, Version,
@@ -253,6 +253,7 @@ impl Run {
             test_hooks: TestHooks {
                 abort_on_header: args.test_abort_on_header,
                 fail_start_shards: args.test_fail_start_shard.clone(),
+                linger_shards: args.test_linger_shard.clone(),
             },
         };
         // Stats files of an earlier run or of more shards would mislead
@@ -624,8 +625,8 @@ impl Run {
                             }
                         }
                         None => {
-                            note!(self.progress, "bulkget: worker {shard} acknowledged unknown batch {id}; restarting it");
                             self.shard_down(shard);
+                            self.kill_worker(shard, format!("it acknowledged unknown batch {id}"));
                         }
                     },
                     ToCoordinator::BatchStalled {
@@ -645,8 +646,11 @@ impl Run {
                             self.shards[shard].life.on_progress();
                         }
                         None => {
-                            note!(self.progress, "bulkget: worker {shard} sent a stall report that does not fit batch {id}; restarting it");
                             self.shard_down(shard);
+                            self.kill_worker(
+                                shard,
+                                format!("it sent a stall report that does not fit batch {id}"),
+                            );
                         }
                     },
                     ToCoordinator::Fatal { kind, reason } => {
@@ -667,14 +671,29 @@ impl Run {
             Event::Disconnected {
                 shard,
                 generation,
-                error,
+                end,
             } => {
-                tracing::debug!(shard, generation, ?error, "disconnected");
+                tracing::debug!(shard, generation, ?end, "disconnected");
                 if generation == self.shards[shard].generation && !self.shards[shard].down {
-                    if let Some(e) = error {
-                        note!(self.progress, "bulkget: worker {shard}: {e}");
-                    }
                     self.shard_down(shard);
+                    let closed = match end {
+                        SocketEnd::Invalid(e) => {
+                            self.kill_worker(shard, format!("it broke the protocol ({e})"));
+                            return;
+                        }
+                        SocketEnd::Closed => "it closed its socket".to_string(),
+                        SocketEnd::Broken(e) => format!("its socket failed ({e})"),
+                    };
+                    // A worker's socket closes as it exits, or dies: give it
+                    // the time to, so that a worker killed by someone else
+                    // is not reported as killed by us.
+                    if let Some(w) = &self.shards[shard].worker {
+                        let after = supervisor::EXIT_AFTER_CLOSE;
+                        w.kill_unless_exited_within(
+                            after,
+                            format!("{closed} and it had not exited {after:?} later"),
+                        );
+                    }
                 }
             }
             Event::Incompatible {
@@ -703,8 +722,9 @@ impl Run {
                 shard,
                 generation,
                 status,
+                killed,
             } => {
-                tracing::debug!(shard, generation, ?status, "exited");
+                tracing::debug!(shard, generation, ?status, ?killed, "exited");
                 if generation != self.shards[shard].generation {
                     return;
                 }
@@ -715,23 +735,26 @@ impl Run {
                     self.shard_down(shard);
                 }
                 self.shards[shard].worker = None;
+                let what = describe_end(&status, killed.as_deref());
                 if expected {
                     if self.shards[shard].phase != Phase::Parked {
                         self.shards[shard].phase = Phase::Stopped;
                     }
+                    if killed.is_some() {
+                        note!(self.progress, "bulkget: worker {shard} {what}");
+                    }
                     return;
                 }
-                let what = describe_exit(&status);
                 match self.shards[shard]
                     .life
                     .on_crash(Instant::now(), &self.policy)
                 {
                     Decision::RestartAfter(delay) => {
-                        tracing::warn!(shard, %what, ?delay, "worker died; restarting");
+                        tracing::warn!(shard, %what, ?delay, "worker ended; restarting");
                         if !self.args.quiet {
                             note!(
                                 self.progress,
-                                "bulkget: worker {shard} died ({what}); restarting in {delay:?}"
+                                "bulkget: worker {shard} {what}; restarting in {delay:?}"
                             );
                         }
                         self.shards[shard].phase = Phase::Backoff;
@@ -744,7 +767,7 @@ impl Run {
                     Decision::Park => {
                         note!(
                             self.progress,
-                            "bulkget: worker {shard} died ({what}); its workers crashed more than {} times in {:?} without acknowledging anything; shard {shard} is parked, the run goes on without it",
+                            "bulkget: worker {shard} {what}; its workers crashed more than {} times in {:?} without acknowledging anything; shard {shard} is parked, the run goes on without it",
                             self.policy.burst, self.policy.interval
                         );
                         self.park(shard, grace_deadline);
@@ -767,9 +790,9 @@ impl Run {
         }
     }
 
-    /// The shard's worker is gone or must go: put its batches back and make
-    /// sure the process dies. A crash now is blamed on the batch if the
-    /// worker held one suspect batch alone (see restart.rs).
+    /// The shard's worker is gone or must go: put its batches back. A
+    /// crash now is blamed on the batch if the worker held one suspect
+    /// batch alone (see restart.rs). The restart waits for the exit.
     fn shard_down(&mut self, shard: usize) {
         let blamed = self.sched.holds_suspect_alone(shard);
         tracing::debug!(shard, blamed, "shard down");
@@ -779,8 +802,13 @@ impl Run {
         let slot = &mut self.shards[shard];
         slot.down = true;
         slot.idle_since.get_or_insert_with(Instant::now);
-        if let Some(w) = &slot.worker {
-            w.signal(Signal::SIGKILL);
+    }
+
+    /// Kills the shard's worker; `why` completes "the coordinator killed it
+    /// because ..." in the exit message.
+    fn kill_worker(&mut self, shard: usize, why: String) {
+        if let Some(w) = &self.shards[shard].worker {
+            w.kill(why);
         }
     }
 
@@ -844,14 +872,10 @@ impl Run {
             }
             if let Some(w) = &s.worker {
                 w.signal(Signal::SIGTERM);
-                let pid = w.pid;
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        Signal::SIGKILL,
-                    );
-                });
+                w.kill_unless_exited_within(
+                    Duration::from_secs(1),
+                    "it had not stopped 1s after SIGTERM".into(),
+                );
             }
         }
     }

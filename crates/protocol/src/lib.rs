@@ -206,6 +206,10 @@ pub struct TestHooks {
     pub abort_on_header: bool,
     /// Fail start-up (send `Fatal` and exit 1) on these shards.
     pub fail_start_shards: Vec<u32>,
+    /// On these shards, the first worker (generation 0) closes its socket
+    /// right after the hello and stays alive, as a worker stuck on its way
+    /// out would, until the coordinator kills it.
+    pub linger_shards: Vec<u32>,
 }
 
 impl WorkerSettings {

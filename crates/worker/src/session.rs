@@ -125,6 +125,14 @@ async fn serve(stream: UnixStream) -> i32 {
             return exit::USAGE;
         }
     };
+    if generation == 0 && settings.test_hooks.linger_shards.contains(&shard) {
+        // Test hook: close the socket (both halves) and stay alive until
+        // the coordinator kills this process.
+        drop(outbox);
+        let _ = writer.await;
+        drop(reader);
+        return std::future::pending().await;
+    }
     let fatal = |kind: FatalKind, reason: String| {
         eprintln!("bulkget worker {shard}: {reason}");
         let _ = outbox.send(ToCoordinator::Fatal { kind, reason });
