@@ -61,13 +61,7 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let code = match cli.command {
-        Command::Fetch(args) => match std::env::current_exe() {
-            Ok(exe) => bulkget_coordinator::fetch(*args, exe),
-            Err(e) => {
-                errln!("bulkget: cannot find my own executable to start workers: {e}");
-                exit::ERROR
-            }
-        },
+        Command::Fetch(args) => bulkget_coordinator::fetch(*args),
         Command::Worker => bulkget_worker::run_on_fd(bulkget_worker::WORKER_FD),
         Command::Status(args) => {
             let stdout = std::io::stdout();

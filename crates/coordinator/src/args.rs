@@ -112,7 +112,8 @@ pub struct FetchArgs {
     /// Seconds to let in-flight batches finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub grace: u64,
-    /// Park a shard that crashes more than this many times ...
+    /// Park a shard whose workers crash more than this many times without
+    /// acknowledging anything (crashes blamed on a suspect batch excepted) ...
     #[arg(long, default_value_t = 5)]
     pub restart_burst: u32,
     /// ... within this many seconds.
@@ -147,4 +148,12 @@ pub struct FetchArgs {
     /// ones fails once (EIO), as the kernel reports a lost write-back once.
     #[arg(long, hide = true, value_name = "N")]
     pub test_fail_sync_after: Option<u64>,
+    /// Test hook: the first worker of this shard closes its socket after the
+    /// hello and does not exit.
+    #[arg(long, hide = true)]
+    pub test_linger_shard: Vec<u32>,
+    /// Test hook: the coordinator announces this build id to its workers
+    /// instead of its own, as a coordinator of another build would.
+    #[arg(long, hide = true)]
+    pub test_announce_build: Option<String>,
 }

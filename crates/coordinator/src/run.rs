@@ -17,11 +17,11 @@ use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::{self, StateOp};
-use crate::supervisor::{self, describe_exit, Event, Worker};
+use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
 use bulkget_console::{errln, outln};
 use bulkget_http::{Backoff, Endpoint, Limits};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker,
+    Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker, Version,
     WorkerSettings,
 };
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
@@ -35,13 +35,18 @@ use tokio::sync::mpsc;
 /// Why the run is stopping early, if it is.
 #[derive(Debug, Clone, PartialEq)]
 enum Stop {
-    Signal { code: i32, name: &'static str },
+    Signal {
+        code: i32,
+        name: &'static str,
+    },
     ListingFailed(String),
     AllParked,
     NoSpace(String),
     // Writing or syncing the state directory or the output failed: the run
     // stops at once and writes no further checkpoint.
     StateFailed(String),
+    /// A worker is another build than the coordinator.
+    Incompatible(String),
 }
 
 impl Stop {
@@ -52,6 +57,7 @@ impl Stop {
             Stop::AllParked => exit::ALL_PARKED,
             Stop::NoSpace(_) => exit::NO_SPACE,
             Stop::StateFailed(_) => exit::ERROR,
+            Stop::Incompatible(_) => exit::ERROR,
         }
     }
 }
@@ -106,7 +112,7 @@ fn duration_ms(d: Duration) -> u64 {
 }
 
 /// Runs `bulkget fetch` and returns the process exit code.
-pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
+pub fn fetch(args: FetchArgs) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,7 +124,7 @@ pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
         }
     };
     runtime.block_on(async move {
-        match Run::setup(args, exe) {
+        match Run::setup(args) {
             Ok(Setup::Go(run)) => run.main().await,
             Ok(Setup::Done(code)) => code,
             Err((code, msg)) => {
@@ -136,7 +142,6 @@ enum Setup {
 
 struct Run {
     args: FetchArgs,
-    exe: PathBuf,
     endpoint: Endpoint,
     state_dir: PathBuf,
     settings: WorkerSettings,
@@ -165,7 +170,7 @@ struct Run {
 }
 
 impl Run {
-    fn setup(args: FetchArgs, exe: PathBuf) -> Result<Setup, (i32, String)> {
+    fn setup(args: FetchArgs) -> Result<Setup, (i32, String)> {
         let endpoint = Endpoint::parse(&args.url).map_err(|e| (exit::USAGE, e.to_string()))?;
         if args.workers == Some(0)
             || args.connections == 0
@@ -299,6 +304,7 @@ impl Run {
             test_hooks: TestHooks {
                 abort_on_header: args.test_abort_on_header,
                 fail_start_shards: args.test_fail_start_shard.clone(),
+                linger_shards: args.test_linger_shard.clone(),
             },
         };
         // Stats files of an earlier run or of more shards would mislead
@@ -344,7 +350,6 @@ impl Run {
         let progress = Progress::new(args.progress, args.quiet);
         Ok(Setup::Go(Box::new(Run {
             args,
-            exe,
             endpoint,
             state_dir,
             settings,
@@ -563,15 +568,27 @@ impl Run {
         shard: usize,
         events: &mpsc::UnboundedSender<Event>,
     ) -> std::io::Result<()> {
+        let version = self.announced_version();
         let slot = &mut self.shards[shard];
         let generation = slot.life.restarts;
         let worker =
-            supervisor::spawn(&self.exe, shard, generation, &self.settings, events.clone())?;
+            supervisor::spawn(shard, generation, &version, &self.settings, events.clone())?;
+        slot.life.on_start();
         slot.worker = Some(worker);
         slot.generation = generation;
         slot.phase = Phase::Starting;
         slot.down = false;
         Ok(())
+    }
+
+    /// The version the coordinator announces to its workers: its own, or
+    /// another build under the `--test-announce-build` hook.
+    fn announced_version(&self) -> Version {
+        let mut version = Version::current();
+        if let Some(build) = &self.args.test_announce_build {
+            version.build = build.clone();
+        }
+        version
     }
 
     fn on_page(&mut self, page: Page) {
@@ -668,8 +685,8 @@ impl Run {
                             }
                         }
                         None => {
-                            note!(self.progress, "bulkget: worker {shard} acknowledged unknown batch {id}; restarting it");
                             self.shard_down(shard);
+                            self.kill_worker(shard, format!("it acknowledged unknown batch {id}"));
                         }
                     },
                     ToCoordinator::BatchStalled {
@@ -689,8 +706,11 @@ impl Run {
                             self.shards[shard].life.on_progress();
                         }
                         None => {
-                            note!(self.progress, "bulkget: worker {shard} sent a stall report that does not fit batch {id}; restarting it");
                             self.shard_down(shard);
+                            self.kill_worker(
+                                shard,
+                                format!("it sent a stall report that does not fit batch {id}"),
+                            );
                         }
                     },
                     ToCoordinator::Fatal { kind, reason } => {
@@ -711,22 +731,60 @@ impl Run {
             Event::Disconnected {
                 shard,
                 generation,
-                error,
+                end,
             } => {
-                tracing::debug!(shard, generation, ?error, "disconnected");
+                tracing::debug!(shard, generation, ?end, "disconnected");
                 if generation == self.shards[shard].generation && !self.shards[shard].down {
-                    if let Some(e) = error {
-                        note!(self.progress, "bulkget: worker {shard}: {e}");
-                    }
                     self.shard_down(shard);
+                    let closed = match end {
+                        SocketEnd::Invalid(e) => {
+                            self.kill_worker(shard, format!("it broke the protocol ({e})"));
+                            return;
+                        }
+                        SocketEnd::Closed => "it closed its socket".to_string(),
+                        SocketEnd::Broken(e) => format!("its socket failed ({e})"),
+                    };
+                    // A worker's socket closes as it exits, or dies: give it
+                    // the time to, so that a worker killed by someone else
+                    // is not reported as killed by us.
+                    if let Some(w) = &self.shards[shard].worker {
+                        let after = supervisor::EXIT_AFTER_CLOSE;
+                        w.kill_unless_exited_within(
+                            after,
+                            format!("{closed} and it had not exited {after:?} later"),
+                        );
+                    }
+                }
+            }
+            Event::Incompatible {
+                shard,
+                generation,
+                ours,
+                theirs,
+            } => {
+                if generation != self.shards[shard].generation || self.shards[shard].down {
+                    return;
+                }
+                // The worker exits by itself; nothing was sent to it.
+                self.shard_down(shard);
+                if self.stop.is_none() {
+                    let why = format!(
+                        "worker {shard} is another build of bulkget ({theirs}) than this coordinator ({ours})"
+                    );
+                    note!(
+                        self.progress,
+                        "bulkget: {why}; stopping with the checkpoint saved"
+                    );
+                    self.begin_stop(Stop::Incompatible(why), grace_deadline);
                 }
             }
             Event::Exited {
                 shard,
                 generation,
                 status,
+                killed,
             } => {
-                tracing::debug!(shard, generation, ?status, "exited");
+                tracing::debug!(shard, generation, ?status, ?killed, "exited");
                 if generation != self.shards[shard].generation {
                     return;
                 }
@@ -737,23 +795,26 @@ impl Run {
                     self.shard_down(shard);
                 }
                 self.shards[shard].worker = None;
+                let what = describe_end(&status, killed.as_deref());
                 if expected {
                     if self.shards[shard].phase != Phase::Parked {
                         self.shards[shard].phase = Phase::Stopped;
                     }
+                    if killed.is_some() {
+                        note!(self.progress, "bulkget: worker {shard} {what}");
+                    }
                     return;
                 }
-                let what = describe_exit(&status);
                 match self.shards[shard]
                     .life
                     .on_crash(Instant::now(), &self.policy)
                 {
                     Decision::RestartAfter(delay) => {
-                        tracing::warn!(shard, %what, ?delay, "worker died; restarting");
+                        tracing::warn!(shard, %what, ?delay, "worker ended; restarting");
                         if !self.args.quiet {
                             note!(
                                 self.progress,
-                                "bulkget: worker {shard} died ({what}); restarting in {delay:?}"
+                                "bulkget: worker {shard} {what}; restarting in {delay:?}"
                             );
                         }
                         self.shards[shard].phase = Phase::Backoff;
@@ -766,7 +827,7 @@ impl Run {
                     Decision::Park => {
                         note!(
                             self.progress,
-                            "bulkget: worker {shard} died ({what}) more than {} times in {:?}; shard {shard} is parked, the run goes on without it",
+                            "bulkget: worker {shard} {what}; its workers crashed more than {} times in {:?} without acknowledging anything; shard {shard} is parked, the run goes on without it",
                             self.policy.burst, self.policy.interval
                         );
                         self.park(shard, grace_deadline);
@@ -789,17 +850,25 @@ impl Run {
         }
     }
 
-    /// The shard's worker is gone or must go: put its batches back and make
-    /// sure the process dies.
+    /// The shard's worker is gone or must go: put its batches back. A
+    /// crash now is blamed on the batch if the worker held one suspect
+    /// batch alone (see restart.rs). The restart waits for the exit.
     fn shard_down(&mut self, shard: usize) {
-        tracing::debug!(shard, "shard down");
+        let blamed = self.sched.holds_suspect_alone(shard);
+        tracing::debug!(shard, blamed, "shard down");
+        self.shards[shard].life.on_down(blamed);
         let failures = self.sched.shard_down(shard);
         self.record_failures(failures);
         let slot = &mut self.shards[shard];
         slot.down = true;
         slot.idle_since.get_or_insert_with(Instant::now);
-        if let Some(w) = &slot.worker {
-            w.signal(Signal::SIGKILL);
+    }
+
+    /// Kills the shard's worker; `why` completes "the coordinator killed it
+    /// because ..." in the exit message.
+    fn kill_worker(&mut self, shard: usize, why: String) {
+        if let Some(w) = &self.shards[shard].worker {
+            w.kill(why);
         }
     }
 
@@ -883,14 +952,10 @@ impl Run {
             }
             if let Some(w) = &s.worker {
                 w.signal(Signal::SIGTERM);
-                let pid = w.pid;
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        Signal::SIGKILL,
-                    );
-                });
+                w.kill_unless_exited_within(
+                    Duration::from_secs(1),
+                    "it had not stopped 1s after SIGTERM".into(),
+                );
             }
         }
     }
@@ -1038,6 +1103,7 @@ impl Run {
                     Stop::AllParked => "every shard was parked".into(),
                     Stop::NoSpace(e) => format!("out of space: {e}"),
                     Stop::StateFailed(e) => e.clone(),
+                    Stop::Incompatible(e) => e.clone(),
                 };
                 outln!("  result:         stopped: {why} (exit {code})");
                 let resume = format!(

@@ -683,6 +683,13 @@ impl Scheduler {
         self.live.bytes += bytes;
     }
 
+    /// Whether the shard holds one suspect batch and nothing else. A crash
+    /// of its worker now is blamed on that batch ([`Scheduler::shard_down`]
+    /// splits it or fails its name), so it says nothing about the shard.
+    pub fn holds_suspect_alone(&self, shard: usize) -> bool {
+        self.shards[shard].isolated
+    }
+
     /// A shard's worker died: its batches go back to the front of the queue
     /// with one more crash each; suspects that crashed again are split, and
     /// single names that crashed twice fail. Returns the failures to record.

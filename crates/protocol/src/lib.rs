@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //!
+//! - [`Version`]: the first frame each way on a worker's socket, so that a
+//!   coordinator and a worker of different builds say so instead of
+//!   misreading each other (see [`PROTOCOL_VERSION`] and [`build_id`]).
 //! - [`ToWorker`] and [`ToCoordinator`]: one enum per direction.
 //! - [`WorkerSettings`]: everything a worker needs, sent in [`ToWorker::Hello`],
 //!   so that a worker takes no command-line flags of its own beyond its socket.
@@ -12,12 +15,54 @@
 //! Architecture invariant: no other crate defines a type that is sent over
 //! the socket, and no other crate knows how frames are laid out.
 
+pub mod build_id;
 pub mod frame;
 mod names;
 
 pub use names::Names;
 
+pub use build_id::build_id;
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The version of the conversation on the socket. Raise it with every
+/// change to the layout of a message (a field added, removed or retyped, a
+/// variant added anywhere but last, reordered or removed), so that a peer
+/// of the old layout is told apart instead of misreading frames.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Who speaks on a worker's socket. It is the first frame each way: the
+/// coordinator sends its own before its [`ToWorker::Hello`], and a worker
+/// answers with its own before anything else, before it even reads the
+/// hello. The coordinator and its workers must be the same build: both
+/// fields must be equal, or the coordinator stops the run with one clear
+/// error (a worker of another build would otherwise crash on, or worse
+/// misread, every frame).
+///
+/// Its layout never changes (a `u32`, then a string), whatever
+/// [`PROTOCOL_VERSION`] says, so every build can read every other's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub protocol: u32,
+    /// The executable's build: see [`build_id`].
+    pub build: String,
+}
+
+impl Version {
+    /// This process's version: [`PROTOCOL_VERSION`] and [`build_id`].
+    pub fn current() -> Version {
+        Version {
+            protocol: PROTOCOL_VERSION,
+            build: build_id().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "protocol {}, build {}", self.protocol, self.build)
+    }
+}
 
 /// The identifier of a batch, unique within one coordinator run.
 pub type BatchId = u64;
@@ -30,7 +75,9 @@ pub enum ToWorker {
     Hello {
         shard: u32,
         generation: u32,
-        settings: WorkerSettings,
+        /// Boxed: the settings outweigh every other message; the wire form
+        /// is the same as unboxed.
+        settings: Box<WorkerSettings>,
     },
     /// Names to fetch. The worker answers with exactly one
     /// [`ToCoordinator::BatchDone`] carrying the same `id`.
@@ -273,6 +320,10 @@ pub struct TestHooks {
     pub abort_on_header: bool,
     /// Fail start-up (send `Fatal` and exit 1) on these shards.
     pub fail_start_shards: Vec<u32>,
+    /// On these shards, the first worker (generation 0) closes its socket
+    /// right after the hello and stays alive, as a worker stuck on its way
+    /// out would, until the coordinator kills it.
+    pub linger_shards: Vec<u32>,
 }
 
 impl WorkerSettings {

@@ -5,7 +5,7 @@ use crate::stats_file::StatsFile;
 use bulkget_console::errln;
 use bulkget_http::Endpoint;
 use bulkget_protocol::frame::{FrameError, FrameReader, FrameWriter};
-use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker};
+use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker, Version};
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
 use tokio::net::UnixStream;
@@ -83,20 +83,40 @@ fn install_abort_on_panic() {
 async fn serve(stream: UnixStream) -> i32 {
     let (read_half, write_half) = stream.into_split();
     let mut reader = FrameReader::new(read_half);
+    let mut frames = FrameWriter::new(write_half);
+
+    // The first frame each way is a `Version`. This worker answers with its
+    // own whatever the coordinator's says, so that the coordinator can name
+    // both in one clear error; with another version it stops here, before
+    // reading a hello whose layout it may not know. It prints nothing: the
+    // coordinator reports the mismatch once for the run.
+    let theirs = match reader.next::<Version>().await {
+        Ok(Some(v)) => v,
+        Ok(None) => return exit::OK,
+        Err(e) => {
+            errln!("bulkget worker: {e}");
+            return exit::USAGE;
+        }
+    };
+    let ours = Version::current();
+    if frames.send(&ours).await.is_err() {
+        // The coordinator is gone.
+        return exit::OK;
+    }
+    if theirs != ours {
+        return exit::FATAL;
+    }
+
     let (outbox, outbox_rx) = mpsc::unbounded_channel::<ToCoordinator>();
     let cannot_send = Rc::new(Notify::new());
-    let writer = tokio::task::spawn_local(write_outbox(
-        FrameWriter::new(write_half),
-        outbox_rx,
-        cannot_send.clone(),
-    ));
+    let writer = tokio::task::spawn_local(write_outbox(frames, outbox_rx, cannot_send.clone()));
 
     let (shard, generation, settings) = match reader.next::<ToWorker>().await {
         Ok(Some(ToWorker::Hello {
             shard,
             generation,
             settings,
-        })) => (shard, generation, settings),
+        })) => (shard, generation, *settings),
         Ok(None) => return exit::OK,
         Ok(Some(other)) => {
             errln!("bulkget worker: expected hello, got {other:?}");
@@ -107,6 +127,14 @@ async fn serve(stream: UnixStream) -> i32 {
             return exit::USAGE;
         }
     };
+    if generation == 0 && settings.test_hooks.linger_shards.contains(&shard) {
+        // Test hook: close the socket (both halves) and stay alive until
+        // the coordinator kills this process.
+        drop(outbox);
+        let _ = writer.await;
+        drop(reader);
+        return std::future::pending().await;
+    }
     let fatal = |kind: FatalKind, reason: String| {
         errln!("bulkget worker {shard}: {reason}");
         let _ = outbox.send(ToCoordinator::Fatal { kind, reason });
