@@ -6,13 +6,13 @@
 //! dispatcher's queue is full, and parsing a page never delays dispatch.
 
 use crate::scheduler::ListPosition;
-use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
+use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits, Transport};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// One page as the service returns it. `NextFile` is accepted as an alias,
@@ -64,7 +64,8 @@ impl std::error::Error for ListError {}
 /// How the lister behaves.
 #[derive(Debug, Clone)]
 pub struct ListerConfig {
-    pub connect_timeout: Duration,
+    /// TCP, proxy, TLS and the headers of `-H`.
+    pub transport: Transport,
     pub limits: Limits,
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -229,6 +230,7 @@ pub async fn run(
                     FetchError::TooLarge { .. } => {
                         format!("list page {error}; raise --max-page-size to accept it")
                     }
+                    e if e.is_auth() => auth_message(e, &config.transport),
                     FetchError::Timeout("request") => format!(
                         "{error} (gave up after {attempt} attempts); \
                          raise --list-timeout if the pages are this slow"
@@ -282,6 +284,24 @@ pub async fn run(
     }
 }
 
+/// A 401 or 403 on a list page: the message names authentication and the
+/// headers that were sent, by name only.
+fn auth_message(error: &FetchError, transport: &Transport) -> String {
+    let names: Vec<&str> = transport.headers.iter().map(|(n, _)| n.as_str()).collect();
+    if names.is_empty() {
+        format!(
+            "{error}: authentication failed; no header was given, so the server may need \
+             credentials: -H 'Name: value' or -H @FILE"
+        )
+    } else {
+        format!(
+            "{error}: authentication failed; the server refused the credentials sent in \
+             the header(s) {}",
+            names.join(", ")
+        )
+    }
+}
+
 async fn fetch(
     endpoint: &Endpoint,
     conn: &mut Option<Conn>,
@@ -290,7 +310,7 @@ async fn fetch(
     body: &mut Vec<u8>,
 ) -> Result<(), FetchError> {
     if conn.as_ref().is_none_or(|c| !c.is_usable()) {
-        *conn = Some(Conn::connect(endpoint, config.connect_timeout).await?);
+        *conn = Some(Conn::connect(endpoint, &config.transport).await?);
     }
     let c = conn.as_mut().expect("connected above");
     c.get(endpoint, path, &config.limits, body)
