@@ -8,6 +8,7 @@ mod hardening;
 mod hostile;
 mod output;
 mod server;
+mod services;
 mod space;
 mod sqlite;
 mod stats;
