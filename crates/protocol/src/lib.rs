@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 pub type BatchId = u64;
 
 /// A message from the coordinator to a worker.
+// `Hello` is much larger than the others, but it is sent once per worker
+// life; boxing it would cost every construction site for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToWorker {
     /// The first message on every socket. `generation` counts the restarts
