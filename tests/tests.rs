@@ -9,6 +9,7 @@ mod hostile;
 mod limits;
 mod output;
 mod server;
+mod services;
 mod space;
 mod sqlite;
 mod stats;

@@ -1,5 +1,6 @@
 //! The `bulkget fetch` command line.
 
+use bulkget_http::{HeaderName, HeaderValue};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -138,6 +139,41 @@ pub struct FetchArgs {
     /// named on stderr, capped as without --quiet).
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// A header sent on every request, list and get: 'Name: value'
+    /// (repeatable). '@FILE' reads 'Name: value' lines from FILE (blank lines
+    /// and lines starting with # are skipped), so a secret stays out of the
+    /// process list. Values are never written anywhere; run.json records
+    /// the names, and --resume needs the same headers again.
+    #[arg(
+        long,
+        short = 'H',
+        value_name = "'NAME: VALUE' | @FILE",
+        help_heading = "Real services"
+    )]
+    pub header: Vec<String>,
+    /// Trust only the CA certificates in this PEM file for an https:// URL,
+    /// instead of the system's trusted roots.
+    #[arg(long, value_name = "FILE", help_heading = "Real services")]
+    pub cacert: Option<PathBuf>,
+    /// A PEM client certificate (chain) for mutual TLS; needs --client-key.
+    #[arg(long, value_name = "FILE", help_heading = "Real services")]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", help_heading = "Real services")]
+    pub client_key: Option<PathBuf>,
+    /// Do not verify the server's certificate (a warning is printed on every
+    /// run that uses this).
+    #[arg(long, short = 'k', help_heading = "Real services")]
+    pub insecure: bool,
+    /// Tunnel every connection through this http:// proxy with CONNECT:
+    /// [http://][user:password@]host[:port] (port 1080 by default). Overrides
+    /// https_proxy, http_proxy and all_proxy; "" uses no proxy.
+    #[arg(long, value_name = "URL", help_heading = "Real services")]
+    pub proxy: Option<String>,
+    /// Hosts reached without the proxy, comma-separated ("*" for all);
+    /// overrides no_proxy / NO_PROXY.
+    #[arg(long, value_name = "LIST", help_heading = "Real services")]
+    pub noproxy: Option<String>,
     /// Test hook: a worker aborts when a response carries x-bulkget-test-abort.
     #[arg(long, hide = true)]
     pub test_abort_on_header: bool,
@@ -156,4 +192,30 @@ pub struct FetchArgs {
     /// instead of its own, as a coordinator of another build would.
     #[arg(long, hide = true)]
     pub test_announce_build: Option<String>,
+}
+
+/// The headers of `-H`, in order, with `@FILE` read: `(name, value)`. An
+/// error names the argument or the file and line, never a value.
+pub fn read_headers(args: &[String]) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut headers = Vec::new();
+    for arg in args {
+        match arg.strip_prefix('@') {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the header file {path}: {e}"))?;
+                for (i, line) in text.lines().enumerate() {
+                    let trimmed = line.trim();
+                    if trimmed.is_empty() || trimmed.starts_with('#') {
+                        continue;
+                    }
+                    let header = bulkget_http::transport::parse_header(trimmed)
+                        .map_err(|e| format!("{path} line {}: {e}", i + 1))?;
+                    headers.push(header);
+                }
+            }
+            None => headers
+                .push(bulkget_http::transport::parse_header(arg).map_err(|e| format!("-H: {e}"))?),
+        }
+    }
+    Ok(headers)
 }

@@ -15,7 +15,7 @@
 //! (ARCHITECTURE.md, "Memory").
 
 use crate::scheduler::ListPosition;
-use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
+use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits, Transport};
 use bulkget_protocol::{cut_text, Names, MAX_REASON_BYTES};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -84,7 +84,8 @@ impl std::error::Error for ListError {}
 /// How the lister behaves.
 #[derive(Debug, Clone)]
 pub struct ListerConfig {
-    pub connect_timeout: Duration,
+    /// TCP, proxy, TLS and the headers of `-H`.
+    pub transport: Transport,
     pub limits: Limits,
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -305,7 +306,7 @@ pub async fn run(
             if !error.is_transient() || attempt >= config.max_attempts {
                 break Err(ListError::Http {
                     page: page_desc.clone(),
-                    error: gave_up(&error, attempt),
+                    error: gave_up(&error, attempt, &config.transport),
                 });
             }
             let text = cut_text(&error.to_string(), MAX_REASON_BYTES).into_owned();
@@ -347,18 +348,37 @@ pub async fn run(
 /// Why a page's request failed for good, after `attempt` attempts. The
 /// error may quote the server (a `Location`), so it is cut like a failure's
 /// reason.
-fn gave_up(error: &FetchError, attempt: u32) -> String {
+fn gave_up(error: &FetchError, attempt: u32, transport: &Transport) -> String {
     let text = cut_text(&error.to_string(), MAX_REASON_BYTES).into_owned();
     match error {
         FetchError::TooLarge { .. } => {
             format!("list page {text}; raise --max-page-size to accept it")
         }
+        e if e.is_auth() => cut_text(&auth_message(e, transport), MAX_REASON_BYTES).into_owned(),
         FetchError::Timeout("request") => format!(
             "{text} (gave up after {attempt} attempts); \
              raise --list-timeout if the pages are this slow"
         ),
         e if e.is_transient() => format!("{text} (gave up after {attempt} attempts)"),
         _ => text,
+    }
+}
+
+/// A 401 or 403 on a list page: the message names authentication and the
+/// headers that were sent, by name only.
+fn auth_message(error: &FetchError, transport: &Transport) -> String {
+    let names: Vec<&str> = transport.headers.iter().map(|(n, _)| n.as_str()).collect();
+    if names.is_empty() {
+        format!(
+            "{error}: authentication failed; no header was given, so the server may need \
+             credentials: -H 'Name: value' or -H @FILE"
+        )
+    } else {
+        format!(
+            "{error}: authentication failed; the server refused the credentials sent in \
+             the header(s) {}",
+            names.join(", ")
+        )
     }
 }
 
@@ -370,7 +390,7 @@ async fn fetch(
     body: &mut Vec<u8>,
 ) -> Result<(), FetchError> {
     if conn.as_ref().is_none_or(|c| !c.is_usable()) {
-        *conn = Some(Conn::connect(endpoint, config.connect_timeout).await?);
+        *conn = Some(Conn::connect(endpoint, &config.transport).await?);
     }
     let c = conn.as_mut().expect("connected above");
     c.get(endpoint, path, &config.limits, body)
@@ -576,13 +596,21 @@ mod tests {
     #[test]
     fn a_list_error_quoting_a_huge_location_stays_short() {
         let to = format!("http://other/{}", "x".repeat(300_000));
-        let e = gave_up(&FetchError::OffHostRedirect(to), 1);
+        let e = gave_up(
+            &FetchError::OffHostRedirect(to),
+            1,
+            &Transport::plain(Duration::from_secs(1)),
+        );
         assert!(e.len() <= MAX_REASON_BYTES, "{}", e.len());
         assert!(
             e.starts_with("redirect to another host refused: http://other/xxx"),
             "{e}"
         );
-        let e = gave_up(&FetchError::Transport("y".repeat(300_000)), 10);
+        let e = gave_up(
+            &FetchError::Transport("y".repeat(300_000)),
+            10,
+            &Transport::plain(Duration::from_secs(1)),
+        );
         assert!(e.len() < MAX_REASON_BYTES + 40, "{}", e.len());
         assert!(e.ends_with("yyy (gave up after 10 attempts)"), "{e}");
     }

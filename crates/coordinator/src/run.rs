@@ -19,10 +19,10 @@ use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::{self, StateOp};
 use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
 use bulkget_console::{errln, outln};
-use bulkget_http::{Backoff, Endpoint, Limits};
+use bulkget_http::{Backoff, Endpoint, Limits, Transport};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker, Version,
-    WorkerSettings,
+    Failure, FatalKind, Layout, ProxySettings, Resolve, Secret, SinkKind, TestHooks, TlsSettings,
+    ToCoordinator, ToWorker, Version, WorkerSettings,
 };
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
 use nix::sys::signal::Signal;
@@ -111,6 +111,80 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How every connection of the run is made, from the command line and the
+/// environment: the lister's transport, and the same for the workers'
+/// settings. Header values and proxy credentials live only here, in memory.
+struct Connection {
+    transport: Transport,
+    headers: Vec<(String, Secret)>,
+    tls: TlsSettings,
+    proxy: Option<ProxySettings>,
+}
+
+impl Connection {
+    /// The names of the headers given with `-H`, for run.json and messages.
+    fn header_names(&self) -> Vec<String> {
+        self.headers.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// Reads `-H`, the TLS options and the proxy, and builds the lister's
+/// transport, so that an unreadable CA file or header file stops the run
+/// before anything starts.
+fn connection_setup(args: &FetchArgs, endpoint: &Endpoint) -> Result<Connection, (i32, String)> {
+    let headers = crate::args::read_headers(&args.header).map_err(|e| (exit::USAGE, e))?;
+    let tls = TlsSettings {
+        cacert: args.cacert.as_ref().map(|p| p.display().to_string()),
+        client_cert: args.client_cert.as_ref().map(|p| p.display().to_string()),
+        client_key: args.client_key.as_ref().map(|p| p.display().to_string()),
+        insecure: args.insecure,
+    };
+    let tls_options = bulkget_http::tls::TlsOptions {
+        cacert: args.cacert.clone(),
+        client_cert: args.client_cert.clone(),
+        client_key: args.client_key.clone(),
+        insecure: args.insecure,
+    };
+    if args.insecure && endpoint.tls {
+        // On every run that uses it, even with --quiet: it is the one
+        // thing about the run a user must not miss.
+        errln!("bulkget: warning: {}", bulkget_http::tls::INSECURE_WARNING);
+    }
+    let proxy = bulkget_http::proxy::choose(
+        endpoint,
+        args.proxy.as_deref(),
+        args.noproxy.as_deref(),
+        |name| std::env::var(name).ok(),
+    )
+    .map_err(|e| (exit::USAGE, format!("proxy: {e}")))?;
+    let transport = Transport::new(
+        endpoint,
+        Duration::from_millis(args.connect_timeout_ms),
+        &tls_options,
+        proxy.clone(),
+        headers.clone(),
+    )
+    .map_err(|e| (exit::USAGE, e.to_string()))?;
+    let headers = headers
+        .into_iter()
+        .map(|(name, value)| {
+            let value = value.to_str().map(str::to_string).unwrap_or_default();
+            (name.as_str().to_string(), Secret(value))
+        })
+        .collect();
+    let proxy = proxy.map(|p| ProxySettings {
+        host: p.host,
+        port: p.port,
+        authorization: p.authorization.map(|a| Secret(a.expose().to_string())),
+    });
+    Ok(Connection {
+        transport,
+        headers,
+        tls,
+        proxy,
+    })
+}
+
 /// Runs `bulkget fetch` and returns the process exit code.
 pub fn fetch(args: FetchArgs) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -143,6 +217,8 @@ enum Setup {
 struct Run {
     args: FetchArgs,
     endpoint: Endpoint,
+    /// The lister's connect path (TLS, proxy, headers).
+    transport: Transport,
     state_dir: PathBuf,
     settings: WorkerSettings,
     sched: Scheduler,
@@ -188,6 +264,7 @@ impl Run {
                 "--request-timeout and --list-timeout must be at least 1ms".into(),
             ));
         }
+        let connection = connection_setup(&args, &endpoint)?;
         std::fs::create_dir_all(&args.out).map_err(|e| {
             (
                 exit::ERROR,
@@ -242,6 +319,7 @@ impl Run {
             layout: layout_name.into(),
             shards: workers,
             created_at: bulkget_stats::now_rfc3339(),
+            header_names: connection.header_names(),
         };
         let (mut state, start) =
             StateDir::open(&state_dir, &out, &info, args.resume).map_err(|e| {
@@ -301,6 +379,9 @@ impl Run {
             backoff_max_ms: args.retry_max_ms,
             max_redirects: 5,
             stats_interval_ms: 1_000,
+            headers: connection.headers.clone(),
+            tls: connection.tls.clone(),
+            proxy: connection.proxy.clone(),
             test_hooks: TestHooks {
                 abort_on_header: args.test_abort_on_header,
                 fail_start_shards: args.test_fail_start_shard.clone(),
@@ -351,6 +432,7 @@ impl Run {
         Ok(Setup::Go(Box::new(Run {
             args,
             endpoint,
+            transport: connection.transport,
             state_dir,
             settings,
             sched,
@@ -394,7 +476,7 @@ impl Run {
             None
         } else {
             let config = ListerConfig {
-                connect_timeout: Duration::from_millis(self.args.connect_timeout_ms),
+                transport: self.transport.clone(),
                 limits: Limits {
                     first_byte: Duration::from_millis(self.args.first_byte_timeout_ms),
                     idle: Duration::from_millis(self.args.idle_timeout_ms),

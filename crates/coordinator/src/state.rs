@@ -59,6 +59,10 @@ pub struct RunInfo {
     #[serde(default)]
     pub shards: usize,
     pub created_at: String,
+    /// The names of the headers given with `-H` (never their values), so
+    /// that a resume without them can say which it needs.
+    #[serde(default)]
+    pub header_names: Vec<String>,
 }
 
 /// `checkpoint.json`.
@@ -253,8 +257,21 @@ impl StateDir {
                         prev.shards
                     )));
                 }
+                let missing: Vec<&str> = prev
+                    .header_names
+                    .iter()
+                    .filter(|n| !info.header_names.contains(n))
+                    .map(String::as_str)
+                    .collect();
                 if cp.complete {
                     Start::AlreadyComplete(cp)
+                } else if resume && !missing.is_empty() {
+                    return Err(StateError::Mismatch(format!(
+                        "the run in {} sent the header(s) {} on every request; give them again \
+                         with -H (their values are never stored)",
+                        dir.display(),
+                        missing.join(", ")
+                    )));
                 } else if resume {
                     Start::Resume(cp)
                 } else {
@@ -570,6 +587,7 @@ mod tests {
             layout: "flat".into(),
             shards: 2,
             created_at: "now".into(),
+            header_names: Vec::new(),
         }
     }
 

@@ -182,6 +182,11 @@ pub fn spawn(
     .stdout(Stdio::null())
     .stderr(Stdio::inherit())
     .process_group(0);
+    // The proxy, with its credentials, reaches the worker in its settings;
+    // the environment that carried them is not passed on.
+    for name in bulkget_http::proxy::ENV_VARS {
+        cmd.env_remove(name);
+    }
     // SAFETY: between fork and exec only async-signal-safe calls are made
     // (dup2, fcntl), on descriptors that exist in the child.
     unsafe {

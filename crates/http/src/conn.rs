@@ -1,16 +1,17 @@
+use crate::transport::{self, Transport};
 use crate::{uri, Endpoint, FetchError, TEST_ABORT_HEADER};
 use bytes::{Buf, Bytes};
 use http::header::{CONTENT_LENGTH, HOST, LOCATION, RETRY_AFTER, USER_AGENT};
-use http::{HeaderValue, Request};
+use http::{HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant, Sleep};
+use tokio::time::{Instant, Sleep};
 
 /// The limits every request runs under.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +55,8 @@ static UA: HeaderValue = HeaderValue::from_static(concat!("bulkget/", env!("CARG
 pub struct Conn {
     sender: SendRequest<Empty<Bytes>>,
     host: HeaderValue,
+    /// The user's headers (`-H`), sent on every request.
+    headers: Arc<[(HeaderName, HeaderValue)]>,
     /// Set when a request failed in a way that leaves the connection in an
     /// unknown state (mid-body, timed out). Such a connection is dropped.
     broken: bool,
@@ -70,24 +73,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Opens a TCP connection (within `connect_timeout`) and performs the
-    /// HTTP/1 handshake. The connection's driver runs as a tokio task and
-    /// ends when this `Conn` is dropped.
-    pub async fn connect(
-        endpoint: &Endpoint,
-        connect_timeout: Duration,
-    ) -> Result<Conn, FetchError> {
-        let (host, port) = endpoint.connect_target();
-        let stream = match timeout(connect_timeout, TcpStream::connect((host.as_str(), port))).await
-        {
-            Err(_) => return Err(FetchError::Timeout("connect")),
-            Ok(Err(e)) => return Err(FetchError::Connect(format!("{}: {e}", endpoint.authority))),
-            Ok(Ok(s)) => s,
-        };
-        // Requests are tiny and latency-bound; Nagle would only delay them.
-        let _ = stream.set_nodelay(true);
+    /// Connects as `transport` says (TCP, proxy tunnel, TLS; all within
+    /// its connect timeout) and performs the HTTP/1 handshake. The
+    /// connection's driver runs as a tokio task and ends when this `Conn`
+    /// is dropped.
+    pub async fn connect(endpoint: &Endpoint, transport: &Transport) -> Result<Conn, FetchError> {
+        let connected = transport::connect(endpoint, transport).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(connected.io))
             .await
             .map_err(|e| FetchError::Connect(e.to_string()))?;
         tokio::spawn(async move {
@@ -103,6 +96,7 @@ impl Conn {
         Ok(Conn {
             sender,
             host,
+            headers: Arc::clone(&transport.headers),
             broken: false,
             timer,
             last_latency: Duration::ZERO,
@@ -205,18 +199,18 @@ impl Conn {
             .map_err(|e| FetchError::BadRedirect(format!("invalid request path {path:?}: {e}")))?;
         req.headers_mut().insert(HOST, self.host.clone());
         req.headers_mut().insert(USER_AGENT, UA.clone());
+        for (name, value) in self.headers.iter() {
+            req.headers_mut().append(name.clone(), value.clone());
+        }
 
         let sender = &mut self.sender;
         let response = match race(
             async {
-                sender
-                    .ready()
-                    .await
-                    .map_err(|e| FetchError::Transport(e.to_string()))?;
+                sender.ready().await.map_err(|e| transport_error(&e))?;
                 sender
                     .send_request(req)
                     .await
-                    .map_err(|e| FetchError::Transport(e.to_string()))
+                    .map_err(|e| transport_error(&e))
             },
             self.timer.as_mut(),
             Limit::At(deadline_after(sent_at, limits.first_byte)),
@@ -289,7 +283,7 @@ impl Conn {
                 Ok(Some(Err(e))) => {
                     return Err(match declared {
                         Some(expected) if got < expected => FetchError::ShortBody { expected, got },
-                        _ => FetchError::Transport(e.to_string()),
+                        _ => transport_error(&e),
                     })
                 }
                 Ok(Some(Ok(f))) => f,
@@ -336,6 +330,12 @@ impl Conn {
         }
         Ok(Step::Done(Response { status, test_abort }))
     }
+}
+
+/// A failed exchange: a permanent TLS problem (a client certificate that
+/// a TLS 1.3 server refuses after the handshake) or a transport error.
+fn transport_error(e: &hyper::Error) -> FetchError {
+    transport::tls_or(e, FetchError::Transport(e.to_string()))
 }
 
 enum Step {
@@ -450,10 +450,12 @@ fn resolve_redirect(
     if location.is_empty() {
         return Err(FetchError::BadRedirect("empty Location".into()));
     }
-    let base = format!("http://{}{}", endpoint.authority, current);
+    let base = format!("{}://{}{}", endpoint.scheme(), endpoint.authority, current);
     let target = uri::resolve(&base, location);
     let parts = uri::parse(&target);
-    let same_origin = parts.scheme.is_some_and(|s| s.eq_ignore_ascii_case("http"))
+    let same_origin = parts
+        .scheme
+        .is_some_and(|s| s.eq_ignore_ascii_case(endpoint.scheme()))
         && parts.authority.is_some_and(|a| endpoint.is_authority(a));
     if !same_origin {
         return Err(FetchError::OffHostRedirect(location.to_string()));

@@ -25,6 +25,13 @@ pub enum FetchError {
     OffHostRedirect(String),
     /// More redirects than allowed, or a redirect without a usable `Location`.
     BadRedirect(String),
+    /// A TLS problem that every attempt would meet again (the server's
+    /// certificate is not trusted, does not match, has expired; our client
+    /// certificate was refused; no common protocol). Never retried.
+    Tls(crate::tls::TlsFailure),
+    /// The proxy refused the tunnel for a reason a retry will not cure
+    /// (407 without or with wrong credentials, 403). Never retried.
+    Proxy(String),
 }
 
 impl FetchError {
@@ -40,7 +47,9 @@ impl FetchError {
             FetchError::Status { code, .. } => *code >= 500 || *code == 429 || *code == 408,
             FetchError::TooLarge { .. }
             | FetchError::OffHostRedirect(_)
-            | FetchError::BadRedirect(_) => false,
+            | FetchError::BadRedirect(_)
+            | FetchError::Tls(_)
+            | FetchError::Proxy(_) => false,
         }
     }
 
@@ -58,6 +67,11 @@ impl FetchError {
             FetchError::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+
+    /// Whether the server refused us for want of credentials: 401 or 403.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.status(), Some(401 | 403))
     }
 
     /// Whether the connection may carry another request after this error.
@@ -95,6 +109,8 @@ impl fmt::Display for FetchError {
                 write!(f, "redirect to another host refused: {to}")
             }
             FetchError::BadRedirect(why) => write!(f, "bad redirect: {why}"),
+            FetchError::Tls(failure) => write!(f, "TLS: {failure}"),
+            FetchError::Proxy(why) => f.write_str(why),
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`Endpoint`]: the service's base URL, parsed once (`http://host:port/prefix`).
+//! - [`Endpoint`]: the service's base URL, parsed once (`http[s]://host:port/prefix`).
 //! - [`Conn`]: one HTTP/1.1 connection driven by hyper's low-level
 //!   `client::conn::http1` API. The caller owns exactly one request at a
 //!   time on it, so "C connections" means exactly C sockets (no pool that
@@ -21,6 +21,11 @@
 //!   `--insecure`), and [`tls::classify`], which names a TLS failure and says
 //!   whether it is permanent.
 //!
+//! - [`transport`]: the connect path of every connection (TCP, an
+//!   optional proxy tunnel, optional TLS) giving one I/O type, an enum.
+//! - [`proxy`]: which proxy to use, from `--proxy`, `--noproxy` and the
+//!   environment as curl reads it.
+//!
 //! Architecture invariant: no request leaves this crate without a timeout,
 //! and no body is buffered past its limit.
 
@@ -28,13 +33,17 @@ mod backoff;
 mod conn;
 mod endpoint;
 mod error;
+pub mod proxy;
 pub mod tls;
+pub mod transport;
 mod uri;
 
 pub use backoff::{parse_retry_after, Backoff, Jitter};
 pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};
 pub use endpoint::{Endpoint, UrlError};
 pub use error::FetchError;
+pub use http::{HeaderName, HeaderValue};
+pub use transport::Transport;
 
 /// The header the test server sets on responses that should make a worker
 /// abort, when the worker's test hook is on. Defined here because this is

@@ -1,7 +1,7 @@
 //! `Conn` against a scripted raw TCP server: each accepted connection answers
 //! its requests with canned byte strings, so every misbehaviour is exact.
 
-use bulkget_http::{Conn, Endpoint, FetchError, Limits};
+use bulkget_http::{Conn, Endpoint, FetchError, Limits, Transport};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +80,7 @@ const OK_HELLO: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
 #[tokio::test]
 async fn keep_alive_reuses_one_connection() {
     let s = scripted(vec![Some(OK_HELLO), Some(OK_HELLO), Some(OK_HELLO)]).await;
-    let mut conn = Conn::connect(&s.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -105,7 +105,7 @@ async fn short_body_is_a_transient_error_and_breaks_the_connection() {
         "HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nhelloCLOSE",
     )])
     .await;
-    let mut conn = Conn::connect(&s.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let err = conn
@@ -126,7 +126,7 @@ async fn declared_oversize_is_refused_before_reading() {
         "HTTP/1.1 200 OK\r\ncontent-length: 1000000000000\r\n\r\nxx",
     )])
     .await;
-    let mut conn = Conn::connect(&s.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -152,7 +152,7 @@ async fn chunked_oversize_is_refused_while_streaming() {
     )])
     .await;
     // 1000 bytes declared in the first chunk, then more: over the limit.
-    let mut conn = Conn::connect(&s.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -177,7 +177,7 @@ async fn chunked_oversize_is_refused_while_streaming() {
 #[tokio::test(start_paused = true)]
 async fn silent_body_hits_the_idle_timeout() {
     let s = scripted(vec![Some("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe")]).await;
-    let mut conn = Conn::connect(&s.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -192,7 +192,7 @@ async fn silent_body_hits_the_idle_timeout() {
 #[tokio::test(start_paused = true)]
 async fn silent_server_hits_the_first_byte_timeout() {
     let s = scripted(vec![None]).await;
-    let mut conn = Conn::connect(&s.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -212,7 +212,7 @@ async fn statuses_are_classified_and_retry_after_read() {
         Some(OK_HELLO),
     ])
     .await;
-    let mut conn = Conn::connect(&s.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -255,7 +255,7 @@ async fn redirects_same_host_followed_other_host_refused() {
         Some("HTTP/1.1 302 Found\r\nlocation: /3\r\ncontent-length: 0\r\n\r\n"),
     ])
     .await;
-    let mut conn = Conn::connect(&s.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -269,7 +269,7 @@ async fn redirects_same_host_followed_other_host_refused() {
         .unwrap_err();
     assert!(matches!(e, FetchError::OffHostRedirect(_)), "{e:?}");
     assert!(!e.is_transient());
-    let mut conn = Conn::connect(&s.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let e = conn
@@ -285,7 +285,7 @@ async fn connect_refused_is_transient() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let e = Endpoint::parse(&format!("http://{addr}")).unwrap();
-    let err = Conn::connect(&e, Duration::from_secs(1))
+    let err = Conn::connect(&e, &Transport::plain(Duration::from_secs(1)))
         .await
         .err()
         .unwrap();

@@ -3,7 +3,7 @@
 //! the scripted server's pauses and the client's deadlines are all virtual
 //! time, so the outcomes are exact and no test waits in real time.
 
-use bulkget_http::{Conn, Endpoint, FetchError, Limits};
+use bulkget_http::{Conn, Endpoint, FetchError, Limits, Transport};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,7 +93,9 @@ struct Client {
 impl Client {
     async fn start(script: Vec<Step>) -> Client {
         let endpoint = server(script).await;
-        let conn = Conn::connect(&endpoint, ms(1000)).await.unwrap();
+        let conn = Conn::connect(&endpoint, &Transport::plain(ms(1000)))
+            .await
+            .unwrap();
         Client {
             endpoint,
             conn,

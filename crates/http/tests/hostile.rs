@@ -6,7 +6,7 @@
 //! the limits, with an error that says what happened, classified as
 //! transient or not, and without buffering past a limit.
 
-use bulkget_http::{Conn, Endpoint, FetchError, Limits, MAX_RETRY_AFTER};
+use bulkget_http::{Conn, Endpoint, FetchError, Limits, Transport, MAX_RETRY_AFTER};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -70,7 +70,7 @@ fn limits(max_body: u64) -> Limits {
 }
 
 async fn get_once(h: &Hostile, limits: &Limits) -> (Result<u16, FetchError>, Conn, Vec<u8>) {
-    let mut conn = Conn::connect(&h.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&h.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -328,7 +328,7 @@ async fn retry_after_as_a_date_or_absurdly_long_is_read_and_capped() {
         }
     })
     .await;
-    let mut conn = Conn::connect(&h.endpoint, Duration::from_secs(1))
+    let mut conn = Conn::connect(&h.endpoint, &Transport::plain(Duration::from_secs(1)))
         .await
         .unwrap();
     let mut body = Vec::new();

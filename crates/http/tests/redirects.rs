@@ -1,7 +1,7 @@
 //! Relative redirects against a scripted server that records the request
 //! line of every request, so the test sees exactly which path was asked for.
 
-use bulkget_http::{Conn, Endpoint, Limits};
+use bulkget_http::{Conn, Endpoint, Limits, Transport};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,7 +64,7 @@ async fn relative_locations_with_dot_segments_are_resolved_before_they_are_reque
         ),
     ])
     .await;
-    let mut conn = Conn::connect(&endpoint, Duration::from_secs(5))
+    let mut conn = Conn::connect(&endpoint, &Transport::plain(Duration::from_secs(5)))
         .await
         .unwrap();
     let limits = Limits {

@@ -308,8 +308,51 @@ pub struct WorkerSettings {
     pub max_redirects: u32,
     /// How often the stats file is rewritten.
     pub stats_interval_ms: u64,
+    /// Headers sent on every request (`-H`), as `(name, value)`. They reach
+    /// the worker only through this message, never through its arguments or
+    /// environment, and their values never leave memory.
+    pub headers: Vec<(String, Secret)>,
+    /// How to verify an `https://` service and what client certificate to
+    /// offer. Paths, not contents: the files are read by each process.
+    pub tls: TlsSettings,
+    /// The proxy to tunnel through, already chosen by the coordinator from
+    /// its flags and environment (`NO_PROXY` applied); the worker's
+    /// environment is cleared of the proxy variables.
+    pub proxy: Option<ProxySettings>,
     /// Hooks that let tests make a worker misbehave on purpose.
     pub test_hooks: TestHooks,
+}
+
+/// A value that must never be written anywhere (a header value, proxy
+/// credentials): its `Debug` shows `<redacted>`, so a settings dump in a
+/// log cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The TLS options of the command line (`--cacert`, `--client-cert`,
+/// `--client-key`, `--insecure`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsSettings {
+    pub cacert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub insecure: bool,
+}
+
+/// A proxy reached with `CONNECT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxySettings {
+    /// Host name or IP address, without brackets.
+    pub host: String,
+    pub port: u16,
+    /// The `Proxy-Authorization` value, from the proxy URL's credentials.
+    pub authorization: Option<Secret>,
 }
 
 /// Test-only behaviour. All off by default; set through hidden flags.
@@ -349,6 +392,9 @@ impl WorkerSettings {
             backoff_max_ms: 2_000,
             max_redirects: 5,
             stats_interval_ms: 1_000,
+            headers: Vec::new(),
+            tls: TlsSettings::default(),
+            proxy: None,
             test_hooks: TestHooks::default(),
         }
     }

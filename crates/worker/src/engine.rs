@@ -2,7 +2,7 @@
 
 use crate::stats_file::Counters;
 use bulkget_console::errln;
-use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
+use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits, Transport};
 use bulkget_protocol::{BatchId, Failure, FatalKind, ToCoordinator, WorkerSettings};
 use bulkget_sink::{PutError, Sink};
 use std::cell::{Cell, RefCell};
@@ -57,6 +57,9 @@ struct Item {
 pub struct Engine {
     settings: WorkerSettings,
     endpoint: Endpoint,
+    /// How connections are made; one per process, shared by every
+    /// connection task (and so one TLS session cache).
+    transport: Transport,
     limits: Limits,
     backoff: Backoff,
     queue: RefCell<VecDeque<Item>>,
@@ -86,7 +89,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(settings: WorkerSettings, endpoint: Endpoint, sink: Box<dyn Sink>) -> Rc<Engine> {
+    pub fn new(
+        settings: WorkerSettings,
+        endpoint: Endpoint,
+        transport: Transport,
+        sink: Box<dyn Sink>,
+    ) -> Rc<Engine> {
         let limits = Limits {
             first_byte: Duration::from_millis(settings.first_byte_timeout_ms),
             idle: Duration::from_millis(settings.idle_timeout_ms),
@@ -101,6 +109,7 @@ impl Engine {
         Rc::new(Engine {
             settings,
             endpoint,
+            transport,
             limits,
             backoff,
             queue: RefCell::new(VecDeque::new()),
@@ -257,12 +266,7 @@ impl Engine {
                 if conn.take().is_some() {
                     c.open_connections.set(c.open_connections.get() - 1);
                 }
-                match Conn::connect(
-                    &self.endpoint,
-                    Duration::from_millis(self.settings.connect_timeout_ms),
-                )
-                .await
-                {
+                match Conn::connect(&self.endpoint, &self.transport).await {
                     Ok(new) => {
                         connect_failures = 0;
                         c.connections_opened.set(c.connections_opened.get() + 1);

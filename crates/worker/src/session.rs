@@ -3,7 +3,9 @@
 use crate::engine::Engine;
 use crate::stats_file::StatsFile;
 use bulkget_console::errln;
-use bulkget_http::Endpoint;
+use bulkget_http::proxy::{Proxy, Secret};
+use bulkget_http::tls::TlsOptions;
+use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::frame::{FrameError, FrameReader, FrameWriter};
 use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker, Version};
 use std::os::fd::{FromRawFd, RawFd};
@@ -158,6 +160,15 @@ async fn serve(stream: UnixStream) -> i32 {
             return exit::FATAL;
         }
     };
+    let transport = match transport_for(&endpoint, &settings) {
+        Ok(t) => t,
+        Err(e) => {
+            fatal(FatalKind::Crash, e);
+            drop(outbox);
+            let _ = writer.await;
+            return exit::FATAL;
+        }
+    };
     let sink = match bulkget_sink::open(
         settings.sink,
         settings.layout,
@@ -180,7 +191,7 @@ async fn serve(stream: UnixStream) -> i32 {
     };
     let stats = Rc::new(StatsFile::new(&settings.state_dir, shard, generation));
     let interval = std::time::Duration::from_millis(settings.stats_interval_ms.max(100));
-    let engine = Engine::new(settings, endpoint, sink);
+    let engine = Engine::new(settings, endpoint, transport, sink);
     let _ = outbox.send(ToCoordinator::Ready {
         pid: std::process::id(),
     });
@@ -358,6 +369,38 @@ fn describe(msg: &ToCoordinator) -> String {
         ),
         ToCoordinator::Fatal { .. } => "a fatal error report".into(),
     }
+}
+
+/// The connect path of this worker, built once: every connection shares its
+/// TLS configuration, so a reconnect resumes the TLS session.
+fn transport_for(
+    endpoint: &Endpoint,
+    settings: &bulkget_protocol::WorkerSettings,
+) -> Result<Transport, String> {
+    let headers = settings
+        .headers
+        .iter()
+        .map(|(name, value)| bulkget_http::transport::parse_header(&format!("{name}: {}", value.0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = TlsOptions {
+        cacert: settings.tls.cacert.as_ref().map(Into::into),
+        client_cert: settings.tls.client_cert.as_ref().map(Into::into),
+        client_key: settings.tls.client_key.as_ref().map(Into::into),
+        insecure: settings.tls.insecure,
+    };
+    let proxy = settings.proxy.as_ref().map(|p| Proxy {
+        host: p.host.clone(),
+        port: p.port,
+        authorization: p.authorization.as_ref().map(|a| Secret::new(a.0.clone())),
+    });
+    Transport::new(
+        endpoint,
+        std::time::Duration::from_millis(settings.connect_timeout_ms),
+        &tls,
+        proxy,
+        headers,
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
