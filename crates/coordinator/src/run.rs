@@ -287,6 +287,7 @@ impl Run {
             layout,
             resolve,
             connections: args.connections,
+            http_version: args.http_version.into(),
             max_file_size: args.max_file_size,
             connect_timeout_ms: args.connect_timeout_ms,
             first_byte_timeout_ms: args.first_byte_timeout_ms,

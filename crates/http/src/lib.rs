@@ -32,7 +32,7 @@ pub mod tls;
 mod uri;
 
 pub use backoff::{parse_retry_after, Backoff, Jitter};
-pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};
+pub use conn::{Conn, Limits, Proto, Response, MAX_RETRY_AFTER};
 pub use endpoint::{Endpoint, UrlError};
 pub use error::FetchError;
 
