@@ -6,6 +6,7 @@ mod util;
 mod fetch;
 mod hardening;
 mod hostile;
+mod http2;
 mod output;
 mod server;
 mod space;
