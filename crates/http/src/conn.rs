@@ -144,7 +144,11 @@ impl Conn {
     /// The connection's driver runs as a tokio task; it ends when every
     /// handle on the connection (this `Conn` and its [`Conn::share`]s) is
     /// dropped, or when the server closes it.
-    pub async fn handshake<IO>(io: IO, endpoint: &Endpoint, proto: Proto) -> Result<Conn, FetchError>
+    pub async fn handshake<IO>(
+        io: IO,
+        endpoint: &Endpoint,
+        proto: Proto,
+    ) -> Result<Conn, FetchError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -425,7 +429,7 @@ impl Conn {
                             FetchError::ShortBody { expected, got }
                         }
                         (e, _) => e,
-                    })
+                    });
                 }
                 Ok(Some(Ok(f))) => f,
             };
