@@ -7,6 +7,7 @@ mod fetch;
 mod hardening;
 mod hostile;
 mod http2;
+mod nginx;
 mod output;
 mod server;
 mod space;

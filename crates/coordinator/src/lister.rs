@@ -6,7 +6,7 @@
 //! dispatcher's queue is full, and parsing a page never delays dispatch.
 
 use crate::scheduler::ListPosition;
-use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
+use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits, Proto};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
@@ -65,6 +65,9 @@ impl std::error::Error for ListError {}
 #[derive(Debug, Clone)]
 pub struct ListerConfig {
     pub connect_timeout: Duration,
+    /// The protocol of the listing connection: the workers' own, so a
+    /// server that speaks only h2c (`--http-version 2`) can be listed.
+    pub proto: Proto,
     pub limits: Limits,
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -290,7 +293,7 @@ async fn fetch(
     body: &mut Vec<u8>,
 ) -> Result<(), FetchError> {
     if conn.as_ref().is_none_or(|c| !c.is_usable()) {
-        *conn = Some(Conn::connect(endpoint, config.connect_timeout).await?);
+        *conn = Some(Conn::connect_with(endpoint, config.connect_timeout, config.proto).await?);
     }
     let c = conn.as_mut().expect("connected above");
     c.get(endpoint, path, &config.limits, body)

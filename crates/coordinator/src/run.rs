@@ -391,6 +391,10 @@ impl Run {
         } else {
             let config = ListerConfig {
                 connect_timeout: Duration::from_millis(self.args.connect_timeout_ms),
+                proto: match self.args.http_version {
+                    crate::args::HttpVersionArg::Http2 => bulkget_http::Proto::Http2,
+                    _ => bulkget_http::Proto::Http1,
+                },
                 limits: Limits {
                     first_byte: Duration::from_millis(self.args.first_byte_timeout_ms),
                     idle: Duration::from_millis(self.args.idle_timeout_ms),
