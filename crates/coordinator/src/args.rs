@@ -33,6 +33,25 @@ pub enum ProgressArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HttpVersionArg {
+    Auto,
+    #[value(name = "1.1")]
+    Http1,
+    #[value(name = "2")]
+    Http2,
+}
+
+impl From<HttpVersionArg> for bulkget_protocol::HttpVersion {
+    fn from(v: HttpVersionArg) -> Self {
+        match v {
+            HttpVersionArg::Auto => bulkget_protocol::HttpVersion::Auto,
+            HttpVersionArg::Http1 => bulkget_protocol::HttpVersion::Http1,
+            HttpVersionArg::Http2 => bulkget_protocol::HttpVersion::Http2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -48,9 +67,15 @@ pub struct FetchArgs {
     /// Worker processes (shards). Default: the number of CPUs.
     #[arg(long, short = 'w')]
     pub workers: Option<usize>,
-    /// Concurrent keep-alive connections per worker.
+    /// Concurrent requests per worker: keep-alive connections over
+    /// HTTP/1.1; over HTTP/2, streams multiplexed on a few connections.
     #[arg(long, short = 'c', default_value_t = 32)]
     pub connections: u32,
+    /// HTTP version: `auto` speaks HTTP/2 when TLS's ALPN offers it on
+    /// https and HTTP/1.1 otherwise; `2` on an http:// URL is h2c with
+    /// prior knowledge.
+    #[arg(long, value_enum, default_value_t = HttpVersionArg::Auto)]
+    pub http_version: HttpVersionArg,
     /// Where files go.
     #[arg(long, value_enum, default_value_t = SinkArg::Dir)]
     pub sink: SinkArg,

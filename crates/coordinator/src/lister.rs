@@ -15,7 +15,7 @@
 //! (ARCHITECTURE.md, "Memory").
 
 use crate::scheduler::ListPosition;
-use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits, Transport};
+use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits, Proto, Transport};
 use bulkget_protocol::{cut_text, Names, MAX_REASON_BYTES};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -86,6 +86,10 @@ impl std::error::Error for ListError {}
 pub struct ListerConfig {
     /// TCP, proxy, TLS and the headers of `-H`.
     pub transport: Transport,
+    /// The protocol of the listing connection on plain http: the workers'
+    /// own, so a server that speaks only h2c (`--http-version 2`) can be
+    /// listed. Over TLS, ALPN decides.
+    pub proto: Proto,
     pub limits: Limits,
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -390,7 +394,7 @@ async fn fetch(
     body: &mut Vec<u8>,
 ) -> Result<(), FetchError> {
     if conn.as_ref().is_none_or(|c| !c.is_usable()) {
-        *conn = Some(Conn::connect(endpoint, &config.transport).await?);
+        *conn = Some(Conn::connect_with(endpoint, &config.transport, config.proto).await?);
     }
     let c = conn.as_mut().expect("connected above");
     c.get(endpoint, path, &config.limits, body)

@@ -369,6 +369,7 @@ impl Run {
             layout,
             resolve,
             connections: args.connections,
+            http_version: args.http_version.into(),
             max_file_size: args.max_file_size,
             connect_timeout_ms: args.connect_timeout_ms,
             first_byte_timeout_ms: args.first_byte_timeout_ms,
@@ -477,6 +478,10 @@ impl Run {
         } else {
             let config = ListerConfig {
                 transport: self.transport.clone(),
+                proto: match self.args.http_version {
+                    crate::args::HttpVersionArg::Http2 => bulkget_http::Proto::Http2,
+                    _ => bulkget_http::Proto::Http1,
+                },
                 limits: Limits {
                     first_byte: Duration::from_millis(self.args.first_byte_timeout_ms),
                     idle: Duration::from_millis(self.args.idle_timeout_ms),

@@ -10,6 +10,10 @@ pub enum FetchError {
     Timeout(&'static str),
     /// The connection failed mid-request (reset, closed, protocol error).
     Transport(String),
+    /// The server said it did not process the request (HTTP/2 `GOAWAY`
+    /// naming an earlier last stream, or `REFUSED_STREAM`), so sending it
+    /// again is safe and is no sign the name itself fails. Transient.
+    NotProcessed(String),
     /// A status other than 2xx. `retry_after` is the server's
     /// `Retry-After` (seconds or an IMF-fixdate, capped at
     /// [`crate::MAX_RETRY_AFTER`]), when it gave a valid one.
@@ -43,6 +47,7 @@ impl FetchError {
             FetchError::Connect(_)
             | FetchError::Timeout(_)
             | FetchError::Transport(_)
+            | FetchError::NotProcessed(_)
             | FetchError::ShortBody { .. } => true,
             FetchError::Status { code, .. } => *code >= 500 || *code == 429 || *code == 408,
             FetchError::TooLarge { .. }
@@ -87,6 +92,7 @@ impl fmt::Display for FetchError {
             FetchError::Connect(e) => write!(f, "connect failed: {e}"),
             FetchError::Timeout(which) => write!(f, "{which} timeout"),
             FetchError::Transport(e) => write!(f, "connection error: {e}"),
+            FetchError::NotProcessed(e) => write!(f, "not processed by the server: {e}"),
             FetchError::Status { code, .. } => {
                 let reason = http::StatusCode::from_u16(*code)
                     .ok()

@@ -4,10 +4,13 @@
 //! # Layout
 //!
 //! - [`Endpoint`]: the service's base URL, parsed once (`http[s]://host:port/prefix`).
-//! - [`Conn`]: one HTTP/1.1 connection driven by hyper's low-level
-//!   `client::conn::http1` API. The caller owns exactly one request at a
-//!   time on it, so "C connections" means exactly C sockets (no pool that
-//!   might open more), and keep-alive is under our control.
+//! - [`Conn`]: one connection driven by hyper's low-level
+//!   `client::conn::http1` or `http2` API ([`Proto`]), over any IO type
+//!   ([`Conn::handshake`]). Over HTTP/1.1 the caller owns exactly one
+//!   request at a time on it, so "C connections" means exactly C sockets (no
+//!   pool that might open more), and keep-alive is under our control; over
+//!   HTTP/2, [`Conn::share`] gives each request task its own handle on one
+//!   multiplexed connection.
 //! - [`Conn::get`]: a GET that enforces the first-byte and idle-body
 //!   timeouts and a deadline for the whole request, refuses bodies over a
 //!   size limit before buffering them, checks the body against
@@ -39,7 +42,7 @@ pub mod transport;
 mod uri;
 
 pub use backoff::{parse_retry_after, Backoff, Jitter};
-pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};
+pub use conn::{Conn, Limits, Proto, Response, MAX_RETRY_AFTER};
 pub use endpoint::{Endpoint, UrlError};
 pub use error::FetchError;
 pub use http::{HeaderName, HeaderValue};

@@ -271,6 +271,17 @@ pub enum Resolve {
     Walk,
 }
 
+/// Which HTTP version a worker speaks (`--http-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpVersion {
+    /// HTTP/2 when TLS's ALPN offers it on `https://`, HTTP/1.1 otherwise.
+    Auto,
+    /// HTTP/1.1 always.
+    Http1,
+    /// HTTP/2 always: on `http://`, h2c with prior knowledge.
+    Http2,
+}
+
 /// Everything a worker needs to know, chosen by the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSettings {
@@ -288,8 +299,10 @@ pub struct WorkerSettings {
     pub layout: Layout,
     /// How the dir sink resolves paths beneath `out_dir`.
     pub resolve: Resolve,
-    /// Concurrent keep-alive connections, one task each.
+    /// Concurrent requests, one task each: over HTTP/1.1 one connection
+    /// each; over HTTP/2 streams that share a few connections.
     pub connections: u32,
+    pub http_version: HttpVersion,
     /// Bodies larger than this are refused without being buffered.
     pub max_file_size: u64,
     pub connect_timeout_ms: u64,
@@ -382,6 +395,7 @@ impl WorkerSettings {
             layout: Layout::Flat,
             resolve: Resolve::Openat2,
             connections: 8,
+            http_version: HttpVersion::Auto,
             max_file_size: 8 << 20,
             connect_timeout_ms: 5_000,
             first_byte_timeout_ms: 10_000,
