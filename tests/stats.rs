@@ -3,7 +3,9 @@
 //! while the run goes on and after it.
 
 use crate::util::*;
-use bulkget_stats::{CheckpointFile, CoordinatorStats, ResumePosition, ShardState, ShardStats};
+use bulkget_stats::{
+    CheckpointFile, CoordinatorStats, ResumePosition, ShardState, ShardStats, SummaryState,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -218,7 +220,7 @@ fn every_count_agrees_after_a_run_retries_included() {
     );
     assert_eq!(c.batches_queued, 0);
     assert!(c.shards.iter().all(|s| s.batches_in_flight == 0
-        && s.state == "stopped"
+        && s.state == SummaryState::Stopped
         && s.pid.is_none()
         && s.restarts == 0));
     assert!(cp.complete);

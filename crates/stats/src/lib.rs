@@ -1,5 +1,4 @@
-//! Stats for a bulkget run: the files, the meters behind them, and
-//! `bulkget status`.
+//! Stats for a bulkget run: the files and the meters behind them.
 //!
 //! While a run goes on, every worker rewrites `STATE/shards/shard-KK.json`
 //! and the coordinator rewrites `STATE/coordinator.json`, once a second and
@@ -23,15 +22,15 @@
 //!   see a torn file; a durable variant (fsync of file and directory) for the
 //!   checkpoint.
 //! * [`time`]: the RFC 3339 timestamps in the files.
-//! * [`status`]: `bulkget status`: loading a state directory into a
-//!   [`StatusReport`], the table, `--json` and `--watch`.
+//!
+//! Reading the files for people (`bulkget status`, the progress lines) is
+//! `bulkget-report`'s.
 
 pub mod atomic;
 pub mod histogram;
 pub mod http_status;
 pub mod rate;
 pub mod schema;
-pub mod status;
 pub mod time;
 
 pub use atomic::{read_json, write_json_atomic, write_json_durable};
@@ -40,12 +39,8 @@ pub use http_status::StatusCounts;
 pub use rate::{eta_seconds, RateWindow};
 pub use schema::{
     CheckpointCompleteRun, CheckpointDoneAfter, CheckpointFile, CheckpointPartialPage,
-    CheckpointTotals, CoordinatorStats, Latency, ResumePosition, RunState, ShardState, ShardStats,
-    ShardSummary, SCHEMA_VERSION,
-};
-pub use status::{
-    load, load_at, render_table, resolve_state_dir, run_status, StatusArgs, StatusError,
-    StatusReport, Totals,
+    CheckpointTotals, CoordinatorStats, EtaMethod, Latency, ResumePosition, RunState, ShardState,
+    ShardStats, ShardSummary, SummaryState, SCHEMA_VERSION,
 };
 pub use time::{format_rfc3339, now_rfc3339, parse_rfc3339};
 
@@ -147,9 +142,6 @@ mod doc_tests {
         let c = serde_json::to_value(c).unwrap();
         assert_documented(keys_of(&c));
         assert_documented(keys_of(&c["shards"][0]));
-        assert_documented(keys_of(
-            &serde_json::to_value(StatusReport::default()).unwrap(),
-        ));
         let mut cp = CheckpointFile::default();
         cp.done_after.partial.push(CheckpointPartialPage::default());
         cp.done_after.complete.push(CheckpointCompleteRun::Run {
@@ -171,9 +163,6 @@ mod doc_tests {
                     .into_iter()
                     .map(|k| format!("done_after.{list}[].{k}")),
             );
-        }
-        for key in keys_of(&serde_json::to_value(Totals::default()).unwrap()) {
-            assert!(DOC.contains(&format!("`{key}`")), "totals field `{key}`");
         }
     }
 }

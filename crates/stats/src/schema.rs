@@ -214,9 +214,9 @@ pub struct ShardSummary {
     /// The current worker process; `None` while no worker runs for this shard
     /// (backing off before a restart, parked, stopped).
     pub pid: Option<u32>,
-    /// One of [`summary_state`]'s values. A string rather than an enum so that
-    /// the coordinator may add states without breaking older readers.
-    pub state: String,
+    /// What the coordinator knows of the shard; a state added by a newer
+    /// bulkget reads as [`SummaryState::Unknown`].
+    pub state: SummaryState,
     /// Batches sent to this shard and not yet acknowledged.
     pub batches_in_flight: u64,
     /// Of `batches_in_flight`, those stalled on retry timers (outside the
@@ -229,29 +229,75 @@ pub struct ShardSummary {
     pub idle_ms: u64,
 }
 
-/// The values of [`ShardSummary::state`].
-pub mod summary_state {
+/// What the coordinator knows of one shard ([`ShardSummary::state`]).
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SummaryState {
     /// A worker runs for this shard.
-    pub const RUNNING: &str = "running";
+    Running,
     /// The worker died; waiting before the restart.
-    pub const BACKOFF: &str = "backoff";
+    Backoff,
     /// Crashed too often; no longer restarted. The run goes on without it.
-    pub const PARKED: &str = "parked";
+    Parked,
     /// Shut down normally.
-    pub const STOPPED: &str = "stopped";
+    Stopped,
+    /// A state this reader does not know, written by a newer bulkget, or
+    /// none.
+    #[default]
+    #[serde(other)]
+    Unknown,
 }
 
-/// The values of [`CoordinatorStats::eta_method`] the coordinator uses, so
-/// that the text is the same wherever it is produced.
-pub mod eta_method {
+impl SummaryState {
+    /// The spelling used in the file and in the status table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SummaryState::Running => "running",
+            SummaryState::Backoff => "backoff",
+            SummaryState::Parked => "parked",
+            SummaryState::Stopped => "stopped",
+            SummaryState::Unknown => "unknown",
+        }
+    }
+}
+
+/// How [`CoordinatorStats::eta_seconds`] was estimated, or why there is
+/// none. On the wire it is the sentence each variant documents, so that a
+/// person reading the file with `cat` understands it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum EtaMethod {
     /// While listing, the number of files is unknown, so no ETA is given.
-    pub const NONE_LISTING: &str = "none: total unknown until the listing ends";
+    #[serde(rename = "none: total unknown until the listing ends")]
+    NoneListing,
     /// After the listing: names listed and not yet done, over the recent rate.
-    pub const REMAINING_OVER_RATE: &str = "remaining listed names / recent rate";
+    #[serde(rename = "remaining listed names / recent rate")]
+    RemainingOverRate,
     /// After the listing, but no file finished recently.
-    pub const NONE_NO_PROGRESS: &str = "none: no recent progress";
+    #[serde(rename = "none: no recent progress")]
+    NoneNoProgress,
     /// The run is over.
-    pub const DONE: &str = "none: run over";
+    #[serde(rename = "none: run over")]
+    Done,
+    /// A method this reader does not know, written by a newer bulkget, or
+    /// none.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl EtaMethod {
+    /// The spelling used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtaMethod::NoneListing => "none: total unknown until the listing ends",
+            EtaMethod::RemainingOverRate => "remaining listed names / recent rate",
+            EtaMethod::NoneNoProgress => "none: no recent progress",
+            EtaMethod::Done => "none: run over",
+            EtaMethod::Unknown => "unknown",
+        }
+    }
 }
 
 /// `STATE/coordinator.json`: the run as a whole, rewritten by the coordinator
@@ -300,9 +346,8 @@ pub struct CoordinatorStats {
     /// Seconds until every listed name is done; `None` when unknown (see
     /// `eta_method`).
     pub eta_seconds: Option<f64>,
-    /// How `eta_seconds` was estimated, or why there is none. One of
-    /// [`eta_method`]'s values.
-    pub eta_method: String,
+    /// How `eta_seconds` was estimated, or why there is none.
+    pub eta_method: EtaMethod,
     /// Total time the lister waited because every shard's window was full, in
     /// milliseconds. Growing lister wait means the downloads are the
     /// bottleneck.
@@ -456,6 +501,45 @@ mod tests {
         assert_eq!(s, ShardState::Unknown);
         let r: RunState = serde_json::from_str("\"paused\"").unwrap();
         assert_eq!(r, RunState::Unknown);
+        let p: SummaryState = serde_json::from_str("\"migrating\"").unwrap();
+        assert_eq!(p, SummaryState::Unknown);
+    }
+
+    /// The enums are written as the strings the files always had, so that
+    /// files written before they were enums read the same.
+    #[test]
+    fn enums_keep_their_spelling_on_the_wire() {
+        for state in [
+            SummaryState::Running,
+            SummaryState::Backoff,
+            SummaryState::Parked,
+            SummaryState::Stopped,
+        ] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(serde_json::from_str::<SummaryState>(&json).unwrap(), state);
+        }
+        for (method, text) in [
+            (
+                EtaMethod::NoneListing,
+                "none: total unknown until the listing ends",
+            ),
+            (
+                EtaMethod::RemainingOverRate,
+                "remaining listed names / recent rate",
+            ),
+            (EtaMethod::NoneNoProgress, "none: no recent progress"),
+            (EtaMethod::Done, "none: run over"),
+        ] {
+            let json = serde_json::to_string(&method).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(method.as_str(), text);
+            assert_eq!(serde_json::from_str::<EtaMethod>(&json).unwrap(), method);
+        }
+        let m: EtaMethod = serde_json::from_str("\"extrapolated from the moon\"").unwrap();
+        assert_eq!(m, EtaMethod::Unknown);
+        let c: CoordinatorStats = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.eta_method, EtaMethod::Unknown);
     }
 
     #[test]
