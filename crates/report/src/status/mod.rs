@@ -246,9 +246,9 @@ pub struct StatusReport {
     pub coordinator: Option<CoordinatorStats>,
     /// Every readable `shards/shard-*.json`, in shard order.
     pub shards: Vec<ShardStats>,
-    /// `checkpoint.json` as written (the coordinator's schema, documented in
-    /// `docs/STATS.md` and read by [`CheckpointFile`]); `None` if absent or
-    /// unreadable.
+    /// `checkpoint.json` as written (its types are
+    /// [`bulkget_stats::checkpoint`], documented in `docs/STATS.md`); `None`
+    /// if absent or unreadable.
     pub checkpoint: Option<serde_json::Value>,
     /// When `checkpoint.json` was last replaced (its modification time).
     pub checkpoint_saved_at: Option<String>,

@@ -4,10 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use bulkget_stats::schema::{
-    CheckpointFile, EtaMethod, ResumePosition, ShardStats, ShardSummary, SummaryState,
-    COORDINATOR_FILE,
-};
+use bulkget_stats::checkpoint::{self, ListPosition, ParseError};
+use bulkget_stats::schema::{EtaMethod, ShardStats, ShardSummary, SummaryState, COORDINATOR_FILE};
 use bulkget_stats::time::age;
 
 use super::load::summary_for;
@@ -307,27 +305,41 @@ fn render_checkpoint(out: &mut String, report: &StatusReport, now: SystemTime) {
         Some(a) => format!("saved {} ago", human_age(a)),
         None => "present".to_string(),
     };
-    let Ok(cp) = serde_json::from_value::<CheckpointFile>(raw.clone()) else {
-        header_line(
-            out,
-            "checkpoint",
-            &format!("{saved}, but its content is not understood (see --json)"),
-        );
-        return;
+    // The same parser a resume uses, so status says what a resume would do.
+    let parsed = serde_json::to_vec(raw)
+        .map_err(ParseError::Damaged)
+        .and_then(|bytes| checkpoint::parse(&bytes));
+    let cp = match parsed {
+        Ok(parsed) => parsed.checkpoint,
+        Err(ParseError::Newer(v)) => {
+            header_line(
+                out,
+                "checkpoint",
+                &format!(
+                    "{saved}, written by a newer bulkget (checkpoint version {v}); not shown \
+                     (see --json)"
+                ),
+            );
+            return;
+        }
+        Err(ParseError::Damaged(_)) => {
+            header_line(
+                out,
+                "checkpoint",
+                &format!("{saved}, but its content is not understood (see --json)"),
+            );
+            return;
+        }
     };
     let position = match (&cp.position, cp.complete) {
         (_, true) => "the run is complete, nothing to resume".to_string(),
-        (ResumePosition::Start, _) => "a resume lists from the first page".to_string(),
-        (ResumePosition::Marker(m), _) => {
+        (ListPosition::Start, _) => "a resume lists from the first page".to_string(),
+        (ListPosition::Marker(m), _) => {
             format!("a resume lists from marker {}", show_marker(Some(m)))
         }
-        (ResumePosition::Done, _) => {
+        (ListPosition::Done, _) => {
             "the listing is done; a resume only fetches what is unacknowledged".to_string()
         }
-        (ResumePosition::Unknown, _) => format!(
-            "resume position not understood (schema version {})",
-            cp.schema_version
-        ),
     };
     header_line(out, "checkpoint", &format!("{saved}; {position}"));
     let t = &cp.totals;

@@ -364,10 +364,16 @@ fn checkpoint_positions_and_a_checkpoint_not_understood() {
         .ends_with("; a resume lists from the first page"));
     assert!(line(checkpoint(serde_json::json!("Done"), 0, false))
         .ends_with("; the listing is done; a resume only fetches what is unacknowledged"));
+    // A position a resume would not understand is shown as such, not
+    // guessed at: status reads the file with the parser a resume uses.
     assert!(line(checkpoint(serde_json::json!("Sideways"), 0, false))
-        .ends_with("; resume position not understood (schema version 2)"));
+        .ends_with(", but its content is not understood (see --json)"));
     assert!(line(serde_json::json!({"totals": "many"}))
         .ends_with(", but its content is not understood (see --json)"));
+    let mut newer = checkpoint(serde_json::json!("Start"), 0, false);
+    newer["schema_version"] = 3.into();
+    assert!(line(newer)
+        .ends_with(", written by a newer bulkget (checkpoint version 3); not shown (see --json)"));
 }
 
 #[test]
