@@ -34,7 +34,7 @@ enum Command {
     // Boxed: the fetch flags are most of the enum's size otherwise.
     Fetch(Box<FetchArgs>),
     /// Show a run's progress per shard and in total, while it runs or after.
-    Status(bulkget_stats::StatusArgs),
+    Status(bulkget_report::StatusArgs),
     /// Unpack the SQLite shards of OUT into a directory tree.
     Export {
         /// The output directory of a `--sink sqlite` run.
@@ -66,7 +66,7 @@ fn main() {
         Command::Status(args) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            match bulkget_stats::run_status(&args, &mut out) {
+            match bulkget_report::run_status(&args, &mut out) {
                 Ok(code) => code,
                 Err(e) => {
                     let _ = out.flush();

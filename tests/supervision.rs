@@ -73,26 +73,9 @@ fn killing_random_workers_every_second_loses_nothing() {
         "{err}"
     );
     assert!(!err.contains("killed by the coordinator"), "{err}");
-    let summary = text(&output.stdout);
-    assert!(
-        summary.contains(&format!("files ok:       {n}")),
-        "{summary}"
-    );
-    assert!(summary.contains("files failed:   0"), "{summary}");
-    let restarts: u64 = summary
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("restarts:"))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap();
-    assert!(restarts >= 1, "restarts are reported: {summary}");
-    let c = coordinator_json(&ws).unwrap();
-    let per_shard: u64 = c["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["restarts"].as_u64().unwrap())
-        .sum();
-    assert_eq!(per_shard, restarts);
+    let counts = run_counts(&ws);
+    assert_eq!((counts.files_ok, counts.files_failed), (n, 0));
+    assert!(counts.restarts >= 1, "restarts are reported: {counts:?}");
     assert_eq!(verify_flat(&ws.out(), &server.dataset()), n);
 }
 
@@ -142,11 +125,7 @@ fn workers_die_with_a_killed_coordinator_and_resume_completes() {
     let output = fetch(&server, &ws, &[&args[..], &["--resume"]].concat());
     assert_code(&output, 0);
     assert_eq!(verify_flat(&ws.out(), &server.dataset()), n);
-    let summary = text(&output.stdout);
-    assert!(
-        summary.contains(&format!("files ok:       {n}")),
-        "counted once: {summary}"
-    );
+    assert_eq!(files_ok(&ws), n, "counted once");
 
     // The resume fetches everything after the checkpoint: what was not yet
     // acknowledged when it was written, plus at most what was in flight.
@@ -309,8 +288,7 @@ fn a_shard_that_cannot_start_is_parked_and_the_others_finish() {
     );
     assert_code(&output, 0);
     assert_eq!(verify_flat(&ws.out(), &server.dataset()), 20_000);
-    let summary = text(&output.stdout);
-    assert!(summary.contains("parked shards:  1"), "{summary}");
+    assert_eq!(run_counts(&ws).parked, 1);
     let c = coordinator_json(&ws).unwrap();
     assert_eq!(c["shards"][1]["state"], "parked");
     assert_eq!(c["shards"][1]["restarts"], 1);

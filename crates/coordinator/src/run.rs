@@ -12,7 +12,7 @@ use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
 use crate::failure_log::{self, FailureLog};
 use crate::lister::{ListError, ListerConfig, ListerThread, ListerWait, Page};
-use crate::progress::{grouped, human_bytes, note, Progress, Snapshot as ProgressView};
+use crate::progress::{note, Progress};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
@@ -24,7 +24,8 @@ use bulkget_protocol::{
     Failure, FatalKind, Layout, ProxySettings, Resolve, Secret, SinkKind, TestHooks, TlsSettings,
     ToCoordinator, ToWorker, Version, WorkerSettings,
 };
-use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
+use bulkget_report::format::{grouped, human_bytes};
+use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};
 use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1221,52 +1222,37 @@ impl Run {
 
     fn update_progress(&mut self) {
         let live = self.sched.live_totals();
-        let done = live.files_ok + live.files_failed;
-        self.rate.sample(Instant::now(), done);
-        let snapshot = ProgressView {
-            ok: live.files_ok,
-            failed: live.files_failed,
-            bytes: live.bytes,
-            listed: live.names_listed.max(done),
-            listing_done: self.listing_done,
-            files_per_sec: self.rate.rate(),
-            eta_seconds: self.eta(),
-            restarts: self.shards.iter().map(|s| s.life.restarts).sum(),
-            parked: self
-                .shards
-                .iter()
-                .filter(|s| s.phase == Phase::Parked)
-                .count(),
-            retries: live.retries,
-        };
-        self.progress.update(&snapshot);
+        self.rate
+            .sample(Instant::now(), live.files_ok + live.files_failed);
     }
 
-    fn eta(&self) -> Option<f64> {
-        if !self.listing_done {
-            return None;
+    /// Builds this tick's snapshot once, writes it to `coordinator.json`
+    /// and shows it as progress: the file and the display never disagree.
+    fn write_stats(&mut self, state: RunState, exit_code: Option<i32>) {
+        let stats = self.coordinator_stats(state, exit_code);
+        let path = bulkget_stats::schema::coordinator_path(&self.state_dir);
+        if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
+            tracing::warn!("cannot write {}: {e}", path.display());
         }
-        let live = self.sched.live_totals();
-        let remaining = live
-            .names_listed
-            .saturating_sub(live.files_ok + live.files_failed);
-        bulkget_stats::eta_seconds(remaining, self.rate.rate())
+        self.progress.update(&stats);
     }
 
-    fn write_stats(&self, state: RunState, exit_code: Option<i32>) {
+    fn coordinator_stats(&self, state: RunState, exit_code: Option<i32>) -> CoordinatorStats {
         let live = self.sched.live_totals();
         let state = if exit_code.is_none() && (self.stop.is_some() || self.listing_done) {
             RunState::Draining
         } else {
             state
         };
-        // Once the run is over there is nothing to estimate.
-        let eta = if exit_code.is_some() {
-            None
-        } else {
-            self.eta()
-        };
-        let stats = CoordinatorStats {
+        let (eta_seconds, eta_method) = bulkget_report::eta::eta(bulkget_report::eta::EtaInput {
+            over: exit_code.is_some(),
+            listing_done: self.listing_done,
+            remaining: live
+                .names_listed
+                .saturating_sub(live.files_ok + live.files_failed),
+            files_per_sec: self.rate.rate(),
+        });
+        CoordinatorStats {
             schema_version: bulkget_stats::SCHEMA_VERSION,
             pid: std::process::id(),
             state,
@@ -1285,14 +1271,8 @@ impl Run {
             bytes: live.bytes,
             retries: live.retries,
             files_per_sec: self.rate.rate(),
-            eta_seconds: eta,
-            eta_method: match (exit_code, self.listing_done, eta) {
-                (Some(_), _, _) => bulkget_stats::schema::eta_method::DONE,
-                (None, false, _) => bulkget_stats::schema::eta_method::NONE_LISTING,
-                (None, true, Some(_)) => bulkget_stats::schema::eta_method::REMAINING_OVER_RATE,
-                (None, true, None) => bulkget_stats::schema::eta_method::NONE_NO_PROGRESS,
-            }
-            .to_string(),
+            eta_seconds,
+            eta_method,
             lister_wait_ms: self.lister_wait.total_ms(),
             pages_changed: self.sched.pages_changed(),
             peak_rss_bytes: bulkget_stats::peak_rss_bytes().unwrap_or(0),
@@ -1306,14 +1286,11 @@ impl Run {
                     shard: k as u32,
                     pid: s.worker.as_ref().map(|w| w.pid),
                     state: match s.phase {
-                        Phase::Starting | Phase::Running => {
-                            bulkget_stats::schema::summary_state::RUNNING
-                        }
-                        Phase::Backoff => bulkget_stats::schema::summary_state::BACKOFF,
-                        Phase::Parked => bulkget_stats::schema::summary_state::PARKED,
-                        Phase::Stopped => bulkget_stats::schema::summary_state::STOPPED,
-                    }
-                    .to_string(),
+                        Phase::Starting | Phase::Running => SummaryState::Running,
+                        Phase::Backoff => SummaryState::Backoff,
+                        Phase::Parked => SummaryState::Parked,
+                        Phase::Stopped => SummaryState::Stopped,
+                    },
                     batches_in_flight: self.sched.in_flight(k) as u64,
                     batches_stalled: self.sched.stalled(k) as u64,
                     restarts: s.life.restarts,
@@ -1321,10 +1298,6 @@ impl Run {
                         .as_millis() as u64,
                 })
                 .collect(),
-        };
-        let path = bulkget_stats::schema::coordinator_path(&self.state_dir);
-        if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
-            tracing::warn!("cannot write {}: {e}", path.display());
         }
     }
 }

@@ -56,7 +56,6 @@
 
 use bulkget_protocol::frame::{batch_cost, MAX_BATCH_COST};
 use bulkget_protocol::{BatchId, Failure, Names};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// How many parts a suspect batch is split into when it crashes again.
@@ -71,93 +70,11 @@ pub const MAX_STALLED: usize = 1024;
 /// The reason recorded for a name that crashed its worker twice.
 pub const CRASH_REASON: &str = "worker crashed while fetching this name (twice)";
 
-/// Where listing starts or resumes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ListPosition {
-    /// At `GET /list`.
-    Start,
-    /// At `GET /list?next-marker=...`.
-    Marker(String),
-    /// The listing has ended.
-    Done,
-}
-
-/// Counters. `files_ok`, `files_failed` and `bytes` count acknowledgements;
-/// `names_listed` and `pages_done` count pages completed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    pub files_ok: u64,
-    pub files_failed: u64,
-    pub bytes: u64,
-    pub names_listed: u64,
-    pub pages_done: u64,
-    /// Retried attempts the workers reported with their acknowledgements
-    /// ([`Scheduler::add_retries`]). Absent from older checkpoints.
-    #[serde(default)]
-    pub retries: u64,
-}
-
-/// Which names of the pages from a checkpoint's position on are done.
-/// Offsets count pages from the position's page (offset 0).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DoneAfter {
-    /// Pages whose every name is done, as runs of consecutive offsets.
-    pub complete: Vec<CompleteRun>,
-    /// Pages partly done.
-    pub partial: Vec<PartialPage>,
-}
-
-impl DoneAfter {
-    /// The pages this records, complete or partly done.
-    pub fn pages(&self) -> u64 {
-        let complete: usize = self.complete.iter().map(|r| r.fingerprints.len()).sum();
-        (complete + self.partial.len()) as u64
-    }
-}
-
-/// Consecutive complete pages: offsets `first`, `first + 1`, ..., one per
-/// fingerprint, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompleteRun {
-    pub first: u64,
-    pub fingerprints: Vec<PageFingerprint>,
-}
-
-/// A partly done page: its length and fingerprint when listed, and a bitmap
-/// of done names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartialPage {
-    pub offset: u64,
-    pub len: u32,
-    pub fingerprint: PageFingerprint,
-    pub done: Vec<u64>,
-}
-
-/// A fingerprint of the names a page listed, in order (repeats and unsafe
-/// names included), so that a resume can tell whether the server lists a
-/// page as it did before. 64 bits, from the names' 128-bit fingerprints:
-/// two different pages match with probability about 2^-64. Written as 16
-/// hex digits, which every JSON reader keeps exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PageFingerprint(pub u64);
-
-impl Serialize for PageFingerprint {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format!("{:016x}", self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for PageFingerprint {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        match u64::from_str_radix(&text, 16) {
-            Ok(v) if text.len() == 16 => Ok(PageFingerprint(v)),
-            _ => Err(serde::de::Error::custom(format!(
-                "page fingerprint {text:?} is not 16 hex digits"
-            ))),
-        }
-    }
-}
+// The checkpoint's types are the file contract's (`bulkget-stats`): the
+// scheduler records into the very types `checkpoint.json` is read into.
+pub use bulkget_stats::checkpoint::{
+    CompleteRun, DoneAfter, ListPosition, PageFingerprint, PartialPage, Totals,
+};
 
 /// Folds the fingerprints of a page's names, in order, into the page's.
 struct PageHasher(u64);
