@@ -22,7 +22,7 @@
 //!   *suspect*: it is sent only to a shard that holds nothing else, so a
 //!   second crash is attributed to it alone. A suspect batch that crashes
 //!   again is split into up to [`SPLIT_WAYS`] parts; a single name that
-//!   crashes twice is recorded as failed.
+//!   crashes its worker twice while held alone is recorded as failed.
 //! - Batches are cut by cost as well as by count: a batch's names cost at
 //!   most [`MAX_BATCH_COST`] ([`batch_cost`]: each name's bytes plus room for
 //!   the longest failure reason), so no frame about a batch can exceed the
@@ -68,7 +68,7 @@ pub const SPLIT_WAYS: usize = 16;
 pub const MAX_STALLED: usize = 1024;
 
 /// The reason recorded for a name that crashed its worker twice.
-pub const CRASH_REASON: &str = "worker crashed while fetching this name (twice)";
+pub const CRASH_REASON: &str = "worker crashed twice while fetching this name alone";
 
 // The checkpoint's types are the file contract's (`bulkget-stats`): the
 // scheduler records into the very types `checkpoint.json` is read into.
@@ -624,7 +624,12 @@ impl Scheduler {
             b.crashes += 1;
             b.stalled = false;
             self.requeued += 1;
-            if b.crashes < 2 {
+            // A name alone is failed only once it has crashed its worker
+            // twice while held alone (its parts start suspect, at one
+            // crash), so an outside killer that happens to land on an
+            // isolated name once does not fail an innocent one.
+            let verdict_at = if b.names.len() == 1 { 3 } else { 2 };
+            if b.crashes < verdict_at {
                 requeue.push(b);
             } else if b.names.len() == 1 {
                 let page = self.page_mut(b.page_seq);
