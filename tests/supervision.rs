@@ -616,9 +616,12 @@ fn a_worker_of_another_build_stops_the_run_with_one_clear_error() {
         .filter(|l| l.contains("another build"))
         .collect();
     assert_eq!(lines.len(), 1, "one message: {err}");
+    let protocol = bulkget_protocol::PROTOCOL_VERSION;
     assert!(
-        lines[0].contains("(protocol 1, build 0.1.0+")
-            && lines[0].contains("than this coordinator (protocol 1, build another-build)"),
+        lines[0].contains(&format!("(protocol {protocol}, build 0.1.0+"))
+            && lines[0].contains(&format!(
+                "than this coordinator (protocol {protocol}, build another-build)"
+            )),
         "names both versions: {err}"
     );
     assert!(!err.contains("restarting"), "{err}");

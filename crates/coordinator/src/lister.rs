@@ -243,7 +243,7 @@ impl ListerThread {
             .spawn(move || {
                 runtime.block_on(async move {
                     tokio::select! {
-                        () = run(endpoint, start, 0, config, tx, wait) => {}
+                        () = run(endpoint, start, config, tx, wait) => {}
                         // The handle was dropped: the run is over.
                         _ = stop_rx => {}
                     }
@@ -265,7 +265,6 @@ const KEEP_BODY_BYTES: usize = 4 << 20;
 pub async fn run(
     endpoint: Endpoint,
     start: ListPosition,
-    first_seq: u64,
     config: ListerConfig,
     tx: mpsc::Sender<Result<Page, ListError>>,
     wait: Arc<ListerWait>,
@@ -278,7 +277,9 @@ pub async fn run(
     let mut conn: Option<Conn> = None;
     let mut body = Vec::new();
     let mut jitter = Jitter::from_entropy();
-    let mut seq = first_seq;
+    // Pages are numbered from where this listing starts (the checkpoint's
+    // position on a resume), as the messages that name them say.
+    let mut seq: u64 = 0;
     while let Some(path) = list_path(&endpoint, &position) {
         // Room first, then the page: a page is never parsed only to wait
         // here while another waits in the channel (ARCHITECTURE.md, "Memory").

@@ -57,7 +57,6 @@ pub struct ShardLife {
     /// its crash is blamed on that batch.
     batch_blamed: bool,
     pub restarts: u32,
-    pub parked: bool,
 }
 
 impl ShardLife {
@@ -100,7 +99,6 @@ impl ShardLife {
             self.recent.pop_front();
         }
         if self.recent.len() as u32 > policy.burst {
-            self.parked = true;
             return Decision::Park;
         }
         self.consecutive += 1;
@@ -162,7 +160,6 @@ mod tests {
             life.on_crash(t0 + Duration::from_secs(5), &p),
             Decision::Park
         );
-        assert!(life.parked);
     }
 
     #[test]
@@ -208,7 +205,6 @@ mod tests {
         assert!(decisions
             .iter()
             .all(|d| *d == Decision::RestartAfter(p.backoff_base)));
-        assert!(!life.parked);
         assert_eq!(life.restarts, 100);
     }
 

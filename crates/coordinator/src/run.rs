@@ -751,7 +751,7 @@ impl Run {
                     return;
                 }
                 match msg {
-                    ToCoordinator::Ready { .. } => {
+                    ToCoordinator::Ready => {
                         self.shards[shard].phase = Phase::Running;
                         if self.stop.is_none() {
                             self.sched.set_available(shard, true);
@@ -928,7 +928,6 @@ impl Run {
     fn park(&mut self, shard: usize, grace_deadline: &mut Option<tokio::time::Instant>) {
         self.sched.park(shard);
         self.shards[shard].phase = Phase::Parked;
-        self.shards[shard].life.parked = true;
         if self.shards.iter().all(|s| s.phase == Phase::Parked) {
             note!(
                 self.progress,
@@ -1275,6 +1274,7 @@ impl Run {
             eta_method,
             lister_wait_ms: self.lister_wait.total_ms(),
             pages_changed: self.sched.pages_changed(),
+            names_repeated: self.sched.repeated(),
             peak_rss_bytes: bulkget_stats::peak_rss_bytes().unwrap_or(0),
             batches_requeued: self.sched.requeued(),
             exit_code,

@@ -447,10 +447,6 @@ impl Scheduler {
         self.shards[shard].available = available;
     }
 
-    pub fn is_available(&self, shard: usize) -> bool {
-        self.shards[shard].available
-    }
-
     /// Picks the next batch to send and moves it into its shard's window.
     /// Returns the shard and the batch to encode.
     ///

@@ -113,8 +113,6 @@ enum Order {
 
 /// A running worker process.
 pub struct Worker {
-    pub shard: usize,
-    pub generation: u32,
     pub pid: u32,
     frames: mpsc::UnboundedSender<Vec<u8>>,
     orders: mpsc::UnboundedSender<Order>,
@@ -303,8 +301,6 @@ pub fn spawn(
     });
 
     let worker = Worker {
-        shard,
-        generation,
         pid,
         frames: frames_tx,
         orders: orders_tx,

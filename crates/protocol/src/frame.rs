@@ -200,10 +200,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
     }
-
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
 }
 
 /// Writes frames to a byte stream.
@@ -227,10 +223,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.write_all(&self.buf).await?;
         self.inner.flush().await?;
         Ok(())
-    }
-
-    pub fn into_inner(self) -> W {
-        self.inner
     }
 }
 

@@ -29,7 +29,7 @@ use std::fmt;
 /// change to the layout of a message (a field added, removed or retyped, a
 /// variant added anywhere but last, reordered or removed), so that a peer
 /// of the old layout is told apart instead of misreading frames.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Who speaks on a worker's socket. It is the first frame each way: the
 /// coordinator sends its own before its [`ToWorker::Hello`], and a worker
@@ -91,7 +91,8 @@ pub enum ToWorker {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToCoordinator {
     /// The worker has read its hello, opened its sink and is ready for work.
-    Ready { pid: u32 },
+    /// (The coordinator knows the worker's pid from spawning it.)
+    Ready,
     /// Every name of batch `id` is in the sink (`ok` of them, `bytes` in
     /// all) or has failed permanently (`failures`). Sent only after the
     /// sink has made the batch durable (for SQLite: after the commit).

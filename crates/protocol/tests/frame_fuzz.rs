@@ -93,7 +93,7 @@ fn samples() -> Vec<Vec<u8>> {
         ToWorker::Shutdown { drain: true },
     ];
     let to_coordinator = vec![
-        ToCoordinator::Ready { pid: 4242 },
+        ToCoordinator::Ready,
         ToCoordinator::BatchDone {
             id: 9,
             ok: 255,

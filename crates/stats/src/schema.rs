@@ -363,6 +363,11 @@ pub struct CoordinatorStats {
     /// with other names than it did before the resume (replaced, added,
     /// removed or reordered), so they were fetched whole instead of skipped.
     pub pages_changed: u64,
+    /// Names this process dropped because the same or the previous page
+    /// listed them already (a server that repeats names across a page
+    /// boundary); each is fetched once. Absent in files written before it
+    /// existed, which then read as 0.
+    pub names_repeated: u64,
     /// The coordinator process's peak resident memory so far (`VmHWM`), in
     /// bytes; 0 where the system does not say.
     pub peak_rss_bytes: u64,

@@ -192,9 +192,7 @@ async fn serve(stream: UnixStream) -> i32 {
     let stats = Rc::new(StatsFile::new(&settings.state_dir, shard, generation));
     let interval = std::time::Duration::from_millis(settings.stats_interval_ms.max(100));
     let engine = Engine::new(settings, endpoint, transport, sink);
-    let _ = outbox.send(ToCoordinator::Ready {
-        pid: std::process::id(),
-    });
+    let _ = outbox.send(ToCoordinator::Ready);
     engine.start();
     let committer = tokio::task::spawn_local(commit_loop(engine.clone(), outbox.clone()));
     let stats_task = {
@@ -353,7 +351,7 @@ async fn write_outbox<W: tokio::io::AsyncWrite + Unpin>(
 /// What a message is, for a message about it.
 fn describe(msg: &ToCoordinator) -> String {
     match msg {
-        ToCoordinator::Ready { .. } => "the ready message".into(),
+        ToCoordinator::Ready => "the ready message".into(),
         ToCoordinator::BatchDone { id, failures, .. } => {
             format!("the report of batch {id} ({} failed names)", failures.len())
         }

@@ -80,6 +80,7 @@ fn coordinator(state: RunState, shards: u32) -> CoordinatorStats {
         lister_wait_ms: 1_200,
         batches_requeued: 2,
         pages_changed: 0,
+        names_repeated: 0,
         peak_rss_bytes: 50_000_000,
         exit_code: None,
         shards: (0..shards)
