@@ -35,13 +35,14 @@ pub struct Response {
 }
 
 /// Error bodies are read (so the connection can be reused) up to this size.
-const MAX_ERROR_BODY: u64 = 64 << 10;
+pub(crate) const MAX_ERROR_BODY: u64 = 64 << 10;
 
 /// A server's `Retry-After` is honoured up to this long. A hostile or
 /// confused server asking for a day must not park a worker for a day.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
-static UA: HeaderValue = HeaderValue::from_static(concat!("bulkget/", env!("CARGO_PKG_VERSION")));
+pub(crate) static UA: HeaderValue =
+    HeaderValue::from_static(concat!("bulkget/", env!("CARGO_PKG_VERSION")));
 
 /// One HTTP/1.1 keep-alive connection.
 pub struct Conn {
@@ -337,7 +338,7 @@ enum Deadline {
 
 /// `now + d`, or a deadline that never comes if that would overflow, as
 /// `tokio::time::timeout` does, so an absurd limit cannot panic.
-fn deadline_after(now: Instant, d: Duration) -> Instant {
+pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
@@ -388,7 +389,7 @@ async fn race<F: Future>(
 }
 
 /// Turns a `Location` into a path on the same server, or refuses it.
-fn resolve_redirect(
+pub(crate) fn resolve_redirect(
     endpoint: &Endpoint,
     current: &str,
     location: &str,

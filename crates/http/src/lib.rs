@@ -14,6 +14,10 @@
 //! - [`FetchError`]: what went wrong, and whether a retry may cure it
 //!   ([`FetchError::is_transient`]).
 //! - [`Backoff`]: exponential backoff with jitter that honours `Retry-After`.
+//! - [`PipeConn`]: an HTTP/1.1 connection that keeps several requests in
+//!   flight (pipelining), with its own response reader on `httparse` under
+//!   the same limits as [`Conn`]; it tells when a server does not pipeline
+//!   correctly ([`PipelineFault`]).
 //!
 //! Architecture invariant: no request leaves this crate without a timeout,
 //! and no body is buffered past its limit.
@@ -22,11 +26,13 @@ mod backoff;
 mod conn;
 mod endpoint;
 mod error;
+mod pipeline;
 
 pub use backoff::{parse_retry_after, Backoff, Jitter};
 pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};
 pub use endpoint::{Endpoint, UrlError};
 pub use error::FetchError;
+pub use pipeline::{Answer, PipeConn, PipelineFault, MIN_ANSWERS_PER_DEPTH};
 
 /// The header the test server sets on responses that should make a worker
 /// abort, when the worker's test hook is on. Defined here because this is
