@@ -224,6 +224,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiv
             let shared = Arc::new(Connection {
                 app: Arc::clone(&app),
                 reset_on_close: Arc::clone(&reset_on_close),
+                responses: Default::default(),
             });
             let service = service_fn(move |req| handle(Arc::clone(&shared), req));
             let io = TokioIo::new(ResettableStream {

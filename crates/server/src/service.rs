@@ -1,12 +1,12 @@
 //! Request handling: routing, `/list`, `/get`, `/_stats`.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::args::{ListFault, ServerArgs};
@@ -36,6 +36,8 @@ pub(crate) struct App {
     list_delay: Duration,
     slow: Duration,
     slow_pieces: u64,
+    /// `--keepalive-requests`: responses per connection, 0 for no limit.
+    keepalive_requests: u64,
 }
 
 /// Normalises `--prefix`: empty or `/x/y`, never a trailing slash.
@@ -61,6 +63,7 @@ impl App {
             list_delay: Duration::from_millis(args.list_delay_ms),
             slow: Duration::from_millis(args.slow_ms),
             slow_pieces: args.slow_pieces,
+            keepalive_requests: args.keepalive_requests,
         }
     }
 }
@@ -129,6 +132,8 @@ pub(crate) struct Connection {
     pub(crate) app: Arc<App>,
     /// Raised by an injected reset; the socket then closes with a TCP RST.
     pub(crate) reset_on_close: Arc<AtomicBool>,
+    /// Responses answered on this connection, for `--keepalive-requests`.
+    pub(crate) responses: AtomicU64,
 }
 
 /// Answers one request. Never fails: every problem is an HTTP answer.
@@ -150,7 +155,7 @@ pub(crate) async fn handle<B>(
         Route::Other => PathKind::Other,
     };
     app.stats.request(kind);
-    let resp = if !matches!(*req.method(), Method::GET | Method::HEAD) {
+    let mut resp = if !matches!(*req.method(), Method::GET | Method::HEAD) {
         json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served")
     } else {
         match route {
@@ -170,6 +175,14 @@ pub(crate) async fn handle<B>(
         }
     };
     app.stats.response(resp.status().as_u16());
+    if app.keepalive_requests > 0
+        && conn.responses.fetch_add(1, Ordering::Relaxed) + 1 >= app.keepalive_requests
+    {
+        // hyper closes the connection after a response that says so, and
+        // drops the requests read behind it.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(resp)
 }
 
