@@ -5,6 +5,7 @@ mod util;
 
 mod fetch;
 mod hostile;
+mod pipeline;
 mod space;
 mod sqlite;
 mod stats;

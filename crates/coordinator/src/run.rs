@@ -235,6 +235,7 @@ impl Run {
             sink,
             layout,
             connections: args.connections,
+            pipeline: args.pipeline,
             max_file_size: args.max_file_size,
             connect_timeout_ms: args.connect_timeout_ms,
             first_byte_timeout_ms: args.first_byte_timeout_ms,

@@ -32,7 +32,7 @@ pub use backoff::{parse_retry_after, Backoff, Jitter};
 pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};
 pub use endpoint::{Endpoint, UrlError};
 pub use error::FetchError;
-pub use pipeline::{Answer, PipeConn, PipelineFault, MIN_ANSWERS_PER_DEPTH};
+pub use pipeline::{Answer, PipeConn, PipelineFault, MAX_PIPELINE_DEPTH, MIN_ANSWERS_PER_DEPTH};
 
 /// The header the test server sets on responses that should make a worker
 /// abort, when the worker's test hook is on. Defined here because this is

@@ -81,6 +81,12 @@ use tokio::time::{timeout, Instant, Sleep};
 /// resending the few unanswered requests costs less than pipelining saves.
 pub const MIN_ANSWERS_PER_DEPTH: u64 = 4;
 
+/// The deepest pipeline a caller may ask for. Requests are written before
+/// their answers are read, so a server that reads nothing until it has
+/// answered could leave both sides blocked on full socket buffers; 64 short
+/// requests (a few kilobytes) fit in any socket buffer.
+pub const MAX_PIPELINE_DEPTH: u32 = 64;
+
 /// The largest response head accepted, as hyper's default limits allow for
 /// about: a server that sends endless headers is an error, not memory.
 const MAX_HEAD_BYTES: usize = 64 << 10;

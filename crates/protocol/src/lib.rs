@@ -133,6 +133,9 @@ pub struct WorkerSettings {
     pub layout: Layout,
     /// Concurrent keep-alive connections, one task each.
     pub connections: u32,
+    /// HTTP/1.1 pipelining: requests in flight per connection; 1 is off.
+    /// A worker falls back to 1 when its server mishandles pipelining.
+    pub pipeline: u32,
     /// Bodies larger than this are refused without being buffered.
     pub max_file_size: u64,
     pub connect_timeout_ms: u64,
@@ -174,6 +177,7 @@ impl WorkerSettings {
             sink: SinkKind::Dir,
             layout: Layout::Flat,
             connections: 8,
+            pipeline: 1,
             max_file_size: 8 << 20,
             connect_timeout_ms: 5_000,
             first_byte_timeout_ms: 10_000,
