@@ -1,6 +1,7 @@
 //! `bulkget`: command-line glue over the library crates. Parses arguments,
 //! sets up logging and maps results to exit codes; nothing else lives here.
 
+use bulkget_console::{errln, outln};
 use bulkget_coordinator::args::{FetchArgs, LayoutArg, LogFormat};
 use bulkget_coordinator::exit;
 use clap::{Parser, Subcommand};
@@ -9,11 +10,14 @@ use std::path::PathBuf;
 
 /// Download every file from a remote file service, fast, and lose none.
 ///
-/// Exit codes: 0 every listed file is in the sink; 1 unexpected error;
+/// Exit codes: 0 every listed file is in the sink; 1 unexpected error, or
+/// a failed write or sync of the state directory or OUT (stopped at once);
 /// 2 bad usage; 3 some files failed (see failed.jsonl); 4 the listing
 /// failed; 5 every shard was parked; 6 state directory conflict; 7 out of
-/// disk space; 130 interrupted (SIGINT); 143 terminated (SIGTERM).
-/// Runs stopped by 4, 5, 7, 130 or 143 are resumable with --resume.
+/// disk space; 129 hung up (SIGHUP); 130 interrupted (SIGINT); 143
+/// terminated (SIGTERM). Runs stopped by 4, 5, 7, 129, 130 or 143 are
+/// resumable with --resume, and so is a run stopped by 1 that saved a
+/// checkpoint before.
 #[derive(Parser)]
 #[command(name = "bulkget", version, about, long_about)]
 struct Cli {
@@ -27,7 +31,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Download every file the service at URL lists into OUT.
-    Fetch(FetchArgs),
+    // Boxed: the fetch flags are most of the enum's size otherwise.
+    Fetch(Box<FetchArgs>),
     /// Show a run's progress per shard and in total, while it runs or after.
     Status(bulkget_stats::StatusArgs),
     /// Unpack the SQLite shards of OUT into a directory tree.
@@ -57,9 +62,9 @@ fn main() {
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::Fetch(args) => match std::env::current_exe() {
-            Ok(exe) => bulkget_coordinator::fetch(args, exe),
+            Ok(exe) => bulkget_coordinator::fetch(*args, exe),
             Err(e) => {
-                eprintln!("bulkget: cannot find my own executable to start workers: {e}");
+                errln!("bulkget: cannot find my own executable to start workers: {e}");
                 exit::ERROR
             }
         },
@@ -71,7 +76,7 @@ fn main() {
                 Ok(code) => code,
                 Err(e) => {
                     let _ = out.flush();
-                    eprintln!("bulkget status: {e}");
+                    errln!("bulkget status: {e}");
                     e.exit_code()
                 }
             }
@@ -83,14 +88,14 @@ fn main() {
             };
             match bulkget_sink::export(&out, &dest, layout) {
                 Ok(summary) => {
-                    println!(
+                    outln!(
                         "exported {} files ({} bytes) to {}",
                         summary.files,
                         summary.bytes,
                         dest.display()
                     );
                     for (name, why) in &summary.refused {
-                        eprintln!("bulkget export: refused {name:?}: {why}");
+                        errln!("bulkget export: refused {name:?}: {why}");
                     }
                     if summary.refused.is_empty() {
                         exit::OK
@@ -99,7 +104,7 @@ fn main() {
                     }
                 }
                 Err(e) => {
-                    eprintln!("bulkget export: {e}");
+                    errln!("bulkget export: {e}");
                     exit::ERROR
                 }
             }
@@ -110,11 +115,11 @@ fn main() {
             match bulkget_sink::cat(&out, &name, &mut lock) {
                 Ok(true) => exit::OK,
                 Ok(false) => {
-                    eprintln!("bulkget cat: {name:?} is not in {}", out.display());
+                    errln!("bulkget cat: {name:?} is not in {}", out.display());
                     exit::FILES_FAILED
                 }
                 Err(e) => {
-                    eprintln!("bulkget cat: {e}");
+                    errln!("bulkget cat: {e}");
                     exit::ERROR
                 }
             }
@@ -127,9 +132,11 @@ fn init_logging(format: LogFormat) {
     bulkget_coordinator::progress::set_json_logs(format == LogFormat::Json);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    // A log line that cannot be written (stderr closed) is dropped: the
+    // subscriber's own fallback would be an `eprintln!`, which panics.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(bulkget_console::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

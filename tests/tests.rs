@@ -4,8 +4,11 @@
 mod util;
 
 mod fetch;
+mod hardening;
 mod hostile;
+mod output;
 mod pipeline;
+mod server;
 mod space;
 mod sqlite;
 mod stats;

@@ -2,6 +2,7 @@
 
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SinkArg {
@@ -92,6 +93,17 @@ pub struct FetchArgs {
     /// Longest silence allowed inside a body, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub idle_timeout_ms: u64,
+    /// The most one attempt at a file may take, redirects included, however
+    /// steadily the server trickles (e.g. 60s, 1500ms). A miss is retried.
+    /// Enough for a file of a few MB on a slow link; raise it with
+    /// --max-file-size for larger files.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// The most one attempt at a list page may take (e.g. 120s). A miss is
+    /// retried. Enough for a server that takes its first-byte timeout to
+    /// start a page of a few hundred KB and then sends it slowly.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub list_timeout: Duration,
     /// Attempts per file (and per list page) before a transient error is permanent.
     #[arg(long, default_value_t = 10)]
     pub max_attempts: u32,
@@ -125,7 +137,8 @@ pub struct FetchArgs {
     /// Progress display on stderr.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
-    /// No progress and no summary; errors only.
+    /// No progress and no summary; errors only (each failed file is one:
+    /// named on stderr, capped as without --quiet).
     #[arg(long, short = 'q')]
     pub quiet: bool,
     /// Test hook: a worker aborts when a response carries x-bulkget-test-abort.
@@ -134,4 +147,8 @@ pub struct FetchArgs {
     /// Test hook: workers of this shard fail at start-up.
     #[arg(long, hide = true)]
     pub test_fail_start_shard: Vec<u32>,
+    /// Test hook: the sync of the output file system after N successful
+    /// ones fails once (EIO), as the kernel reports a lost write-back once.
+    #[arg(long, hide = true, value_name = "N")]
+    pub test_fail_sync_after: Option<u64>,
 }

@@ -3,7 +3,10 @@
 
 /// Every listed file is in the sink.
 pub const OK: i32 = 0;
-/// An unexpected error (I/O on the state directory, cannot spawn workers).
+/// An unexpected error (I/O on the state directory, cannot spawn workers),
+/// or a failed write or sync of what makes the run durable (`failed.jsonl`,
+/// the output file system, the checkpoint): then the run stops at once and
+/// the last checkpoint saved before the failure is the one to resume from.
 pub const ERROR: i32 = 1;
 /// Bad command line (clap also uses 2).
 pub const USAGE: i32 = 2;
@@ -20,6 +23,8 @@ pub const STATE_CONFLICT: i32 = 6;
 /// The output file system is full; the checkpoint is saved. Free space and
 /// run again with `--resume`.
 pub const NO_SPACE: i32 = 7;
+/// The terminal hung up (SIGHUP); handled like SIGTERM, resumable.
+pub const HANGUP: i32 = 129;
 /// Interrupted by SIGINT (Ctrl-C); resumable.
 pub const INTERRUPTED: i32 = 130;
 /// Terminated by SIGTERM; resumable.

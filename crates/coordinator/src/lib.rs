@@ -1,11 +1,13 @@
 //! The coordinator.
 pub mod args;
 pub mod exit;
+pub mod failure_log;
 pub mod lister;
 pub mod progress;
 pub mod restart;
 pub mod run;
 pub mod scheduler;
 pub mod state;
+pub mod state_thread;
 pub mod supervisor;
 pub use run::fetch;

@@ -229,6 +229,10 @@ pub async fn run(
                     FetchError::TooLarge { .. } => {
                         format!("list page {error}; raise --max-page-size to accept it")
                     }
+                    FetchError::Timeout("request") => format!(
+                        "{error} (gave up after {attempt} attempts); \
+                         raise --list-timeout if the pages are this slow"
+                    ),
                     e if e.is_transient() => format!("{e} (gave up after {attempt} attempts)"),
                     e => e.to_string(),
                 };

@@ -20,13 +20,16 @@
 //! - With `--log-format json` ([`set_json_logs`]), `auto` means plain, and
 //!   plain lines and messages are JSON objects shaped like the `tracing`
 //!   JSON log lines, so stderr stays one JSON object per line.
-//! - `--progress none` and `--quiet`: nothing.
+//! - `--progress none` and `--quiet`: no progress; messages still print.
 //!
-//! Messages printed while the run goes on ("worker 3 died; restarting") go
-//! through [`Progress::note`] (the [`note!`] macro), which prints them above
-//! the bar instead of through it.
+//! Messages printed while the run goes on ("worker 3 died; restarting",
+//! `bulkget: failed: "NAME": REASON`) go through [`Progress::note`] (the
+//! [`note!`] macro), which prints them above the bar instead of through it.
+//! Every line goes through `bulkget_console`, so a closed stderr never
+//! stops the run.
 
 use crate::args::ProgressArg;
+use bulkget_console::errln;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,21 +165,21 @@ impl Progress {
     /// Prints a message for the person watching (see [`note!`]).
     pub fn note(&self, msg: &str) {
         if self.json {
-            eprintln!("{}", json_line("WARN", msg, serde_json::Map::new()));
+            errln!("{}", json_line("WARN", msg, serde_json::Map::new()));
             return;
         }
         match &self.bar {
             Some(bar) if !bar.is_hidden() => bar.println(msg),
-            _ => eprintln!("{msg}"),
+            _ => errln!("{msg}"),
         }
     }
 
     fn print_plain(&self, s: &Snapshot) {
         let elapsed = self.started.elapsed();
         if self.json {
-            eprintln!("{}", json_line("INFO", "progress", json_fields(s, elapsed)));
+            errln!("{}", json_line("INFO", "progress", json_fields(s, elapsed)));
         } else {
-            eprintln!("{}", plain_line(s, elapsed));
+            errln!("{}", plain_line(s, elapsed));
         }
     }
 }

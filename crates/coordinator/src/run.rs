@@ -5,19 +5,24 @@
 //! one-second tick, and updates the [`Scheduler`], the workers and the
 //! state directory. Blocking work on the state directory (appending
 //! failures, syncing, writing checkpoints) runs on a separate thread fed in
-//! order through a channel, so a slow disk never stalls dispatch.
+//! order through a channel, so a slow disk never stalls dispatch
+//! ([`crate::state_thread`]); its first failure stops the run at once.
 
 use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
+use crate::failure_log::{self, FailureLog};
 use crate::lister::{ListError, ListerConfig, ListerThread, Page};
-use crate::progress::{human_bytes, note, Progress, Snapshot as ProgressView};
+use crate::progress::{grouped, human_bytes, note, Progress, Snapshot as ProgressView};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
-use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Snapshot, Totals};
+use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
+use crate::state_thread::{self, StateOp};
 use crate::supervisor::{self, describe_exit, Event, Worker};
+use bulkget_console::{errln, outln};
 use bulkget_http::{Backoff, Endpoint, Limits};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, SinkKind, TestHooks, ToCoordinator, ToWorker, WorkerSettings,
+    Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker,
+    WorkerSettings,
 };
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
 use nix::sys::signal::Signal;
@@ -35,6 +40,9 @@ enum Stop {
     ListingFailed(String),
     AllParked,
     NoSpace(String),
+    // Writing or syncing the state directory or the output failed: the run
+    // stops at once and writes no further checkpoint.
+    StateFailed(String),
 }
 
 impl Stop {
@@ -44,21 +52,9 @@ impl Stop {
             Stop::ListingFailed(_) => exit::LISTING_FAILED,
             Stop::AllParked => exit::ALL_PARKED,
             Stop::NoSpace(_) => exit::NO_SPACE,
+            Stop::StateFailed(_) => exit::ERROR,
         }
     }
-}
-
-/// What the state thread does, in order.
-enum StateOp {
-    Failures(Vec<Failure>),
-    Checkpoint {
-        snapshot: Snapshot,
-        complete: bool,
-        /// The run's last checkpoint, written once every worker is gone: it
-        /// may use the state directory's reserve if the disk is full.
-        last: bool,
-        done: std::sync::mpsc::Sender<Result<(), String>>,
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +78,34 @@ struct ShardSlot {
     idle_total: Duration,
 }
 
+/// Finds out, once and before any worker starts, how the dir sink can
+/// resolve paths beneath OUT, and says so once: in the log when `openat2`
+/// works, on stderr when the workers must walk without it.
+fn probe_resolve(out: &Path, quiet: bool) -> Result<Resolve, (i32, String)> {
+    let (resolve, why) =
+        bulkget_sink::probe_resolve(out).map_err(|e| (exit::ERROR, e.to_string()))?;
+    match why {
+        None => tracing::info!("openat2 with RESOLVE_BENEATH is available"),
+        Some(why) => {
+            let msg = format!(
+                "openat2 cannot be used here ({why}); the dir sink opens each path one \
+                 component at a time with O_NOFOLLOW instead, which follows no symbolic \
+                 link inside {}",
+                out.display()
+            );
+            if !quiet {
+                eprintln!("bulkget: note: {msg}");
+            }
+        }
+    }
+    Ok(resolve)
+}
+
+/// A duration in whole milliseconds, as the worker settings carry it.
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Runs `bulkget fetch` and returns the process exit code.
 pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -90,7 +114,7 @@ pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("bulkget: cannot start runtime: {e}");
+            errln!("bulkget: cannot start runtime: {e}");
             return exit::ERROR;
         }
     };
@@ -99,7 +123,7 @@ pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
             Ok(Setup::Go(run)) => run.main().await,
             Ok(Setup::Done(code)) => code,
             Err((code, msg)) => {
-                eprintln!("bulkget: {msg}");
+                errln!("bulkget: {msg}");
                 code
             }
         }
@@ -122,6 +146,10 @@ struct Run {
     resumed_from: Totals,
     state_tx: std::sync::mpsc::Sender<StateOp>,
     state_thread: Option<std::thread::JoinHandle<()>>,
+    /// The state thread's first failure, taken by the run loop.
+    state_failed: Option<mpsc::UnboundedReceiver<String>>,
+    /// What has been shown of the failed files.
+    failure_log: FailureLog,
     shards: Vec<ShardSlot>,
     policy: RestartPolicy,
     started: Instant,
@@ -150,6 +178,12 @@ impl Run {
                 "--workers, --connections, --batch-size and --window must be at least 1".into(),
             ));
         }
+        if duration_ms(args.request_timeout) == 0 || duration_ms(args.list_timeout) == 0 {
+            return Err((
+                exit::USAGE,
+                "--request-timeout and --list-timeout must be at least 1ms".into(),
+            ));
+        }
         std::fs::create_dir_all(&args.out).map_err(|e| {
             (
                 exit::ERROR,
@@ -165,7 +199,23 @@ impl Run {
         let state_dir = args
             .state_dir
             .clone()
-            .unwrap_or_else(|| out.join(".bulkget"));
+            .unwrap_or_else(|| default_state_dir(&out));
+        // Where the state directory is inside OUT, so that no server name
+        // lands there, whatever the directory is called.
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            (
+                exit::ERROR,
+                format!("cannot create {}: {e}", state_dir.display()),
+            )
+        })?;
+        let state_dir_in_out =
+            bulkget_sink::state_dir_within(&out, &state_dir).map_err(|e| (exit::USAGE, e))?;
+        let resolve = if args.sink == SinkArg::Dir {
+            probe_resolve(&out, args.quiet)?
+        } else {
+            // Only the dir sink resolves paths beneath OUT.
+            Resolve::Openat2
+        };
         let (sink, sink_name) = match args.sink {
             SinkArg::Dir => (SinkKind::Dir, "dir"),
             SinkArg::Sqlite => (SinkKind::Sqlite, "sqlite"),
@@ -201,7 +251,7 @@ impl Run {
             Start::Fresh => (ListPosition::Start, Totals::default(), DoneAfter::default()),
             Start::Resume(cp) => {
                 if !args.quiet {
-                    eprintln!(
+                    errln!(
                         "bulkget: resuming from the checkpoint: {} files done before it, listing from {}",
                         cp.totals.files_ok + cp.totals.files_failed,
                         match &cp.position {
@@ -215,7 +265,7 @@ impl Run {
             }
             Start::AlreadyComplete(cp) => {
                 let t = cp.totals;
-                println!(
+                outln!(
                     "bulkget: the run in {} is already complete: {} files ok, {} failed; nothing to do",
                     state_dir.display(),
                     t.files_ok,
@@ -232,14 +282,17 @@ impl Run {
             base_url: endpoint.url(),
             out_dir: out.display().to_string(),
             state_dir: state_dir.display().to_string(),
+            state_dir_in_out,
             sink,
             layout,
+            resolve,
             connections: args.connections,
             pipeline: args.pipeline,
             max_file_size: args.max_file_size,
             connect_timeout_ms: args.connect_timeout_ms,
             first_byte_timeout_ms: args.first_byte_timeout_ms,
             idle_timeout_ms: args.idle_timeout_ms,
+            request_timeout_ms: duration_ms(args.request_timeout),
             max_attempts: args.max_attempts.max(1),
             backoff_base_ms: args.retry_base_ms,
             backoff_max_ms: args.retry_max_ms,
@@ -258,34 +311,12 @@ impl Run {
             }
         }
 
-        let (state_tx, state_rx) = std::sync::mpsc::channel::<StateOp>();
-        let state_thread = std::thread::Builder::new()
-            .name("bulkget-state".into())
-            .spawn(move || {
-                for op in state_rx {
-                    match op {
-                        StateOp::Failures(f) => {
-                            if let Err(e) = state.record_failures(&f) {
-                                eprintln!("bulkget: cannot write failed.jsonl: {e}");
-                            }
-                        }
-                        StateOp::Checkpoint {
-                            snapshot,
-                            complete,
-                            last,
-                            done,
-                        } => {
-                            let r = if last {
-                                state.write_last_checkpoint(snapshot, complete)
-                            } else {
-                                state.write_checkpoint(snapshot, complete)
-                            }
-                            .map_err(|e| e.to_string());
-                            let _ = done.send(r);
-                        }
-                    }
-                }
-            })
+        if let Some(n) = args.test_fail_sync_after {
+            state.fail_sync_after(n);
+        }
+        let failure_log = FailureLog::new(&state.failed_path());
+        let (failed_tx, state_failed) = mpsc::unbounded_channel();
+        let (state_tx, state_thread) = state_thread::spawn(state, failed_tx)
             .map_err(|e| (exit::ERROR, format!("cannot start state thread: {e}")))?;
 
         let policy = RestartPolicy {
@@ -324,6 +355,8 @@ impl Run {
             resumed_from: totals,
             state_tx,
             state_thread: Some(state_thread),
+            state_failed: Some(state_failed),
+            failure_log,
             shards,
             policy,
             started: Instant::now(),
@@ -344,7 +377,7 @@ impl Run {
         let (restart_tx, mut restarts) = mpsc::unbounded_channel::<usize>();
         for shard in 0..self.shards.len() {
             if let Err(e) = self.spawn(shard, &events_tx) {
-                eprintln!("bulkget: cannot start worker: {e}");
+                errln!("bulkget: cannot start worker: {e}");
                 return exit::ERROR;
             }
         }
@@ -363,6 +396,7 @@ impl Run {
                     idle: Duration::from_millis(self.args.idle_timeout_ms),
                     max_body: self.args.max_page_size,
                     max_redirects: 5,
+                    deadline: self.args.list_timeout,
                 },
                 max_attempts: self.args.max_attempts.max(1),
                 backoff: Backoff {
@@ -379,7 +413,7 @@ impl Run {
             ) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    eprintln!("bulkget: cannot start the lister: {e}");
+                    errln!("bulkget: cannot start the lister: {e}");
                     return exit::ERROR;
                 }
             }
@@ -387,11 +421,15 @@ impl Run {
 
         let mut sigint = signal(SignalKind::interrupt()).expect("signal handler");
         let mut sigterm = signal(SignalKind::terminate()).expect("signal handler");
+        // A closed terminal sends SIGHUP: the run stops as for SIGTERM, with
+        // its checkpoint, instead of dying without one.
+        let mut sighup = signal(SignalKind::hangup()).expect("signal handler");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_checkpoint = Instant::now();
         let checkpoint_every = Duration::from_secs(self.args.checkpoint_interval.max(1));
         let mut grace_deadline: Option<tokio::time::Instant> = None;
+        let mut state_failed = self.state_failed.take().expect("taken once");
         let mut signals_seen = 0;
         let mut finishing = false;
         // The pending queue may hold this many batches before the lister is
@@ -422,6 +460,7 @@ impl Run {
                     }
                 },
                 Some(ev) = events.recv() => self.on_event(ev, &restart_tx, &mut grace_deadline),
+                Some(why) = state_failed.recv() => self.on_state_failure(why, &mut grace_deadline),
                 Some(shard) = restarts.recv() => {
                     if self.stop.is_none() && !finishing && self.shards[shard].phase == Phase::Backoff {
                         if let Err(e) = self.spawn(shard, &events_tx) {
@@ -438,6 +477,10 @@ impl Run {
                     signals_seen += 1;
                     self.on_signal(signals_seen, Stop::Signal { code: exit::TERMINATED, name: "SIGTERM" }, &mut grace_deadline);
                 }
+                _ = sighup.recv() => {
+                    signals_seen += 1;
+                    self.on_signal(signals_seen, Stop::Signal { code: exit::HANGUP, name: "SIGHUP" }, &mut grace_deadline);
+                }
                 () = sleep_until_opt(grace_deadline) => {
                     note!(self.progress, "bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
                     grace_deadline = None;
@@ -447,6 +490,9 @@ impl Run {
                     if let Some(why) = self.space_problem() {
                         note!(self.progress, "bulkget: {why}; stopping with the checkpoint saved");
                         self.begin_stop(Stop::NoSpace(why), &mut grace_deadline);
+                    }
+                    if let Some(line) = self.failure_log.tick(Instant::now()) {
+                        note!(self.progress, "{line}");
                     }
                     // Progress first: it samples the rate the stats file shows.
                     self.update_progress();
@@ -539,10 +585,17 @@ impl Run {
         self.record_failures(failures);
     }
 
+    /// The one way a permanent failure is recorded (unsafe names, poison
+    /// names, failed fetches): named on stderr (capped, see
+    /// [`crate::failure_log`]) and appended to `failed.jsonl`.
     fn record_failures(&mut self, failures: Vec<Failure>) {
-        if !failures.is_empty() {
-            let _ = self.state_tx.send(StateOp::Failures(failures));
+        if failures.is_empty() {
+            return;
         }
+        for line in self.failure_log.record(&failures, Instant::now()) {
+            note!(self.progress, "{line}");
+        }
+        let _ = self.state_tx.send(StateOp::Failures(failures));
     }
 
     fn dispatch(&mut self) {
@@ -767,6 +820,26 @@ impl Run {
         }
     }
 
+    /// The state thread could not make the run durable (see
+    /// [`crate::state_thread`]). Nothing acknowledged from now on could be
+    /// saved, so the run stops at once: no grace for in-flight batches
+    /// (they are fetched again on resume), whatever stop was under way.
+    fn on_state_failure(&mut self, why: String, grace_deadline: &mut Option<tokio::time::Instant>) {
+        if matches!(self.stop, Some(Stop::StateFailed(_))) {
+            return;
+        }
+        note!(
+            self.progress,
+            "bulkget: {why}; stopping the run now, without a further checkpoint"
+        );
+        self.stop = Some(Stop::StateFailed(why));
+        for shard in 0..self.shards.len() {
+            self.sched.set_available(shard, false);
+        }
+        *grace_deadline = None;
+        self.stop_workers_now();
+    }
+
     fn begin_stop(&mut self, stop: Stop, grace_deadline: &mut Option<tokio::time::Instant>) {
         if self.stop.is_some() {
             return;
@@ -837,17 +910,23 @@ impl Run {
         let complete = finished && self.stop.is_none() && self.sched.is_finished();
         let snapshot = self.sched.snapshot();
         let totals = snapshot.totals;
-        let (done, done_rx) = std::sync::mpsc::channel();
-        let _ = self.state_tx.send(StateOp::Checkpoint {
-            snapshot,
-            complete,
-            last: true,
-            done,
-        });
-        let checkpoint_result = tokio::task::spawn_blocking(move || done_rx.recv())
-            .await
-            .ok()
-            .and_then(|r| r.ok());
+        // After a failure of the state thread there is no last checkpoint:
+        // the one saved before the failure is the one to resume from.
+        let checkpoint_result = if matches!(self.stop, Some(Stop::StateFailed(_))) {
+            None
+        } else {
+            let (done, done_rx) = std::sync::mpsc::channel();
+            let _ = self.state_tx.send(StateOp::Checkpoint {
+                snapshot,
+                complete,
+                last: true,
+                done,
+            });
+            tokio::task::spawn_blocking(move || done_rx.recv())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+        };
         let (state_tx, _) = std::sync::mpsc::channel();
         drop(std::mem::replace(&mut self.state_tx, state_tx));
         if let Some(t) = self.state_thread.take() {
@@ -859,7 +938,7 @@ impl Run {
             None => exit::OK,
         };
         if let Some(Err(e)) = &checkpoint_result {
-            eprintln!("bulkget: cannot save the checkpoint: {e}");
+            errln!("bulkget: cannot save the checkpoint: {e}");
             code = exit::ERROR;
         }
         let state = match (&self.stop, complete) {
@@ -871,6 +950,9 @@ impl Run {
         // The final numbers, for a plain log's last line and the stats file.
         self.update_progress();
         self.write_stats(state, Some(code));
+        if let Some(line) = self.failure_log.flush() {
+            note!(self.progress, "{line}");
+        }
         self.progress.finish();
         if !self.args.quiet {
             self.print_summary(code, totals);
@@ -891,36 +973,50 @@ impl Run {
             .count();
         // Reported with each acknowledgement, so restarts lose none.
         let retries = live.retries;
-        println!("bulkget summary");
-        println!("  files ok:       {}", live.files_ok);
-        println!("  files failed:   {}", live.files_failed);
-        println!("  retries:        {retries}");
-        println!(
+        outln!("bulkget summary");
+        outln!("  files ok:       {}", live.files_ok);
+        outln!("  files failed:   {}", live.files_failed);
+        outln!("  retries:        {retries}");
+        outln!(
             "  bytes:          {} ({})",
             live.bytes,
             human_bytes(live.bytes)
         );
-        println!("  wall time:      {elapsed:.2}s");
-        println!(
+        outln!("  wall time:      {elapsed:.2}s");
+        outln!(
             "  files/s:        {:.0}",
             this_run as f64 / elapsed.max(1e-9)
         );
-        println!("  restarts:       {restarts}");
+        outln!("  restarts:       {restarts}");
         if parked > 0 {
-            println!("  parked shards:  {parked}");
+            outln!("  parked shards:  {parked}");
         }
         if live.files_failed > 0 {
-            println!(
-                "  failures:       {}",
-                self.state_dir.join("failed.jsonl").display()
+            let failed_path = self.state_dir.join("failed.jsonl");
+            outln!(
+                "  failures:       every one is in {}",
+                failed_path.display()
             );
+            let first = self.failure_log.first();
+            for f in first {
+                outln!("    {}", failure_log::name_and_reason(f));
+            }
+            let rest = live.files_failed.saturating_sub(first.len() as u64);
+            if rest > 0 {
+                outln!(
+                    "    {}{} more in {}",
+                    if first.is_empty() { "" } else { "and " },
+                    grouped(rest),
+                    failed_path.display()
+                );
+            }
         }
-        println!("  state:          {}", self.state_dir.display());
+        outln!("  state:          {}", self.state_dir.display());
         match &self.stop {
             None if code == exit::OK => {
-                println!("  result:         complete: every listed file is in the sink")
+                outln!("  result:         complete: every listed file is in the sink")
             }
-            None => println!(
+            None => outln!(
                 "  result:         complete, with {} failed files (exit {code})",
                 live.files_failed
             ),
@@ -930,11 +1026,11 @@ impl Run {
                     Stop::ListingFailed(e) => e.clone(),
                     Stop::AllParked => "every shard was parked".into(),
                     Stop::NoSpace(e) => format!("out of space: {e}"),
+                    Stop::StateFailed(e) => e.clone(),
                 };
-                println!("  result:         stopped: {why} (exit {code})");
-                println!(
-                    "  checkpoint:     {} files saved; continue with: bulkget fetch {} {} --resume{}",
-                    durable.files_ok + durable.files_failed,
+                outln!("  result:         stopped: {why} (exit {code})");
+                let resume = format!(
+                    "bulkget fetch {} {} --resume{}",
                     self.args.url,
                     self.args.out.display(),
                     match &self.args.state_dir {
@@ -942,6 +1038,19 @@ impl Run {
                         None => String::new(),
                     }
                 );
+                let saved = bulkget_stats::schema::checkpoint_path(&self.state_dir).exists();
+                match stop {
+                    Stop::StateFailed(_) if saved => outln!(
+                        "  checkpoint:     not written after the failure; the one saved before it is exact: fix the cause, then continue with: {resume}"
+                    ),
+                    Stop::StateFailed(_) => outln!(
+                        "  checkpoint:     none was saved: fix the cause, then run again without --resume"
+                    ),
+                    _ => outln!(
+                        "  checkpoint:     {} files saved; continue with: {resume}",
+                        durable.files_ok + durable.files_failed
+                    ),
+                }
             }
         }
     }

@@ -28,6 +28,7 @@
 //! complete run removes it.
 
 use crate::scheduler::{DoneAfter, ListPosition, Snapshot, Totals};
+use bulkget_console::errln;
 use bulkget_protocol::Failure;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -137,8 +138,36 @@ pub struct StateDir {
     failed: BufWriter<File>,
     failed_len: u64,
     out_fd: File,
+    /// OUT, for messages.
+    out_dir: PathBuf,
     /// `STATE/reserve`, while it is allocated.
     reserve: Option<PathBuf>,
+    /// Calls of `syncfs` so far, and the test hook that fails one of them.
+    syncs: u64,
+    fail_sync_after: Option<u64>,
+}
+
+/// A step that makes the run durable failed: appending to or syncing
+/// `failed.jsonl`, syncing the output file system, writing the checkpoint.
+/// The message names the step and the file.
+#[derive(Debug)]
+pub struct DurabilityError {
+    /// What was being done, e.g. "cannot sync the file system of /out (syncfs)".
+    pub what: String,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for DurabilityError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for DurabilityError {}
+
+fn durability(what: impl Into<String>) -> impl FnOnce(io::Error) -> DurabilityError {
+    let what = what.into();
+    move |source| DurabilityError { what, source }
 }
 
 /// How the run starts.
@@ -265,7 +294,7 @@ impl StateDir {
             Ok(()) => Some(reserve_path),
             Err(e) => {
                 let _ = std::fs::remove_file(&reserve_path);
-                eprintln!(
+                errln!(
                     "bulkget: cannot set aside {} KiB in {} ({e}); if the disk fills up, the last checkpoint may not be saved",
                     RESERVE_BYTES >> 10,
                     reserve_path.display()
@@ -280,15 +309,26 @@ impl StateDir {
                 failed,
                 failed_len: keep,
                 out_fd,
+                out_dir: out_dir.to_path_buf(),
                 reserve,
+                syncs: 0,
+                fail_sync_after: None,
             },
             start,
         ))
     }
 
+    /// Test hook: the `syncfs` after `n` successful ones fails, once, with
+    /// `EIO`, as the kernel reports a lost write-back once.
+    pub fn fail_sync_after(&mut self, n: u64) {
+        self.fail_sync_after = Some(n);
+    }
+
     /// Appends failures to `failed.jsonl` (buffered; synced at the next
     /// checkpoint).
-    pub fn record_failures(&mut self, failures: &[Failure]) -> io::Result<()> {
+    pub fn record_failures(&mut self, failures: &[Failure]) -> Result<(), DurabilityError> {
+        let path = self.failed_path();
+        let cannot = || durability(format!("cannot append to {}", path.display()));
         for f in failures {
             let line = serde_json::to_string(&FailedLine {
                 name: &f.name,
@@ -296,11 +336,19 @@ impl StateDir {
                 status: f.status,
             })
             .expect("strings always serialise");
-            self.failed.write_all(line.as_bytes())?;
-            self.failed.write_all(b"\n")?;
+            self.failed.write_all(line.as_bytes()).map_err(cannot())?;
+            self.failed.write_all(b"\n").map_err(cannot())?;
             self.failed_len += line.len() as u64 + 1;
         }
         Ok(())
+    }
+
+    /// Makes every later append to `failed.jsonl` fail, as a broken disk
+    /// would: the file is swapped for a read-only handle, unbuffered.
+    #[cfg(test)]
+    pub fn break_failed_jsonl_for_test(&mut self) {
+        let read_only = File::open(self.failed_path()).unwrap();
+        self.failed = BufWriter::with_capacity(0, read_only);
     }
 
     pub fn failed_path(&self) -> PathBuf {
@@ -309,14 +357,24 @@ impl StateDir {
 
     /// Makes everything durable and writes the checkpoint. Blocking: syncs
     /// the output file system, which can take a while on a busy disk.
-    pub fn write_checkpoint(&mut self, snapshot: Snapshot, complete: bool) -> io::Result<()> {
-        self.failed.flush()?;
-        self.failed.get_ref().sync_data()?;
-        // SAFETY: syncfs takes a valid open descriptor, which out_fd is.
-        let rc = unsafe { libc::syncfs(self.out_fd.as_raw_fd()) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    pub fn write_checkpoint(
+        &mut self,
+        snapshot: Snapshot,
+        complete: bool,
+    ) -> Result<(), DurabilityError> {
+        let failed_path = self.failed_path();
+        self.failed.flush().map_err(durability(format!(
+            "cannot append to {}",
+            failed_path.display()
+        )))?;
+        self.failed
+            .get_ref()
+            .sync_data()
+            .map_err(durability(format!("cannot sync {}", failed_path.display())))?;
+        self.sync_output().map_err(durability(format!(
+            "cannot sync the file system of {} (syncfs)",
+            self.out_dir.display()
+        )))?;
         let cp = Checkpoint {
             schema_version: CHECKPOINT_VERSION,
             position: snapshot.position,
@@ -326,16 +384,42 @@ impl StateDir {
             complete,
             updated_at: bulkget_stats::now_rfc3339(),
         };
-        bulkget_stats::write_json_durable(&bulkget_stats::schema::checkpoint_path(&self.dir), &cp)
+        let path = bulkget_stats::schema::checkpoint_path(&self.dir);
+        bulkget_stats::write_json_durable(&path, &cp)
+            .map_err(durability(format!("cannot write {}", path.display())))
+    }
+
+    /// `syncfs` on the output file system: every file the workers wrote is
+    /// on disk when it returns. Linux reports a failed write-back to each
+    /// file system sync once, so an error here means files may be lost even
+    /// if the next call succeeds.
+    fn sync_output(&mut self) -> io::Result<()> {
+        let call = self.syncs;
+        self.syncs += 1;
+        if self.fail_sync_after == Some(call) {
+            return Err(io::Error::other(
+                "Input/output error (from the test hook --test-fail-sync-after)",
+            ));
+        }
+        // SAFETY: syncfs takes a valid open descriptor, which out_fd is.
+        let rc = unsafe { libc::syncfs(self.out_fd.as_raw_fd()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The last checkpoint of a run, written when no worker is left. If the
     /// disk is full, the reserve is given up and the write tried again; a
     /// complete run also removes the reserve, which it no longer needs.
-    pub fn write_last_checkpoint(&mut self, snapshot: Snapshot, complete: bool) -> io::Result<()> {
+    pub fn write_last_checkpoint(
+        &mut self,
+        snapshot: Snapshot,
+        complete: bool,
+    ) -> Result<(), DurabilityError> {
         let result = match self.write_checkpoint(snapshot.clone(), complete) {
-            Err(e) if is_no_space(&e) && self.release_reserve() => {
-                eprintln!(
+            Err(e) if is_no_space(&e.source) && self.release_reserve() => {
+                errln!(
                     "bulkget: the disk is full; using the space set aside in {} for the checkpoint",
                     self.dir.join("reserve").display()
                 );

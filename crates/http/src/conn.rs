@@ -1,4 +1,4 @@
-use crate::{Endpoint, FetchError, TEST_ABORT_HEADER};
+use crate::{uri, Endpoint, FetchError, TEST_ABORT_HEADER};
 use bytes::{Buf, Bytes};
 use http::header::{CONTENT_LENGTH, HOST, LOCATION, RETRY_AFTER, USER_AGENT};
 use http::{HeaderValue, Request};
@@ -23,6 +23,13 @@ pub struct Limits {
     pub max_body: u64,
     /// Same-host redirects followed per request.
     pub max_redirects: u32,
+    /// The most a whole [`Conn::get`] may take, from its call to the last
+    /// byte of the body, redirects included. The first-byte and idle limits
+    /// bound each wait; this bounds their sum, so a server that trickles a
+    /// byte just inside the idle limit cannot hold a request for hours.
+    /// Missing it is [`FetchError::Timeout`]`("request")`, which is
+    /// transient.
+    pub deadline: Duration,
 }
 
 /// A successful response; its body is in the caller's buffer.
@@ -118,7 +125,10 @@ impl Conn {
     /// The call reads the clock twice (when it starts and when it ends),
     /// plus once more for each redirect followed and once for each time the
     /// body has to be waited for; [`Conn::last_latency`] gives the time it
-    /// took.
+    /// took. Its [`Limits::deadline`] is computed once, from the first
+    /// reading, and every wait's timer is armed at whichever comes first,
+    /// the wait's own limit or the deadline, so the deadline costs no
+    /// clock reading and no timer of its own.
     pub async fn get(
         &mut self,
         endpoint: &Endpoint,
@@ -127,8 +137,9 @@ impl Conn {
         body: &mut Vec<u8>,
     ) -> Result<Response, FetchError> {
         let started = Instant::now();
+        let deadline = deadline_after(started, limits.deadline);
         let result = self
-            .get_following(endpoint, path, limits, body, started)
+            .get_following(endpoint, path, limits, body, started, deadline)
             .await;
         if let Err(e) = &result {
             if !e.connection_reusable() {
@@ -153,6 +164,7 @@ impl Conn {
         limits: &Limits,
         body: &mut Vec<u8>,
         started: Instant,
+        deadline: Instant,
     ) -> Result<Response, FetchError> {
         let mut owned_path: Option<String> = None;
         // The first request's first-byte deadline counts from the instant
@@ -161,7 +173,10 @@ impl Conn {
         for _ in 0..=limits.max_redirects {
             let current = owned_path.as_deref().unwrap_or(path);
             let sent_at = sent_at.take().unwrap_or_else(Instant::now);
-            match self.get_once(current, limits, body, sent_at).await? {
+            match self
+                .get_once(current, limits, body, sent_at, deadline)
+                .await?
+            {
                 Step::Done(r) => return Ok(r),
                 Step::Redirect(location) => {
                     owned_path = Some(resolve_redirect(endpoint, current, &location)?);
@@ -180,6 +195,7 @@ impl Conn {
         limits: &Limits,
         body: &mut Vec<u8>,
         sent_at: Instant,
+        deadline: Instant,
     ) -> Result<Step, FetchError> {
         body.clear();
         if self.sender.is_closed() {
@@ -204,12 +220,13 @@ impl Conn {
                     .map_err(|e| FetchError::Transport(e.to_string()))
             },
             self.timer.as_mut(),
-            Deadline::At(deadline_after(sent_at, limits.first_byte)),
+            Limit::At(deadline_after(sent_at, limits.first_byte)),
+            deadline,
         )
         .await
         {
-            None => return Err(FetchError::Timeout("first-byte")),
-            Some(r) => r?,
+            Err(expired) => return Err(expired.error("first-byte")),
+            Ok(r) => r?,
         };
 
         let status = response.status().as_u16();
@@ -263,19 +280,20 @@ impl Conn {
             let frame = match race(
                 incoming.frame(),
                 self.timer.as_mut(),
-                Deadline::After(limits.idle),
+                Limit::After(limits.idle),
+                deadline,
             )
             .await
             {
-                None => return Err(FetchError::Timeout("idle-body")),
-                Some(None) => break,
-                Some(Some(Err(e))) => {
+                Err(expired) => return Err(expired.error("idle-body")),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
                     return Err(match declared {
                         Some(expected) if got < expected => FetchError::ShortBody { expected, got },
                         _ => FetchError::Transport(e.to_string()),
                     })
                 }
-                Some(Some(Ok(f))) => f,
+                Ok(Some(Ok(f))) => f,
             };
             if let Ok(mut data) = frame.into_data() {
                 got += data.remaining() as u64;
@@ -326,14 +344,33 @@ enum Step {
     Redirect(String),
 }
 
-/// When a [`race`] gives up on its work.
+/// The limit of one wait, besides the request's deadline.
 #[derive(Debug, Clone, Copy)]
-enum Deadline {
+pub(crate) enum Limit {
     /// At a fixed instant, known before the work starts.
     At(Instant),
     /// This long after the work is first found not ready. The clock is read
     /// only then, so work that is ready at once costs no clock reading.
     After(Duration),
+}
+
+/// Which deadline a [`race`] gave up at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// The wait's own limit (first byte, idle body).
+    Limit,
+    /// The whole request's [`Limits::deadline`].
+    Request,
+}
+
+impl Expired {
+    /// The timeout error, named after the wait (`limit`) or the request.
+    pub(crate) fn error(self, limit: &'static str) -> FetchError {
+        match self {
+            Expired::Limit => FetchError::Timeout(limit),
+            Expired::Request => FetchError::Timeout("request"),
+        }
+    }
 }
 
 /// `now + d`, or a deadline that never comes if that would overflow, as
@@ -343,9 +380,9 @@ pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
-/// Runs `work` until it finishes (`Some`) or `deadline` passes (`None`),
-/// re-arming the connection's one `timer` instead of creating a timer per
-/// call.
+/// Runs `work` until it finishes (`Ok`), or until `limit` or the request's
+/// `deadline` passes, whichever is first (`Err` says which), re-arming the
+/// connection's one `timer` instead of creating a timer per call.
 ///
 /// The work is polled first on every wake-up, so a result that is ready
 /// wins over a deadline that passed at the same time, exactly as with
@@ -364,31 +401,47 @@ pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
 /// checked again on the next poll with a fresh budget; the work futures
 /// here cannot spend a whole budget in one poll, which is the case
 /// `timeout` guards against with its unconstrained poll of the delay.
-async fn race<F: Future>(
+pub(crate) async fn race<F: Future>(
     work: F,
     mut timer: Pin<&mut Sleep>,
-    deadline: Deadline,
-) -> Option<F::Output> {
+    limit: Limit,
+    deadline: Instant,
+) -> Result<F::Output, Expired> {
     let mut work = pin!(work);
-    let mut armed = false;
+    let mut armed: Option<Expired> = None;
     poll_fn(|cx| {
         if let Poll::Ready(out) = work.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
+            return Poll::Ready(Ok(out));
         }
-        if !armed {
-            armed = true;
-            let at = match deadline {
-                Deadline::At(at) => at,
-                Deadline::After(d) => deadline_after(Instant::now(), d),
-            };
-            timer.as_mut().reset(at);
-        }
-        timer.as_mut().poll(cx).map(|()| None)
+        let which = match armed {
+            Some(which) => which,
+            None => {
+                let at = match limit {
+                    Limit::At(at) => at,
+                    Limit::After(d) => deadline_after(Instant::now(), d),
+                };
+                let (at, which) = if deadline < at {
+                    (deadline, Expired::Request)
+                } else {
+                    (at, Expired::Limit)
+                };
+                timer.as_mut().reset(at);
+                armed = Some(which);
+                which
+            }
+        };
+        timer.as_mut().poll(cx).map(|()| Err(which))
     })
     .await
 }
 
 /// Turns a `Location` into a path on the same server, or refuses it.
+///
+/// The `Location` is resolved against the URL just requested as RFC 3986
+/// section 5.2 says (dot segments removed, a query-only reference keeping
+/// the path), so `../blob/x` from `/get/a` is `/blob/x`, never requested
+/// literally. The result must have this endpoint's scheme, host and port;
+/// its fragment is dropped, as a fragment is never sent.
 pub(crate) fn resolve_redirect(
     endpoint: &Endpoint,
     current: &str,
@@ -398,27 +451,23 @@ pub(crate) fn resolve_redirect(
     if location.is_empty() {
         return Err(FetchError::BadRedirect("empty Location".into()));
     }
-    let path = if let Some(rest) = location.strip_prefix("//") {
-        // Scheme-relative: another authority, checked like an absolute URL.
-        return resolve_redirect(endpoint, current, &format!("http://{rest}"));
-    } else if location.contains("://") {
-        if !endpoint.same_origin(location) {
-            return Err(FetchError::OffHostRedirect(location.to_string()));
-        }
-        let after_scheme = &location[location.find("://").map(|i| i + 3).unwrap_or(0)..];
-        match after_scheme.find('/') {
-            Some(i) => after_scheme[i..].to_string(),
-            None => "/".to_string(),
-        }
-    } else if location.starts_with('/') {
-        location.to_string()
+    let base = format!("http://{}{}", endpoint.authority, current);
+    let target = uri::resolve(&base, location);
+    let parts = uri::parse(&target);
+    let same_origin = parts.scheme.is_some_and(|s| s.eq_ignore_ascii_case("http"))
+        && parts.authority.is_some_and(|a| endpoint.is_authority(a));
+    if !same_origin {
+        return Err(FetchError::OffHostRedirect(location.to_string()));
+    }
+    let mut path = if parts.path.is_empty() {
+        "/".to_string()
     } else {
-        let dir = match current.rfind('/') {
-            Some(i) => &current[..=i],
-            None => "/",
-        };
-        format!("{dir}{location}")
+        parts.path.to_string()
     };
+    if let Some(q) = parts.query {
+        path.push('?');
+        path.push_str(q);
+    }
     if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return Err(FetchError::BadRedirect(format!(
             "invalid Location {location:?}"
@@ -448,5 +497,37 @@ mod tests {
         ));
         assert!(matches!(r(""), Err(FetchError::BadRedirect(_))));
         assert!(matches!(r("/a\r\nb"), Err(FetchError::BadRedirect(_))));
+    }
+
+    #[test]
+    fn relative_locations_resolve_as_rfc_3986_says() {
+        let e = Endpoint::parse("http://127.0.0.1:8080/api").unwrap();
+        let r = |loc: &str| resolve_redirect(&e, "/api/get/a?x=1", loc).unwrap();
+        assert_eq!(r("../blob/x"), "/api/blob/x");
+        assert_eq!(r("../../../../blob/x"), "/blob/x");
+        assert_eq!(r("./b/./c/../d"), "/api/get/b/d");
+        assert_eq!(r("/get/../blob/x"), "/blob/x");
+        assert_eq!(r("?y=2"), "/api/get/a?y=2");
+        assert_eq!(r("#frag"), "/api/get/a?x=1");
+        assert_eq!(r("b#frag"), "/api/get/b");
+        assert_eq!(r("HTTP://127.0.0.1:8080/a/../b"), "/b");
+        assert_eq!(r("//127.0.0.1:8080/c/./d"), "/c/d");
+        assert_eq!(r("http://127.0.0.1:8080"), "/");
+        // A reference with a scheme is absolute (RFC 3986, strict), and
+        // only http to this host and port is followed.
+        for off in [
+            "http:b",
+            "g:h",
+            "https://127.0.0.1:8080/x",
+            "http://127.0.0.1/x",
+        ] {
+            assert!(
+                matches!(
+                    resolve_redirect(&e, "/api/get/a", off),
+                    Err(FetchError::OffHostRedirect(_))
+                ),
+                "{off}"
+            );
+        }
     }
 }

@@ -76,6 +76,12 @@ impl Endpoint {
             Some(i) => &rest[..i],
             None => rest,
         };
+        self.is_authority(authority)
+    }
+
+    /// Whether `authority` (`host[:port]`, port 80 if absent) names this
+    /// server's host and port.
+    pub fn is_authority(&self, authority: &str) -> bool {
         match split_host_port(authority) {
             Some((host, port)) => host.eq_ignore_ascii_case(&self.host) && port == self.port,
             None => false,

@@ -9,8 +9,10 @@
 //!   time on it, so "C connections" means exactly C sockets (no pool that
 //!   might open more), and keep-alive is under our control.
 //! - [`Conn::get`]: a GET that enforces the first-byte and idle-body
-//!   timeouts, refuses bodies over a size limit before buffering them, checks
-//!   the body against `Content-Length`, and follows same-host redirects only.
+//!   timeouts and a deadline for the whole request, refuses bodies over a
+//!   size limit before buffering them, checks the body against
+//!   `Content-Length`, and follows same-host redirects only, resolved as
+//!   RFC 3986 says (`uri`).
 //! - [`FetchError`]: what went wrong, and whether a retry may cure it
 //!   ([`FetchError::is_transient`]).
 //! - [`Backoff`]: exponential backoff with jitter that honours `Retry-After`.
@@ -18,6 +20,10 @@
 //!   flight (pipelining), with its own response reader on `httparse` under
 //!   the same limits as [`Conn`]; it tells when a server does not pipeline
 //!   correctly ([`PipelineFault`]).
+//! - [`tls`]: the rustls client configuration ([`tls::client_config`] from
+//!   [`tls::TlsOptions`]: system roots, `--cacert`, client certificates,
+//!   `--insecure`), and [`tls::classify`], which names a TLS failure and says
+//!   whether it is permanent.
 //!
 //! Architecture invariant: no request leaves this crate without a timeout,
 //! and no body is buffered past its limit.
@@ -27,6 +33,8 @@ mod conn;
 mod endpoint;
 mod error;
 mod pipeline;
+pub mod tls;
+mod uri;
 
 pub use backoff::{parse_retry_after, Backoff, Jitter};
 pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};

@@ -46,11 +46,14 @@
 //! # Deadlines
 //!
 //! A pipelined response cannot start before the one ahead of it has ended,
-//! so its first-byte deadline counts from when its request was written or
-//! when the previous response ended, whichever is later. The idle-body
-//! deadline is the same as [`crate::Conn`]'s. Latency ([`Answer::latency`])
-//! counts from writing the request (the first one, after redirects) to the
-//! end of its response, so it includes the wait behind earlier responses.
+//! so it is timed from when its request was written or when the previous
+//! response ended, whichever is later: its first-byte limit from there, and
+//! the whole request's deadline ([`Limits::deadline`], redirects included)
+//! from there for its first hop. The idle-body limit is the same as
+//! [`crate::Conn`]'s, and the same `race` arms the connection's one timer at
+//! whichever comes first. Latency ([`Answer::latency`]) counts from writing
+//! the request (its first hop) to the end of its response, so it includes
+//! the wait behind earlier responses.
 //!
 //! # Cost per file
 //!
@@ -61,11 +64,11 @@
 //! per write and once per response. The only allocation per file is the
 //! caller's body buffer growing, which it reuses.
 
-use crate::conn::{deadline_after, resolve_redirect, MAX_ERROR_BODY, UA};
+use crate::conn::{deadline_after, race, resolve_redirect, Expired, Limit, MAX_ERROR_BODY, UA};
 use crate::{Endpoint, FetchError, Limits, Response, MAX_RETRY_AFTER, TEST_ABORT_HEADER};
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::Poll;
@@ -160,6 +163,10 @@ struct Pending {
     sent_at: Option<Instant>,
     /// When the first hop's request was written: latency counts from here.
     first_sent: Option<Instant>,
+    /// When the first hop's response could begin (written, and the response
+    /// ahead of it ended): the request's deadline counts from here. Set when
+    /// its response is first read.
+    started: Option<Instant>,
     /// Written while earlier requests on this connection were unanswered.
     pipelined: bool,
 }
@@ -214,7 +221,7 @@ enum Wait {
 }
 
 enum FillError {
-    Timeout,
+    Timeout(Expired),
     Io(io::Error),
     /// A head (or chunk line) does not fit in the largest read buffer.
     TooLong,
@@ -250,6 +257,10 @@ pub struct PipeConn {
     last_done: Instant,
     fault: Option<PipelineFault>,
     last_latency: Duration,
+    /// The first-byte limit and the request deadline of the response being
+    /// read, set when reading it begins.
+    first_byte_at: Instant,
+    request_deadline: Instant,
     /// The one timer behind every deadline, re-armed only when a wait has
     /// to wait, as in [`crate::Conn`].
     timer: Pin<Box<Sleep>>,
@@ -300,6 +311,8 @@ impl PipeConn {
             last_done: now,
             fault: None,
             last_latency: Duration::ZERO,
+            first_byte_at: now,
+            request_deadline: now,
             // A placeholder: every wait re-arms it before polling it.
             timer: Box::pin(tokio::time::sleep_until(now)),
         })
@@ -334,7 +347,7 @@ impl PipeConn {
     /// Queues a GET of `path` (origin form, already percent-encoded), to be
     /// written with the others before the next wait for a response.
     pub fn push(&mut self, token: u32, path: &str) -> Result<(), FetchError> {
-        self.push_hop(token, path, 0, None)
+        self.push_hop(token, path, 0, None, None)
     }
 
     fn push_hop(
@@ -343,6 +356,7 @@ impl PipeConn {
         path: &str,
         redirects: u32,
         first_sent: Option<Instant>,
+        started: Option<Instant>,
     ) -> Result<(), FetchError> {
         if self.state != State::Open {
             return Err(FetchError::Transport("connection closed by server".into()));
@@ -366,6 +380,7 @@ impl PipeConn {
             redirects,
             sent_at: None,
             first_sent,
+            started,
             pipelined: false,
         });
         self.unsent += 1;
@@ -492,8 +507,13 @@ impl PipeConn {
                 limits.max_redirects
             )));
         }
-        let first_sent = from.first_sent.or(from.sent_at);
-        self.push_hop(from.token, &next, from.redirects + 1, first_sent)
+        self.push_hop(
+            from.token,
+            &next,
+            from.redirects + 1,
+            from.first_sent,
+            from.started,
+        )
     }
 
     /// The server will send nothing more on this connection, although it
@@ -563,6 +583,24 @@ impl PipeConn {
     /// (skipping interim 1xx responses) and its body into `body`.
     async fn read_response(&mut self, limits: &Limits, body: &mut Vec<u8>) -> Result<Head, Broke> {
         body.clear();
+        // A request is written before its answer is waited for; this one
+        // may still be queued behind others taken from the buffer.
+        if self.pending.front().is_some_and(|p| p.sent_at.is_none()) {
+            self.flush(limits).await.map_err(|e| match e {
+                FillError::Timeout(e) => Broke::Silent(e.error("first-byte")),
+                // Unreachable: a failed write is noted and reading goes on.
+                _ => Broke::Other(FetchError::Transport("write failed".into())),
+            })?;
+        }
+        let last_done = self.last_done;
+        let p = self
+            .pending
+            .front_mut()
+            .expect("a response answers a request");
+        let ready = p.sent_at.expect("written above").max(last_done);
+        let started = *p.started.get_or_insert(ready);
+        self.first_byte_at = deadline_after(ready, limits.first_byte);
+        self.request_deadline = deadline_after(started, limits.deadline);
         let mut seen = self.rpos < self.rend;
         let head = loop {
             let head = self.read_head(limits, &mut seen).await?;
@@ -652,9 +690,7 @@ impl PipeConn {
                 }
                 Ok(0) => return Err(Broke::Ended("connection closed by server".into())),
                 Ok(_) => *seen = true,
-                Err(FillError::Timeout) => {
-                    return Err(Broke::Silent(FetchError::Timeout("first-byte")))
-                }
+                Err(FillError::Timeout(e)) => return Err(Broke::Silent(e.error("first-byte"))),
                 Err(FillError::TooLong) => {
                     return Err(Broke::Misframed(FetchError::Transport(format!(
                         "response head over {MAX_HEAD_BYTES} bytes"
@@ -690,9 +726,7 @@ impl PipeConn {
             match self.fill(Wait::Body, limits).await {
                 Ok(0) | Err(FillError::Io(_)) => return Err(Broke::Other(short)),
                 Ok(_) => {}
-                Err(FillError::Timeout) => {
-                    return Err(Broke::Other(FetchError::Timeout("idle-body")))
-                }
+                Err(FillError::Timeout(e)) => return Err(Broke::Other(e.error("idle-body"))),
                 Err(FillError::TooLong) => return Err(Broke::Other(full_buffer())),
             }
         }
@@ -786,9 +820,9 @@ impl PipeConn {
                 "connection closed in a chunked body".into(),
             )))),
             Ok(_) => Ok(()),
-            Err(FillError::Timeout) => Err(ChunkError::Broke(Broke::Other(FetchError::Timeout(
-                "idle-body",
-            )))),
+            Err(FillError::Timeout(e)) => {
+                Err(ChunkError::Broke(Broke::Other(e.error("idle-body"))))
+            }
             Err(FillError::TooLong) => Err(misframed("chunk line too long")),
             Err(FillError::Io(e)) => Err(ChunkError::Broke(Broke::Other(FetchError::Transport(
                 e.to_string(),
@@ -814,9 +848,7 @@ impl PipeConn {
             match self.fill(Wait::Body, limits).await {
                 Ok(0) => return Ok(true),
                 Ok(_) => {}
-                Err(FillError::Timeout) => {
-                    return Err(Broke::Other(FetchError::Timeout("idle-body")))
-                }
+                Err(FillError::Timeout(e)) => return Err(Broke::Other(e.error("idle-body"))),
                 Err(FillError::Io(e)) => {
                     return Err(Broke::Other(FetchError::Transport(e.to_string())))
                 }
@@ -846,46 +878,32 @@ impl PipeConn {
                 return Err(FillError::TooLong);
             }
         }
-        let deadline = match wait {
-            Wait::Head => Some(self.head_deadline(limits)),
-            // Read only when the wait has to wait, as in `Conn`.
-            Wait::Body => None,
+        let limit = match wait {
+            Wait::Head => Limit::At(self.first_byte_at),
+            // The clock is read only if the wait has to wait, as in `Conn`.
+            Wait::Body => Limit::After(limits.idle),
         };
-        let idle = limits.idle;
         let Self {
             stream,
             rbuf,
             rend,
             timer,
+            request_deadline,
             ..
         } = self;
-        let mut armed = false;
-        let n = poll_fn(|cx| {
+        let read = poll_fn(|cx| {
             let mut rb = ReadBuf::new(&mut rbuf[*rend..]);
-            match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Ok(rb.filled().len())),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(FillError::Io(e))),
-                Poll::Pending => {}
-            }
-            if !armed {
-                armed = true;
-                let at = deadline.unwrap_or_else(|| deadline_after(Instant::now(), idle));
-                timer.as_mut().reset(at);
-            }
-            timer.as_mut().poll(cx).map(|()| Err(FillError::Timeout))
-        })
-        .await?;
+            Pin::new(&mut *stream)
+                .poll_read(cx, &mut rb)
+                .map_ok(|()| rb.filled().len())
+        });
+        let n = match race(read, timer.as_mut(), limit, *request_deadline).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(FillError::Io(e)),
+            Err(expired) => return Err(FillError::Timeout(expired)),
+        };
         self.rend += n;
         Ok(n)
-    }
-
-    /// When the oldest pending request must have its response head: its
-    /// first-byte limit, counted from when it was written or when the
-    /// response ahead of it ended, whichever is later.
-    fn head_deadline(&self, limits: &Limits) -> Instant {
-        let p = self.pending.front().expect("a head is read for a request");
-        let sent = p.sent_at.unwrap_or(self.last_done);
-        deadline_after(sent.max(self.last_done), limits.first_byte)
     }
 
     /// Writes every queued request in one go (usually one system call),
@@ -901,7 +919,6 @@ impl PipeConn {
         self.unsent = 0;
         self.deepest = self.deepest.max(self.pending.len());
         if !self.write_failed {
-            let deadline = deadline_after(now, limits.first_byte);
             let Self {
                 stream,
                 wbuf,
@@ -909,33 +926,31 @@ impl PipeConn {
                 ..
             } = self;
             let mut written = 0;
-            let mut armed = false;
-            let result = poll_fn(|cx| loop {
+            let write = poll_fn(|cx| loop {
                 if written == wbuf.len() {
                     return Poll::Ready(Ok(()));
                 }
                 match Pin::new(&mut *stream).poll_write(cx, &wbuf[written..]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(FillError::Io(io::ErrorKind::WriteZero.into())))
-                    }
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => written += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(FillError::Io(e))),
-                    Poll::Pending => {
-                        if !armed {
-                            armed = true;
-                            timer.as_mut().reset(deadline);
-                        }
-                        return timer.as_mut().poll(cx).map(|()| Err(FillError::Timeout));
-                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
                 }
-            })
-            .await;
-            match result {
-                Ok(()) => {}
+            });
+            let limit = Limit::At(deadline_after(now, limits.first_byte));
+            match race(
+                write,
+                timer.as_mut(),
+                limit,
+                deadline_after(now, limits.deadline),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
                 // A server that closed its end may still have sent answers
                 // to earlier requests: read on, and let the read end it.
-                Err(FillError::Io(_)) => self.write_failed = true,
-                Err(e) => return Err(e),
+                Ok(Err(_)) => self.write_failed = true,
+                Err(expired) => return Err(FillError::Timeout(expired)),
             }
         }
         self.wbuf.clear();

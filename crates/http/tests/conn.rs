@@ -71,6 +71,7 @@ fn limits() -> Limits {
         idle: Duration::from_secs(5),
         max_body: 1000,
         max_redirects: 2,
+        deadline: Duration::from_secs(60),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The first-byte and idle-body deadlines of a `Conn`, which share one
-//! re-armed timer per connection. Every test runs on tokio's paused clock:
+//! The first-byte and idle-body deadlines of a `Conn` and the deadline of
+//! a whole request, which share one re-armed timer per connection. Every test runs on tokio's paused clock:
 //! the scripted server's pauses and the client's deadlines are all virtual
 //! time, so the outcomes are exact and no test waits in real time.
 
@@ -63,12 +63,19 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
+/// Limits with a request deadline far beyond every script here, so that
+/// only the tests of the deadline meet it.
 fn limits(first_byte_ms: u64, idle_ms: u64) -> Limits {
+    with_deadline(first_byte_ms, idle_ms, 3_600_000)
+}
+
+fn with_deadline(first_byte_ms: u64, idle_ms: u64, deadline_ms: u64) -> Limits {
     Limits {
         first_byte: Duration::from_millis(first_byte_ms),
         idle: Duration::from_millis(idle_ms),
         max_body: 1000,
         max_redirects: 3,
+        deadline: Duration::from_millis(deadline_ms),
     }
 }
 
@@ -241,4 +248,133 @@ async fn each_redirect_gets_its_own_first_byte_deadline() {
 async fn before_any_request_the_latency_is_zero() {
     let c = Client::start(vec![Step::Hang]).await;
     assert_eq!(c.conn.last_latency(), Duration::ZERO);
+}
+
+/// A script that sends `text` one byte every `gap` and then hangs.
+fn trickle(script: &mut Vec<Step>, text: &'static str, gap: Duration) {
+    for i in 0..text.len() {
+        script.push(Step::Send(&text[i..i + 1]));
+        script.push(Step::Pause(gap));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_trickled_within_the_idle_limit_ends_at_the_request_deadline() {
+    // One byte every 2 s of a 100-byte body: 200 s, each gap well inside
+    // the 30 s idle limit, which re-arms on every byte. Only the deadline
+    // of the whole request ends it.
+    let mut script = vec![
+        Step::Head,
+        Step::Send("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"),
+    ];
+    trickle(&mut script, "x".repeat(100).leak(), ms(2000));
+    script.push(Step::Hang);
+    let mut c = Client::start(script).await;
+    let err = c
+        .get("/get/a", &with_deadline(30_000, 30_000, 10_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Timeout("request"));
+    assert!(err.is_transient(), "a missed deadline is retried");
+    assert_eq!(err.to_string(), "request timeout");
+    assert!(
+        !c.conn.is_usable(),
+        "a connection cut mid-body is not reused"
+    );
+    assert_about(c.conn.last_latency(), ms(10_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_trickled_within_the_first_byte_limit_end_at_the_request_deadline() {
+    let mut script = vec![Step::Head];
+    trickle(
+        &mut script,
+        "HTTP/1.1 200 OK\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        ms(500),
+    );
+    script.push(Step::Hang);
+    let mut c = Client::start(script).await;
+    let err = c
+        .get("/get/a", &with_deadline(30_000, 30_000, 4_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Timeout("request"));
+    assert!(!c.conn.is_usable());
+    assert_about(c.conn.last_latency(), ms(4_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_earlier_of_a_wait_limit_and_the_deadline_names_the_timeout() {
+    // Headers never come: the first-byte limit (1 s) is before the
+    // deadline (5 s), so it is the first-byte timeout, as before.
+    let mut c = Client::start(vec![Step::Head, Step::Hang]).await;
+    let err = c
+        .get("/get/a", &with_deadline(1_000, 1_000, 5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Timeout("first-byte"));
+    assert_about(c.conn.last_latency(), ms(1_000));
+
+    // A body stalls at 4.5 s with an idle limit of 1 s: the idle limit
+    // would end it at 5.5 s, the deadline ends it at 5 s.
+    let mut c = Client::start(vec![
+        Step::Head,
+        Step::Pause(ms(4_000)),
+        Step::Send("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nh"),
+        Step::Pause(ms(500)),
+        Step::Send("e"),
+        Step::Hang,
+    ])
+    .await;
+    let err = c
+        .get("/get/a", &with_deadline(10_000, 1_000, 5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Timeout("request"));
+    assert_about(c.conn.last_latency(), ms(5_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_covers_redirects_and_counts_from_each_request() {
+    // Two hops of 700 ms: each within the first-byte limit, together over
+    // the 1.2 s deadline of the request.
+    let mut c = Client::start(vec![
+        Step::Head,
+        Step::Pause(ms(700)),
+        Step::Send("HTTP/1.1 302 Found\r\nlocation: /elsewhere/a\r\ncontent-length: 0\r\n\r\n"),
+        Step::Head,
+        Step::Pause(ms(700)),
+        Step::Send(OK_HELLO),
+        Step::Hang,
+    ])
+    .await;
+    let err = c
+        .get("/get/a", &with_deadline(1_000, 1_000, 1_200))
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Timeout("request"));
+    assert_about(c.conn.last_latency(), ms(1_200));
+
+    // Requests one after another on one connection, each taking 800 ms of
+    // a 1 s deadline: 2.4 s in all, and every one succeeds, because each
+    // request's deadline counts from its own start.
+    let mut c = Client::start(vec![
+        Step::Head,
+        Step::Pause(ms(800)),
+        Step::Send(OK_HELLO),
+        Step::Head,
+        Step::Pause(ms(800)),
+        Step::Send(OK_HELLO),
+        Step::Head,
+        Step::Pause(ms(800)),
+        Step::Send(OK_HELLO),
+        Step::Hang,
+    ])
+    .await;
+    let l = with_deadline(1_000, 1_000, 1_000);
+    for path in ["/get/a", "/get/b", "/get/c"] {
+        c.get(path, &l).await.unwrap();
+        assert_eq!(c.body, b"hello");
+        assert_about(c.conn.last_latency(), ms(800));
+    }
 }

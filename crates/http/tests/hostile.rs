@@ -65,6 +65,7 @@ fn limits(max_body: u64) -> Limits {
         idle: Duration::from_millis(500),
         max_body,
         max_redirects: 3,
+        deadline: Duration::from_secs(60),
     }
 }
 

@@ -96,6 +96,7 @@ fn limits() -> Limits {
         idle: ms(1000),
         max_body: 1000,
         max_redirects: 3,
+        deadline: ms(60_000),
     }
 }
 

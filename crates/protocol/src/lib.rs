@@ -119,6 +119,20 @@ pub enum Layout {
     Fanout,
 }
 
+/// How the `dir` sink resolves a path beneath the output directory, chosen
+/// once by the coordinator's probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolve {
+    /// `openat2(2)` with `RESOLVE_BENEATH` (Linux 5.6 or later): the kernel
+    /// refuses any path that leaves the directory; symbolic links that stay
+    /// inside are followed.
+    Openat2,
+    /// For hosts where `openat2` is missing or forbidden: one `openat(2)`
+    /// per component with `O_NOFOLLOW` under the held directory descriptor.
+    /// No symbolic link is followed at all, and `..` is refused.
+    Walk,
+}
+
 /// Everything a worker needs to know, chosen by the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSettings {
@@ -129,8 +143,13 @@ pub struct WorkerSettings {
     pub out_dir: String,
     /// The state directory; the worker writes `shards/shard-KK.json` in it.
     pub state_dir: String,
+    /// The state directory's path relative to `out_dir` (`.bulkget`,
+    /// `st`), when it is inside it: no sink writes a name there.
+    pub state_dir_in_out: Option<String>,
     pub sink: SinkKind,
     pub layout: Layout,
+    /// How the dir sink resolves paths beneath `out_dir`.
+    pub resolve: Resolve,
     /// Concurrent keep-alive connections, one task each.
     pub connections: u32,
     /// HTTP/1.1 pipelining: requests in flight per connection; 1 is off.
@@ -143,6 +162,8 @@ pub struct WorkerSettings {
     pub first_byte_timeout_ms: u64,
     /// Longest pause between two pieces of a body.
     pub idle_timeout_ms: u64,
+    /// The most one attempt at a file may take, redirects included.
+    pub request_timeout_ms: u64,
     /// Attempts per name before a transient error becomes permanent.
     pub max_attempts: u32,
     /// First retry delay; doubles up to `backoff_max_ms`, with jitter.
@@ -174,14 +195,17 @@ impl WorkerSettings {
             base_url: base_url.trim_end_matches('/').to_string(),
             out_dir: out_dir.to_string(),
             state_dir: state_dir.to_string(),
+            state_dir_in_out: None,
             sink: SinkKind::Dir,
             layout: Layout::Flat,
+            resolve: Resolve::Openat2,
             connections: 8,
             pipeline: 1,
             max_file_size: 8 << 20,
             connect_timeout_ms: 5_000,
             first_byte_timeout_ms: 10_000,
             idle_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
             max_attempts: 8,
             backoff_base_ms: 10,
             backoff_max_ms: 2_000,

@@ -1,8 +1,11 @@
 //! The command line, shared by the binary and by in-process tests.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use http::{HeaderName, HeaderValue};
 
 /// Every setting of the test server. The binary parses it from the command
 /// line; tests build it with struct-update syntax from [`ServerArgs::default`],
@@ -19,8 +22,8 @@ use clap::{Parser, ValueEnum};
                   so a run is reproducible."
 )]
 pub struct ServerArgs {
-    /// IP address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// IP address to listen on: IPv4 or IPv6, brackets optional (`::1`, `[::1]`).
+    #[arg(long, visible_alias = "bind", default_value = "127.0.0.1", value_parser = parse_ip)]
     pub addr: IpAddr,
 
     /// TCP port to listen on; 0 picks a free port (the chosen one is printed).
@@ -34,6 +37,46 @@ pub struct ServerArgs {
     /// Serve every endpoint under this path prefix, e.g. `/api` gives `/api/list`.
     #[arg(long, default_value = "")]
     pub prefix: String,
+
+    /// Serve HTTPS: a certificate authority and a certificate for localhost,
+    /// 127.0.0.1 and ::1 signed by it are made at start.
+    #[arg(long, help_heading = "Protocols")]
+    pub tls: bool,
+
+    /// Write the certificate authority of --tls here as PEM, for a client's --cacert.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls",
+        help_heading = "Protocols"
+    )]
+    pub cert_out: Option<PathBuf>,
+
+    /// Serve a certificate that a client must refuse although it trusts --cert-out.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "KIND",
+        requires = "tls",
+        help_heading = "Protocols"
+    )]
+    pub cert_fault: Option<CertFault>,
+
+    /// Mutual TLS: make a client CA and a client certificate signed by it, write
+    /// DIR/ca.pem, DIR/client.pem and DIR/client-key.pem, and refuse clients
+    /// without a certificate signed by that CA.
+    #[arg(long, value_name = "DIR", requires = "tls", help_heading = "Protocols")]
+    pub mtls_dir: Option<PathBuf>,
+
+    /// Serve HTTP/1.1 only: offer no h2 by ALPN and refuse h2c.
+    #[arg(long, help_heading = "Protocols")]
+    pub http1_only: bool,
+
+    /// Answer /list and /get with 401 unless the request carries this header
+    /// with exactly this value (repeatable: all are required). The value is
+    /// visible in the process list, so use test values only.
+    #[arg(long, value_name = "'NAME: VALUE'", value_parser = parse_required_header, help_heading = "Protocols")]
+    pub require_header: Vec<RequiredHeader>,
 
     /// Number of files in the dataset (plain names are `file-{i:010}`).
     #[arg(long, default_value_t = 1_000_000, help_heading = "Dataset")]
@@ -82,6 +125,18 @@ pub struct ServerArgs {
     /// Fraction of names whose first attempts send fewer bytes than Content-Length, then close.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
     pub truncate_rate: f64,
+
+    /// Fraction of names whose first attempts send their headers at once and their body one byte every --trickle-ms.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub trickle_rate: f64,
+
+    /// Fraction of names whose first attempts send the whole answer, headers first, one byte every --trickle-ms (the rest of that connection trickles too).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub trickle_head_rate: f64,
+
+    /// Milliseconds between two bytes of a trickled answer (--trickle-rate, --trickle-head-rate, --list-fault trickle).
+    #[arg(long, default_value_t = 2000, help_heading = "Per-name faults")]
+    pub trickle_ms: u64,
 
     /// Fraction of names whose body always trickles in --slow-pieces pieces over --slow-ms.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
@@ -141,6 +196,10 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 16 << 20, help_heading = "Special names")]
     pub oversize_bytes: u64,
 
+    /// A name listed on the first page and served like a dataset file (repeatable), e.g. `st/run.json` to aim at a state directory.
+    #[arg(long, value_name = "NAME", help_heading = "Special names")]
+    pub extra_name: Vec<String>,
+
     /// A name listed on the first page that declares a 1 TB Content-Length and streams until the client hangs up.
     #[arg(long, value_name = "NAME", help_heading = "Special names")]
     pub liar_name: Option<String>,
@@ -178,6 +237,53 @@ pub enum ListFault {
     Duplicates,
     /// Every page uses the key `NextFile` instead of `NextMarker`.
     NextFile,
+    /// The page's first answer sends its headers at once and its body one
+    /// byte every --trickle-ms; later answers are normal.
+    Trickle,
+}
+
+/// A server certificate that is wrong on purpose, for `--cert-fault`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertFault {
+    /// Valid from 2000-01-01 to 2001-01-01.
+    Expired,
+    /// Made for `wrong.invalid` only, so no address of the server matches.
+    WrongName,
+}
+
+/// A header every `/list` and `/get` request must carry (`--require-header`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequiredHeader {
+    pub name: HeaderName,
+    pub value: HeaderValue,
+}
+
+impl fmt::Debug for RequiredHeader {
+    /// The value stands for a credential, so it is not shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequiredHeader({}: <redacted>)", self.name)
+    }
+}
+
+fn parse_required_header(s: &str) -> Result<RequiredHeader, String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| "expected 'NAME: VALUE'".to_owned())?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("{:?} is not a valid header name", name.trim()))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("the value of {name} is not a valid header value"))?;
+    Ok(RequiredHeader { name, value })
+}
+
+/// An IP address, IPv6 ones with or without the brackets of a URL.
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(s);
+    bare.parse()
+        .map_err(|_| format!("{s:?} is not an IP address"))
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -222,5 +328,51 @@ mod tests {
         .unwrap();
         assert_eq!(args.error_rate, 0.25);
         assert_eq!(args.list_fault, [ListFault::FailOnce, ListFault::NextFile]);
+    }
+
+    #[test]
+    fn ipv6_addresses_are_taken_with_or_without_brackets() {
+        for flag in ["--addr", "--bind"] {
+            for value in ["::1", "[::1]"] {
+                let args = ServerArgs::try_parse_from(["s", flag, value]).unwrap();
+                assert_eq!(args.addr, IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+            }
+        }
+        assert!(ServerArgs::try_parse_from(["s", "--addr", "[127.0.0.1"]).is_err());
+    }
+
+    #[test]
+    fn required_headers_are_parsed_and_their_values_never_shown() {
+        let args = ServerArgs::try_parse_from([
+            "s",
+            "--require-header",
+            "Authorization: Bearer s3cret",
+            "--require-header",
+            "x-api-key:k",
+        ])
+        .unwrap();
+        assert_eq!(args.require_header.len(), 2);
+        assert_eq!(args.require_header[0].name, "authorization");
+        assert_eq!(args.require_header[0].value, "Bearer s3cret");
+        assert_eq!(args.require_header[1].value, "k");
+        assert!(!format!("{args:?}").contains("s3cret"));
+        for bad in ["no colon", "bad name: v", "x: bad\nvalue"] {
+            assert!(ServerArgs::try_parse_from(["s", "--require-header", bad]).is_err());
+        }
+    }
+
+    #[test]
+    fn tls_details_require_tls() {
+        for flags in [
+            &["--cert-out", "/tmp/x.pem"][..],
+            &["--cert-fault", "expired"],
+            &["--mtls-dir", "/tmp/d"],
+        ] {
+            let mut argv = vec!["s"];
+            argv.extend_from_slice(flags);
+            assert!(ServerArgs::try_parse_from(&argv).is_err(), "{flags:?}");
+            argv.push("--tls");
+            assert!(ServerArgs::try_parse_from(&argv).is_ok(), "{flags:?}");
+        }
     }
 }

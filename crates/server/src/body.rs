@@ -35,6 +35,14 @@ enum Kind {
     Content(ContentStream),
     Liar(Option<Pin<Box<Sleep>>>),
     Huge(HugeList),
+    Trickle(Trickle),
+}
+
+/// Whole bytes sent one at a time, `gap` apart (`--list-fault trickle`).
+struct Trickle {
+    bytes: Bytes,
+    gap: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 /// How a content stream ends after its last byte.
@@ -43,11 +51,12 @@ pub(crate) enum Ending {
     /// Normally (if fewer bytes than Content-Length were sent, hyper then
     /// closes the connection: that is `--truncate-rate`).
     Clean,
-    /// With an error, which makes hyper drop the connection
-    /// (`--reset-rate`). The flag, shared with the connection's socket, is
-    /// raised first so that the socket is closed with a TCP RST rather than
-    /// a FIN: the client sees a reset, not an early end of file.
-    Abort(Arc<AtomicBool>),
+    /// With an error, which makes hyper drop an HTTP/1 connection, or reset
+    /// the stream of an HTTP/2 one (`--reset-rate`). The flag, shared with
+    /// an HTTP/1 connection's socket, is raised first so that the socket is
+    /// closed with a TCP RST rather than a FIN: the client sees a reset, not
+    /// an early end of file. HTTP/2 passes none.
+    Abort(Option<Arc<AtomicBool>>),
 }
 
 /// `len` bytes of a name's content, from byte 0, in frames of `piece`
@@ -123,6 +132,21 @@ impl ServerBody {
         }
     }
 
+    /// This body, if it is a whole one, sent a byte at a time, `gap` apart;
+    /// streamed bodies are returned as they are.
+    pub(crate) fn trickled(self, gap: Duration) -> ServerBody {
+        match self.kind {
+            Kind::Full(Some(bytes)) => ServerBody {
+                kind: Kind::Trickle(Trickle {
+                    bytes,
+                    gap,
+                    sleep: None,
+                }),
+            },
+            kind => ServerBody { kind },
+        }
+    }
+
     /// Chunks of `L` forever, a few milliseconds apart.
     pub(crate) fn liar() -> ServerBody {
         ServerBody {
@@ -180,7 +204,9 @@ impl ContentStream {
             return Poll::Ready(match &self.ending {
                 Ending::Clean => None,
                 Ending::Abort(reset_on_close) => {
-                    reset_on_close.store(true, Ordering::Relaxed);
+                    if let Some(flag) = reset_on_close {
+                        flag.store(true, Ordering::Relaxed);
+                    }
                     Some(Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "bulkget-server: injected connection reset",
@@ -245,6 +271,20 @@ impl Body for ServerBody {
                 Poll::Ready(Some(Ok(Bytes::from_static(&LIAR_CHUNK))))
             }
             Kind::Huge(list) => Poll::Ready(list.poll_next().map(Ok)),
+            Kind::Trickle(t) => {
+                if poll_sleep(&mut t.sleep, cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if t.bytes.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    let byte = t.bytes.split_to(1);
+                    if !t.bytes.is_empty() {
+                        t.sleep = Some(Box::pin(tokio::time::sleep(t.gap)));
+                    }
+                    Poll::Ready(Some(Ok(byte)))
+                }
+            }
         };
         next.map(|item| item.map(|r| r.map(Frame::data)))
     }
@@ -257,6 +297,9 @@ impl Body for ServerBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
+            // The length of what is left: hyper reads the hint once, before
+            // the first frame, and sends it as Content-Length.
+            Kind::Trickle(t) => SizeHint::with_exact(t.bytes.len() as u64),
             // Streams leave the length to the Content-Length header, which
             // may deliberately disagree with what is sent.
             _ => SizeHint::default(),
@@ -302,13 +345,29 @@ mod tests {
             10,
             1,
             Duration::ZERO,
-            Ending::Abort(flag.clone()),
+            Ending::Abort(Some(flag.clone())),
         );
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), content("n", 10));
         assert!(!flag.load(Ordering::Relaxed));
         assert!(body.frame().await.unwrap().is_err());
         assert!(flag.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_body_sends_a_byte_per_gap() {
+        let start = tokio::time::Instant::now();
+        let mut body = ServerBody::full("abc").trickled(Duration::from_secs(2));
+        assert_eq!(body.size_hint().exact(), Some(3));
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            assert_eq!(data.len(), 1);
+            got.extend_from_slice(&data);
+        }
+        assert_eq!(got, b"abc");
+        // Two gaps between three bytes.
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@
 //!   `g` as the only run of ten or more ASCII digits (`{g:010}`). A lookup
 //!   reads that run and compares the name with the 18 variants of group `g`.
 //! * Extra names, listed after the dataset names of their page and not
-//!   counted in `--files`: the hostile names and the `--oversize-name`,
+//!   counted in `--files`: the hostile names, the `--extra-name`s and the `--oversize-name`,
 //!   `--liar-name` and `--offhost-redirect-name` on page 0, and with
 //!   `--list-fault huge` the names `huge-{j:07}`, `j < 2,000,000`, on the
 //!   fault page. Extra names win over dataset names in a lookup.
@@ -50,6 +50,12 @@ pub fn hostile_names() -> Vec<String> {
     names.push(format!("long-component-{}", "x".repeat(256 - 15)));
     names.push("..\\win".to_owned());
     names.push("dir/".to_owned());
+    // Unsafe, and made to forge a line of bulkget's stderr and to rewrite
+    // the terminal (erase the line, reverse the text) if printed raw.
+    names.push(
+        "../forged\nbulkget: failed: \"innocent\": HTTP 404 Not Found\r\u{1b}[2K\u{202e}"
+            .to_owned(),
+    );
     names
 }
 
@@ -79,6 +85,8 @@ pub struct Dataset {
     tricky: bool,
     pages: u64,
     hostile: Vec<String>,
+    /// `--extra-name`: served like dataset files.
+    extra: Vec<String>,
     oversize: Option<(String, u64)>,
     liar: Option<String>,
     offhost: Option<String>,
@@ -103,6 +111,7 @@ impl Dataset {
             .clone()
             .map(|name| (name, args.oversize_bytes));
         let mut first_page_extras = hostile.clone();
+        first_page_extras.extend(args.extra_name.iter().cloned());
         first_page_extras.extend(oversize.iter().map(|(name, _)| name.clone()));
         first_page_extras.extend(args.liar_name.iter().cloned());
         first_page_extras.extend(args.offhost_redirect_name.iter().cloned());
@@ -113,6 +122,7 @@ impl Dataset {
             tricky: args.tricky,
             pages,
             hostile,
+            extra: args.extra_name.clone(),
             oversize,
             liar: args.liar_name.clone(),
             offhost: args.offhost_redirect_name.clone(),
@@ -225,7 +235,7 @@ impl Dataset {
                 return Some(Served::Oversize(*bytes));
             }
         }
-        if self.hostile.iter().any(|h| h == name) {
+        if self.hostile.iter().chain(&self.extra).any(|h| h == name) {
             return Some(Served::Extra);
         }
         if self.huge_page.is_some() && parse_huge(name).is_some() {

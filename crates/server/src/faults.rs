@@ -25,6 +25,8 @@ pub enum FaultKind {
     Reset,
     Truncate,
     Slow,
+    Trickle,
+    TrickleHead,
     Gone,
     Redirect,
     OffhostRedirect,
@@ -40,16 +42,19 @@ pub enum FaultKind {
     ListHuge,
     ListDuplicates,
     ListNextFile,
+    ListTrickle,
 }
 
 impl FaultKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [FaultKind; 20] = [
+    pub const ALL: [FaultKind; 23] = [
         FaultKind::Error,
         FaultKind::Throttle,
         FaultKind::Reset,
         FaultKind::Truncate,
         FaultKind::Slow,
+        FaultKind::Trickle,
+        FaultKind::TrickleHead,
         FaultKind::Gone,
         FaultKind::Redirect,
         FaultKind::OffhostRedirect,
@@ -65,6 +70,7 @@ impl FaultKind {
         FaultKind::ListHuge,
         FaultKind::ListDuplicates,
         FaultKind::ListNextFile,
+        FaultKind::ListTrickle,
     ];
 
     /// The key of this kind in the stats' `faults` map.
@@ -75,6 +81,8 @@ impl FaultKind {
             FaultKind::Reset => "reset",
             FaultKind::Truncate => "truncate",
             FaultKind::Slow => "slow",
+            FaultKind::Trickle => "trickle",
+            FaultKind::TrickleHead => "trickle_head",
             FaultKind::Gone => "gone",
             FaultKind::Redirect => "redirect",
             FaultKind::OffhostRedirect => "offhost_redirect",
@@ -90,6 +98,7 @@ impl FaultKind {
             FaultKind::ListHuge => "list_huge",
             FaultKind::ListDuplicates => "list_duplicates",
             FaultKind::ListNextFile => "list_next_file",
+            FaultKind::ListTrickle => "list_trickle",
         }
     }
 }
@@ -111,6 +120,12 @@ pub enum Transient {
     /// Content-Length is the file size but only three quarters of the body
     /// are sent before the connection is closed.
     Truncate,
+    /// Headers at once, then the body one byte every `--trickle-ms`: each
+    /// pause is short, the whole answer takes minutes.
+    Trickle,
+    /// The whole answer, from the first byte of its headers, one byte every
+    /// `--trickle-ms` (and whatever else that connection sends later).
+    TrickleHead,
 }
 
 /// Everything the server does differently for one name.
@@ -133,9 +148,10 @@ pub struct NameFaults {
 pub(crate) struct FaultPlan {
     salts: [u64; 4],
     /// Cumulative thresholds over one roll, in units of 2^-53: error, then
-    /// throttle, reset, truncate. One roll for all four makes the transient
-    /// kinds mutually exclusive and each exactly at its rate.
-    transient_upto: [u64; 4],
+    /// throttle, reset, truncate, trickle, trickle-head. One roll for all
+    /// makes the transient kinds mutually exclusive and each exactly at its
+    /// rate.
+    transient_upto: [u64; 6],
     slow: u64,
     gone: u64,
     redirect: u64,
@@ -160,13 +176,15 @@ impl FaultPlan {
         for (i, salt) in salts.iter_mut().enumerate() {
             *salt = mix64(args.seed ^ mix64((i as u64 + 1).wrapping_mul(GOLDEN)));
         }
-        let mut upto = [0; 4];
+        let mut upto = [0; 6];
         let mut sum = 0.0;
         for (i, rate) in [
             args.error_rate,
             args.throttle_rate,
             args.reset_rate,
             args.truncate_rate,
+            args.trickle_rate,
+            args.trickle_head_rate,
         ]
         .into_iter()
         .enumerate()
@@ -214,6 +232,10 @@ impl FaultPlan {
             Some(Transient::Reset)
         } else if t < self.transient_upto[3] {
             Some(Transient::Truncate)
+        } else if t < self.transient_upto[4] {
+            Some(Transient::Trickle)
+        } else if t < self.transient_upto[5] {
+            Some(Transient::TrickleHead)
         } else {
             None
         };
@@ -244,7 +266,10 @@ impl FaultPlan {
         match t {
             Transient::Error { retry_after, .. } => retry_after,
             Transient::Throttle => Some(self.retry_after),
-            Transient::Reset | Transient::Truncate => None,
+            Transient::Reset
+            | Transient::Truncate
+            | Transient::Trickle
+            | Transient::TrickleHead => None,
         }
     }
 }
@@ -396,6 +421,8 @@ mod tests {
             throttle_rate: 0.10,
             reset_rate: 0.02,
             truncate_rate: 0.03,
+            trickle_rate: 0.02,
+            trickle_head_rate: 0.01,
             slow_rate: 0.01,
             gone_rate: 0.04,
             redirect_rate: 0.2,
@@ -403,7 +430,7 @@ mod tests {
         };
         let (a, b) = (plan(args.clone()), plan(args));
         let n = 100_000;
-        let mut counts = [0u32; 7];
+        let mut counts = [0u32; 9];
         for (i, name, h) in names(n) {
             let f = a.indexed(&name, h, i);
             assert_eq!(f, b.indexed(&name, h, i));
@@ -412,13 +439,15 @@ mod tests {
                 Some(Transient::Throttle) => counts[1] += 1,
                 Some(Transient::Reset) => counts[2] += 1,
                 Some(Transient::Truncate) => counts[3] += 1,
+                Some(Transient::Trickle) => counts[7] += 1,
+                Some(Transient::TrickleHead) => counts[8] += 1,
                 None => {}
             }
             counts[4] += f.slow as u32;
             counts[5] += f.gone as u32;
             counts[6] += f.redirect as u32;
         }
-        let expected = [0.05, 0.10, 0.02, 0.03, 0.01, 0.04, 0.2];
+        let expected = [0.05, 0.10, 0.02, 0.03, 0.01, 0.04, 0.2, 0.02, 0.01];
         for (count, rate) in counts.iter().zip(expected) {
             let want = rate * n as f64;
             // Five standard deviations of a binomial count.

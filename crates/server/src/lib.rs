@@ -15,10 +15,37 @@
 //! `/` inside the name and `%252F` a literal `%2F`. Methods other than GET
 //! and HEAD get 405, other paths 404.
 //!
-//! Connections are HTTP/1.1 keep-alive, served by hyper on a multi-thread
-//! tokio runtime (`--threads`, default: one worker per CPU). The server
-//! never closes an idle keep-alive connection itself, so connection counts
-//! in [`ServerStats`] depend only on the client.
+//! Connections are keep-alive HTTP/1.1, or HTTP/2 with prior knowledge
+//! (h2c: the HTTP/2 preface tells them apart), served by hyper on a
+//! multi-thread tokio runtime (`--threads`, default: one worker per CPU).
+//! `--http1-only` refuses HTTP/2. The server never closes an idle
+//! keep-alive connection itself, so connection counts in [`ServerStats`]
+//! depend only on the client. `--addr` (alias `--bind`) takes IPv4 or IPv6
+//! (`::1`, `[::1]`).
+//!
+//! # TLS and credentials
+//!
+//! * `--tls` serves HTTPS with a certificate authority and a certificate for
+//!   `localhost`, `127.0.0.1`, `::1` (and the bound address) made at start
+//!   with rcgen; `--cert-out PATH` writes the authority as PEM before the
+//!   server says it listens, for a client's `--cacert`
+//!   ([`ServerHandle::ca_pem`] in-process). ALPN offers `h2` and
+//!   `http/1.1` (`http/1.1` alone with `--http1-only`); sessions resume.
+//! * `--cert-fault expired|wrong-name` serves a certificate from the same
+//!   authority that a client must refuse anyway.
+//! * `--mtls-dir DIR` makes a client CA and a client certificate and key
+//!   ([`MTLS_CA_FILE`], [`MTLS_CERT_FILE`], [`MTLS_KEY_FILE`], the key
+//!   mode 0600) and refuses clients without a certificate from that CA.
+//! * `--require-header 'NAME: VALUE'` (repeatable) answers `/list` and
+//!   `/get` with 401 unless every such header is there with exactly that
+//!   value; `/_stats` stays open. The 401 names the header, never the value.
+//! * [`ServerStats`] counts requests by HTTP version and TLS handshakes
+//!   (full, resumed, failed).
+//!
+//! Faults work the same over every protocol, with one difference: over
+//! HTTP/2 an injected reset resets the stream (RST_STREAM) and the
+//! connection carries on, and a truncated body ends its stream early, which
+//! the client's HTTP/2 layer reports as an error.
 //!
 //! # Layout
 //!
@@ -36,8 +63,10 @@
 //! * `body`: whole and streamed response bodies.
 //! * `service`: routing and the answers.
 //! * `stats`: atomic counters and the [`ServerStats`] snapshot.
-//! * `server`: the listener, the runtime, [`start`], [`run`] and
-//!   [`ServerHandle`].
+//! * `tls`: the certificates of `--tls`, `--cert-fault` and `--mtls-dir`,
+//!   and the rustls server configuration.
+//! * `server`: the listener, the runtime, the protocols of a connection,
+//!   [`start`], [`run`] and [`ServerHandle`].
 //!
 //! # Names
 //!
@@ -118,8 +147,9 @@ mod markers;
 mod server;
 mod service;
 mod stats;
+mod tls;
 
-pub use args::{ListFault, ServerArgs};
+pub use args::{CertFault, ListFault, RequiredHeader, ServerArgs};
 pub use content::{content, content_key, fill_content, fill_content_at};
 pub use dataset::{
     hostile_names, plain_name, tricky_name, Dataset, HUGE_EXTRA_NAMES, TRICKY_VARIANTS,
@@ -129,3 +159,4 @@ pub use markers::Markers;
 pub use server::{run, start, ServerHandle};
 pub use service::{CRASH_HEADER, OFFHOST_BASE};
 pub use stats::{RequestCounts, ServerStats};
+pub use tls::{MTLS_CA_FILE, MTLS_CERT_FILE, MTLS_KEY_FILE, WRONG_NAME};

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 
-use crate::args::{ListFault, ServerArgs};
+use crate::args::{ListFault, RequiredHeader, ServerArgs};
 use crate::body::{Ending, ServerBody};
 use crate::content::fill_content_at;
 use crate::dataset::{Dataset, Served};
@@ -31,11 +31,15 @@ pub(crate) struct App {
     attempts: Attempts,
     list_faults: ListFaults,
     fail_once_pending: AtomicBool,
+    /// `--list-fault trickle` has not yet trickled its page.
+    trickle_page_pending: AtomicBool,
     prefix: String,
     latency: Duration,
     list_delay: Duration,
     slow: Duration,
     slow_pieces: u64,
+    trickle: Duration,
+    required_headers: Vec<RequiredHeader>,
     /// `--keepalive-requests`: responses per connection, 0 for no limit.
     keepalive_requests: u64,
 }
@@ -58,13 +62,27 @@ impl App {
             attempts: Attempts::new(args.fault_attempts),
             list_faults: ListFaults::new(args),
             fail_once_pending: AtomicBool::new(args.list_fault.contains(&ListFault::FailOnce)),
+            trickle_page_pending: AtomicBool::new(args.list_fault.contains(&ListFault::Trickle)),
             prefix: normalize_prefix(&args.prefix),
             latency: Duration::from_millis(args.latency_ms),
             list_delay: Duration::from_millis(args.list_delay_ms),
             slow: Duration::from_millis(args.slow_ms),
             slow_pieces: args.slow_pieces,
+            trickle: Duration::from_millis(args.trickle_ms),
+            required_headers: args.require_header.clone(),
             keepalive_requests: args.keepalive_requests,
         }
+    }
+
+    /// The first `--require-header` that the request lacks (or carries with
+    /// another value), if any.
+    fn missing_header(&self, headers: &HeaderMap) -> Option<&RequiredHeader> {
+        self.required_headers.iter().find(|required| {
+            !headers
+                .get_all(&required.name)
+                .iter()
+                .any(|value| value == required.value)
+        })
     }
 }
 
@@ -130,8 +148,12 @@ fn next_marker(query: Option<&str>) -> Option<Option<String>> {
 /// What the requests of one connection share.
 pub(crate) struct Connection {
     pub(crate) app: Arc<App>,
-    /// Raised by an injected reset; the socket then closes with a TCP RST.
+    /// Raised by an injected reset on an HTTP/1 connection; the socket then
+    /// closes with a TCP RST.
     pub(crate) reset_on_close: Arc<AtomicBool>,
+    /// Set by `--trickle-head-rate`: from then on the socket writes a byte
+    /// every this many milliseconds.
+    pub(crate) trickle_ms: Arc<AtomicU64>,
     /// Responses answered on this connection, for `--keepalive-requests`.
     pub(crate) responses: AtomicU64,
 }
@@ -155,13 +177,28 @@ pub(crate) async fn handle<B>(
         Route::Other => PathKind::Other,
     };
     app.stats.request(kind);
-    let mut resp = if !matches!(*req.method(), Method::GET | Method::HEAD) {
+    app.stats.version(req.version());
+    let version = req.version();
+    // Over HTTP/2 an injected reset ends only its stream (hyper answers a
+    // failing body with RST_STREAM) and the connection, which carries other
+    // streams, goes on; so the socket is not told to reset.
+    let reset_on_close = (req.version() != Version::HTTP_2).then_some(&conn.reset_on_close);
+    // The stats stay readable without credentials, for tests.
+    let needs_headers = matches!(route, Route::List | Route::Get { .. });
+    let missing = needs_headers
+        .then(|| app.missing_header(req.headers()))
+        .flatten();
+    let mut resp = if let Some(missing) = missing {
+        // The answer names the header, never the value it should have.
+        let message = format!("missing or wrong {} header", missing.name);
+        json_error(StatusCode::UNAUTHORIZED, &message)
+    } else if !matches!(*req.method(), Method::GET | Method::HEAD) {
         json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served")
     } else {
         match route {
             Route::List => list(app, req.uri().query()).await,
             Route::Get { raw, redirected } => {
-                get(app, &raw, redirected, &conn.reset_on_close).await
+                get(app, &raw, redirected, &conn, reset_on_close).await
             }
             Route::Stats => {
                 let json = serde_json::to_vec_pretty(&app.stats.snapshot())
@@ -175,7 +212,10 @@ pub(crate) async fn handle<B>(
         }
     };
     app.stats.response(resp.status().as_u16());
+    // HTTP/2 has no `Connection` header (a connection's streams end
+    // otherwise), so the limit is HTTP/1's alone.
     if app.keepalive_requests > 0
+        && version < Version::HTTP_2
         && conn.responses.fetch_add(1, Ordering::Relaxed) + 1 >= app.keepalive_requests
     {
         // hyper closes the connection after a response that says so, and
@@ -207,7 +247,13 @@ async fn list(app: &App, query: Option<&str>) -> Response<ServerBody> {
             "listing temporarily unavailable",
         );
     }
-    let page = app.list_faults.render(&app.dataset, page);
+    let trickle = app.list_faults.hits(page, ListFault::Trickle)
+        && app.trickle_page_pending.swap(false, Ordering::Relaxed);
+    let mut page = app.list_faults.render(&app.dataset, page);
+    if trickle {
+        page.faults.push(FaultKind::ListTrickle);
+        page.body = page.body.trickled(app.trickle);
+    }
     for fault in &page.faults {
         app.stats.fault(*fault);
     }
@@ -223,7 +269,8 @@ async fn get(
     app: &App,
     raw: &str,
     redirected: bool,
-    reset_on_close: &Arc<AtomicBool>,
+    conn: &Connection,
+    reset_on_close: Option<&Arc<AtomicBool>>,
 ) -> Response<ServerBody> {
     if !app.latency.is_zero() {
         tokio::time::sleep(app.latency).await;
@@ -238,7 +285,16 @@ async fn get(
     };
     let hash = bulkget_names::stable_hash(&name);
     let faults = app.dataset.faults_of(&name, served, hash);
-    let mut resp = answer(app, &name, served, hash, faults, redirected, reset_on_close);
+    let mut resp = answer(
+        app,
+        &name,
+        served,
+        hash,
+        faults,
+        redirected,
+        conn,
+        reset_on_close,
+    );
     if faults.crash {
         app.stats.fault(FaultKind::Crash);
         resp.headers_mut()
@@ -279,7 +335,8 @@ fn answer(
     hash: u64,
     faults: crate::faults::NameFaults,
     redirected: bool,
-    reset_on_close: &Arc<AtomicBool>,
+    conn: &Connection,
+    reset_on_close: Option<&Arc<AtomicBool>>,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let size = match served {
@@ -322,7 +379,15 @@ fn answer(
             .attempts
             .request(name, hash, Instant::now(), retry_after, stats);
         if attempt == Attempt::Fault {
-            return transient_fault(app, transient, hash, size, retry_after, reset_on_close);
+            return transient_fault(
+                app,
+                transient,
+                hash,
+                size,
+                retry_after,
+                conn,
+                reset_on_close,
+            );
         }
     }
     if faults.slow {
@@ -341,7 +406,8 @@ fn transient_fault(
     hash: u64,
     size: u64,
     retry_after: Option<u64>,
-    reset_on_close: &Arc<AtomicBool>,
+    conn: &Connection,
+    reset_on_close: Option<&Arc<AtomicBool>>,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let mut resp = match transient {
@@ -358,7 +424,7 @@ fn transient_fault(
         }
         Transient::Reset => {
             stats.fault(FaultKind::Reset);
-            let ending = Ending::Abort(Arc::clone(reset_on_close));
+            let ending = Ending::Abort(reset_on_close.cloned());
             let body = ServerBody::content(hash, size / 2, 1, Duration::ZERO, ending);
             with_length(octets(body), size)
         }
@@ -372,6 +438,21 @@ fn transient_fault(
             stats.fault(FaultKind::Truncate);
             let body = ServerBody::content(hash, sent, 1, Duration::ZERO, Ending::Clean);
             with_length(octets(body), declared)
+        }
+        Transient::Trickle => {
+            stats.fault(FaultKind::Trickle);
+            // One piece per byte, `trickle` apart.
+            let over = app.trickle * size.saturating_sub(1) as u32;
+            let body = ServerBody::content(hash, size, size, over, Ending::Clean);
+            with_length(octets(body), size)
+        }
+        Transient::TrickleHead => {
+            stats.fault(FaultKind::TrickleHead);
+            let ms = app.trickle.as_millis().max(1) as u64;
+            conn.trickle_ms.store(ms, Ordering::Relaxed);
+            let mut buf = vec![0; size as usize];
+            fill_content_at(hash, 0, &mut buf);
+            octets(ServerBody::full(Bytes::from(buf)))
         }
     };
     if let Some(secs) = retry_after {

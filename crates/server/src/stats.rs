@@ -41,6 +41,18 @@ pub struct ServerStats {
     pub connections_open: u64,
     /// Requests by path kind.
     pub requests: RequestCounts,
+    /// Requests that came over HTTP/1.0 or HTTP/1.1.
+    pub requests_http1: u64,
+    /// Requests that came over HTTP/2 (`h2` by ALPN, or h2c with prior
+    /// knowledge on a plain connection).
+    pub requests_http2: u64,
+    /// TLS handshakes completed (none without `--tls`).
+    pub tls_handshakes: u64,
+    /// Of those, the ones that resumed an earlier session.
+    pub tls_resumed: u64,
+    /// TLS handshakes that failed: a client that refused the certificate or
+    /// had none to offer under `--mtls-dir`, or that did not speak TLS.
+    pub tls_handshake_failures: u64,
     /// Responses by status code (only codes that occurred).
     pub responses: BTreeMap<u16, u64>,
     /// Faults injected, by [`FaultKind::name`] (every kind, zeros included).
@@ -87,6 +99,11 @@ pub(crate) struct Stats {
     connections_accepted: AtomicU64,
     connections_open: AtomicU64,
     requests: [AtomicU64; 5],
+    requests_http1: AtomicU64,
+    requests_http2: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_resumed: AtomicU64,
+    tls_handshake_failures: AtomicU64,
     responses: Box<[AtomicU64]>,
     faults: [AtomicU64; FaultKind::ALL.len()],
     retry_after_sent: AtomicU64,
@@ -102,6 +119,11 @@ impl Default for Stats {
             connections_accepted: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             requests: Default::default(),
+            requests_http1: AtomicU64::new(0),
+            requests_http2: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_resumed: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             responses: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             faults: Default::default(),
             retry_after_sent: AtomicU64::new(0),
@@ -130,6 +152,27 @@ impl Stats {
 
     pub(crate) fn request(&self, kind: PathKind) {
         self.requests[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request by the HTTP version it came in.
+    pub(crate) fn version(&self, version: http::Version) {
+        let counter = if version == http::Version::HTTP_2 {
+            &self.requests_http2
+        } else {
+            &self.requests_http1
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn tls_handshake(&self, resumed: bool) {
+        self.tls_handshakes.fetch_add(1, Relaxed);
+        if resumed {
+            self.tls_resumed.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn response(&self, status: u16) {
@@ -173,6 +216,11 @@ impl Stats {
                 stats: r(PathKind::Stats),
                 other: r(PathKind::Other),
             },
+            requests_http1: self.requests_http1.load(Relaxed),
+            requests_http2: self.requests_http2.load(Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Relaxed),
+            tls_resumed: self.tls_resumed.load(Relaxed),
+            tls_handshake_failures: self.tls_handshake_failures.load(Relaxed),
             responses: self
                 .responses
                 .iter()
@@ -201,6 +249,11 @@ mod tests {
         let stats = Stats::default();
         let _conn = stats.connection();
         stats.request(PathKind::Get);
+        stats.version(http::Version::HTTP_11);
+        stats.version(http::Version::HTTP_2);
+        stats.version(http::Version::HTTP_2);
+        stats.tls_handshake(false);
+        stats.tls_handshake(true);
         stats.response(200);
         stats.response(429);
         stats.fault(FaultKind::Throttle);
@@ -209,6 +262,8 @@ mod tests {
         assert_eq!(snap.status(200), 1);
         assert_eq!(snap.fault(FaultKind::Throttle), 1);
         assert_eq!(snap.retry_after_min_gap_ms, None);
+        assert_eq!((snap.requests_http1, snap.requests_http2), (1, 2));
+        assert_eq!((snap.tls_handshakes, snap.tls_resumed), (2, 1));
         let json = serde_json::to_string(&snap).unwrap();
         assert!(json.contains(r#""429":1"#), "{json}");
         let back: ServerStats = serde_json::from_str(&json).unwrap();

@@ -26,6 +26,16 @@
 //! one component at a time: `mkdirat` of a single component relative to a
 //! parent descriptor that was itself opened with `RESOLVE_BENEATH`, so
 //! `mkdirat` never resolves a path that could lead elsewhere.
+//!
+//! Where `openat2` is missing (Linux before 5.6) or forbidden (some
+//! container sandboxes answer `EPERM` or `ENOSYS`), [`probe_resolve`] says
+//! so once and the sink walks instead ([`Resolve::Walk`]): one `openat(2)`
+//! per component, relative to the descriptor of the directory reached so
+//! far, each with `O_NOFOLLOW` (intermediate components also with
+//! `O_DIRECTORY`), after refusing an absolute path and any `..`. That
+//! follows no symbolic link at all, so it is stricter than
+//! `RESOLVE_BENEATH` (a link that stays inside `OUT` is refused too), and
+//! just as unable to leave `OUT`.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -37,7 +47,7 @@ use nix::sys::stat::{mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use nix::NixPath;
 
-use crate::{check_name, io_error, os_error, show, Layout, PutError, Sink};
+use crate::{check_name, io_error, os_error, show, Layout, PutError, Reserved, Resolve, Sink};
 
 /// Flags for opening a file to (re)write it. `O_NONBLOCK` has no effect on
 /// regular files; it is there so that a FIFO someone left in the output
@@ -66,9 +76,120 @@ const DIR_MODE: u32 = 0o755;
 /// beneath the root; names never hold `..`, so this is rare twice over.
 const EAGAIN_RETRIES: u32 = 16;
 
+/// Opens `path` relative to `dirfd` without ever leaving `dirfd`, the way
+/// `resolve` says: [`openat2_beneath`] or [`open_walk`].
+pub(crate) fn open_beneath<P: ?Sized + NixPath>(
+    resolve: Resolve,
+    dirfd: RawFd,
+    path: &P,
+    flags: OFlag,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
+    match resolve {
+        Resolve::Openat2 => openat2_beneath(dirfd, path, flags, mode),
+        Resolve::Walk => path.with_nix_path(|p| open_walk(dirfd, p.to_bytes(), flags, mode))?,
+    }
+}
+
+/// Whether `openat2` with `RESOLVE_BENEATH` works on the directory `dirfd`:
+/// [`Resolve::Openat2`] if it does, [`Resolve::Walk`] with the reason if
+/// the kernel lacks it (`ENOSYS`), a sandbox forbids it (`EPERM`, or
+/// `ENOSYS` from a seccomp filter) or does not know its flags (`EINVAL`,
+/// `E2BIG`); any other error is the directory's, not `openat2`'s.
+pub(crate) fn probe_fd(dirfd: RawFd) -> Result<(Resolve, Option<Errno>), Errno> {
+    match openat2_beneath(dirfd, c".", dir_flags(), 0) {
+        Ok(_) => Ok((Resolve::Openat2, None)),
+        Err(e @ (Errno::ENOSYS | Errno::EPERM | Errno::EINVAL | Errno::E2BIG)) => {
+            Ok((Resolve::Walk, Some(e)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Probes once how paths can be resolved beneath `dir` (see [`probe_fd`]):
+/// the coordinator calls this before it starts any worker, and the workers
+/// use what it found. The second value is why `openat2` cannot be used,
+/// for the log.
+pub fn probe_resolve(dir: &Path) -> Result<(Resolve, Option<String>), PutError> {
+    let root = open_dir(dir)?;
+    let (resolve, why) = probe_fd(root.as_raw_fd()).map_err(|e| {
+        PutError::Fatal(format!(
+            "cannot resolve paths beneath the output directory {dir:?}: {e}"
+        ))
+    })?;
+    Ok((resolve, why.map(|e| format!("{e}: {}", e.desc()))))
+}
+
+/// Opens a directory to resolve paths beneath it; `O_RDONLY` rather than
+/// `O_PATH` so the descriptor also serves `syncfs`.
+fn open_dir(dir: &Path) -> Result<OwnedFd, PutError> {
+    let fd = nix::fcntl::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| PutError::Fatal(format!("cannot open output directory {dir:?}: {e}")))?;
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `path` beneath `dirfd` one component at a time, for hosts without
+/// `openat2`: an absolute path or a `..` component is refused with `EXDEV`
+/// (as `RESOLVE_BENEATH` refuses them), every directory on the way is
+/// opened with `O_PATH | O_DIRECTORY | O_NOFOLLOW` relative to the one
+/// before, and the last component with `flags | O_NOFOLLOW`. A symbolic
+/// link anywhere is therefore refused (`ENOTDIR` on the way, `ELOOP` at the
+/// end), never followed. Empty and `.` components stay where they are.
+fn open_walk(dirfd: RawFd, path: &[u8], flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
+    if path.first() == Some(&b'/') {
+        return Err(Errno::EXDEV);
+    }
+    let through = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut held: Option<OwnedFd> = None;
+    let mut rest = path;
+    loop {
+        let (component, next) = match rest.iter().position(|&b| b == b'/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        if component == b".." {
+            return Err(Errno::EXDEV);
+        }
+        let at = held.as_ref().map_or(dirfd, AsRawFd::as_raw_fd);
+        match next {
+            Some(next) => {
+                if !component.is_empty() && component != b"." {
+                    held = Some(openat_retrying(at, component, through, 0)?);
+                }
+                rest = next;
+            }
+            None => {
+                let last: &[u8] = if component.is_empty() {
+                    b"."
+                } else {
+                    component
+                };
+                return openat_retrying(at, last, flags | OFlag::O_NOFOLLOW, mode);
+            }
+        }
+    }
+}
+
+/// `openat` of one component, retried on `EINTR`.
+fn openat_retrying(dirfd: RawFd, name: &[u8], flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
+    loop {
+        match nix::fcntl::openat(Some(dirfd), name, flags, Mode::from_bits_truncate(mode)) {
+            // SAFETY: openat returned a new descriptor that nothing else owns.
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// `openat2(dirfd, path, flags, mode, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`,
 /// retried on `EINTR` and (a few times) on `EAGAIN`.
-pub(crate) fn open_beneath<P: ?Sized + NixPath>(
+fn openat2_beneath<P: ?Sized + NixPath>(
     dirfd: RawFd,
     path: &P,
     flags: OFlag,
@@ -117,6 +238,31 @@ fn write_and_close(fd: OwnedFd, body: &[u8]) -> Result<(), Errno> {
     }
 }
 
+/// The output directory's descriptor and how paths beneath it are resolved.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Root {
+    pub fd: RawFd,
+    pub resolve: Resolve,
+}
+
+impl Root {
+    /// Opens `path` beneath this directory.
+    pub(crate) fn open<P: ?Sized + NixPath>(
+        self,
+        path: &P,
+        flags: OFlag,
+        mode: u32,
+    ) -> Result<OwnedFd, Errno> {
+        open_beneath(self.resolve, self.fd, path, flags, mode)
+    }
+
+    /// The same resolution beneath another directory (one opened beneath
+    /// this one).
+    fn at(self, fd: RawFd) -> Root {
+        Root { fd, ..self }
+    }
+}
+
 /// A directory that could not be created or opened, and why.
 struct DirError<'a> {
     errno: Errno,
@@ -136,7 +282,7 @@ impl DirError<'_> {
 /// Creates every component of `dir` (a relative path of safe components)
 /// beneath `root`, one at a time. Components that already exist are fine as
 /// long as they are directories beneath `root`.
-fn make_dirs(root: RawFd, dir: &[u8]) -> Result<(), DirError<'_>> {
+fn make_dirs(root: Root, dir: &[u8]) -> Result<(), DirError<'_>> {
     let mut parent: Option<OwnedFd> = None;
     let mut start = 0;
     loop {
@@ -144,7 +290,7 @@ fn make_dirs(root: RawFd, dir: &[u8]) -> Result<(), DirError<'_>> {
             .iter()
             .position(|&b| b == b'/')
             .map_or(dir.len(), |i| start + i);
-        let at = parent.as_ref().map_or(root, AsRawFd::as_raw_fd);
+        let at = parent.as_ref().map_or(root.fd, AsRawFd::as_raw_fd);
         loop {
             // A single component relative to a directory opened beneath the
             // root: mkdirat resolves nothing that could lead outside, and it
@@ -168,10 +314,12 @@ fn make_dirs(root: RawFd, dir: &[u8]) -> Result<(), DirError<'_>> {
         // Open what is there now, relative to the root and beneath it: this
         // checks that it is a directory that does not lead outside, and is
         // the parent for the next component.
-        let fd = open_beneath(root, &dir[..end], dir_flags(), 0).map_err(|errno| DirError {
-            errno,
-            dir: &dir[..end],
-        })?;
+        let fd = root
+            .open(&dir[..end], dir_flags(), 0)
+            .map_err(|errno| DirError {
+                errno,
+                dir: &dir[..end],
+            })?;
         if end == dir.len() {
             return Ok(());
         }
@@ -182,14 +330,14 @@ fn make_dirs(root: RawFd, dir: &[u8]) -> Result<(), DirError<'_>> {
 
 /// Removes a file left behind by a failed put, as far as that is safely
 /// possible. Best effort: the put has already failed with a better error.
-fn unlink_beneath(root: RawFd, rel: &CStr) {
+fn unlink_beneath(root: Root, rel: &CStr) {
     let bytes = rel.to_bytes();
     match bytes.iter().rposition(|&b| b == b'/') {
         None => {
-            let _ = unlinkat(Some(root), rel, UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(Some(root.fd), rel, UnlinkatFlags::NoRemoveDir);
         }
         Some(i) => {
-            if let Ok(parent) = open_beneath(root, &bytes[..i], dir_flags(), 0) {
+            if let Ok(parent) = root.open(&bytes[..i], dir_flags(), 0) {
                 let _ = unlinkat(
                     Some(parent.as_raw_fd()),
                     &bytes[i + 1..],
@@ -219,6 +367,8 @@ fn prefix_index(prefix: &[u8; 5]) -> usize {
 pub struct DirSink {
     /// The output directory. Every path is resolved beneath it.
     root: OwnedFd,
+    /// How paths beneath `root` are resolved.
+    resolve: Resolve,
     layout: Layout,
     atomic_rename: bool,
     /// The relative path of the current file, NUL-terminated. Reused so a
@@ -230,12 +380,15 @@ pub struct DirSink {
     /// One bit per fan-out prefix known to exist (65,536 bits, 8 KiB), so a
     /// put in a known prefix is one openat2, one write and one close.
     prefixes: Box<[u64; 1024]>,
+    /// Where the state directory is: no name is written there.
+    reserved: Reserved,
 }
 
 impl std::fmt::Debug for DirSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DirSink")
             .field("root", &self.root)
+            .field("resolve", &self.resolve)
             .field("layout", &self.layout)
             .field("atomic_rename", &self.atomic_rename)
             .field(
@@ -247,37 +400,50 @@ impl std::fmt::Debug for DirSink {
 }
 
 impl DirSink {
-    /// Opens (creating it if needed) the output directory `dir`.
+    /// Opens (creating it if needed) the output directory `dir`, resolving
+    /// paths beneath it as [`probe_resolve`] finds they can be.
+    pub fn open(dir: &Path, layout: Layout) -> Result<DirSink, PutError> {
+        create_out_dir(dir)?;
+        let (resolve, _) = probe_resolve(dir)?;
+        DirSink::open_with(dir, layout, resolve)
+    }
+
+    /// Opens (creating it if needed) the output directory `dir`, resolving
+    /// paths beneath it as `resolve` says (a worker: as the coordinator's
+    /// probe found; a test: either way).
     ///
     /// Fails with [`PutError::Fatal`] if the directory cannot be opened or
-    /// the kernel lacks `openat2` (Linux 5.6 or later is needed).
-    pub fn open(dir: &Path, layout: Layout) -> Result<DirSink, PutError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| fatal_io(&e, format_args!("cannot create output directory {dir:?}")))?;
-        // O_RDONLY rather than O_PATH so the descriptor also serves syncfs.
-        let root = nix::fcntl::open(
-            dir,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| PutError::Fatal(format!("cannot open output directory {dir:?}: {e}")))?;
-        // SAFETY: open returned a new descriptor that nothing else owns.
-        let root = unsafe { OwnedFd::from_raw_fd(root) };
+    /// `resolve` does not work here (`openat2` needs Linux 5.6 or later).
+    pub fn open_with(dir: &Path, layout: Layout, resolve: Resolve) -> Result<DirSink, PutError> {
+        create_out_dir(dir)?;
+        let root = open_dir(dir)?;
         // Fail here, once and clearly, rather than on every put.
-        open_beneath(root.as_raw_fd(), c".", dir_flags(), 0).map_err(|e| {
-            PutError::Fatal(format!(
-                "cannot use openat2 with RESOLVE_BENEATH on {dir:?} \
-                 (Linux 5.6 or later is needed): {e}"
-            ))
+        open_beneath(resolve, root.as_raw_fd(), c".", dir_flags(), 0).map_err(|e| {
+            PutError::Fatal(match resolve {
+                Resolve::Openat2 => format!(
+                    "cannot use openat2 with RESOLVE_BENEATH on {dir:?} \
+                     (Linux 5.6 or later is needed): {e}"
+                ),
+                Resolve::Walk => format!("cannot open {dir:?}: {e}"),
+            })
         })?;
         Ok(DirSink {
             root,
+            resolve,
             layout,
             atomic_rename: false,
             path: Vec::with_capacity(512),
             tmp_name: format!(".bulkget-tmp.{}\0", std::process::id()).into_bytes(),
             prefixes: Box::new([0; 1024]),
+            reserved: Reserved::default(),
         })
+    }
+
+    /// Refuses the names that would land where `reserved` says the state
+    /// directory is (by default only `OUT/.bulkget`).
+    pub fn with_reserved(mut self, reserved: Reserved) -> DirSink {
+        self.reserved = reserved;
+        self
     }
 
     /// Chooses between writing in place (`false`, the default) and writing a
@@ -300,6 +466,11 @@ impl DirSink {
     }
 }
 
+fn create_out_dir(dir: &Path) -> Result<(), PutError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fatal_io(&e, format_args!("cannot create output directory {dir:?}")))
+}
+
 fn fatal_io(err: &std::io::Error, what: std::fmt::Arguments<'_>) -> PutError {
     match io_error(err, what) {
         PutError::File(m) => PutError::Fatal(m),
@@ -310,10 +481,22 @@ fn fatal_io(err: &std::io::Error, what: std::fmt::Arguments<'_>) -> PutError {
 impl Sink for DirSink {
     fn put(&mut self, name: &str, body: &[u8]) -> Result<(), PutError> {
         check_name(name)?;
-        let root = self.root.as_raw_fd();
+        // The name is refused as the flat layout and the sqlite sink refuse
+        // it, so every sink fails the same names, and also where fan-out
+        // puts it, should the state directory be inside a fan-out
+        // directory.
+        self.reserved.check(None, name)?;
+        let prefix = (self.layout == Layout::Fanout).then(|| bulkget_names::fanout_prefix(name));
+        if let Some(p) = &prefix {
+            let p = std::str::from_utf8(p).expect("a fan-out prefix is hex digits");
+            self.reserved.check(Some(p), name)?;
+        }
+        let root = Root {
+            fd: self.root.as_raw_fd(),
+            resolve: self.resolve,
+        };
         self.path.clear();
-        if self.layout == Layout::Fanout {
-            let prefix = bulkget_names::fanout_prefix(name);
+        if let Some(prefix) = prefix {
             let (word, bit) = {
                 let i = prefix_index(&prefix);
                 (i / 64, 1u64 << (i % 64))
@@ -345,8 +528,8 @@ impl Sink for DirSink {
 
 /// Opens `rel` beneath `root` for writing, creating missing parent
 /// directories once if the first attempt says they are missing.
-fn create_file(root: RawFd, rel: &CStr, name: &str) -> Result<OwnedFd, PutError> {
-    match open_beneath(root, rel, file_flags(), FILE_MODE) {
+fn create_file(root: Root, rel: &CStr, name: &str) -> Result<OwnedFd, PutError> {
+    match root.open(rel, file_flags(), FILE_MODE) {
         Ok(fd) => Ok(fd),
         Err(Errno::ENOENT) => {
             // With O_CREAT, ENOENT means a parent directory is missing.
@@ -354,7 +537,7 @@ fn create_file(root: RawFd, rel: &CStr, name: &str) -> Result<OwnedFd, PutError>
             if let Some(i) = bytes.iter().rposition(|&b| b == b'/') {
                 make_dirs(root, &bytes[..i]).map_err(|e| e.into_put_error(name))?;
             }
-            open_beneath(root, rel, file_flags(), FILE_MODE)
+            root.open(rel, file_flags(), FILE_MODE)
                 .map_err(|e| os_error(e, format_args!("cannot create {}", show(name))))
         }
         Err(e) => Err(os_error(e, format_args!("cannot create {}", show(name)))),
@@ -362,7 +545,7 @@ fn create_file(root: RawFd, rel: &CStr, name: &str) -> Result<OwnedFd, PutError>
 }
 
 /// The default: write straight into the final file.
-fn put_direct(root: RawFd, rel: &CStr, name: &str, body: &[u8]) -> Result<(), PutError> {
+fn put_direct(root: Root, rel: &CStr, name: &str, body: &[u8]) -> Result<(), PutError> {
     let fd = create_file(root, rel, name)?;
     write_and_close(fd, body).map_err(|e| {
         // Do not leave a truncated file that looks like a real one. (After
@@ -375,7 +558,7 @@ fn put_direct(root: RawFd, rel: &CStr, name: &str, body: &[u8]) -> Result<(), Pu
 /// The measured alternative: write `.bulkget-tmp.<pid>` in the final
 /// directory, then rename it over the final name.
 fn put_renamed(
-    root: RawFd,
+    root: Root,
     rel: &CStr,
     tmp_name: &[u8],
     name: &str,
@@ -389,11 +572,11 @@ fn put_renamed(
         None => (None, rel),
         Some(i) => {
             let dir = &bytes[..i];
-            let fd = match open_beneath(root, dir, dir_flags(), 0) {
+            let fd = match root.open(dir, dir_flags(), 0) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => {
                     make_dirs(root, dir).map_err(|e| e.into_put_error(name))?;
-                    open_beneath(root, dir, dir_flags(), 0).map_err(|e| {
+                    root.open(dir, dir_flags(), 0).map_err(|e| {
                         os_error(
                             e,
                             format_args!("cannot open the directory of {}", show(name)),
@@ -411,13 +594,16 @@ fn put_renamed(
             (Some(fd), last)
         }
     };
-    let at = parent.as_ref().map_or(root, AsRawFd::as_raw_fd);
-    let fd = open_beneath(at, tmp, file_flags(), FILE_MODE).map_err(|e| {
-        os_error(
-            e,
-            format_args!("cannot create a temporary file for {}", show(name)),
-        )
-    })?;
+    let at = parent.as_ref().map_or(root.fd, AsRawFd::as_raw_fd);
+    let fd = root
+        .at(at)
+        .open(tmp, file_flags(), FILE_MODE)
+        .map_err(|e| {
+            os_error(
+                e,
+                format_args!("cannot create a temporary file for {}", show(name)),
+            )
+        })?;
     if let Err(e) = write_and_close(fd, body) {
         let _ = unlinkat(Some(at), tmp, UnlinkatFlags::NoRemoveDir);
         return Err(os_error(e, format_args!("cannot write {}", show(name))));
@@ -492,11 +678,23 @@ mod tests {
         out
     }
 
+    /// Both ways of resolving paths: every test of what a put may reach
+    /// runs with each, so both are proven never to write outside OUT.
+    const RESOLVES: [Resolve; 2] = [Resolve::Openat2, Resolve::Walk];
+
+    /// A sink of each resolution, writing in place and renaming.
     fn sinks(out: &Path, layout: Layout) -> Vec<DirSink> {
-        vec![
-            DirSink::open(out, layout).unwrap(),
-            DirSink::open(out, layout).unwrap().with_atomic_rename(true),
-        ]
+        let mut all = Vec::new();
+        for resolve in RESOLVES {
+            for atomic in [false, true] {
+                all.push(
+                    DirSink::open_with(out, layout, resolve)
+                        .unwrap()
+                        .with_atomic_rename(atomic),
+                );
+            }
+        }
+        all
     }
 
     fn fanout_path(name: &str) -> String {
@@ -506,14 +704,14 @@ mod tests {
 
     #[test]
     fn flat_and_fanout_writes_land_at_the_right_paths() {
-        for atomic in [false, true] {
+        for (resolve, atomic) in RESOLVES.into_iter().flat_map(|r| [(r, false), (r, true)]) {
             let s = scratch();
             let flat = s.out.join("flat");
             let fan = s.out.join("fan");
-            let mut f = DirSink::open(&flat, Layout::Flat)
+            let mut f = DirSink::open_with(&flat, Layout::Flat, resolve)
                 .unwrap()
                 .with_atomic_rename(atomic);
-            let mut g = DirSink::open(&fan, Layout::Fanout)
+            let mut g = DirSink::open_with(&fan, Layout::Fanout, resolve)
                 .unwrap()
                 .with_atomic_rename(atomic);
             for i in 0..50 {
@@ -643,16 +841,18 @@ mod tests {
             }
         }
         // A link as the last component: writing in place would follow it,
-        // so RESOLVE_BENEATH refuses; rename replaces the link itself.
-        let mut direct = DirSink::open(&s.out, Layout::Flat).unwrap();
-        assert!(matches!(
-            direct.put("evil-file", b"evil"),
-            Err(PutError::File(_))
-        ));
-        let mut renamed = direct.with_atomic_rename(true);
-        renamed.put("evil-file", b"replaced").unwrap();
-        let meta = fs::symlink_metadata(s.out.join("evil-file")).unwrap();
-        assert!(meta.file_type().is_file());
+        // so RESOLVE_BENEATH (or O_NOFOLLOW) refuses; rename replaces the
+        // link itself.
+        for resolve in RESOLVES {
+            let link = format!("evil-file-{resolve:?}");
+            symlink(s.outside.join("target"), s.out.join(&link)).unwrap();
+            let mut direct = DirSink::open_with(&s.out, Layout::Flat, resolve).unwrap();
+            assert!(matches!(direct.put(&link, b"evil"), Err(PutError::File(_))));
+            let mut renamed = direct.with_atomic_rename(true);
+            renamed.put(&link, b"replaced").unwrap();
+            let meta = fs::symlink_metadata(s.out.join(&link)).unwrap();
+            assert!(meta.file_type().is_file());
+        }
         assert!(listing(&s.outside).is_empty());
 
         // The same for a fan-out prefix directory replaced by a link.
@@ -667,13 +867,146 @@ mod tests {
     }
 
     #[test]
-    fn a_link_that_stays_inside_is_followed() {
+    fn a_link_that_stays_inside_is_followed_by_openat2_and_refused_by_the_walk() {
         let s = scratch();
         fs::create_dir(s.out.join("real")).unwrap();
         symlink("real", s.out.join("alias")).unwrap();
-        let mut sink = DirSink::open(&s.out, Layout::Flat).unwrap();
+        let mut sink = DirSink::open_with(&s.out, Layout::Flat, Resolve::Openat2).unwrap();
         sink.put("alias/x", b"ok").unwrap();
         assert_eq!(fs::read(s.out.join("real/x")).unwrap(), b"ok");
+        // The walk follows no link at all: stricter, never looser.
+        let mut sink = DirSink::open_with(&s.out, Layout::Flat, Resolve::Walk).unwrap();
+        match sink.put("alias/y", b"no") {
+            Err(PutError::File(msg)) => assert!(msg.contains("ENOTDIR"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!s.out.join("real/y").exists());
+    }
+
+    #[test]
+    fn both_resolutions_refuse_dot_dot_absolute_paths_and_links_below_the_name_check() {
+        // `put` refuses such names before any open; this calls the opening
+        // itself, the last line of defence, with what the check stops.
+        let s = scratch();
+        symlink(&s.outside, s.out.join("evil")).unwrap();
+        fs::create_dir(s.out.join("sub")).unwrap();
+        let outside = s.outside.join("abs");
+        let absolute = outside.to_str().unwrap().to_string();
+        let flags = file_flags();
+        for resolve in RESOLVES {
+            let root = DirSink::open_with(&s.out, Layout::Flat, resolve).unwrap();
+            let root = root.root.as_raw_fd();
+            for path in [
+                "../outside/x",
+                "sub/../../outside/x",
+                absolute.as_str(),
+                "evil/x",
+                "./evil/x",
+                "sub//../../x",
+            ] {
+                let got = open_beneath(resolve, root, path, flags, FILE_MODE);
+                let errno = got.expect_err(path);
+                assert!(
+                    matches!(errno, Errno::EXDEV | Errno::ENOTDIR | Errno::ELOOP),
+                    "{resolve:?} {path}: {errno}"
+                );
+            }
+            // What stays inside is fine either way; a `..` that stays
+            // inside only with openat2, which can prove it does.
+            open_beneath(resolve, root, "sub/./inside", flags, FILE_MODE).unwrap();
+            let back = open_beneath(resolve, root, "sub/../back", flags, FILE_MODE);
+            assert_eq!(back.is_ok(), resolve == Resolve::Openat2, "{back:?}");
+        }
+        assert!(listing(&s.outside).is_empty(), "{:?}", listing(&s.outside));
+        assert!(listing(&s.base).len() == 2);
+    }
+
+    /// Makes `openat2` fail with `errno` for the calling thread (and for
+    /// nothing else: seccomp filters are per thread unless synchronised),
+    /// as a kernel without it or a container sandbox does.
+    fn deny_openat2_on_this_thread(errno: i32) {
+        const OPENAT2: u32 = 437; // The same number on every architecture.
+        let stmt = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let filter = [
+            // Load the syscall number, at offset 0 of seccomp_data.
+            stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: OPENAT2,
+            },
+            stmt(
+                libc::BPF_RET | libc::BPF_K,
+                libc::SECCOMP_RET_ERRNO | errno as u32,
+            ),
+            stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: plain prctl calls with a filter that outlives them; the
+        // kernel copies the program.
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog
+                ),
+                0,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    #[test]
+    fn without_openat2_the_probe_chooses_the_walk_and_nothing_escapes() {
+        for errno in [libc::ENOSYS, libc::EPERM] {
+            std::thread::spawn(move || {
+                let s = scratch();
+                assert_eq!(probe_resolve(&s.out).unwrap(), (Resolve::Openat2, None));
+                deny_openat2_on_this_thread(errno);
+                let (resolve, why) = probe_resolve(&s.out).unwrap();
+                assert_eq!(resolve, Resolve::Walk);
+                let why = why.unwrap();
+                assert!(
+                    why.starts_with(Errno::from_raw(errno).to_string().as_str()),
+                    "{why}"
+                );
+                // Openat2 itself is refused from now on, so a sink told to
+                // use it fails at once, clearly, not on every put.
+                let e = DirSink::open_with(&s.out, Layout::Flat, Resolve::Openat2).unwrap_err();
+                assert!(e.to_string().contains("Linux 5.6"), "{e}");
+                // The sink opened without being told probes and walks.
+                symlink(&s.outside, s.out.join("evil")).unwrap();
+                for layout in [Layout::Flat, Layout::Fanout] {
+                    let mut sink = DirSink::open(&s.out, layout).unwrap();
+                    assert_eq!(sink.resolve, Resolve::Walk);
+                    sink.put("a/b/c", b"deep").unwrap();
+                    sink.put("top", b"top").unwrap();
+                }
+                let mut flat = DirSink::open(&s.out, Layout::Flat).unwrap();
+                assert!(matches!(flat.put("evil/x", b"no"), Err(PutError::File(_))));
+                assert_eq!(fs::read(s.out.join("a/b/c")).unwrap(), b"deep");
+                assert_eq!(fs::read(s.out.join(fanout_path("a/b/c"))).unwrap(), b"deep");
+                assert!(listing(&s.outside).is_empty());
+                // cat reads through the walk as well.
+                let mut out = Vec::new();
+                assert!(crate::cat(&s.out, "a/b/c", &mut out).unwrap());
+                assert_eq!(out, b"deep");
+            })
+            .join()
+            .unwrap();
+        }
     }
 
     #[test]
@@ -702,8 +1035,9 @@ mod tests {
     fn a_fifo_does_not_block_a_put() {
         let s = scratch();
         nix::unistd::mkfifo(&s.out.join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
-        let mut sink = DirSink::open(&s.out, Layout::Flat).unwrap();
-        assert!(matches!(sink.put("fifo", b"x"), Err(PutError::File(_))));
+        for mut sink in sinks(&s.out, Layout::Flat).into_iter().step_by(2) {
+            assert!(matches!(sink.put("fifo", b"x"), Err(PutError::File(_))));
+        }
     }
 
     #[test]
@@ -716,10 +1050,11 @@ mod tests {
     #[test]
     fn a_removed_fanout_directory_is_made_again() {
         let s = scratch();
-        let mut sink = DirSink::open(&s.out, Layout::Fanout).unwrap();
-        sink.put("x", b"1").unwrap();
-        fs::remove_dir_all(s.out.join(&fanout_path("x")[..2])).unwrap();
-        sink.put("x", b"2").unwrap();
-        assert_eq!(fs::read(s.out.join(fanout_path("x"))).unwrap(), b"2");
+        for mut sink in sinks(&s.out, Layout::Fanout) {
+            sink.put("x", b"1").unwrap();
+            fs::remove_dir_all(s.out.join(&fanout_path("x")[..2])).unwrap();
+            sink.put("x", b"2").unwrap();
+            assert_eq!(fs::read(s.out.join(fanout_path("x"))).unwrap(), b"2");
+        }
     }
 }

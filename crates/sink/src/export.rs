@@ -18,9 +18,9 @@ use rusqlite::config::DbConfig;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::dir::open_beneath;
+use crate::dir::{open_beneath, probe_fd};
 use crate::sqlite::db_error;
-use crate::{check_name, os_error, DirSink, Layout, PutError, Sink};
+use crate::{check_name, os_error, DirSink, Layout, PutError, Reserved, Sink};
 
 /// What [`export`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -191,11 +191,13 @@ fn export_one(db: &Path, sink: &mut DirSink, summary: &mut ExportSummary) -> Res
 ///
 /// If `out_dir` holds shard databases, they are searched (in shard order)
 /// and nothing else is. Otherwise `out_dir` is taken as a dir sink:
-/// `OUT/<name>`, then `OUT/ab/cd/<name>`, each opened with
-/// `RESOLVE_BENEATH`. A name the sinks would refuse is an error
+/// `OUT/<name>`, then `OUT/ab/cd/<name>`, each opened beneath `OUT` as the
+/// dir sink opens them (`RESOLVE_BENEATH`, or the walk without `openat2`).
+/// A name the sinks would refuse is an error
 /// ([`PutError::File`]), since it can never have been stored.
 pub fn cat(out_dir: &Path, name: &str, w: &mut dyn Write) -> Result<bool, PutError> {
     check_name(name)?;
+    Reserved::default().check(None, name)?;
     let dbs = shard_databases(out_dir)?;
     if !dbs.is_empty() {
         for db in &dbs {
@@ -225,11 +227,13 @@ pub fn cat(out_dir: &Path, name: &str, w: &mut dyn Write) -> Result<bool, PutErr
     .map_err(|e| PutError::Fatal(format!("cannot open {out_dir:?}: {e}")))?;
     // SAFETY: open returned a new descriptor that nothing else owns.
     let root = unsafe { OwnedFd::from_raw_fd(root) };
+    let (resolve, _) = probe_fd(root.as_raw_fd())
+        .map_err(|e| PutError::Fatal(format!("cannot open {out_dir:?}: {e}")))?;
     let prefix = bulkget_names::fanout_prefix(name);
     let fanout = format!("{}/{name}", String::from_utf8_lossy(&prefix));
     for rel in [name, fanout.as_str()] {
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
-        let fd = match open_beneath(root.as_raw_fd(), rel, flags, 0) {
+        let fd = match open_beneath(resolve, root.as_raw_fd(), rel, flags, 0) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => continue,
             Err(e) => {

@@ -49,12 +49,13 @@
 //! Names come from the server and are untrusted. Every sink except null
 //! refuses a name that [`bulkget_names::check`] refuses (an empty component,
 //! `.` or `..`, a NUL byte, a component over 255 bytes, an absolute path) and
-//! a name whose first component is [`STATE_DIR_NAME`] (`.bulkget`, the
-//! default state directory inside `OUT`: a hostile name must not overwrite
-//! the checkpoint or the lock). The refusal is a [`PutError::File`], which
-//! the worker records in `failed.jsonl`; the sqlite sink refuses exactly the
-//! same names so both sinks report the same failures and every database can
-//! be exported.
+//! a name that would land in the state directory ([`Reserved`]: the run's
+//! real state directory wherever it is inside `OUT`, and always
+//! [`STATE_DIR_NAME`], compared without regard to case): a hostile name
+//! must not overwrite the checkpoint or the lock. The refusal is a
+//! [`PutError::File`], which the worker records in `failed.jsonl`; the
+//! sqlite sink refuses exactly the same names so both sinks report the same
+//! failures and every database can be exported.
 //!
 //! The check is not the only line of defence: the dir sink opens every path
 //! with `openat2(2)` and `RESOLVE_BENEATH` relative to a descriptor of `OUT`,
@@ -67,7 +68,7 @@
 use std::fmt;
 use std::path::Path;
 
-pub use bulkget_protocol::{Layout, SinkKind};
+pub use bulkget_protocol::{Layout, Resolve, SinkKind};
 
 mod dir;
 mod export;
@@ -75,15 +76,118 @@ mod null;
 mod space;
 mod sqlite;
 
-pub use dir::DirSink;
+pub use dir::{probe_resolve, DirSink};
 pub use export::{cat, count_rows, export, shard_databases, ExportSummary};
 pub use null::NullSink;
 pub use space::{free_space, Space};
 pub use sqlite::{shard_db_path, SqliteSink, SCHEMA_VERSION};
 
 /// The name of the default state directory inside the output directory. No
-/// sink writes a name whose first component is this.
+/// sink writes a name whose first component is this (see [`Reserved`]).
 pub const STATE_DIR_NAME: &str = ".bulkget";
+
+/// The paths inside the output directory that no sink writes under: the
+/// state directory's. The one place that decides whether a name would land
+/// in the state directory.
+///
+/// Two paths are reserved: the run's real state directory, relative to
+/// `OUT`, when it is inside `OUT` (`--state-dir OUT/st` reserves `st`), and
+/// always [`STATE_DIR_NAME`], the default one, so that a later run without
+/// `--state-dir` does not find server files where its lock and checkpoint
+/// go. Components are compared without regard to case (Unicode lowercase),
+/// so `.BULKGET/lock` is refused as well: on a case-folding file system it
+/// is the same file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    /// Each reserved path as its components, lowercased.
+    paths: Vec<Vec<String>>,
+}
+
+impl Default for Reserved {
+    /// Only the default state directory, [`STATE_DIR_NAME`].
+    fn default() -> Reserved {
+        Reserved::new(None)
+    }
+}
+
+impl Reserved {
+    /// [`STATE_DIR_NAME`], and `state_dir`: the state directory's path
+    /// relative to the output directory (`"st"`, `"a/b"`), as
+    /// [`state_dir_within`] gives it, when it is inside.
+    pub fn new(state_dir: Option<&str>) -> Reserved {
+        let lower = |path: &str| -> Vec<String> {
+            path.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .map(|c| c.chars().flat_map(char::to_lowercase).collect())
+                .collect()
+        };
+        let mut paths = vec![lower(STATE_DIR_NAME)];
+        if let Some(extra) = state_dir.map(lower) {
+            if !extra.is_empty() && !paths.contains(&extra) {
+                paths.push(extra);
+            }
+        }
+        Reserved { paths }
+    }
+
+    /// Refuses `name` if the path it is stored at, `prefix/name` (the
+    /// fan-out directories, if any, then the name), is a reserved path or
+    /// lies under one.
+    pub(crate) fn check(&self, prefix: Option<&str>, name: &str) -> Result<(), PutError> {
+        for reserved in &self.paths {
+            let mut components = prefix
+                .into_iter()
+                .flat_map(|p| p.split('/'))
+                .chain(name.split('/'));
+            let under = reserved
+                .iter()
+                .all(|r| components.next().is_some_and(|c| same_component(c, r)));
+            if under {
+                return Err(PutError::File(format!(
+                    "unsafe name: {:?} is reserved for the state directory: {}",
+                    reserved.join("/"),
+                    show(name)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether component `got` is `lower` (already lowercased) regardless of
+/// case. ASCII, the usual case, is compared without converting anything.
+fn same_component(got: &str, lower: &str) -> bool {
+    if got.is_ascii() && lower.is_ascii() {
+        return got.eq_ignore_ascii_case(lower);
+    }
+    got.chars().flat_map(char::to_lowercase).eq(lower.chars())
+}
+
+/// The state directory's path relative to the output directory, when it is
+/// inside it, for [`Reserved::new`]; `None` when it is elsewhere. Both
+/// directories must exist: they are compared as the kernel resolves them,
+/// symbolic links and `..` included. A state directory that *is* the output
+/// directory is refused, since no name could be kept out of it.
+pub fn state_dir_within(out_dir: &Path, state_dir: &Path) -> Result<Option<String>, String> {
+    let resolve = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| format!("cannot resolve {}: {e}", p.display()))
+    };
+    let (out, state) = (resolve(out_dir)?, resolve(state_dir)?);
+    if out == state {
+        return Err(format!(
+            "the state directory {} is the output directory itself; \
+             give --state-dir a directory of its own (inside OUT or elsewhere)",
+            state_dir.display()
+        ));
+    }
+    Ok(state
+        .strip_prefix(&out)
+        .ok()
+        // A name is UTF-8, so no name can reach a path that is not.
+        .and_then(|rel| rel.to_str())
+        .map(str::to_string))
+}
 
 /// Stores whole files by name. See the crate documentation for what `put`
 /// and `commit` promise.
@@ -142,33 +246,34 @@ impl std::error::Error for PutError {}
 
 /// Opens the sink a worker of shard `shard` writes into.
 ///
-/// `layout` matters only to the dir sink; `shard` only to the sqlite sink.
+/// `layout` and `resolve` matter only to the dir sink; `shard` only to the
+/// sqlite sink; `reserved` to both.
 /// The output directory is created if it does not exist.
 pub fn open(
     kind: SinkKind,
     layout: Layout,
     out_dir: &Path,
     shard: u32,
+    reserved: &Reserved,
+    resolve: Resolve,
 ) -> Result<Box<dyn Sink>, PutError> {
     Ok(match kind {
-        SinkKind::Dir => Box::new(DirSink::open(out_dir, layout)?),
-        SinkKind::Sqlite => Box::new(SqliteSink::open(out_dir, shard)?),
+        SinkKind::Dir => {
+            Box::new(DirSink::open_with(out_dir, layout, resolve)?.with_reserved(reserved.clone()))
+        }
+        SinkKind::Sqlite => {
+            Box::new(SqliteSink::open(out_dir, shard)?.with_reserved(reserved.clone()))
+        }
         SinkKind::Null => Box::new(NullSink::new()),
     })
 }
 
-/// The name rules every storing sink applies: [`bulkget_names::check`], and
-/// the state directory is off limits.
+/// The rule for the name itself that every storing sink applies:
+/// [`bulkget_names::check`]. Where the name lands is checked too, against
+/// [`Reserved`].
 pub(crate) fn check_name(name: &str) -> Result<(), PutError> {
     if let Err(why) = bulkget_names::check(name) {
         return Err(PutError::File(format!("{why}: {}", show(name))));
-    }
-    let first = name.split('/').next().unwrap_or(name);
-    if first == STATE_DIR_NAME {
-        return Err(PutError::File(format!(
-            "unsafe name: {STATE_DIR_NAME} is reserved for the state directory: {}",
-            show(name)
-        )));
     }
     Ok(())
 }
@@ -242,13 +347,59 @@ mod tests {
 
     #[test]
     fn the_state_directory_is_reserved() {
-        assert!(matches!(
-            check_name(".bulkget/checkpoint.json"),
-            Err(PutError::File(_))
-        ));
-        assert!(matches!(check_name(".bulkget"), Err(PutError::File(_))));
-        assert_eq!(check_name("x/.bulkget"), Ok(()));
-        assert_eq!(check_name(".bulkgetx"), Ok(()));
+        let r = Reserved::default();
+        let refused = |r: &Reserved, prefix, name| matches!(r.check(prefix, name), Err(PutError::File(m)) if m.contains("reserved for the state directory"));
+        assert!(refused(&r, None, ".bulkget/checkpoint.json"));
+        assert!(refused(&r, None, ".bulkget"));
+        assert!(refused(&r, None, ".BULKGET/x"));
+        assert!(refused(&r, None, ".BulkGet/lock"));
+        assert_eq!(r.check(None, "x/.bulkget"), Ok(()));
+        assert_eq!(r.check(None, ".bulkgetx"), Ok(()));
+        assert_eq!(r.check(None, "st/run.json"), Ok(()));
+
+        // The real state directory, wherever it is inside OUT, and still
+        // the default one.
+        let r = Reserved::new(Some("a/St"));
+        for name in [
+            "a/st",
+            "a/st/run.json",
+            "A/ST/lock",
+            "a/sT/shards/shard-00.json",
+        ] {
+            assert!(refused(&r, None, name), "{name}");
+        }
+        assert!(refused(&r, None, ".bulkget/lock"));
+        for name in ["a", "a/stx", "st/run.json", "b/a/st/x", "a/s/t"] {
+            assert_eq!(r.check(None, name), Ok(()), "{name}");
+        }
+        // Where the fan-out layout puts a name is what counts.
+        let r = Reserved::new(Some("ab/cd/st"));
+        assert!(refused(&r, Some("ab/cd"), "st/lock"));
+        assert!(refused(&r, Some("AB/CD"), "ST"));
+        assert_eq!(r.check(Some("ab/ce"), "st/lock"), Ok(()));
+        assert_eq!(r.check(None, "st/lock"), Ok(()));
+        // Beyond ASCII: Unicode lowercase on both sides.
+        let r = Reserved::new(Some("ÉTAT"));
+        assert!(refused(&r, None, "état/lock"));
+        assert!(refused(&r, None, "ÉtAt/lock"));
+        assert_eq!(r.check(None, "etat/lock"), Ok(()));
+    }
+
+    #[test]
+    fn the_state_directory_is_found_relative_to_out_or_refused_as_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(out.join("a/st")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("elsewhere")).unwrap();
+        let within = |state: &Path| state_dir_within(&out, state);
+        assert_eq!(within(&out.join("a/st")), Ok(Some("a/st".into())));
+        // The kernel's resolution counts, not the spelling.
+        assert_eq!(within(&out.join("a/../a/st")), Ok(Some("a/st".into())));
+        std::os::unix::fs::symlink(out.join("a"), tmp.path().join("link")).unwrap();
+        assert_eq!(within(&tmp.path().join("link/st")), Ok(Some("a/st".into())));
+        assert_eq!(within(&tmp.path().join("elsewhere")), Ok(None));
+        let e = within(&out.join("a/..")).unwrap_err();
+        assert!(e.contains("is the output directory itself"), "{e}");
     }
 
     #[test]
@@ -263,7 +414,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         for kind in [SinkKind::Dir, SinkKind::Sqlite, SinkKind::Null] {
             let out = tmp.path().join(format!("{kind:?}"));
-            let mut sink = open(kind, Layout::Flat, &out, 3).unwrap();
+            let mut sink = open(
+                kind,
+                Layout::Flat,
+                &out,
+                3,
+                &Reserved::default(),
+                Resolve::Openat2,
+            )
+            .unwrap();
             sink.put("f", b"body").unwrap();
             sink.commit().unwrap();
         }

@@ -38,7 +38,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{ffi, Connection, ErrorCode, OpenFlags};
 
-use crate::{check_name, show, PutError, Sink};
+use crate::{check_name, show, PutError, Reserved, Sink};
 
 /// The schema version kept in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -79,6 +79,9 @@ pub struct SqliteSink {
     path: PathBuf,
     /// Whether a transaction is open.
     in_tx: bool,
+    /// Names refused because the dir sink would put them in the state
+    /// directory, so that both sinks refuse the same names.
+    reserved: Reserved,
 }
 
 impl SqliteSink {
@@ -153,7 +156,15 @@ impl SqliteSink {
             conn,
             path: path.to_path_buf(),
             in_tx: false,
+            reserved: Reserved::default(),
         })
+    }
+
+    /// Refuses the names `reserved` keeps for the state directory (by
+    /// default only `.bulkget`), as the flat dir sink of the same run would.
+    pub fn with_reserved(mut self, reserved: Reserved) -> SqliteSink {
+        self.reserved = reserved;
+        self
     }
 
     /// The database file.
@@ -180,6 +191,7 @@ impl SqliteSink {
 impl Sink for SqliteSink {
     fn put(&mut self, name: &str, body: &[u8]) -> Result<(), PutError> {
         check_name(name)?;
+        self.reserved.check(None, name)?;
         self.insert(name, body).map_err(|e| {
             // SQLite may roll a transaction back by itself after some errors
             // (a full disk among them); keep our idea of it in step.

@@ -106,7 +106,7 @@ pub enum RunState {
     Listing,
     /// The listing is done (or was stopped); waiting for the last batches.
     Draining,
-    /// Stopped by SIGINT/SIGTERM, checkpoint saved. Final.
+    /// Stopped by SIGINT/SIGTERM/SIGHUP, checkpoint saved. Final.
     Interrupted,
     /// Every listed name is done or failed. Final.
     Finished,

@@ -316,11 +316,11 @@ pub fn shard_is_stale(
     if summary.is_some_and(|s| s.state != summary_state::RUNNING) {
         return false;
     }
-    age(&shard.updated_at, now).map_or(true, |a| a > STALE_AFTER)
+    age(&shard.updated_at, now).is_none_or(|a| a > STALE_AFTER)
 }
 
 fn coordinator_is_stale(c: &CoordinatorStats, now: SystemTime) -> bool {
-    !c.state.is_final() && age(&c.updated_at, now).map_or(true, |a| a > STALE_AFTER)
+    !c.state.is_final() && age(&c.updated_at, now).is_none_or(|a| a > STALE_AFTER)
 }
 
 /// Reads the run in `state_dir` as of now. See [`load_at`].
@@ -492,7 +492,7 @@ fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -30,6 +30,9 @@
 //! second, CPU microseconds per file, bytes, and how many TCP connections
 //! the server accepted during the timed part (from `GET /_stats`).
 
+// A measuring tool run by hand: printing with the std macros is fine here.
+#![allow(clippy::disallowed_macros)]
+
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -54,6 +57,7 @@ const LIMITS: Limits = Limits {
     idle: Duration::from_secs(10),
     max_body: 8 << 20,
     max_redirects: 5,
+    deadline: Duration::from_secs(60),
 };
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -1,6 +1,7 @@
 //! The fetch engine: a queue of names and the connection tasks that drain it.
 
 use crate::stats_file::Counters;
+use bulkget_console::errln;
 use bulkget_http::{
     Backoff, Conn, Endpoint, FetchError, Jitter, Limits, PipeConn, PipelineFault, Response,
 };
@@ -104,6 +105,7 @@ impl Engine {
             idle: Duration::from_millis(settings.idle_timeout_ms),
             max_body: settings.max_file_size,
             max_redirects: settings.max_redirects,
+            deadline: Duration::from_millis(settings.request_timeout_ms),
         };
         let backoff = Backoff {
             base: Duration::from_millis(settings.backoff_base_ms),
@@ -318,7 +320,7 @@ impl Engine {
                 c.status.borrow_mut().record(response.status);
                 let name = &item.batch.names[item.idx as usize];
                 if response.test_abort && self.settings.test_hooks.abort_on_header {
-                    eprintln!("bulkget worker: test hook: aborting on {name:?}");
+                    errln!("bulkget worker: test hook: aborting on {name:?}");
                     std::process::abort();
                 }
                 let put = self.sink.borrow_mut().put(name, body);

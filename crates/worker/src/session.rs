@@ -2,6 +2,7 @@
 
 use crate::engine::Engine;
 use crate::stats_file::StatsFile;
+use bulkget_console::errln;
 use bulkget_http::Endpoint;
 use bulkget_protocol::frame::{FrameReader, FrameWriter};
 use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker};
@@ -34,7 +35,7 @@ pub fn run_on_fd(fd: RawFd) -> i32 {
         .map(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK)
         .unwrap_or(false);
     if !is_socket {
-        eprintln!(
+        errln!(
             "bulkget worker: file descriptor {fd} is not a socket; this subcommand is started by `bulkget fetch`, not by hand"
         );
         return exit::USAGE;
@@ -43,7 +44,7 @@ pub fn run_on_fd(fd: RawFd) -> i32 {
     // the coordinator passed it to us and nothing else in the process uses it.
     let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
     if let Err(e) = std_stream.set_nonblocking(true) {
-        eprintln!("bulkget worker: cannot use socket: {e}");
+        errln!("bulkget worker: cannot use socket: {e}");
         return exit::USAGE;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -52,7 +53,7 @@ pub fn run_on_fd(fd: RawFd) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("bulkget worker: cannot start runtime: {e}");
+            errln!("bulkget worker: cannot start runtime: {e}");
             return exit::FATAL;
         }
     };
@@ -61,7 +62,7 @@ pub fn run_on_fd(fd: RawFd) -> i32 {
         match UnixStream::from_std(std_stream) {
             Ok(stream) => serve(stream).await,
             Err(e) => {
-                eprintln!("bulkget worker: cannot use socket: {e}");
+                errln!("bulkget worker: cannot use socket: {e}");
                 exit::USAGE
             }
         }
@@ -93,16 +94,16 @@ async fn serve(stream: UnixStream) -> i32 {
         })) => (shard, generation, settings),
         Ok(None) => return exit::OK,
         Ok(Some(other)) => {
-            eprintln!("bulkget worker: expected hello, got {other:?}");
+            errln!("bulkget worker: expected hello, got {other:?}");
             return exit::USAGE;
         }
         Err(e) => {
-            eprintln!("bulkget worker: {e}");
+            errln!("bulkget worker: {e}");
             return exit::USAGE;
         }
     };
     let fatal = |kind: FatalKind, reason: String| {
-        eprintln!("bulkget worker {shard}: {reason}");
+        errln!("bulkget worker {shard}: {reason}");
         let _ = outbox.send(ToCoordinator::Fatal { kind, reason });
     };
 
@@ -129,6 +130,8 @@ async fn serve(stream: UnixStream) -> i32 {
         settings.layout,
         settings.out_dir.as_ref(),
         shard,
+        &bulkget_sink::Reserved::new(settings.state_dir_in_out.as_deref()),
+        settings.resolve,
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -177,14 +180,14 @@ async fn serve(stream: UnixStream) -> i32 {
                 }
                 Ok(Some(ToWorker::Shutdown { drain: false })) => break exit::OK,
                 Ok(Some(ToWorker::Hello { .. })) => {
-                    eprintln!("bulkget worker {shard}: unexpected second hello");
+                    errln!("bulkget worker {shard}: unexpected second hello");
                     break exit::USAGE;
                 }
                 // End of stream: the coordinator is gone (exited or killed).
                 // Nobody can acknowledge further work, so stop at once.
                 Ok(None) => break exit::OK,
                 Err(e) => {
-                    eprintln!("bulkget worker {shard}: {e}");
+                    errln!("bulkget worker {shard}: {e}");
                     break exit::USAGE;
                 }
             },
