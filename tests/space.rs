@@ -89,8 +89,9 @@ fn done_names(ws: &Workspace, dataset: &Dataset) -> Vec<String> {
         }
     };
     let mut done: Vec<String> = (0..first).flat_map(|p| dataset.page_names(p)).collect();
-    for range in cp["done_after"]["complete"].as_array().unwrap() {
-        let (a, b) = (range[0].as_u64().unwrap(), range[1].as_u64().unwrap());
+    for run in cp["done_after"]["complete"].as_array().unwrap() {
+        let a = run["first"].as_u64().unwrap();
+        let b = a + run["fingerprints"].as_array().unwrap().len() as u64;
         for offset in a..b {
             done.extend(dataset.page_names(first + offset));
         }

@@ -6,6 +6,7 @@ mod util;
 mod fetch;
 mod hardening;
 mod hostile;
+mod limits;
 mod output;
 mod pipeline;
 mod server;

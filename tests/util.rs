@@ -21,8 +21,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
+        Server::start_on(0, args)
+    }
+
+    /// A server on `port` (0: any free one), for a test that stops a server
+    /// and starts another at the same URL.
+    pub fn start_on(port: u16, args: &[&str]) -> Server {
         let mut cmd = Command::new(SERVER);
-        cmd.args(["--port", "0", "--threads", "1"])
+        cmd.args(["--port", &port.to_string(), "--threads", "1"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -41,6 +47,10 @@ impl Server {
             url,
             args: args.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     /// The same dataset the server serves, computed in this process.

@@ -81,8 +81,10 @@ pub struct FetchArgs {
     /// Largest file accepted, in bytes; larger ones fail without being buffered.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_file_size: u64,
-    /// Largest list page accepted, in bytes.
-    #[arg(long, default_value_t = 256 << 20)]
+    /// Largest list page accepted, in bytes. It bounds the coordinator's
+    /// memory: at most about 5 x this plus 95 bytes a name (ARCHITECTURE.md,
+    /// "Memory"); a page of 2,000,000 names of 15 bytes is 36 MB.
+    #[arg(long, default_value_t = 64 << 20)]
     pub max_page_size: u64,
     /// TCP connect timeout, in milliseconds.
     #[arg(long, default_value_t = 5_000)]

@@ -149,11 +149,7 @@ mod tests {
     use super::*;
 
     fn failure(i: u64) -> Failure {
-        Failure {
-            name: format!("file-{i:010}"),
-            reason: "HTTP 404 Not Found".into(),
-            status: Some(404),
-        }
+        Failure::new(format!("file-{i:010}"), "HTTP 404 Not Found", Some(404))
     }
 
     fn failures(range: std::ops::Range<u64>) -> Vec<Failure> {
@@ -222,11 +218,11 @@ mod tests {
 
     #[test]
     fn a_name_cannot_forge_a_line_or_reach_the_terminal() {
-        let f = Failure {
-            name: "x\nbulkget: failed: \"innocent\": HTTP 404\r\u{1b}[2K\u{202e}".into(),
-            reason: "unsafe name: 'x' \"quoted\" back\\slash\n\u{1b}[31m\u{2028}".into(),
-            status: None,
-        };
+        let f = Failure::new(
+            "x\nbulkget: failed: \"innocent\": HTTP 404\r\u{1b}[2K\u{202e}",
+            "unsafe name: 'x' \"quoted\" back\\slash\n\u{1b}[31m\u{2028}",
+            None,
+        );
         let line = failure_line(&f);
         assert!(
             !line
@@ -241,11 +237,7 @@ mod tests {
         // The quotes of the name are the only unescaped ones before the
         // reason, so the name's end is never in doubt.
         assert_eq!(
-            failure_line(&Failure {
-                name: "a: b".into(),
-                reason: "r".into(),
-                status: None
-            }),
+            failure_line(&Failure::new("a: b", "r", None)),
             "bulkget: failed: \"a: b\": r"
         );
     }

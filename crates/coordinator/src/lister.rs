@@ -4,16 +4,36 @@
 //! The lister runs on its own thread ([`ListerThread`]) and hands pages over
 //! a bounded channel, so it waits for the downloads only when the
 //! dispatcher's queue is full, and parsing a page never delays dispatch.
+//!
+//! # Memory
+//!
+//! A page is parsed straight into [`Names`] (its names' bytes and 4 bytes
+//! each), and the next page is asked for only once the channel has room for
+//! it. So at most two parsed pages exist at once: one waiting in the
+//! channel, or being parsed, while the run loop cuts the other into batches.
+//! The body of the page being received is the third copy of a page
+//! (ARCHITECTURE.md, "Memory").
 
 use crate::scheduler::ListPosition;
 use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
+use bulkget_protocol::{cut_text, Names, MAX_REASON_BYTES};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// The longest `NextMarker` accepted, in bytes. A marker is stored in every
+/// checkpoint and in `coordinator.json` every second, and sent back in the
+/// next request's URL; real services use tens of bytes. A longer one stops
+/// the listing as an invalid page (exit 4).
+pub const MAX_MARKER_BYTES: usize = 64 << 10;
+
+/// The longest text quoted from a page's request in a message (the path
+/// with its marker, or a marker), in bytes; longer ones are cut in the
+/// middle.
+const MAX_QUOTED: usize = 200;
 
 /// One page as the service returns it. `NextFile` is accepted as an alias,
 /// as the talk's slides use it.
@@ -21,7 +41,7 @@ use tokio::sync::mpsc;
 #[serde(expecting = "a list page object: {\"FileNames\": [...], \"NextMarker\": \"...\"}")]
 struct RawPage {
     #[serde(rename = "FileNames")]
-    file_names: Vec<String>,
+    file_names: Names,
     #[serde(rename = "NextMarker", alias = "NextFile", default)]
     next_marker: Option<String>,
 }
@@ -29,7 +49,7 @@ struct RawPage {
 /// A parsed page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
-    pub names: Vec<String>,
+    pub names: Names,
     /// `None` on the last page.
     pub next: Option<String>,
 }
@@ -70,9 +90,10 @@ pub struct ListerConfig {
     pub backoff: Backoff,
 }
 
-/// Describes a page for error messages: `page 3 (GET /list?next-marker=ab12)`.
+/// Describes a page for error messages: `page 3 (GET /list?next-marker=ab12)`,
+/// with an over-long path cut in the middle.
 pub fn describe(seq: u64, path: &str) -> String {
-    format!("page {} (GET {path})", seq + 1)
+    format!("page {} (GET {})", seq + 1, cut_text(path, MAX_QUOTED))
 }
 
 /// The request path for a listing position.
@@ -99,6 +120,13 @@ pub fn parse_page(body: &[u8]) -> Result<Page, String> {
         return Err("the server answered with an HTML page, not a JSON list page".into());
     }
     match serde_json::from_slice::<RawPage>(body) {
+        Ok(RawPage {
+            next_marker: Some(m),
+            ..
+        }) if m.len() > MAX_MARKER_BYTES => Err(format!(
+            "NextMarker is {} bytes long, over the {MAX_MARKER_BYTES}-byte limit for a marker",
+            m.len()
+        )),
         Ok(raw) => Ok(Page {
             names: raw.file_names,
             // An empty marker cannot name a next page; treat it as the end.
@@ -128,20 +156,55 @@ fn shorten_json_error(e: &serde_json::Error) -> String {
     if core.len() <= MAX_ERROR_DETAIL {
         return full;
     }
-    let mut head = MAX_ERROR_DETAIL * 2 / 3;
-    while !core.is_char_boundary(head) {
-        head -= 1;
+    format!("{}{position}", cut_text(core, MAX_ERROR_DETAIL))
+}
+
+/// The time the lister spent waiting for room for its next page: the
+/// back-pressure from the downloads. A wait going on now counts as far as
+/// it has gone, so a lister blocked for minutes shows it at once.
+#[derive(Debug)]
+pub struct ListerWait {
+    state: Mutex<WaitState>,
+}
+
+#[derive(Debug, Default)]
+struct WaitState {
+    done: Duration,
+    since: Option<Instant>,
+}
+
+impl Default for ListerWait {
+    fn default() -> Self {
+        ListerWait {
+            state: Mutex::new(WaitState::default()),
+        }
     }
-    let mut tail = core.len() - (MAX_ERROR_DETAIL - head);
-    while !core.is_char_boundary(tail) {
-        tail += 1;
+}
+
+impl ListerWait {
+    fn begin(&self) {
+        self.lock().since = Some(Instant::now());
     }
-    format!(
-        "{} [... {} bytes ...] {}{position}",
-        &core[..head],
-        tail - head,
-        &core[tail..]
-    )
+
+    fn end(&self) {
+        let mut s = self.lock();
+        if let Some(since) = s.since.take() {
+            s.done += since.elapsed();
+        }
+    }
+
+    /// Milliseconds waited in all, the current wait included. Never
+    /// decreases.
+    pub fn total_ms(&self) -> u64 {
+        let s = self.lock();
+        let now = s.since.map(|t| t.elapsed()).unwrap_or_default();
+        (s.done + now).as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaitState> {
+        // Nothing can panic while the lock is held.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The lister on a thread of its own, with its own single-threaded runtime.
@@ -164,7 +227,7 @@ impl ListerThread {
         start: ListPosition,
         config: ListerConfig,
         tx: mpsc::Sender<Result<Page, ListError>>,
-        wait_ms: Arc<AtomicU64>,
+        wait: Arc<ListerWait>,
     ) -> std::io::Result<ListerThread> {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -175,7 +238,7 @@ impl ListerThread {
             .spawn(move || {
                 runtime.block_on(async move {
                     tokio::select! {
-                        () = run(endpoint, start, 0, config, tx, wait_ms) => {}
+                        () = run(endpoint, start, 0, config, tx, wait) => {}
                         // The handle was dropped: the run is over.
                         _ = stop_rx => {}
                     }
@@ -185,17 +248,22 @@ impl ListerThread {
     }
 }
 
+/// The largest body buffer kept from one page to the next. A bigger one,
+/// left by a huge page, is freed, so it does not stay resident for the rest
+/// of the run.
+const KEEP_BODY_BYTES: usize = 4 << 20;
+
 /// Lists from `start` until the last page, sending each page (or the error
 /// that stopped the listing) on `tx`. Returns when done, on error, or when
-/// the receiver is dropped. Time spent waiting for room on `tx` is added to
-/// `wait_ms`: it is the back-pressure from the downloads.
+/// the receiver is dropped. A page is asked for only once `tx` has room for
+/// it; the time spent waiting for that room is added to `wait`.
 pub async fn run(
     endpoint: Endpoint,
     start: ListPosition,
     first_seq: u64,
     config: ListerConfig,
     tx: mpsc::Sender<Result<Page, ListError>>,
-    wait_ms: Arc<AtomicU64>,
+    wait: Arc<ListerWait>,
 ) {
     let mut seen: HashSet<u64> = HashSet::new();
     let mut position = start;
@@ -207,41 +275,41 @@ pub async fn run(
     let mut jitter = Jitter::from_entropy();
     let mut seq = first_seq;
     while let Some(path) = list_path(&endpoint, &position) {
+        // Room first, then the page: a page is never parsed only to wait
+        // here while another waits in the channel (ARCHITECTURE.md, "Memory").
+        wait.begin();
+        let permit = tx.reserve().await;
+        wait.end();
+        let Ok(permit) = permit else {
+            return;
+        };
         let page_desc = describe(seq, &path);
         let mut attempt = 0;
         let page = loop {
             attempt += 1;
             let result = fetch(&endpoint, &mut conn, &path, &config, &mut body).await;
-            let error = match result {
-                Ok(()) => match parse_page(&body) {
-                    Ok(p) => break Ok(p),
-                    Err(why) => {
-                        break Err(ListError::Invalid {
-                            page: page_desc.clone(),
-                            why,
-                        })
-                    }
-                },
+            let parsed = result.map(|()| parse_page(&body));
+            if body.capacity() > KEEP_BODY_BYTES {
+                body = Vec::new();
+            }
+            let error = match parsed {
+                Ok(Ok(p)) => break Ok(p),
+                Ok(Err(why)) => {
+                    break Err(ListError::Invalid {
+                        page: page_desc.clone(),
+                        why,
+                    })
+                }
                 Err(e) => e,
             };
             if !error.is_transient() || attempt >= config.max_attempts {
-                let error = match &error {
-                    FetchError::TooLarge { .. } => {
-                        format!("list page {error}; raise --max-page-size to accept it")
-                    }
-                    FetchError::Timeout("request") => format!(
-                        "{error} (gave up after {attempt} attempts); \
-                         raise --list-timeout if the pages are this slow"
-                    ),
-                    e if e.is_transient() => format!("{e} (gave up after {attempt} attempts)"),
-                    e => e.to_string(),
-                };
                 break Err(ListError::Http {
                     page: page_desc.clone(),
-                    error,
+                    error: gave_up(&error, attempt),
                 });
             }
-            tracing::warn!(page = %page_desc, %error, attempt, "list page failed; retrying");
+            let text = cut_text(&error.to_string(), MAX_REASON_BYTES).into_owned();
+            tracing::warn!(page = %page_desc, error = %text, attempt, "list page failed; retrying");
             tokio::time::sleep(
                 config
                     .backoff
@@ -252,7 +320,7 @@ pub async fn run(
         let page = match page {
             Ok(p) => p,
             Err(e) => {
-                let _ = tx.send(Err(e)).await;
+                permit.send(Err(e));
                 return;
             }
         };
@@ -260,12 +328,10 @@ pub async fn run(
             // 8 bytes a page: 10^6 pages of a billion-file run cost about
             // 16 MB with the set's overhead, and loops are caught at once.
             if !seen.insert(bulkget_names::stable_hash(next)) {
-                let _ = tx
-                    .send(Err(ListError::Loop {
-                        page: page_desc,
-                        marker: next.clone(),
-                    }))
-                    .await;
+                permit.send(Err(ListError::Loop {
+                    page: page_desc,
+                    marker: cut_text(next, MAX_QUOTED).into_owned(),
+                }));
                 return;
             }
         }
@@ -274,11 +340,25 @@ pub async fn run(
             None => ListPosition::Done,
         };
         seq += 1;
-        let waited = Instant::now();
-        if tx.send(Ok(page)).await.is_err() {
-            return;
+        permit.send(Ok(page));
+    }
+}
+
+/// Why a page's request failed for good, after `attempt` attempts. The
+/// error may quote the server (a `Location`), so it is cut like a failure's
+/// reason.
+fn gave_up(error: &FetchError, attempt: u32) -> String {
+    let text = cut_text(&error.to_string(), MAX_REASON_BYTES).into_owned();
+    match error {
+        FetchError::TooLarge { .. } => {
+            format!("list page {text}; raise --max-page-size to accept it")
         }
-        wait_ms.fetch_add(waited.elapsed().as_millis() as u64, Ordering::Relaxed);
+        FetchError::Timeout("request") => format!(
+            "{text} (gave up after {attempt} attempts); \
+             raise --list-timeout if the pages are this slow"
+        ),
+        e if e.is_transient() => format!("{text} (gave up after {attempt} attempts)"),
+        _ => text,
     }
 }
 
@@ -308,7 +388,7 @@ mod tests {
         assert_eq!(
             p,
             Page {
-                names: vec!["a".into(), "b".into()],
+                names: ["a", "b"].iter().collect(),
                 next: Some("t".into())
             }
         );
@@ -453,8 +533,8 @@ mod tests {
                 };
                 let names = v["FileNames"].as_array().expect("FileNames is a list");
                 assert_eq!(names.len(), page.names.len(), "{input:?}");
-                for (a, b) in names.iter().zip(&page.names) {
-                    assert_eq!(a.as_str(), Some(b.as_str()), "{input:?}");
+                for (a, b) in names.iter().zip(page.names.iter()) {
+                    assert_eq!(a.as_str(), Some(b), "{input:?}");
                 }
                 true
             }
@@ -464,6 +544,65 @@ mod tests {
                 false
             }
         }
+    }
+
+    #[test]
+    fn markers_over_the_limit_are_refused_and_messages_about_them_stay_short() {
+        let page = |marker: &str| {
+            serde_json::to_vec(&serde_json::json!({"FileNames": ["a"], "NextMarker": marker}))
+                .unwrap()
+        };
+        let longest = "m".repeat(MAX_MARKER_BYTES);
+        assert_eq!(
+            parse_page(&page(&longest)).unwrap().next.as_deref(),
+            Some(&*longest)
+        );
+        // A 20 MB marker would be copied into coordinator.json every second
+        // and into every checkpoint.
+        let e = parse_page(&page(&"m".repeat(20 << 20))).unwrap_err();
+        assert_eq!(
+            e,
+            "NextMarker is 20971520 bytes long, over the 65536-byte limit for a marker"
+        );
+        let e = Endpoint::parse("http://h:1").unwrap();
+        let desc = describe(2, &list_path(&e, &ListPosition::Marker(longest)).unwrap());
+        assert!(desc.len() < 300, "{desc}");
+        assert!(
+            desc.starts_with("page 3 (GET /list?next-marker=mmm"),
+            "{desc}"
+        );
+    }
+
+    #[test]
+    fn a_list_error_quoting_a_huge_location_stays_short() {
+        let to = format!("http://other/{}", "x".repeat(300_000));
+        let e = gave_up(&FetchError::OffHostRedirect(to), 1);
+        assert!(e.len() <= MAX_REASON_BYTES, "{}", e.len());
+        assert!(
+            e.starts_with("redirect to another host refused: http://other/xxx"),
+            "{e}"
+        );
+        let e = gave_up(&FetchError::Transport("y".repeat(300_000)), 10);
+        assert!(e.len() < MAX_REASON_BYTES + 40, "{}", e.len());
+        assert!(e.ends_with("yyy (gave up after 10 attempts)"), "{e}");
+    }
+
+    #[test]
+    fn the_wait_counts_as_it_goes_and_never_decreases() {
+        let wait = ListerWait::default();
+        assert_eq!(wait.total_ms(), 0);
+        wait.begin();
+        let started = Instant::now();
+        let mut last = 0;
+        while started.elapsed() < Duration::from_millis(30) {
+            let now = wait.total_ms();
+            assert!(now >= last);
+            last = now;
+        }
+        wait.end();
+        let after = wait.total_ms();
+        assert!(after >= 30 && after >= last, "{after}");
+        assert_eq!(wait.total_ms(), after);
     }
 
     #[test]

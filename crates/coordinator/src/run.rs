@@ -11,7 +11,7 @@
 use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
 use crate::failure_log::{self, FailureLog};
-use crate::lister::{ListError, ListerConfig, ListerThread, Page};
+use crate::lister::{ListError, ListerConfig, ListerThread, ListerWait, Page};
 use crate::progress::{grouped, human_bytes, note, Progress, Snapshot as ProgressView};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
@@ -27,7 +27,6 @@ use bulkget_protocol::{
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
 use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -94,7 +93,7 @@ fn probe_resolve(out: &Path, quiet: bool) -> Result<Resolve, (i32, String)> {
                 out.display()
             );
             if !quiet {
-                eprintln!("bulkget: note: {msg}");
+                errln!("bulkget: note: {msg}");
             }
         }
     }
@@ -157,7 +156,7 @@ struct Run {
     pages_listed: u64,
     current_marker: Option<String>,
     listing_done: bool,
-    lister_wait_ms: Arc<AtomicU64>,
+    lister_wait: Arc<ListerWait>,
     rate: RateWindow,
     stop: Option<Stop>,
     /// The listing failed; the run stops once what was listed is done.
@@ -364,7 +363,7 @@ impl Run {
             pages_listed: 0,
             current_marker: None,
             listing_done: false,
-            lister_wait_ms: Arc::new(AtomicU64::new(0)),
+            lister_wait: Arc::new(ListerWait::default()),
             rate: RateWindow::new(Duration::from_secs(5)),
             stop: None,
             listing_failed: None,
@@ -382,8 +381,9 @@ impl Run {
             }
         }
 
-        // The page channel holds one page: with the page being parsed and
-        // the one being cut into batches, at most three pages are in memory.
+        // The page channel holds one page, and the lister asks for a page
+        // only once it has room: with the one being cut into batches, at
+        // most two parsed pages are in memory (ARCHITECTURE.md, "Memory").
         let (page_tx, mut pages) = mpsc::channel::<Result<Page, ListError>>(1);
         let lister = if self.start_position == ListPosition::Done {
             self.listing_done = true;
@@ -409,7 +409,7 @@ impl Run {
                 self.start_position.clone(),
                 config,
                 page_tx,
-                self.lister_wait_ms.clone(),
+                self.lister_wait.clone(),
             ) {
                 Ok(l) => Some(l),
                 Err(e) => {
@@ -581,8 +581,16 @@ impl Run {
         if page.next.is_none() {
             self.listing_done = true;
         }
+        let changed = self.sched.pages_changed();
         let failures = self.sched.add_page(page.names, page.next);
         self.record_failures(failures);
+        if changed == 0 && self.sched.pages_changed() > 0 {
+            note!(
+                self.progress,
+                "bulkget: the server lists page {} differently than before the resume; pages listed differently are fetched whole",
+                self.resumed_from.pages_done + self.pages_listed
+            );
+        }
     }
 
     /// The one way a permanent failure is recorded (unsafe names, poison
@@ -991,6 +999,10 @@ impl Run {
         if parked > 0 {
             outln!("  parked shards:  {parked}");
         }
+        let changed = self.sched.pages_changed();
+        if changed > 0 {
+            outln!("  pages changed:  {changed} listed differently than before the resume, fetched whole");
+        }
         if live.files_failed > 0 {
             let failed_path = self.state_dir.join("failed.jsonl");
             outln!(
@@ -1129,7 +1141,9 @@ impl Run {
                 (None, true, None) => bulkget_stats::schema::eta_method::NONE_NO_PROGRESS,
             }
             .to_string(),
-            lister_wait_ms: self.lister_wait_ms.load(Ordering::Relaxed),
+            lister_wait_ms: self.lister_wait.total_ms(),
+            pages_changed: self.sched.pages_changed(),
+            peak_rss_bytes: bulkget_stats::peak_rss_bytes().unwrap_or(0),
             batches_requeued: self.sched.requeued(),
             exit_code,
             shards: self

@@ -23,13 +23,23 @@
 //!   second crash is attributed to it alone. A suspect batch that crashes
 //!   again is split into up to [`SPLIT_WAYS`] parts; a single name that
 //!   crashes twice is recorded as failed.
+//! - Batches are cut by cost as well as by count: a batch's names cost at
+//!   most [`MAX_BATCH_COST`] ([`batch_cost`]: each name's bytes plus room for
+//!   the longest failure reason), so no frame about a batch can exceed the
+//!   frame limit, whatever `--batch-size` and the names' lengths.
 //! - A checkpoint ([`Snapshot`]) holds the position of the earliest page not
-//!   fully done, and for the pages after it which are complete (as ranges)
-//!   and which names of partly done pages are done (as bitmaps). A resume
+//!   fully done, and for the pages after it which are complete (as runs of
+//!   offsets) and which names of partly done pages are done (as bitmaps),
+//!   each with a [`PageFingerprint`] of the names the page listed. A resume
 //!   lists again from the position and skips exactly those names, so only
 //!   work that was in flight is fetched twice, however far one straggling
-//!   batch falls behind the others. Counters count every acknowledgement
-//!   once: a skipped name is never counted again.
+//!   batch falls behind the others. A page whose names on resume do not
+//!   match its fingerprint (names replaced, added, removed or reordered) is
+//!   not done: it is fetched whole and counted in
+//!   [`Scheduler::pages_changed`]. So a resume never skips a name the
+//!   resumed listing contains. Counters count every acknowledgement once: a
+//!   skipped name is never counted again (the names of a changed page that
+//!   were done before the resume may be counted twice).
 //! - With *affinity* (the SQLite sink), a name belongs to shard
 //!   `hash(name) % shards`: pages are cut into batches per home shard, and a
 //!   batch goes only to its home shard, also after a crash or a resume. So a
@@ -44,8 +54,9 @@
 //!   name repeated further apart is fetched twice, which is harmless
 //!   because every write is idempotent, and counted twice.
 
-use bulkget_protocol::{BatchId, Failure};
-use serde::{Deserialize, Serialize};
+use bulkget_protocol::frame::{batch_cost, MAX_BATCH_COST};
+use bulkget_protocol::{BatchId, Failure, Names};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// How many parts a suspect batch is split into when it crashes again.
@@ -90,18 +101,97 @@ pub struct Totals {
 /// Offsets count pages from the position's page (offset 0).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoneAfter {
-    /// Pages whose every name is done, as half-open offset ranges.
-    pub complete: Vec<(u64, u64)>,
+    /// Pages whose every name is done, as runs of consecutive offsets.
+    pub complete: Vec<CompleteRun>,
     /// Pages partly done.
     pub partial: Vec<PartialPage>,
 }
 
-/// A partly done page: its length when listed, and a bitmap of done names.
+impl DoneAfter {
+    /// The pages this records, complete or partly done.
+    pub fn pages(&self) -> u64 {
+        let complete: usize = self.complete.iter().map(|r| r.fingerprints.len()).sum();
+        (complete + self.partial.len()) as u64
+    }
+}
+
+/// Consecutive complete pages: offsets `first`, `first + 1`, ..., one per
+/// fingerprint, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteRun {
+    pub first: u64,
+    pub fingerprints: Vec<PageFingerprint>,
+}
+
+/// A partly done page: its length and fingerprint when listed, and a bitmap
+/// of done names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartialPage {
     pub offset: u64,
     pub len: u32,
+    pub fingerprint: PageFingerprint,
     pub done: Vec<u64>,
+}
+
+/// A fingerprint of the names a page listed, in order (repeats and unsafe
+/// names included), so that a resume can tell whether the server lists a
+/// page as it did before. 64 bits, from the names' 128-bit fingerprints:
+/// two different pages match with probability about 2^-64. Written as 16
+/// hex digits, which every JSON reader keeps exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageFingerprint(pub u64);
+
+impl Serialize for PageFingerprint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:016x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for PageFingerprint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match u64::from_str_radix(&text, 16) {
+            Ok(v) if text.len() == 16 => Ok(PageFingerprint(v)),
+            _ => Err(serde::de::Error::custom(format!(
+                "page fingerprint {text:?} is not 16 hex digits"
+            ))),
+        }
+    }
+}
+
+/// Folds the fingerprints of a page's names, in order, into the page's.
+struct PageHasher(u64);
+
+impl PageHasher {
+    fn new() -> PageHasher {
+        PageHasher(0x6a09_e667_f3bc_c908)
+    }
+
+    /// Adds the next name's fingerprint. The finaliser between steps makes
+    /// the result depend on the order.
+    fn add(&mut self, name: u128) {
+        self.0 = mix64(self.0 ^ name as u64) ^ (name >> 64) as u64;
+    }
+
+    fn finish(self, len: usize) -> PageFingerprint {
+        PageFingerprint(mix64(self.0 ^ len as u64))
+    }
+}
+
+/// The fingerprint of a page of `names`.
+pub fn page_fingerprint(names: &Names) -> PageFingerprint {
+    let mut h = PageHasher::new();
+    for name in names.iter() {
+        h.add(fingerprint(name));
+    }
+    h.finish(names.len())
+}
+
+/// splitmix64's finaliser: a bijection that mixes every bit into every other.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// What a checkpoint records.
@@ -117,7 +207,7 @@ pub struct Snapshot {
 pub struct Batch {
     pub id: BatchId,
     page_seq: u64,
-    pub names: Vec<String>,
+    pub names: Names,
     /// The index of each name in its page.
     idx: Vec<u32>,
     /// Worker deaths while this batch was in flight.
@@ -134,6 +224,8 @@ struct PageTrack {
     /// The position this page was listed from, for the checkpoint.
     position: ListPosition,
     len: u32,
+    /// The fingerprint of the names listed, for the checkpoint.
+    fingerprint: PageFingerprint,
     unacked: u32,
     /// Bit `i` is set when name `i` is done (ok, failed, repeated, or done
     /// before a resume).
@@ -152,11 +244,19 @@ struct Shard {
     available: bool,
 }
 
-/// What a resume skips, by page offset.
-#[derive(Debug, Default)]
-struct Skip {
-    complete: Vec<(u64, u64)>,
-    partial: HashMap<u64, PartialPage>,
+/// What a resumed checkpoint says of a page after its position.
+#[derive(Debug)]
+enum Recorded {
+    Complete(PageFingerprint),
+    Partial(PartialPage),
+}
+
+/// A batch being filled while a page is cut.
+struct OpenBatch {
+    names: Names,
+    idx: Vec<u32>,
+    /// The [`batch_cost`] of its names.
+    cost: usize,
 }
 
 /// The dispatcher's state. See the module documentation for its rules.
@@ -176,9 +276,12 @@ pub struct Scheduler {
     /// Every acknowledgement, and every name listed: what progress shows.
     live: Totals,
     requeued: u64,
-    skip: Skip,
-    /// Pages whose length on resume differed from the checkpoint's record.
-    resume_mismatches: u64,
+    /// What a resumed checkpoint says of the pages after its position, by
+    /// offset; each entry is taken when its page is listed again.
+    skip: HashMap<u64, Recorded>,
+    /// Pages listed on resume with other names than the checkpoint's
+    /// fingerprint, so fetched whole.
+    pages_changed: u64,
     /// Fingerprints of the previous page's names, to drop its repeats.
     recent: FingerprintSet,
     /// The set the next page's fingerprints go into: the one before
@@ -205,8 +308,8 @@ impl Scheduler {
             durable: Totals::default(),
             live: Totals::default(),
             requeued: 0,
-            skip: Skip::default(),
-            resume_mismatches: 0,
+            skip: HashMap::new(),
+            pages_changed: 0,
             recent: FingerprintSet::default(),
             spare: FingerprintSet::default(),
             repeated: 0,
@@ -243,22 +346,24 @@ impl Scheduler {
     pub fn resume(mut self, totals: Totals, done_after: DoneAfter) -> Scheduler {
         self.durable = totals;
         self.live = totals;
-        self.skip = Skip {
-            complete: done_after.complete,
-            partial: done_after
-                .partial
-                .into_iter()
-                .map(|p| (p.offset, p))
-                .collect(),
-        };
+        self.skip.clear();
+        for run in done_after.complete {
+            for (k, fp) in run.fingerprints.into_iter().enumerate() {
+                self.skip
+                    .insert(run.first + k as u64, Recorded::Complete(fp));
+            }
+        }
+        for p in done_after.partial {
+            self.skip.insert(p.offset, Recorded::Partial(p));
+        }
         self
     }
 
     /// Adds a listed page. Unsafe names fail here and never reach a worker;
     /// repeats of a name on this page or the previous one are dropped;
-    /// names a resumed checkpoint says are done are skipped. Returns the
-    /// failures to record.
-    pub fn add_page(&mut self, names: Vec<String>, next: Option<String>) -> Vec<Failure> {
+    /// names a resumed checkpoint says are done are skipped, if the page
+    /// lists the same names as it did then. Returns the failures to record.
+    pub fn add_page(&mut self, names: Names, next: Option<String>) -> Vec<Failure> {
         let seq = self.next_page_seq;
         self.next_page_seq += 1;
         let position = std::mem::replace(
@@ -270,16 +375,24 @@ impl Scheduler {
         );
         let len = names.len();
         let mut done = vec![0u64; len.div_ceil(64)];
-        if self.skip.complete.iter().any(|&(a, b)| a <= seq && seq < b) {
-            done.iter_mut().for_each(|w| *w = u64::MAX);
-        } else if let Some(p) = self.skip.partial.remove(&seq) {
-            if p.len as usize == len && p.done.len() == done.len() {
-                done = p.done;
-            } else {
-                // The server listed this page differently than before the
-                // resume: fetch all of it (writes are idempotent; the names
-                // done before may be counted twice).
-                self.resume_mismatches += 1;
+        if let Some(recorded) = self.skip.remove(&seq) {
+            let listed = page_fingerprint(&names);
+            match recorded {
+                Recorded::Complete(fp) if fp == listed => {
+                    done.iter_mut().for_each(|w| *w = u64::MAX);
+                }
+                Recorded::Partial(p)
+                    if p.fingerprint == listed
+                        && p.len as usize == len
+                        && p.done.len() == done.len() =>
+                {
+                    done = p.done;
+                }
+                // The server lists this page differently than before the
+                // resume: none of its names is known to be done, so all of
+                // them are fetched (writes are idempotent; the names done
+                // before may be counted twice).
+                _ => self.pages_changed += 1,
             }
         }
         let mut failures = Vec::new();
@@ -292,15 +405,22 @@ impl Scheduler {
             seen.shrink_to(len);
         }
         seen.reserve(len);
+        let mut page_hash = PageHasher::new();
         let mut page_batches = 0u32;
         // One open batch per home shard (just one without affinity).
         let groups = if self.affinity { self.shards.len() } else { 1 };
         // Room for a full batch, or for this group's share of the page.
         let cap = self.batch_size.min(len.div_ceil(groups) + 8);
-        let new_batch = || (Vec::with_capacity(cap), Vec::with_capacity(cap));
-        let mut open: Vec<(Vec<String>, Vec<u32>)> = (0..groups).map(|_| new_batch()).collect();
-        for (i, name) in names.into_iter().enumerate() {
-            let fp = fingerprint(&name);
+        let cap_bytes = cap * (names.text_len() / len.max(1) + 1);
+        let new_batch = || OpenBatch {
+            names: Names::with_capacity(cap, cap_bytes),
+            idx: Vec::with_capacity(cap),
+            cost: 0,
+        };
+        let mut open: Vec<OpenBatch> = (0..groups).map(|_| new_batch()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let fp = fingerprint(name);
+            page_hash.add(fp);
             if self.recent.contains(&fp) || !seen.insert(fp) {
                 repeats += 1;
                 set(&mut done, i);
@@ -309,33 +429,32 @@ impl Scheduler {
             if is_set(&done, i) {
                 continue;
             }
-            if let Err(why) = bulkget_names::check(&name) {
+            if let Err(why) = bulkget_names::check(name) {
                 set(&mut done, i);
                 self.live.files_failed += 1;
-                failures.push(Failure {
-                    name,
-                    reason: why.to_string(),
-                    status: None,
-                });
+                failures.push(Failure::new(name, why.to_string(), None));
                 continue;
             }
-            let g = if self.affinity {
-                self.home_of(&name)
-            } else {
-                0
-            };
-            let (batch, idx) = &mut open[g];
-            batch.push(name);
-            idx.push(i as u32);
-            if batch.len() == self.batch_size {
-                let (b, x) = std::mem::replace(&mut open[g], new_batch());
-                self.push_batch(seq, b, x, self.home(g));
+            let g = if self.affinity { self.home_of(name) } else { 0 };
+            let cost = batch_cost(name);
+            if !open[g].names.is_empty() && open[g].cost + cost > MAX_BATCH_COST {
+                let full = std::mem::replace(&mut open[g], new_batch());
+                self.push_batch(seq, full, self.home(g));
+                page_batches += 1;
+            }
+            let batch = &mut open[g];
+            batch.names.push(name);
+            batch.idx.push(i as u32);
+            batch.cost += cost;
+            if batch.names.len() == self.batch_size {
+                let full = std::mem::replace(&mut open[g], new_batch());
+                self.push_batch(seq, full, self.home(g));
                 page_batches += 1;
             }
         }
-        for (g, (batch, idx)) in open.into_iter().enumerate() {
-            if !batch.is_empty() {
-                self.push_batch(seq, batch, idx, self.home(g));
+        for (g, batch) in open.into_iter().enumerate() {
+            if !batch.names.is_empty() {
+                self.push_batch(seq, batch, self.home(g));
                 page_batches += 1;
             }
         }
@@ -347,6 +466,7 @@ impl Scheduler {
             seq,
             position,
             len: len as u32,
+            fingerprint: page_hash.finish(len),
             unacked: page_batches,
             done,
             names_listed: listed,
@@ -361,20 +481,14 @@ impl Scheduler {
         (self.affinity && !self.parked[g]).then_some(g)
     }
 
-    fn push_batch(
-        &mut self,
-        page_seq: u64,
-        names: Vec<String>,
-        idx: Vec<u32>,
-        home: Option<usize>,
-    ) {
+    fn push_batch(&mut self, page_seq: u64, batch: OpenBatch, home: Option<usize>) {
         let id = self.next_batch_id;
         self.next_batch_id += 1;
         self.pending.push_back(Batch {
             id,
             page_seq,
-            names,
-            idx,
+            names: batch.names,
+            idx: batch.idx,
             crashes: 0,
             home,
             stalled: false,
@@ -405,9 +519,10 @@ impl Scheduler {
         self.repeated
     }
 
-    /// Pages listed differently on resume than the checkpoint recorded.
-    pub fn resume_mismatches(&self) -> u64 {
-        self.resume_mismatches
+    /// Pages listed on resume with other names than the checkpoint
+    /// recorded, and so fetched whole.
+    pub fn pages_changed(&self) -> u64 {
+        self.pages_changed
     }
 
     /// Marks a shard as able (its worker said ready) or unable to take work.
@@ -538,7 +653,9 @@ impl Scheduler {
         let mut done_idx = Vec::with_capacity(finished);
         let names = std::mem::take(&mut batch.names);
         let idx = std::mem::take(&mut batch.idx);
-        for (pos, (name, i)) in names.into_iter().zip(idx).enumerate() {
+        batch.names = Names::with_capacity(waiting.len(), 0);
+        batch.idx = Vec::with_capacity(waiting.len());
+        for (pos, (name, i)) in names.iter().zip(idx).enumerate() {
             if keep.next_if(|&&w| w as usize == pos).is_some() {
                 batch.names.push(name);
                 batch.idx.push(i);
@@ -586,16 +703,11 @@ impl Scheduler {
             if b.crashes < 2 {
                 requeue.push(b);
             } else if b.names.len() == 1 {
-                let name = b.names.pop().expect("one name");
                 let page = self.page_mut(b.page_seq);
                 page.unacked -= 1;
                 set(&mut page.done, b.idx[0] as usize);
                 self.live.files_failed += 1;
-                failures.push(Failure {
-                    name,
-                    reason: CRASH_REASON.to_string(),
-                    status: None,
-                });
+                failures.push(Failure::new(&b.names[0], CRASH_REASON, None));
             } else {
                 let parts = split(b.names, b.idx, SPLIT_WAYS);
                 self.page_mut(b.page_seq).unacked += parts.len() as u32 - 1;
@@ -651,13 +763,19 @@ impl Scheduler {
                 let offset = p.seq - front.seq;
                 if p.unacked == 0 {
                     match done_after.complete.last_mut() {
-                        Some((_, end)) if *end == offset => *end += 1,
-                        _ => done_after.complete.push((offset, offset + 1)),
+                        Some(run) if run.first + run.fingerprints.len() as u64 == offset => {
+                            run.fingerprints.push(p.fingerprint)
+                        }
+                        _ => done_after.complete.push(CompleteRun {
+                            first: offset,
+                            fingerprints: vec![p.fingerprint],
+                        }),
                     }
                 } else if p.done.iter().any(|w| *w != 0) {
                     done_after.partial.push(PartialPage {
                         offset,
                         len: p.len,
+                        fingerprint: p.fingerprint,
                         done: p.done.clone(),
                     });
                 }
@@ -745,11 +863,11 @@ fn fingerprint(name: &str) -> u128 {
 
 /// Splits names (with their page indices) into at most `ways` parts of
 /// nearly equal size.
-fn split(names: Vec<String>, idx: Vec<u32>, ways: usize) -> Vec<(Vec<String>, Vec<u32>)> {
+fn split(names: Names, idx: Vec<u32>, ways: usize) -> Vec<(Names, Vec<u32>)> {
     let n = names.len();
     let ways = ways.min(n).max(1);
     let mut parts = Vec::with_capacity(ways);
-    let mut names = names.into_iter();
+    let mut names = names.iter();
     let mut idx = idx.into_iter();
     for i in 0..ways {
         let size = n / ways + usize::from(i < n % ways);

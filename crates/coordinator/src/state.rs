@@ -36,7 +36,11 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// The version of `checkpoint.json` this bulkget writes. Version 2 added
+/// the fingerprint of each page after the position (`done_after`), so a
+/// resume can tell a page the server lists differently; version 1
+/// checkpoints are still read (see [`read_checkpoint`]).
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// The size of `STATE/reserve`: far more than a checkpoint and the
 /// `failed.jsonl` lines of the batches in flight need.
@@ -217,7 +221,7 @@ impl StateDir {
         let run_path = dir.join("run.json");
         let checkpoint_path = bulkget_stats::schema::checkpoint_path(dir);
         let previous: Option<RunInfo> = read_json_opt(&run_path)?;
-        let checkpoint: Option<Checkpoint> = read_json_opt(&checkpoint_path)?;
+        let checkpoint = read_checkpoint(&checkpoint_path)?;
 
         let start = match (previous, checkpoint) {
             (Some(prev), Some(cp)) => {
@@ -471,6 +475,78 @@ struct FailedLine<'a> {
     status: Option<u16>,
 }
 
+/// Reads `checkpoint.json`, of this version or an older one.
+///
+/// A version 1 checkpoint recorded which pages after its position were done
+/// but not what they listed, so a resume could not tell a page the server
+/// now lists differently and would skip names it never fetched. Such a
+/// checkpoint is read without its `done_after`: every page from its
+/// position on is listed and fetched again (the files done on them before
+/// may be counted twice), and a note says so. A checkpoint of a newer
+/// version than this bulkget knows is refused.
+fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, StateError> {
+    #[derive(Deserialize)]
+    struct Version {
+        schema_version: u32,
+    }
+    /// The fields of version 1 that version 2 kept as they were.
+    #[derive(Deserialize)]
+    struct CheckpointV1 {
+        position: ListPosition,
+        totals: Totals,
+        #[serde(default)]
+        done_after: DoneAfterV1,
+        failed_len: u64,
+        complete: bool,
+        updated_at: String,
+    }
+    #[derive(Deserialize, Default)]
+    struct DoneAfterV1 {
+        complete: Vec<(u64, u64)>,
+        partial: Vec<serde::de::IgnoredAny>,
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("cannot read", path, e)),
+    };
+    let damaged =
+        |e: serde_json::Error| StateError::Io(format!("{} is damaged: {e}", path.display()));
+    let version = serde_json::from_slice::<Version>(&bytes).map_err(damaged)?;
+    match version.schema_version {
+        CHECKPOINT_VERSION => serde_json::from_slice(&bytes).map(Some).map_err(damaged),
+        1 => {
+            let old: CheckpointV1 = serde_json::from_slice(&bytes).map_err(damaged)?;
+            let pages = old
+                .done_after
+                .complete
+                .iter()
+                .map(|&(a, b)| b.saturating_sub(a))
+                .sum::<u64>()
+                + old.done_after.partial.len() as u64;
+            if pages > 0 && !old.complete {
+                bulkget_console::errln!(
+                    "bulkget: {} was written by an older bulkget (checkpoint version 1) that did not record what the {pages} pages done after its position listed; they are fetched again (their files may be counted twice)",
+                    path.display()
+                );
+            }
+            Ok(Some(Checkpoint {
+                schema_version: 1,
+                position: old.position,
+                totals: old.totals,
+                done_after: DoneAfter::default(),
+                failed_len: old.failed_len,
+                complete: old.complete,
+                updated_at: old.updated_at,
+            }))
+        }
+        newer => Err(StateError::Mismatch(format!(
+            "{} has checkpoint version {newer}, newer than this bulkget understands ({CHECKPOINT_VERSION}); resume with the bulkget that wrote it",
+            path.display()
+        ))),
+    }
+}
+
 fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -518,12 +594,8 @@ mod tests {
         ));
         let (mut s, start) = StateDir::open(&state, tmp.path(), &info("http://a"), false).unwrap();
         assert!(matches!(start, Start::Fresh));
-        s.record_failures(&[Failure {
-            name: "x".into(),
-            reason: "r".into(),
-            status: Some(404),
-        }])
-        .unwrap();
+        s.record_failures(&[Failure::new("x", "r", Some(404))])
+            .unwrap();
         let snapshot = Snapshot {
             position: ListPosition::Marker("m".into()),
             totals: Totals {
@@ -536,12 +608,7 @@ mod tests {
         // A failure recorded after the checkpoint belongs to a name the
         // checkpoint does not call done, which will be fetched and recorded
         // again, so a resume drops it.
-        s.record_failures(&[Failure {
-            name: "y".into(),
-            reason: "r".into(),
-            status: None,
-        }])
-        .unwrap();
+        s.record_failures(&[Failure::new("y", "r", None)]).unwrap();
         s.failed.flush().unwrap();
         drop(s);
 
@@ -561,6 +628,64 @@ mod tests {
         let failed = std::fs::read_to_string(s.failed_path()).unwrap();
         assert_eq!(failed.lines().count(), 1);
         assert!(failed.contains("\"x\""));
+    }
+
+    /// A checkpoint with fingerprints reads back as written; one of version
+    /// 1, which has none, is read without its pages after the position (so
+    /// a resume fetches them again instead of skipping them blind); one of
+    /// a newer version is refused.
+    #[test]
+    fn checkpoint_versions() {
+        use crate::scheduler::{CompleteRun, PageFingerprint, PartialPage};
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let (mut s, _) = StateDir::open(&state, tmp.path(), &info("http://a"), false).unwrap();
+        let done_after = DoneAfter {
+            complete: vec![CompleteRun {
+                first: 1,
+                fingerprints: vec![PageFingerprint(1), PageFingerprint(u64::MAX)],
+            }],
+            partial: vec![PartialPage {
+                offset: 0,
+                len: 3,
+                fingerprint: PageFingerprint(7),
+                done: vec![5],
+            }],
+        };
+        let snapshot = Snapshot {
+            position: ListPosition::Marker("m".into()),
+            totals: Totals::default(),
+            done_after: done_after.clone(),
+        };
+        s.write_checkpoint(snapshot, false).unwrap();
+        drop(s);
+        let path = state.join("checkpoint.json");
+        let cp = read_checkpoint(&path).unwrap().unwrap();
+        assert_eq!(cp.schema_version, CHECKPOINT_VERSION);
+        assert_eq!(cp.done_after, done_after);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"ffffffffffffffff\""), "{text}");
+
+        std::fs::write(
+            &path,
+            r#"{"schema_version":1,"position":{"Marker":"m"},
+                "totals":{"files_ok":5,"files_failed":0,"bytes":5,"names_listed":0,"pages_done":0},
+                "done_after":{"complete":[[1,3]],"partial":[{"offset":0,"len":3,"done":[5]}]},
+                "failed_len":0,"complete":false,"updated_at":"t"}"#,
+        )
+        .unwrap();
+        let cp = read_checkpoint(&path).unwrap().unwrap();
+        assert_eq!(cp.position, ListPosition::Marker("m".into()));
+        assert_eq!(cp.totals.files_ok, 5);
+        assert_eq!(cp.done_after, DoneAfter::default());
+
+        std::fs::write(&path, r#"{"schema_version":3}"#).unwrap();
+        match read_checkpoint(&path) {
+            Err(StateError::Mismatch(why)) => {
+                assert!(why.contains("checkpoint version 3, newer"), "{why}")
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
     }
 
     #[test]

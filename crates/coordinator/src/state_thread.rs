@@ -154,11 +154,7 @@ mod tests {
     }
 
     fn failures(name: &str) -> StateOp {
-        StateOp::Failures(vec![Failure {
-            name: name.into(),
-            reason: "HTTP 404".into(),
-            status: Some(404),
-        }])
+        StateOp::Failures(vec![Failure::new(name, "HTTP 404", Some(404))])
     }
 
     #[test]

@@ -14,7 +14,24 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest payload accepted: far above any real batch (a batch of
 /// 10,000 names of 255 bytes is 2.6 MB) and far below a harmful allocation.
+/// No frame a run sends can be larger: batches are cut by
+/// [`MAX_BATCH_COST`].
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// The most a batch's names may cost in all ([`batch_cost`]). Half of
+/// [`MAX_FRAME`], so every frame about a batch fits with room to spare: the
+/// `Batch` that sends it, and the `BatchDone` or `BatchStalled` that report
+/// every one of its names failed with a reason of the longest length kept.
+pub const MAX_BATCH_COST: usize = MAX_FRAME / 2;
+
+/// What a name costs in a batch's largest frame: its bytes, a reason of
+/// [`crate::MAX_REASON_BYTES`], and a generous 32 bytes for the lengths,
+/// the status and the position in `waiting` that bincode adds (at most 17).
+/// The scheduler cuts batches so their names cost at most
+/// [`MAX_BATCH_COST`], whatever `--batch-size` says.
+pub fn batch_cost(name: &str) -> usize {
+    name.len() + crate::MAX_REASON_BYTES + 32
+}
 
 const HEADER: usize = 4;
 
@@ -87,7 +104,7 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError
 /// after a crash), so borrowing here saves a copy of every name.
 pub fn encode_batch(
     id: crate::BatchId,
-    names: &[String],
+    names: &crate::Names,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
     encode(&ToWorkerRef::Batch { id, names }, out)
@@ -102,7 +119,7 @@ enum ToWorkerRef<'a> {
     Hello,
     Batch {
         id: crate::BatchId,
-        names: &'a [String],
+        names: &'a crate::Names,
     },
 }
 
@@ -248,11 +265,7 @@ mod tests {
             ok: 1,
             bytes: 100,
             retries: 3,
-            failures: vec![Failure {
-                name: "x".into(),
-                reason: "HTTP 404".into(),
-                status: Some(404),
-            }],
+            failures: vec![Failure::new("x", "HTTP 404", Some(404))],
         };
         let stalled = ToCoordinator::BatchStalled {
             id: 9,
@@ -292,8 +305,64 @@ mod tests {
         )
         .unwrap();
         let mut borrowed = Vec::new();
-        encode_batch(5, &names, &mut borrowed).unwrap();
+        encode_batch(5, &names.iter().collect(), &mut borrowed).unwrap();
         assert_eq!(owned, borrowed);
+    }
+
+    /// The frames about a batch as large as [`MAX_BATCH_COST`] allows fit a
+    /// frame, even when every name fails with a reason cut to the longest
+    /// kept: 300 KB reasons (a hostile `Location`) and `--batch-size 20000`
+    /// once made a `BatchDone` over the limit.
+    #[test]
+    fn a_batch_cut_by_cost_fits_every_frame_about_it() {
+        for name_len in [1, 100, 3840] {
+            let mut names = crate::Names::new();
+            let mut cost = 0;
+            let mut i = 0usize;
+            loop {
+                let name = format!("{i:0name_len$}");
+                if cost + batch_cost(&name) > MAX_BATCH_COST {
+                    break;
+                }
+                cost += batch_cost(&name);
+                names.push(&name);
+                i += 1;
+            }
+            let mut buf = Vec::new();
+            encode_batch(u64::MAX, &names, &mut buf).unwrap();
+            assert!(buf.len() <= MAX_FRAME);
+            // A reason cut to the longest kept.
+            let reason = Failure::new("", "r".repeat(300_000), None).reason;
+            assert_eq!(reason.len(), crate::MAX_REASON_BYTES);
+            let failures: Vec<Failure> = names
+                .iter()
+                .map(|n| Failure::new(n, reason.clone(), Some(u16::MAX)))
+                .collect();
+            let done = ToCoordinator::BatchDone {
+                id: u64::MAX,
+                ok: u32::MAX,
+                bytes: u64::MAX,
+                retries: u32::MAX,
+                failures: failures.clone(),
+            };
+            let stalled = ToCoordinator::BatchStalled {
+                id: u64::MAX,
+                ok: u32::MAX,
+                bytes: u64::MAX,
+                retries: u32::MAX,
+                failures,
+                waiting: (0..names.len() as u32).map(|w| w | 1 << 31).collect(),
+            };
+            for msg in [done, stalled] {
+                buf.clear();
+                encode(&msg, &mut buf).unwrap();
+                assert!(
+                    buf.len() <= MAX_BATCH_COST + 64,
+                    "{} bytes for names of {name_len}",
+                    buf.len()
+                );
+            }
+        }
     }
 
     #[test]

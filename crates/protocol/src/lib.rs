@@ -13,6 +13,9 @@
 //! the socket, and no other crate knows how frames are laid out.
 
 pub mod frame;
+mod names;
+
+pub use names::Names;
 
 use serde::{Deserialize, Serialize};
 
@@ -90,13 +93,101 @@ pub enum FatalKind {
 }
 
 /// One name that failed permanently.
+///
+/// Its strings are bounded: [`Failure::new`] cuts an over-long reason to
+/// [`MAX_REASON_BYTES`] and an over-long name to [`MAX_FAILURE_NAME_BYTES`],
+/// and a failure decoded from a frame goes through it too. A reason often
+/// quotes what the server sent (a status line, a `Location`); without the
+/// cap one hostile answer became a line of `failed.jsonl` as long as itself
+/// for every name, and a `BatchDone` over [`frame::MAX_FRAME`]. Other crates
+/// cannot build a `Failure` but through `new` (`non_exhaustive`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "FailureFields")]
+#[non_exhaustive]
 pub struct Failure {
     pub name: String,
     /// A human-readable reason, e.g. `"HTTP 404 Not Found"`.
     pub reason: String,
     /// The last HTTP status seen for this name, if any.
     pub status: Option<u16>,
+}
+
+/// The longest failure reason kept, in bytes; a longer one is cut in the
+/// middle and says so (see [`cut_text`]).
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// The longest name kept in a failure, in bytes. Above the longest name that
+/// may be written (`bulkget_names::MAX_NAME_BYTES`, 3,840), so only names
+/// refused as unsafe are ever cut.
+pub const MAX_FAILURE_NAME_BYTES: usize = 4096;
+
+impl Failure {
+    /// A failure with its name and reason cut to their limits.
+    pub fn new(name: impl Into<String>, reason: impl Into<String>, status: Option<u16>) -> Failure {
+        Failure {
+            name: cut_owned(name.into(), MAX_FAILURE_NAME_BYTES),
+            reason: cut_owned(reason.into(), MAX_REASON_BYTES),
+            status,
+        }
+    }
+}
+
+/// The wire form of [`Failure`]: decoding goes through [`Failure::new`], so
+/// a failure from a frame is bounded like one built here.
+#[derive(Deserialize)]
+struct FailureFields {
+    name: String,
+    reason: String,
+    status: Option<u16>,
+}
+
+impl From<FailureFields> for Failure {
+    fn from(f: FailureFields) -> Failure {
+        Failure::new(f.name, f.reason, f.status)
+    }
+}
+
+fn cut_owned(text: String, max: usize) -> String {
+    match cut_text(&text, max) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(cut) => cut,
+    }
+}
+
+/// `text` if it is at most `max` bytes long; otherwise its start and its end
+/// around a note of what was cut (`head [... 299,512 bytes cut ...] tail`),
+/// at most `max` bytes in all and never splitting a character. The end is
+/// kept because that is where messages say what was expected or how often
+/// something was tried. This is the one rule for shortening text that a
+/// server controls before it is stored or printed.
+pub fn cut_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    // The note is never longer than with every byte of `text` cut.
+    let note = |cut: usize| format!(" [... {cut} bytes cut ...] ");
+    let budget = max.saturating_sub(note(text.len()).len());
+    if budget == 0 {
+        // No room for a note: a plain cut, which still keeps the bound.
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        return std::borrow::Cow::Borrowed(&text[..end]);
+    }
+    let mut head = budget * 2 / 3;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - (budget - head);
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    let mut out = String::with_capacity(max);
+    out.push_str(&text[..head]);
+    out.push_str(&note(tail - head));
+    out.push_str(&text[tail..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// Where a worker puts the files it fetches.
@@ -213,5 +304,56 @@ impl WorkerSettings {
             stats_interval_ms: 1_000,
             test_hooks: TestHooks::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_cut_in_the_middle_within_the_limit_and_says_so() {
+        assert_eq!(cut_text("short", 512), "short");
+        let location = format!("bad redirect: Location {} refused", "x".repeat(300_000));
+        let cut = cut_text(&location, 512);
+        assert!(cut.len() <= 512, "{}", cut.len());
+        assert!(cut.starts_with("bad redirect: Location xxx"), "{cut}");
+        assert!(cut.ends_with("xxx refused"), "{cut}");
+        assert!(cut.contains(" bytes cut ...] "), "{cut}");
+        // Characters are never split, whatever the limit.
+        let wide = "é".repeat(1000);
+        for max in [0, 1, 2, 3, 40, 41, 511, 512] {
+            let cut = cut_text(&wide, max);
+            assert!(cut.len() <= max, "{max}: {}", cut.len());
+        }
+    }
+
+    #[test]
+    fn failures_are_bounded_when_built_and_when_decoded() {
+        let f = Failure::new("n".repeat(100_000), "r".repeat(300_000), Some(301));
+        assert!(f.name.len() <= MAX_FAILURE_NAME_BYTES);
+        assert!(f.reason.len() <= MAX_REASON_BYTES);
+        // A name that may be written is never cut.
+        let safe = "d/".repeat(1919) + "ab";
+        assert_eq!(safe.len(), 3840);
+        assert_eq!(Failure::new(safe.clone(), "r", None).name, safe);
+        // A failure decoded from a frame (a worker of another build, a
+        // corrupt frame) is cut the same way.
+        #[derive(Serialize)]
+        struct Raw {
+            name: String,
+            reason: String,
+            status: Option<u16>,
+        }
+        let config = bincode::config::standard();
+        let raw = Raw {
+            name: "x".into(),
+            reason: "r".repeat(300_000),
+            status: None,
+        };
+        let bytes = bincode::serde::encode_to_vec(&raw, config).unwrap();
+        let (f, _): (Failure, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(f.name, "x");
+        assert!(f.reason.len() <= MAX_REASON_BYTES);
     }
 }

@@ -99,16 +99,8 @@ fn samples() -> Vec<Vec<u8>> {
             bytes: 1 << 40,
             retries: u32::MAX,
             failures: vec![
-                Failure {
-                    name: "x".into(),
-                    reason: "HTTP 404 Not Found".into(),
-                    status: Some(404),
-                },
-                Failure {
-                    name: "../y".into(),
-                    reason: "unsafe name".into(),
-                    status: None,
-                },
+                Failure::new("x", "HTTP 404 Not Found", Some(404)),
+                Failure::new("../y", "unsafe name", None),
             ],
         },
         ToCoordinator::Fatal {

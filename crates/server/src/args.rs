@@ -98,6 +98,19 @@ pub struct ServerArgs {
     #[arg(long, help_heading = "Dataset")]
     pub tricky: bool,
 
+    /// List other names from page --listing-variant-page on, as a service whose listing changed between two runs: name `i` there is spelled as name `i + N * --files` (same markers, same page lengths). 0: the plain listing.
+    #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Dataset")]
+    pub listing_variant: u64,
+
+    /// The first 0-based listing page --listing-variant changes.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "PAGE",
+        help_heading = "Dataset"
+    )]
+    pub listing_variant_page: u64,
+
     /// Also list unsafe names (`../escape`, `/abs/path`, NUL, ...) on the first page.
     #[arg(long, help_heading = "Dataset")]
     pub hostile_names: bool,
@@ -158,6 +171,14 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
     pub redirect_rate: f64,
 
+    /// Fraction of names whose /get answers 302 to another host (http://127.0.0.2:9/get/{name}), which a careful client refuses.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, help_heading = "Per-name faults")]
+    pub offhost_redirect_rate: f64,
+
+    /// Pad the Location of every redirect to at least this many bytes (with a `?pad=` query), as a hostile server might.
+    #[arg(long, default_value_t = 0, help_heading = "Per-name faults")]
+    pub location_bytes: usize,
+
     /// Milliseconds every /get answer is delayed.
     #[arg(long, default_value_t = 0, help_heading = "Per-name faults")]
     pub latency_ms: u64,
@@ -165,6 +186,10 @@ pub struct ServerArgs {
     /// Exactly this many dataset names, spread by a seeded permutation, carry `x-bulkget-test-abort: 1`.
     #[arg(long, default_value_t = 0, help_heading = "Per-name faults")]
     pub crash_names: u64,
+
+    /// A dataset name answered 429 with `Retry-After: --retry-after` on its first --fault-attempts requests (repeatable).
+    #[arg(long, value_name = "NAME", help_heading = "Per-name faults")]
+    pub throttle_name: Vec<String>,
 
     /// A name that carries `x-bulkget-test-abort: 1` on every answer (repeatable).
     #[arg(long, value_name = "NAME", help_heading = "Per-name faults")]
@@ -240,6 +265,8 @@ pub enum ListFault {
     /// The page's first answer sends its headers at once and its body one
     /// byte every --trickle-ms; later answers are normal.
     Trickle,
+    /// `NextMarker` is 20 MiB long: the real marker, then padding.
+    LongMarker,
 }
 
 /// A server certificate that is wrong on purpose, for `--cert-fault`.

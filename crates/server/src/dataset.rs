@@ -10,6 +10,11 @@
 //!   `i` is variant `i % 18` of group `g = i / 18`, and every variant embeds
 //!   `g` as the only run of ten or more ASCII digits (`{g:010}`). A lookup
 //!   reads that run and compares the name with the 18 variants of group `g`.
+//! * With `--listing-variant V` (V > 0), the pages from
+//!   `--listing-variant-page` on list other names: dataset name `i` there is
+//!   spelled as name `i + V * files` would be, so the listing changed
+//!   between two runs as a real service's may, with the same markers and
+//!   page lengths. A lookup maps such a spelling back to `i`.
 //! * Extra names, listed after the dataset names of their page and not
 //!   counted in `--files`: the hostile names, the `--extra-name`s and the `--oversize-name`,
 //!   `--liar-name` and `--offhost-redirect-name` on page 0, and with
@@ -84,6 +89,11 @@ pub struct Dataset {
     file_size: usize,
     tricky: bool,
     pages: u64,
+    /// `--listing-variant`: 0, or the multiple of `files` added to the
+    /// number a name is spelled with on the pages it changes.
+    variant: u64,
+    /// The first page the variant changes.
+    variant_page: u64,
     hostile: Vec<String>,
     /// `--extra-name`: served like dataset files.
     extra: Vec<String>,
@@ -121,6 +131,8 @@ impl Dataset {
             file_size: args.file_size,
             tricky: args.tricky,
             pages,
+            variant: args.listing_variant,
+            variant_page: args.listing_variant_page,
             hostile,
             extra: args.extra_name.clone(),
             oversize,
@@ -163,21 +175,39 @@ impl Dataset {
 
     /// Dataset name number `i` (`i < len()`).
     pub fn name(&self, i: u64) -> String {
-        if self.tricky {
-            tricky_name(i)
+        self.spelling(self.spelled_as(i))
+    }
+
+    /// The number name `i` is spelled with: `i` itself, or under
+    /// `--listing-variant` on the pages it changes, `i + V * files`.
+    fn spelled_as(&self, i: u64) -> u64 {
+        if self.variant > 0 && i / self.page_size >= self.variant_page {
+            i.saturating_add(self.variant.saturating_mul(self.files))
         } else {
-            plain_name(i)
+            i
+        }
+    }
+
+    fn spelling(&self, n: u64) -> String {
+        if self.tricky {
+            tricky_name(n)
+        } else {
+            plain_name(n)
         }
     }
 
     /// The index of a dataset name, or `None` for any other string.
     pub fn index_of(&self, name: &str) -> Option<u64> {
-        let i = if self.tricky {
+        let n = if self.tricky {
             parse_tricky(name)?
         } else {
             parse_plain(name)?
         };
-        (i < self.files).then_some(i)
+        let i = match n.checked_sub(self.variant.saturating_mul(self.files)) {
+            Some(i) if self.variant > 0 && n >= self.files => i,
+            _ => n,
+        };
+        (i < self.files && self.spelled_as(i) == n).then_some(i)
     }
 
     /// The names page `page` lists, without the repetitions of `--list-fault
@@ -494,6 +524,58 @@ mod tests {
             d.expected_content("file-0000000024"),
             Some(content("file-0000000024", 100))
         );
+    }
+
+    #[test]
+    fn a_listing_variant_changes_the_names_of_its_pages_only() {
+        let args = ServerArgs {
+            files: 25,
+            page_size: 10,
+            ..ServerArgs::default()
+        };
+        let plain = dataset(args.clone());
+        let changed = dataset(ServerArgs {
+            listing_variant: 1,
+            listing_variant_page: 1,
+            ..args.clone()
+        });
+        assert_eq!(changed.pages(), plain.pages());
+        for page in 0..3 {
+            assert_eq!(changed.marker(page), plain.marker(page));
+            let (a, b): (Vec<String>, Vec<String>) = (
+                plain.page_names(page).collect(),
+                changed.page_names(page).collect(),
+            );
+            assert_eq!(a.len(), b.len());
+            if page == 0 {
+                assert_eq!(a, b);
+            } else {
+                assert!(a.iter().all(|n| !b.contains(n)), "page {page}: {b:?}");
+            }
+        }
+        assert_eq!(changed.name(10), "file-0000000035");
+        for i in 0..25 {
+            assert_eq!(changed.index_of(&changed.name(i)), Some(i));
+            assert!(changed.expected_content(&changed.name(i)).is_some());
+        }
+        // Spellings the variant replaced are not served, nor are numbers
+        // past it.
+        assert_eq!(changed.index_of("file-0000000010"), None);
+        assert_eq!(changed.index_of("file-0000000025"), None);
+        assert_eq!(changed.index_of("file-0000000030"), None);
+        assert_eq!(changed.index_of("file-0000000050"), None);
+        // Tricky names change the same way and stay safe.
+        let tricky = dataset(ServerArgs {
+            tricky: true,
+            listing_variant: 2,
+            listing_variant_page: 1,
+            ..args
+        });
+        for i in 0..25 {
+            let name = tricky.name(i);
+            assert_eq!(tricky.index_of(&name), Some(i), "{name:?}");
+            assert_eq!(check(&name), Ok(()), "{name:?}");
+        }
     }
 
     #[test]

@@ -43,11 +43,12 @@ pub enum FaultKind {
     ListDuplicates,
     ListNextFile,
     ListTrickle,
+    ListLongMarker,
 }
 
 impl FaultKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [FaultKind; 23] = [
+    pub const ALL: [FaultKind; 24] = [
         FaultKind::Error,
         FaultKind::Throttle,
         FaultKind::Reset,
@@ -71,6 +72,7 @@ impl FaultKind {
         FaultKind::ListDuplicates,
         FaultKind::ListNextFile,
         FaultKind::ListTrickle,
+        FaultKind::ListLongMarker,
     ];
 
     /// The key of this kind in the stats' `faults` map.
@@ -99,6 +101,7 @@ impl FaultKind {
             FaultKind::ListDuplicates => "list_duplicates",
             FaultKind::ListNextFile => "list_next_file",
             FaultKind::ListTrickle => "list_trickle",
+            FaultKind::ListLongMarker => "list_long_marker",
         }
     }
 }
@@ -135,6 +138,8 @@ pub struct NameFaults {
     pub gone: bool,
     /// `/get/` answers 307 to `/get-redirected/`.
     pub redirect: bool,
+    /// `/get/` answers 302 to another host.
+    pub offhost_redirect: bool,
     /// The body always trickles (every attempt).
     pub slow: bool,
     /// Every answer carries `x-bulkget-test-abort: 1`.
@@ -155,9 +160,13 @@ pub(crate) struct FaultPlan {
     slow: u64,
     gone: u64,
     redirect: u64,
+    /// The top of the off-host redirect band of the redirect roll, above
+    /// `redirect`, so a name gets at most one kind of redirect.
+    offhost_upto: u64,
     retry_after: u64,
     crash: CrashSet,
     crash_exact: Vec<String>,
+    throttle_exact: Vec<String>,
 }
 
 /// Roll numbers 0..3 (the salt index of each independent choice).
@@ -198,9 +207,11 @@ impl FaultPlan {
             slow: threshold(args.slow_rate),
             gone: threshold(args.gone_rate),
             redirect: threshold(args.redirect_rate),
+            offhost_upto: threshold(args.redirect_rate + args.offhost_redirect_rate),
             retry_after: args.retry_after,
             crash: CrashSet::new(args.seed, args.files, args.crash_names),
             crash_exact: args.crash_name.clone(),
+            throttle_exact: args.throttle_name.clone(),
         }
     }
 
@@ -213,7 +224,9 @@ impl FaultPlan {
     /// dataset) whose stable hash is `hash`.
     pub(crate) fn indexed(&self, name: &str, hash: u64, index: u64) -> NameFaults {
         let t = self.roll(hash, ROLL_TRANSIENT);
-        let transient = if t < self.transient_upto[0] {
+        let transient = if self.throttle_exact.iter().any(|n| n == name) {
+            Some(Transient::Throttle)
+        } else if t < self.transient_upto[0] {
             // The low bits of the roll are independent of its comparison
             // against a threshold far above them, so they pick the flavour.
             let (status, retry_after) = match t & 3 {
@@ -242,6 +255,8 @@ impl FaultPlan {
         NameFaults {
             gone: self.roll(hash, ROLL_GONE) < self.gone,
             redirect: self.roll(hash, ROLL_REDIRECT) < self.redirect,
+            offhost_redirect: (self.redirect..self.offhost_upto)
+                .contains(&self.roll(hash, ROLL_REDIRECT)),
             slow: self.roll(hash, ROLL_SLOW) < self.slow,
             crash: self.crash.contains(index) || self.is_exact_crash(name),
             transient,
@@ -492,6 +507,41 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 4, "{seen:?}");
+    }
+
+    #[test]
+    fn off_host_redirects_come_at_their_rate_and_never_with_a_same_host_one() {
+        let p = plan(ServerArgs {
+            redirect_rate: 0.2,
+            offhost_redirect_rate: 0.1,
+            ..ServerArgs::default()
+        });
+        let (mut same, mut off) = (0, 0);
+        for (i, name, h) in names(10_000) {
+            let f = p.indexed(&name, h, i);
+            assert!(!(f.redirect && f.offhost_redirect), "{name}");
+            same += f.redirect as u32;
+            off += f.offhost_redirect as u32;
+        }
+        assert!((1800..2200).contains(&same), "{same}");
+        assert!((850..1150).contains(&off), "{off}");
+        let all = plan(ServerArgs {
+            offhost_redirect_rate: 1.0,
+            ..ServerArgs::default()
+        });
+        assert!(names(100).all(|(i, name, h)| all.indexed(&name, h, i).offhost_redirect));
+    }
+
+    #[test]
+    fn a_throttle_name_is_throttled_and_no_other() {
+        let p = plan(ServerArgs {
+            throttle_name: vec!["file-0000000007".into()],
+            ..ServerArgs::default()
+        });
+        for (i, name, h) in names(100) {
+            let expected = (i == 7).then_some(Transient::Throttle);
+            assert_eq!(p.indexed(&name, h, i).transient, expected, "{name}");
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A page is rendered on demand from its number. When several
 //! `--list-fault` kinds hit the same page, a body-replacing fault wins in
 //! this order: `html`, `invalid-json`, `missing-names`, `wrong-type`; the
-//! others (`loop`, `huge`, `duplicates`, `next-file`) combine. `fail-once`
+//! others (`loop`, `huge`, `duplicates`, `next-file`, `long-marker`)
+//! combine. `fail-once`
 //! comes before all of them, and is decided by the service because it is
 //! the one listing fault with state.
 
@@ -29,6 +30,9 @@ pub(crate) struct Page {
     pub(crate) body: ServerBody,
     pub(crate) faults: Vec<FaultKind>,
 }
+
+/// The length of the marker `--list-fault long-marker` hands out.
+pub const LONG_MARKER_BYTES: usize = 20 << 20;
 
 const HTML_ERROR: &str = "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n\
 <body><h1>Bad Gateway</h1><p>The upstream server did not answer in time. Please try again \
@@ -74,7 +78,12 @@ impl ListFaults {
         let mut marker = Vec::with_capacity(64);
         if let Some(next) = next {
             write!(marker, "\"{marker_key}\":").unwrap();
-            json_string(&mut marker, &dataset.marker(next));
+            let mut value = dataset.marker(next);
+            if hits(ListFault::LongMarker) {
+                faults.push(FaultKind::ListLongMarker);
+                value.extend(std::iter::repeat_n('x', LONG_MARKER_BYTES - value.len()));
+            }
+            json_string(&mut marker, &value);
         }
 
         if hits(ListFault::Html) {
@@ -253,6 +262,13 @@ mod tests {
         assert_eq!(names.len(), 20);
         assert_eq!(names[0], "file-0000000000");
         assert_eq!(names[10], "file-0000000010");
+
+        let (d, lf) = setup(&[ListFault::LongMarker]);
+        let p = json(&lf, &d, 1).await;
+        let m = p["NextMarker"].as_str().unwrap();
+        assert_eq!(m.len(), LONG_MARKER_BYTES);
+        assert!(m.starts_with(&d.marker(2)));
+        assert_eq!(json(&lf, &d, 0).await["NextMarker"], d.marker(1));
 
         let (d, lf) = setup(&[ListFault::NextFile]);
         for page in 0..2 {

@@ -40,6 +40,7 @@ pub(crate) struct App {
     slow_pieces: u64,
     trickle: Duration,
     required_headers: Vec<RequiredHeader>,
+    location_bytes: usize,
     /// `--keepalive-requests`: responses per connection, 0 for no limit.
     keepalive_requests: u64,
 }
@@ -70,6 +71,7 @@ impl App {
             slow_pieces: args.slow_pieces,
             trickle: Duration::from_millis(args.trickle_ms),
             required_headers: args.require_header.clone(),
+            location_bytes: args.location_bytes,
             keepalive_requests: args.keepalive_requests,
         }
     }
@@ -158,6 +160,23 @@ pub(crate) struct Connection {
     pub(crate) responses: AtomicU64,
 }
 
+/// The connection a request came on, as fault injection sees it.
+#[derive(Clone, Copy)]
+pub(crate) struct Via<'a> {
+    conn: &'a Connection,
+    /// An HTTP/2 connection carries other streams, which an injected reset
+    /// must not take down with its own.
+    http2: bool,
+}
+
+impl Via<'_> {
+    /// The flag that makes the socket close with a TCP RST, for an
+    /// HTTP/1 connection only.
+    fn reset_flag(&self) -> Option<Arc<AtomicBool>> {
+        (!self.http2).then(|| Arc::clone(&self.conn.reset_on_close))
+    }
+}
+
 /// Answers one request. Never fails: every problem is an HTTP answer.
 pub(crate) async fn handle<B>(
     conn: Arc<Connection>,
@@ -182,7 +201,10 @@ pub(crate) async fn handle<B>(
     // Over HTTP/2 an injected reset ends only its stream (hyper answers a
     // failing body with RST_STREAM) and the connection, which carries other
     // streams, goes on; so the socket is not told to reset.
-    let reset_on_close = (req.version() != Version::HTTP_2).then_some(&conn.reset_on_close);
+    let via = Via {
+        conn: &conn,
+        http2: req.version() == Version::HTTP_2,
+    };
     // The stats stay readable without credentials, for tests.
     let needs_headers = matches!(route, Route::List | Route::Get { .. });
     let missing = needs_headers
@@ -197,9 +219,7 @@ pub(crate) async fn handle<B>(
     } else {
         match route {
             Route::List => list(app, req.uri().query()).await,
-            Route::Get { raw, redirected } => {
-                get(app, &raw, redirected, &conn, reset_on_close).await
-            }
+            Route::Get { raw, redirected } => get(app, &raw, redirected, via).await,
             Route::Stats => {
                 let json = serde_json::to_vec_pretty(&app.stats.snapshot())
                     .expect("stats serialise to JSON");
@@ -265,13 +285,7 @@ async fn list(app: &App, query: Option<&str>) -> Response<ServerBody> {
     resp
 }
 
-async fn get(
-    app: &App,
-    raw: &str,
-    redirected: bool,
-    conn: &Connection,
-    reset_on_close: Option<&Arc<AtomicBool>>,
-) -> Response<ServerBody> {
+async fn get(app: &App, raw: &str, redirected: bool, via: Via<'_>) -> Response<ServerBody> {
     if !app.latency.is_zero() {
         tokio::time::sleep(app.latency).await;
     }
@@ -285,16 +299,7 @@ async fn get(
     };
     let hash = bulkget_names::stable_hash(&name);
     let faults = app.dataset.faults_of(&name, served, hash);
-    let mut resp = answer(
-        app,
-        &name,
-        served,
-        hash,
-        faults,
-        redirected,
-        conn,
-        reset_on_close,
-    );
+    let mut resp = answer(app, &name, served, hash, faults, redirected, via);
     if faults.crash {
         app.stats.fault(FaultKind::Crash);
         resp.headers_mut()
@@ -318,6 +323,16 @@ fn octets(body: ServerBody) -> Response<ServerBody> {
     resp
 }
 
+/// `location`, padded to `--location-bytes` with a `?pad=` query.
+fn padded(app: &App, mut location: String) -> String {
+    if location.len() < app.location_bytes {
+        location.push_str("?pad=");
+        let missing = app.location_bytes.saturating_sub(location.len());
+        location.extend(std::iter::repeat_n('x', missing));
+    }
+    location
+}
+
 fn redirect(status: StatusCode, location: String) -> Response<ServerBody> {
     let mut resp = Response::new(ServerBody::empty());
     *resp.status_mut() = status;
@@ -335,8 +350,7 @@ fn answer(
     hash: u64,
     faults: crate::faults::NameFaults,
     redirected: bool,
-    conn: &Connection,
-    reset_on_close: Option<&Arc<AtomicBool>>,
+    via: Via<'_>,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let size = match served {
@@ -344,7 +358,10 @@ fn answer(
             stats.fault(FaultKind::OffhostRedirect);
             return redirect(
                 StatusCode::FOUND,
-                format!("{OFFHOST_BASE}{}", bulkget_names::url_encode(name)),
+                padded(
+                    app,
+                    format!("{OFFHOST_BASE}{}", bulkget_names::url_encode(name)),
+                ),
             );
         }
         Served::Liar => {
@@ -366,10 +383,23 @@ fn answer(
         stats.fault(FaultKind::Redirect);
         return redirect(
             StatusCode::TEMPORARY_REDIRECT,
-            format!(
-                "{}/get-redirected/{}",
-                app.prefix,
-                bulkget_names::url_encode(name)
+            padded(
+                app,
+                format!(
+                    "{}/get-redirected/{}",
+                    app.prefix,
+                    bulkget_names::url_encode(name)
+                ),
+            ),
+        );
+    }
+    if faults.offhost_redirect {
+        stats.fault(FaultKind::OffhostRedirect);
+        return redirect(
+            StatusCode::FOUND,
+            padded(
+                app,
+                format!("{OFFHOST_BASE}{}", bulkget_names::url_encode(name)),
             ),
         );
     }
@@ -379,15 +409,7 @@ fn answer(
             .attempts
             .request(name, hash, Instant::now(), retry_after, stats);
         if attempt == Attempt::Fault {
-            return transient_fault(
-                app,
-                transient,
-                hash,
-                size,
-                retry_after,
-                conn,
-                reset_on_close,
-            );
+            return transient_fault(app, transient, hash, size, retry_after, via);
         }
     }
     if faults.slow {
@@ -406,8 +428,7 @@ fn transient_fault(
     hash: u64,
     size: u64,
     retry_after: Option<u64>,
-    conn: &Connection,
-    reset_on_close: Option<&Arc<AtomicBool>>,
+    via: Via<'_>,
 ) -> Response<ServerBody> {
     let stats = &app.stats;
     let mut resp = match transient {
@@ -424,7 +445,7 @@ fn transient_fault(
         }
         Transient::Reset => {
             stats.fault(FaultKind::Reset);
-            let ending = Ending::Abort(reset_on_close.cloned());
+            let ending = Ending::Abort(via.reset_flag());
             let body = ServerBody::content(hash, size / 2, 1, Duration::ZERO, ending);
             with_length(octets(body), size)
         }
@@ -449,7 +470,7 @@ fn transient_fault(
         Transient::TrickleHead => {
             stats.fault(FaultKind::TrickleHead);
             let ms = app.trickle.as_millis().max(1) as u64;
-            conn.trickle_ms.store(ms, Ordering::Relaxed);
+            via.conn.trickle_ms.store(ms, Ordering::Relaxed);
             let mut buf = vec![0; size as usize];
             fill_content_at(hash, 0, &mut buf);
             octets(ServerBody::full(Bytes::from(buf)))

@@ -39,14 +39,30 @@ pub use histogram::LatencyHistogram;
 pub use http_status::StatusCounts;
 pub use rate::{eta_seconds, RateWindow};
 pub use schema::{
-    CheckpointDoneAfter, CheckpointFile, CheckpointPartialPage, CheckpointTotals, CoordinatorStats,
-    Latency, ResumePosition, RunState, ShardState, ShardStats, ShardSummary, SCHEMA_VERSION,
+    CheckpointCompleteRun, CheckpointDoneAfter, CheckpointFile, CheckpointPartialPage,
+    CheckpointTotals, CoordinatorStats, Latency, ResumePosition, RunState, ShardState, ShardStats,
+    ShardSummary, SCHEMA_VERSION,
 };
 pub use status::{
     load, load_at, render_table, resolve_state_dir, run_status, StatusArgs, StatusError,
     StatusReport, Totals,
 };
 pub use time::{format_rfc3339, now_rfc3339, parse_rfc3339};
+
+/// This process's peak resident memory (`VmHWM` in `/proc/self/status`), in
+/// bytes, or `None` where the system does not say.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
 
 /// `docs/STATS.md` is the schema's documentation for people; these tests keep
 /// it honest against the types.
@@ -136,6 +152,10 @@ mod doc_tests {
         ));
         let mut cp = CheckpointFile::default();
         cp.done_after.partial.push(CheckpointPartialPage::default());
+        cp.done_after.complete.push(CheckpointCompleteRun::Run {
+            first: 0,
+            fingerprints: vec![],
+        });
         let cp = serde_json::to_value(cp).unwrap();
         assert_documented(keys_of(&cp));
         for nested in ["totals", "done_after"] {
@@ -145,11 +165,13 @@ mod doc_tests {
                     .map(|k| format!("{nested}.{k}")),
             );
         }
-        assert_documented(
-            keys_of(&cp["done_after"]["partial"][0])
-                .into_iter()
-                .map(|k| format!("done_after.partial[].{k}")),
-        );
+        for list in ["partial", "complete"] {
+            assert_documented(
+                keys_of(&cp["done_after"][list][0])
+                    .into_iter()
+                    .map(|k| format!("done_after.{list}[].{k}")),
+            );
+        }
         for key in keys_of(&serde_json::to_value(Totals::default()).unwrap()) {
             assert!(DOC.contains(&format!("`{key}`")), "totals field `{key}`");
         }

@@ -317,6 +317,13 @@ pub struct CoordinatorStats {
     pub lister_wait_ms: u64,
     /// Batches put back on the queue because their worker died.
     pub batches_requeued: u64,
+    /// Pages after a resumed checkpoint's position that the server listed
+    /// with other names than it did before the resume (replaced, added,
+    /// removed or reordered), so they were fetched whole instead of skipped.
+    pub pages_changed: u64,
+    /// The coordinator process's peak resident memory so far (`VmHWM`), in
+    /// bytes; 0 where the system does not say.
+    pub peak_rss_bytes: u64,
     /// The process exit code, once `state` is final; `None` before.
     pub exit_code: Option<i32>,
     /// One entry per shard, in shard order.
@@ -361,9 +368,8 @@ pub struct CheckpointTotals {
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(default)]
 pub struct CheckpointDoneAfter {
-    /// Pages whose every name is done, as half-open `[first, end)` offset
-    /// ranges.
-    pub complete: Vec<(u64, u64)>,
+    /// Pages whose every name is done.
+    pub complete: Vec<CheckpointCompleteRun>,
     /// Pages partly done.
     pub partial: Vec<CheckpointPartialPage>,
 }
@@ -371,10 +377,31 @@ pub struct CheckpointDoneAfter {
 impl CheckpointDoneAfter {
     /// Pages after the position whose every name is done.
     pub fn complete_pages(&self) -> u64 {
-        self.complete
-            .iter()
-            .map(|&(a, b)| b.saturating_sub(a))
-            .sum()
+        self.complete.iter().map(CheckpointCompleteRun::pages).sum()
+    }
+}
+
+/// Complete pages after the position.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum CheckpointCompleteRun {
+    /// Consecutive pages from offset `first` on, one per fingerprint of the
+    /// names it listed (checkpoint version 2).
+    Run {
+        first: u64,
+        fingerprints: Vec<String>,
+    },
+    /// A half-open `[first, end)` range of offsets (checkpoint version 1).
+    Range(u64, u64),
+}
+
+impl CheckpointCompleteRun {
+    /// How many pages this covers.
+    pub fn pages(&self) -> u64 {
+        match self {
+            CheckpointCompleteRun::Run { fingerprints, .. } => fingerprints.len() as u64,
+            CheckpointCompleteRun::Range(a, b) => b.saturating_sub(*a),
+        }
     }
 }
 
@@ -384,9 +411,12 @@ impl CheckpointDoneAfter {
 pub struct CheckpointPartialPage {
     /// Pages after the position's page (0: that page itself).
     pub offset: u64,
-    /// Names on the page when it was listed; a page listed with another
-    /// length on resume is fetched whole.
+    /// Names on the page when it was listed.
     pub len: u32,
+    /// The fingerprint of the names the page listed, in order, as 16 hex
+    /// digits; a page listed with other names on resume is fetched whole.
+    /// Empty in version 1 checkpoints.
+    pub fingerprint: String,
     /// One bit per name, set when done: name `i` is bit `i % 64` of word
     /// `i / 64`.
     pub done: Vec<u64>,
@@ -479,6 +509,22 @@ mod tests {
             (5, 2, 0)
         );
         assert_eq!(c.failed_len, 40);
+        // Complete pages as version 1 wrote them (ranges) and as version 2
+        // writes them (runs with a fingerprint per page).
+        let c: CheckpointFile = serde_json::from_str(
+            r#"{"schema_version":1,"done_after":{"complete":[[1,3],[4,6]],
+                "partial":[{"offset":0,"len":10,"done":[1]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.done_after.complete_pages(), 4);
+        let c: CheckpointFile = serde_json::from_str(
+            r#"{"schema_version":2,"done_after":{"complete":[{"first":1,
+                "fingerprints":["00000000000000aa","00000000000000bb"]}],
+                "partial":[{"offset":0,"len":10,"fingerprint":"00000000000000cc","done":[1]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.done_after.complete_pages(), 2);
+        assert_eq!(c.done_after.partial[0].fingerprint, "00000000000000cc");
     }
 
     #[test]

@@ -783,7 +783,7 @@ fn render_header(out: &mut String, report: &StatusReport, now: SystemTime) {
         ),
     );
 
-    let listing = if c.listing_done {
+    let mut listing = if c.listing_done {
         "done".to_string()
     } else {
         format!(
@@ -791,6 +791,13 @@ fn render_header(out: &mut String, report: &StatusReport, now: SystemTime) {
             show_marker(c.current_marker.as_deref())
         )
     };
+    if c.pages_changed > 0 {
+        let _ = write!(
+            listing,
+            "; {} listed differently on resume",
+            plural(c.pages_changed, "page", "pages")
+        );
+    }
     header_line(
         out,
         "listing",
@@ -1282,6 +1289,8 @@ mod tests {
             eta_method: crate::schema::eta_method::NONE_LISTING.to_string(),
             lister_wait_ms: 1_200,
             batches_requeued: 2,
+            pages_changed: 0,
+            peak_rss_bytes: 50_000_000,
             exit_code: None,
             shards: (0..shards)
                 .map(|i| ShardSummary {
@@ -1300,7 +1309,7 @@ mod tests {
     /// `checkpoint.json` as the coordinator writes it.
     fn checkpoint(position: serde_json::Value, files_ok: u64, complete: bool) -> serde_json::Value {
         serde_json::json!({
-            "schema_version": 1,
+            "schema_version": 2,
             "position": position,
             "totals": {
                 "files_ok": files_ok,
@@ -1461,10 +1470,13 @@ mod tests {
             );
             cp["totals"]["files_failed"] = 12_000.into();
             cp["done_after"] = serde_json::json!({
-                "complete": [[1, 3], [4, 5]],
+                "complete": [
+                    {"first": 1, "fingerprints": ["0123456789abcdef", "fedcba9876543210"]},
+                    {"first": 4, "fingerprints": ["00000000000000aa"]},
+                ],
                 "partial": [
-                    {"offset": 0, "len": 1000, "done": [u64::MAX, 7]},
-                    {"offset": 3, "len": 1000, "done": [1]},
+                    {"offset": 0, "len": 1000, "fingerprint": "00000000000000bb", "done": [u64::MAX, 7]},
+                    {"offset": 3, "len": 1000, "fingerprint": "00000000000000cc", "done": [1]},
                 ],
             });
             cp
@@ -1499,6 +1511,7 @@ mod tests {
         c.eta_method = crate::schema::eta_method::DONE.to_string();
         c.started_at = ago(725);
         c.updated_at = ago(600); // long over
+        c.pages_changed = 2;
         for s in &mut c.shards {
             s.state = summary_state::STOPPED.to_string();
             s.pid = None;
@@ -1532,7 +1545,9 @@ mod tests {
         println!("{text}");
         assert!(!text.contains("STALE"), "{text}");
         assert!(text.starts_with("run        finished (exit 0), pid 4242, ran 2m05s"));
-        assert!(text.contains("listing    1,234 pages, 1,000,012 names, done"));
+        assert!(text.contains(
+            "listing    1,234 pages, 1,000,012 names, done; 2 pages listed differently on resume\n"
+        ));
         assert!(text.contains("(100.0 %)"));
         assert!(text.contains("rate       12,346 files/s, no eta: run over\n"));
         assert!(text.contains("3 stopped"));
@@ -1565,7 +1580,7 @@ mod tests {
         assert!(line(checkpoint(serde_json::json!("Done"), 0, false))
             .ends_with("; the listing is done; a resume only fetches what is unacknowledged"));
         assert!(line(checkpoint(serde_json::json!("Sideways"), 0, false))
-            .ends_with("; resume position not understood (schema version 1)"));
+            .ends_with("; resume position not understood (schema version 2)"));
         assert!(line(serde_json::json!({"totals": "many"}))
             .ends_with(", but its content is not understood (see --json)"));
     }

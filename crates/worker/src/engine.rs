@@ -624,11 +624,11 @@ impl Engine {
     fn fail(&self, item: Item, reason: String, status: Option<u16>) {
         let c = &self.counters;
         c.files_failed.set(c.files_failed.get() + 1);
-        item.batch.failures.borrow_mut().push(Failure {
-            name: item.batch.names[item.idx as usize].clone(),
+        item.batch.failures.borrow_mut().push(Failure::new(
+            item.batch.names[item.idx as usize].clone(),
             reason,
             status,
-        });
+        ));
         self.finish(item);
     }
 

@@ -4,12 +4,12 @@ use crate::engine::Engine;
 use crate::stats_file::StatsFile;
 use bulkget_console::errln;
 use bulkget_http::Endpoint;
-use bulkget_protocol::frame::{FrameReader, FrameWriter};
+use bulkget_protocol::frame::{FrameError, FrameReader, FrameWriter};
 use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker};
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// The file descriptor on which a worker finds its socket. The coordinator
 /// puts it there with `dup2` between `fork` and `exec`.
@@ -84,7 +84,12 @@ async fn serve(stream: UnixStream) -> i32 {
     let (read_half, write_half) = stream.into_split();
     let mut reader = FrameReader::new(read_half);
     let (outbox, outbox_rx) = mpsc::unbounded_channel::<ToCoordinator>();
-    let writer = tokio::task::spawn_local(write_outbox(FrameWriter::new(write_half), outbox_rx));
+    let cannot_send = Rc::new(Notify::new());
+    let writer = tokio::task::spawn_local(write_outbox(
+        FrameWriter::new(write_half),
+        outbox_rx,
+        cannot_send.clone(),
+    ));
 
     let (shard, generation, settings) = match reader.next::<ToWorker>().await {
         Ok(Some(ToWorker::Hello {
@@ -198,6 +203,8 @@ async fn serve(stream: UnixStream) -> i32 {
                 }
                 break exit::FATAL;
             }
+            // A report could not be sent; the writer said why.
+            () = cannot_send.notified() => break exit::FATAL,
         }
     };
     // Stop the periodic writer first, or it could overwrite the final
@@ -270,14 +277,113 @@ async fn commit_loop(engine: Rc<Engine>, outbox: mpsc::UnboundedSender<ToCoordin
     }
 }
 
-async fn write_outbox(
-    mut writer: FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+/// Sends the outbox's messages to the coordinator, in order.
+///
+/// A message that cannot be encoded (over the frame limit) can never be
+/// sent, and its batch never acknowledged. Batches are cut so that their
+/// reports fit ([`bulkget_protocol::frame::MAX_BATCH_COST`]), so this is a
+/// bug somewhere; but rather than fall silent and be taken for a crash, the
+/// worker says so: it sends a `Fatal` naming the message and the error,
+/// notifies `cannot_send`, and stops. The coordinator then restarts the
+/// shard and puts the batch back as suspect, to be split if it fails again.
+async fn write_outbox<W: tokio::io::AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
     mut rx: mpsc::UnboundedReceiver<ToCoordinator>,
+    cannot_send: Rc<Notify>,
 ) {
     while let Some(msg) = rx.recv().await {
-        if writer.send(&msg).await.is_err() {
+        match writer.send(&msg).await {
+            Ok(()) => {}
+            Err(e @ (FrameError::TooLarge(_) | FrameError::Encode(_))) => {
+                let reason = format!("cannot send {}: {e}", describe(&msg));
+                errln!("bulkget worker: {reason}");
+                let fatal = ToCoordinator::Fatal {
+                    kind: FatalKind::Crash,
+                    reason,
+                };
+                let _ = writer.send(&fatal).await;
+                cannot_send.notify_one();
+                return;
+            }
             // The coordinator is gone; the main loop sees the end of stream.
-            return;
+            Err(_) => return,
+        }
+    }
+}
+
+/// What a message is, for a message about it.
+fn describe(msg: &ToCoordinator) -> String {
+    match msg {
+        ToCoordinator::Ready { .. } => "the ready message".into(),
+        ToCoordinator::BatchDone { id, failures, .. } => {
+            format!("the report of batch {id} ({} failed names)", failures.len())
+        }
+        ToCoordinator::BatchStalled {
+            id,
+            failures,
+            waiting,
+            ..
+        } => format!(
+            "the stall report of batch {id} ({} failed names, {} waiting)",
+            failures.len(),
+            waiting.len()
+        ),
+        ToCoordinator::Fatal { .. } => "a fatal error report".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkget_protocol::{Failure, MAX_FAILURE_NAME_BYTES};
+
+    /// A report over the frame limit makes the worker say so, not fall
+    /// silent.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_report_that_cannot_be_sent_is_reported_as_fatal() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cannot_send = Rc::new(Notify::new());
+        let local = tokio::task::LocalSet::new();
+        let writer = local.spawn_local(write_outbox(
+            FrameWriter::new(ours),
+            rx,
+            cannot_send.clone(),
+        ));
+        // Names as long as a failure keeps, and enough of them to pass
+        // the frame limit.
+        let name = "n".repeat(MAX_FAILURE_NAME_BYTES);
+        let count = bulkget_protocol::frame::MAX_FRAME / MAX_FAILURE_NAME_BYTES + 1;
+        let failures = vec![Failure::new(name, "r", None); count];
+        tx.send(ToCoordinator::BatchDone {
+            id: 7,
+            ok: 0,
+            bytes: 0,
+            retries: 0,
+            failures,
+        })
+        .unwrap();
+        local
+            .run_until(async {
+                cannot_send.notified().await;
+                writer.await.unwrap();
+            })
+            .await;
+        let mut reader = FrameReader::new(theirs);
+        match reader.next::<ToCoordinator>().await.unwrap() {
+            Some(ToCoordinator::Fatal {
+                kind: FatalKind::Crash,
+                reason,
+            }) => {
+                assert!(
+                    reason.starts_with(&format!(
+                        "cannot send the report of batch 7 ({count} failed names): frame of "
+                    )),
+                    "{reason}"
+                );
+                assert!(reason.ends_with("-byte limit"), "{reason}");
+            }
+            other => panic!("expected a fatal report, got {other:?}"),
         }
     }
 }

@@ -1,7 +1,12 @@
 use super::*;
 
-fn names(prefix: &str, n: usize) -> Vec<String> {
+fn names(prefix: &str, n: usize) -> Names {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// The names of a batch or a page, owned.
+fn owned(names: &Names) -> Vec<String> {
+    names.iter().map(String::from).collect()
 }
 
 /// Acknowledges every batch on `shard` as all ok; returns the files acked.
@@ -35,7 +40,7 @@ fn drain(s: &mut Scheduler) -> Vec<String> {
     loop {
         let mut any = false;
         while let Some((_, b)) = s.assign() {
-            sent.extend(b.names.iter().cloned());
+            sent.extend(owned(&b.names));
             any = true;
         }
         for shard in 0..s.shards.len() {
@@ -96,7 +101,8 @@ fn the_position_is_the_earliest_page_not_fully_done() {
     s.batch_done(0, second, 10, 1000, vec![]).unwrap();
     let snap = s.snapshot();
     assert_eq!(snap.position, ListPosition::Start);
-    assert_eq!(snap.done_after.complete, vec![(1, 2)]);
+    assert_eq!(snap.done_after.complete.len(), 1);
+    assert_eq!(snap.done_after.complete[0].first, 1);
     assert_eq!(snap.totals.files_ok, 10);
     assert_eq!(snap.totals.pages_done, 0);
     s.batch_done(0, first, 10, 1000, vec![]).unwrap();
@@ -117,7 +123,7 @@ fn the_position_is_the_earliest_page_not_fully_done() {
 #[test]
 fn unsafe_names_fail_at_once_and_empty_pages_complete() {
     let mut s = sched(1);
-    let failures = s.add_page(vec!["../x".into(), "/abs".into(), "".into()], None);
+    let failures = s.add_page(["../x", "/abs", ""].iter().collect(), None);
     assert_eq!(failures.len(), 3);
     assert!(failures[0].reason.starts_with("unsafe name"));
     assert!(s.is_finished());
@@ -211,7 +217,7 @@ fn split_is_even_complete_and_keeps_indices_with_names() {
     assert!(parts.iter().all(|p| p.0.len() == 2 || p.0.len() == 3));
     for (names, idx) in &parts {
         for (n, i) in names.iter().zip(idx) {
-            assert_eq!(n, &format!("x{i}"));
+            assert_eq!(n, format!("x{i}"));
         }
     }
     assert_eq!(split(names("x", 3), vec![0, 1, 2], 16).len(), 3);
@@ -223,16 +229,16 @@ fn repeats_of_this_page_or_the_previous_are_fetched_and_counted_once() {
     s.set_available(0, true);
     s.add_page(names("a", 25), Some("m1".into()));
     // The previous page again, a repeat within the page, then new names.
-    let mut second = names("a", 25);
-    second.extend(names("b", 5));
+    let mut second = owned(&names("a", 25));
+    second.extend(owned(&names("b", 5)));
     second.push("b0".into());
-    s.add_page(second, Some("m2".into()));
+    s.add_page(second.iter().collect(), Some("m2".into()));
     // A page that repeats a name from two pages back: beyond the window,
     // fetched again (harmless) and counted again.
-    s.add_page(vec!["a0".into(), "c0".into()], None);
-    let sent: Vec<String> = s.pending.iter().flat_map(|b| b.names.clone()).collect();
-    let mut expected = names("a", 25);
-    expected.extend(names("b", 5));
+    s.add_page(["a0", "c0"].iter().collect(), None);
+    let sent: Vec<String> = s.pending.iter().flat_map(|b| owned(&b.names)).collect();
+    let mut expected = owned(&names("a", 25));
+    expected.extend(owned(&names("b", 5)));
     expected.extend(["a0".to_string(), "c0".to_string()]);
     assert_eq!(sent, expected);
     assert_eq!(s.repeated(), 26);
@@ -246,8 +252,8 @@ fn repeats_of_this_page_or_the_previous_are_fetched_and_counted_once() {
 #[test]
 fn a_repeated_unsafe_name_fails_once() {
     let mut s = sched(1);
-    let failures = s.add_page(vec!["../x".into(), "../x".into()], Some("m".into()));
-    let more = s.add_page(vec!["../x".into()], None);
+    let failures = s.add_page(["../x", "../x"].iter().collect(), Some("m".into()));
+    let more = s.add_page(["../x"].iter().collect(), None);
     assert_eq!(failures.len() + more.len(), 1);
     assert_eq!(s.snapshot().totals.files_failed, 1);
 }
@@ -257,7 +263,7 @@ fn a_repeated_unsafe_name_fails_once() {
 /// scheduler fetches only the rest, counting every file once.
 #[test]
 fn a_resume_fetches_only_what_was_not_done_however_far_a_straggler_fell_behind() {
-    let pages: Vec<Vec<String>> = (0..6).map(|p| names(&format!("p{p}-"), 25)).collect();
+    let pages: Vec<Names> = (0..6).map(|p| names(&format!("p{p}-"), 25)).collect();
     let markers = |p: usize| {
         if p < 5 {
             Some(format!("m{}", p + 1))
@@ -276,7 +282,7 @@ fn a_resume_fetches_only_what_was_not_done_however_far_a_straggler_fell_behind()
     let mut straggler = None;
     let mut in_flight_p3 = None;
     while let Some((shard, b)) = s.assign() {
-        let (id, first) = (b.id, b.names[0].clone());
+        let (id, first) = (b.id, b.names[0].to_string());
         if straggler.is_none() {
             straggler = Some((shard, id));
         } else if first == "p3-10" {
@@ -289,7 +295,13 @@ fn a_resume_fetches_only_what_was_not_done_however_far_a_straggler_fell_behind()
     let _ = (straggler, in_flight_p3);
     let snap = s.snapshot();
     assert_eq!(snap.position, ListPosition::Start);
-    assert_eq!(snap.done_after.complete, vec![(1, 3), (4, 6)]);
+    let runs: Vec<(u64, usize)> = snap
+        .done_after
+        .complete
+        .iter()
+        .map(|r| (r.first, r.fingerprints.len()))
+        .collect();
+    assert_eq!(runs, vec![(1, 2), (4, 2)]);
     assert_eq!(
         snap.done_after.partial.len(),
         2,
@@ -317,7 +329,7 @@ fn a_resume_fetches_only_what_was_not_done_however_far_a_straggler_fell_behind()
     assert!(r.is_finished());
     let t = r.snapshot().totals;
     assert_eq!((t.files_ok, t.names_listed, t.pages_done), (150, 150, 6));
-    assert_eq!(r.resume_mismatches(), 0);
+    assert_eq!(r.pages_changed(), 0);
 }
 
 #[test]
@@ -333,7 +345,7 @@ fn a_page_listed_differently_on_resume_is_fetched_whole() {
     let mut r = Scheduler::new(1, 2, 10, snap.position).resume(snap.totals, snap.done_after);
     r.set_available(0, true);
     r.add_page(names("a", 21), None);
-    assert_eq!(r.resume_mismatches(), 1);
+    assert_eq!(r.pages_changed(), 1);
     assert_eq!(drain(&mut r).len(), 21);
 }
 
@@ -356,8 +368,7 @@ fn affinity_sends_each_name_to_its_home_shard_even_after_a_crash() {
     s.add_page(names("a", 60), None);
     let mut homes = HashMap::new();
     while let Some((shard, b)) = s.assign() {
-        let batch = b.names.clone();
-        for n in batch {
+        for n in owned(&b.names) {
             assert_eq!(s.home_of(&n), shard, "{n} went to shard {shard}");
             homes.insert(n, shard);
         }
@@ -379,7 +390,7 @@ fn affinity_sends_each_name_to_its_home_shard_even_after_a_crash() {
     let mut sent = Vec::new();
     while let Some((shard, b)) = s.assign() {
         assert_eq!(shard, 1);
-        sent.extend(b.names.iter().cloned());
+        sent.extend(owned(&b.names));
         ack_all(&mut s, 1);
     }
     assert!(!sent.is_empty());
@@ -434,11 +445,7 @@ fn a_stalled_batch_leaves_the_window_and_counts_its_done_names_at_once() {
     assert!(s.assign().is_none(), "the window is full");
 
     // Seven names done, three (positions 1, 4, 9) waiting on Retry-After.
-    let failed = Failure {
-        name: "a2".into(),
-        reason: "HTTP 404".into(),
-        status: Some(404),
-    };
+    let failed = Failure::new("a2", "HTTP 404", Some(404));
     let recorded = s
         .batch_stalled(0, first, 6, 600, vec![failed.clone()], &[1, 4, 9])
         .unwrap();
@@ -453,7 +460,7 @@ fn a_stalled_batch_leaves_the_window_and_counts_its_done_names_at_once() {
     // The batch now holds only the waiting names, and its BatchDone counts
     // only those.
     let kept = &s.shards[0].outstanding[&first];
-    assert_eq!(kept.names, vec!["a1", "a4", "a9"]);
+    assert_eq!(owned(&kept.names), vec!["a1", "a4", "a9"]);
     s.batch_done(0, first, 3, 300, vec![]).unwrap();
     assert_eq!(s.stalled(0), 0);
     let live = s.live_totals();
@@ -535,4 +542,161 @@ fn at_most_max_stalled_batches_leave_the_window() {
     // Once it is done the last batch goes out.
     s.batch_done(0, id, 1, 100, vec![]).unwrap();
     assert!(s.assign().is_some());
+}
+
+/// Page `p` of a listing of 25-name pages; from page `changed_from` on, the
+/// names are those of another listing (same markers, same lengths).
+fn listing_page(p: usize, changed_from: usize) -> Names {
+    if p >= changed_from {
+        names(&format!("new-p{p}-"), 25)
+    } else {
+        names(&format!("p{p}-"), 25)
+    }
+}
+
+/// Issue 11, point 1: a straggler on page 0 keeps the position there while
+/// pages 1 to 5 complete; on resume the server lists pages 2 on with other
+/// names, same lengths and markers. Before page fingerprints the resume
+/// skipped those pages by position and length alone and never fetched
+/// their new names.
+#[test]
+fn a_resume_never_skips_a_name_of_a_page_listed_differently() {
+    let markers = |p: usize| (p < 5).then(|| format!("m{}", p + 1));
+    let mut s = Scheduler::new(1, 100, 10, ListPosition::Start);
+    s.set_available(0, true);
+    for p in 0..6 {
+        s.add_page(listing_page(p, usize::MAX), markers(p));
+    }
+    // Everything is acknowledged but the first batch of page 0.
+    let straggler = s.assign().unwrap().1.id;
+    while let Some((_, b)) = s.assign() {
+        let (id, n) = (b.id, b.names.len() as u32);
+        s.batch_done(0, id, n, 0, vec![]).unwrap();
+    }
+    let snap = s.snapshot();
+    assert_eq!(snap.position, ListPosition::Start);
+    assert_eq!(snap.done_after.pages(), 6, "page 0 partly, 1 to 5 complete");
+    let _ = straggler;
+
+    let mut r = Scheduler::new(1, 100, 10, snap.position).resume(snap.totals, snap.done_after);
+    r.set_available(0, true);
+    for p in 0..6 {
+        r.add_page(listing_page(p, 2), markers(p));
+    }
+    let mut sent = drain(&mut r);
+    sent.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("p0-{i}")).collect();
+    for p in 2..6 {
+        expected.extend(owned(&names(&format!("new-p{p}-"), 25)));
+    }
+    expected.sort();
+    assert_eq!(
+        sent, expected,
+        "the straggler and every name of pages 2 to 5"
+    );
+    assert_eq!(r.pages_changed(), 4);
+    assert!(r.is_finished());
+}
+
+#[test]
+fn reordered_added_and_removed_names_make_a_page_changed() {
+    let base: Vec<String> = owned(&names("a", 20));
+    let mut reordered = base.clone();
+    reordered.swap(3, 17);
+    let mut added = base.clone();
+    added.push("a-new".into());
+    let removed = base[..19].to_vec();
+    let mut replaced = base.clone();
+    replaced[5] = "other".into();
+    let fp = |v: &[String]| page_fingerprint(&v.iter().collect());
+    for other in [&reordered, &added, &removed, &replaced] {
+        assert_ne!(fp(&base), fp(other));
+    }
+    assert_eq!(fp(&base), fp(&base.clone()));
+    // The fingerprint the scheduler records is the same function's.
+    let mut s = sched(1);
+    s.add_page(base.iter().collect(), None);
+    assert_eq!(s.pages[0].fingerprint, fp(&base));
+
+    // A partly done page whose names were reordered: nothing of it is
+    // taken as done, although its length is the same.
+    let mut s = sched(1);
+    s.add_page(base.iter().collect(), None);
+    let id = s.assign().unwrap().1.id;
+    s.batch_done(0, id, 10, 0, vec![]).unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.done_after.partial.len(), 1);
+    let mut r = Scheduler::new(1, 2, 10, snap.position).resume(snap.totals, snap.done_after);
+    r.set_available(0, true);
+    r.add_page(reordered.iter().collect(), None);
+    assert_eq!(r.pages_changed(), 1);
+    assert_eq!(drain(&mut r).len(), 20);
+}
+
+#[test]
+fn checkpoint_fingerprints_are_sixteen_hex_digits_and_read_back() {
+    let fp = PageFingerprint(0x00ab_cdef_0123_4567);
+    let text = serde_json::to_string(&fp).unwrap();
+    assert_eq!(text, "\"00abcdef01234567\"");
+    assert_eq!(serde_json::from_str::<PageFingerprint>(&text).unwrap(), fp);
+    for bad in [
+        "\"abc\"",
+        "\"00abcdef0123456g\"",
+        "12",
+        "\"00abcdef012345678\"",
+    ] {
+        assert!(
+            serde_json::from_str::<PageFingerprint>(bad).is_err(),
+            "{bad}"
+        );
+    }
+}
+
+/// Issue 11, point 7: `--batch-size 20000` with long names made a batch
+/// over the frame limit, and the coordinator panicked encoding it. Batches
+/// are cut by cost too, so every frame about one fits.
+#[test]
+fn batches_of_long_names_are_cut_so_every_frame_fits() {
+    use bulkget_protocol::frame::{encode, encode_batch, MAX_FRAME};
+    use bulkget_protocol::ToCoordinator;
+    // Safe names of nearly the longest length: 255-byte components.
+    let tail = vec!["d".repeat(254); 15].join("/");
+    let page: Names = (0..20_000).map(|i| format!("{i:05}/{tail}")).collect();
+    assert_eq!(page[0].len(), 3830);
+    assert!(bulkget_names::check(&page[0]).is_ok());
+    assert!(
+        page.text_len() > MAX_FRAME,
+        "the page alone is over a frame"
+    );
+    for affinity in [false, true] {
+        let mut s = Scheduler::new(2, 8, 20_000, ListPosition::Start).with_affinity(affinity);
+        s.add_page(page.clone(), None);
+        let mut total = 0;
+        let mut buf = Vec::new();
+        for b in &s.pending {
+            total += b.names.len();
+            let cost: usize = b.names.iter().map(batch_cost).sum();
+            assert!(cost <= MAX_BATCH_COST, "{cost}");
+            buf.clear();
+            encode_batch(b.id, &b.names, &mut buf).unwrap();
+            assert!(buf.len() <= MAX_FRAME);
+            // Every name failed with the longest reason kept.
+            let reason = "r".repeat(bulkget_protocol::MAX_REASON_BYTES);
+            let done = ToCoordinator::BatchDone {
+                id: b.id,
+                ok: 0,
+                bytes: 0,
+                retries: 0,
+                failures: b
+                    .names
+                    .iter()
+                    .map(|n| Failure::new(n, reason.clone(), Some(503)))
+                    .collect(),
+            };
+            buf.clear();
+            encode(&done, &mut buf).unwrap();
+        }
+        assert_eq!(total, 20_000, "every name is in one batch");
+        assert!(s.pending.len() >= 3, "{} batches", s.pending.len());
+    }
 }
