@@ -70,6 +70,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -658,30 +659,42 @@ impl PipeConn {
 
     /// Reads and parses one response head.
     async fn read_head(&mut self, limits: &Limits, seen: &mut bool) -> Result<Head, Broke> {
-        // Where to go on looking for the blank line that ends the head, so
-        // a head trickled in byte by byte is scanned once, not once a byte.
-        let mut scanned = 0;
+        // How much of the buffer was looked at without finding a whole
+        // head; `None` before the first look. A head is parsed at once the
+        // first time (usually it is all there), and after that only once a
+        // blank line has arrived, so a head trickled in byte by byte is
+        // scanned once, not parsed once a byte.
+        let mut scanned: Option<usize> = None;
         loop {
             let buf = &self.rbuf[self.rpos..self.rend];
-            if let Some(end) = head_end(buf, scanned) {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut parsed = httparse::Response::new(&mut headers);
-                match parsed.parse(&buf[..end]) {
+            let complete = match scanned {
+                None => !buf.is_empty(),
+                Some(from) => head_end(buf, from).is_some(),
+            };
+            if complete {
+                // Uninitialised slots: nothing to fill per response.
+                let mut slots =
+                    [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+                let mut parsed = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut parsed,
+                    buf,
+                    &mut slots,
+                ) {
                     Ok(httparse::Status::Complete(n)) => {
                         let head = interpret(&parsed)?;
                         self.rpos += n;
                         return Ok(head);
                     }
-                    Ok(httparse::Status::Partial) => scanned = end,
+                    Ok(httparse::Status::Partial) => {}
                     Err(e) => {
                         return Err(Broke::Misframed(FetchError::Transport(format!(
                             "invalid response head: {e}"
                         ))))
                     }
                 }
-            } else {
-                scanned = buf.len();
             }
+            scanned = Some(buf.len());
             match self.fill(Wait::Head, limits).await {
                 Ok(0) if *seen => {
                     return Err(Broke::Other(FetchError::Transport(
