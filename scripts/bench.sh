@@ -24,7 +24,7 @@
 #      pipelining and pipelined at depths 4 and 16 (scripts/wrk-names.lua),
 #      h2load over h2c at 4 and 16 streams per connection, and
 #      `bulkget fetch --sink null --pipeline 1, 4 and 16`; then the dir and
-#      sqlite sinks at depth 1 against the default depth (bulkget-server);
+#      sqlite sinks at those depths (and the default's), bulkget-server only;
 # and writes the run's Markdown page to a new file,
 # docs/benchmarks/YYYY-MM-DD-HHMM-<slug>.md (UTC start time; never an
 # existing file). docs/BENCHMARKS.md is the summary people read: it is
@@ -674,12 +674,11 @@ if want refs; then
   done
   # The sinks with and without pipelining: what the protocol saves when the
   # file system's work is added (bulkget-server, as the main table).
-  alt=$PIPELINE; [[ $alt == 1 ]] && alt=4
   start_server "$n"
   WRK_TAG="ref-sinks"
   for r in $(seq "$RUNS"); do
     run_wrk "$n" 1
-    for d in 1 "$alt"; do
+    for d in $(printf '%s\n' 1 4 16 "$PIPELINE" | sort -un); do
       PIPE=$d run_fetch ref-sinks "$n" dir flat $CONNS $BATCH $WINDOW 0 1000
       PIPE=$d run_fetch ref-sinks "$n" sqlite - $CONNS $BATCH $WINDOW 0 1000
     done
