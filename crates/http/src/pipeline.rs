@@ -36,9 +36,17 @@
 //!   costs the unanswered requests);
 //! - answers one request and then stays silent past the first-byte deadline
 //!   on a pipelined one (a stall);
-//! - sends bytes that do not parse as the next response after answering one
-//!   (misframing: a `Content-Length` that lies puts the next response out of
-//!   step).
+//! - sends bytes that do not parse as the next response (misframing: a
+//!   `Content-Length` that lies puts the next response out of step). The
+//!   bytes after each body are checked before its answer is delivered, and
+//!   so is a body with requests behind it for a status line it should not
+//!   hold, so a length that is wrong shows on the response that carries it,
+//!   as an error, whenever the next response has begun to arrive. Without
+//!   the second check a length too long by exactly the size of the next
+//!   response would swallow it whole and give every later answer to the
+//!   request before its own. The price: a file that contains `HTTP/1.`
+//!   ends pipelining for its worker (it is fetched again one request at a
+//!   time, and arrives).
 //!
 //! The caller then stops pipelining for that service (the worker falls back
 //! to one request per connection at a time).
@@ -638,7 +646,15 @@ impl PipeConn {
                 if declared > limit {
                     return Err(too_large(Some(declared)));
                 }
+                // Only a response with requests behind it can swallow the
+                // next response; checked before reading, while they are.
+                let followed = self.pending.len() > 1;
                 self.read_length(declared, limits, body).await?;
+                if followed && contains(body, b"HTTP/1.") {
+                    return Err(self.misframed(
+                        "a response's body holds a status line: its length took in the next response",
+                    ));
+                }
             }
             Framing::Chunked => {
                 self.read_chunked(limit, limits, body)
@@ -654,7 +670,44 @@ impl PipeConn {
                 }
             }
         }
+        // Whatever already follows this response must be the start of the
+        // next one. A `Content-Length` that lies shows here, before this
+        // answer is delivered: a body declared short leaves its tail in
+        // front of the next status line, and one declared long swallows the
+        // start of the next response (in a pipeline, the bytes it wrongly
+        // takes are usually there already).
+        if !self.next_is_a_response() {
+            return Err(self
+                .misframed("the bytes after a response are not a response: its length was wrong"));
+        }
         Ok(head)
+    }
+
+    /// A response whose framing was wrong, found before its answer was
+    /// delivered. On a pipelined connection that is a fault of pipelining
+    /// whatever was answered before: the lie put other responses at risk.
+    fn misframed(&mut self, why: &str) -> Broke {
+        let error = FetchError::Transport(why.into());
+        if self.deepest > 1 && self.fault.is_none() {
+            self.fault = Some(PipelineFault::Misframed {
+                answered: self.answered,
+                error: error.to_string(),
+            });
+        }
+        Broke::Misframed(error)
+    }
+
+    /// Whether the unread bytes, if any, could begin a response: a prefix
+    /// of `HTTP/1.` after the empty lines a reader skips.
+    fn next_is_a_response(&self) -> bool {
+        let rest = &self.rbuf[self.rpos..self.rend];
+        let start = rest
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(rest.len());
+        let rest = &rest[start..];
+        let n = rest.len().min(7);
+        rest[..n] == b"HTTP/1."[..n]
     }
 
     /// Reads and parses one response head.
@@ -777,7 +830,7 @@ impl PipeConn {
                 self.fill_body(limits).await?;
             }
             if &self.rbuf[self.rpos..self.rpos + 2] != b"\r\n" {
-                return Err(misframed("a chunk does not end with CRLF"));
+                return Err(chunk_misframed("a chunk does not end with CRLF"));
             }
             self.rpos += 2;
         }
@@ -788,7 +841,7 @@ impl PipeConn {
             let buf = &self.rbuf[self.rpos..self.rend];
             if let Some(&first) = buf.first() {
                 if !first.is_ascii_hexdigit() {
-                    return Err(misframed("invalid chunk size"));
+                    return Err(chunk_misframed("invalid chunk size"));
                 }
                 match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((n, size))) => {
@@ -796,10 +849,10 @@ impl PipeConn {
                         return Ok(size);
                     }
                     Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                        return Err(misframed("chunk size line too long"))
+                        return Err(chunk_misframed("chunk size line too long"))
                     }
                     Ok(httparse::Status::Partial) => {}
-                    Err(_) => return Err(misframed("invalid chunk size")),
+                    Err(_) => return Err(chunk_misframed("invalid chunk size")),
                 }
             }
             self.fill_body(limits).await?;
@@ -819,7 +872,7 @@ impl PipeConn {
                     return Ok(());
                 }
             } else if skipped + buf.len() > MAX_HEAD_BYTES {
-                return Err(misframed("trailers too long"));
+                return Err(chunk_misframed("trailers too long"));
             } else {
                 self.fill_body(limits).await?;
             }
@@ -836,7 +889,7 @@ impl PipeConn {
             Err(FillError::Timeout(e)) => {
                 Err(ChunkError::Broke(Broke::Other(e.error("idle-body"))))
             }
-            Err(FillError::TooLong) => Err(misframed("chunk line too long")),
+            Err(FillError::TooLong) => Err(chunk_misframed("chunk line too long")),
             Err(FillError::Io(e)) => Err(ChunkError::Broke(Broke::Other(FetchError::Transport(
                 e.to_string(),
             )))),
@@ -988,8 +1041,21 @@ fn full_buffer() -> FetchError {
     FetchError::Transport("read buffer full in a body".into())
 }
 
-fn misframed(why: &str) -> ChunkError {
+fn chunk_misframed(why: &str) -> ChunkError {
     ChunkError::Broke(Broke::Misframed(FetchError::Transport(why.into())))
+}
+
+/// Whether `needle` (not empty) occurs in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = hay[from..].iter().position(|&b| b == needle[0]) {
+        let at = from + i;
+        if hay[at..].starts_with(needle) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// Printable ASCII without space: what may go into a request line or the
