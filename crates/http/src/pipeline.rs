@@ -99,9 +99,11 @@ pub const MIN_ANSWERS_PER_DEPTH: u64 = 4;
 /// requests (a few kilobytes) fit in any socket buffer.
 pub const MAX_PIPELINE_DEPTH: u32 = 64;
 
-/// The largest response head accepted, as hyper's default limits allow for
-/// about: a server that sends endless headers is an error, not memory.
-const MAX_HEAD_BYTES: usize = 64 << 10;
+/// The largest response head accepted: hyper's client's default buffer
+/// limit, so that `Conn` and `PipeConn` accept the same heads (a 300 KB
+/// `Location` is a refused redirect on both, not a transport error on one).
+/// A server that sends endless headers is an error, not memory.
+const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
 /// Headers per response, as hyper's default.
 const MAX_HEADERS: usize = 100;
