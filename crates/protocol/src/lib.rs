@@ -291,7 +291,7 @@ impl WorkerSettings {
             layout: Layout::Flat,
             resolve: Resolve::Openat2,
             connections: 8,
-            pipeline: 1,
+            pipeline: 8,
             max_file_size: 8 << 20,
             connect_timeout_ms: 5_000,
             first_byte_timeout_ms: 10_000,
