@@ -34,7 +34,7 @@ enum Command {
     // Boxed: the fetch flags are most of the enum's size otherwise.
     Fetch(Box<FetchArgs>),
     /// Show a run's progress per shard and in total, while it runs or after.
-    Status(bulkget_stats::StatusArgs),
+    Status(bulkget_report::StatusArgs),
     /// Unpack the SQLite shards of OUT into a directory tree.
     Export {
         /// The output directory of a `--sink sqlite` run.
@@ -61,18 +61,12 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let code = match cli.command {
-        Command::Fetch(args) => match std::env::current_exe() {
-            Ok(exe) => bulkget_coordinator::fetch(*args, exe),
-            Err(e) => {
-                errln!("bulkget: cannot find my own executable to start workers: {e}");
-                exit::ERROR
-            }
-        },
+        Command::Fetch(args) => bulkget_coordinator::fetch(*args),
         Command::Worker => bulkget_worker::run_on_fd(bulkget_worker::WORKER_FD),
         Command::Status(args) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            match bulkget_stats::run_status(&args, &mut out) {
+            match bulkget_report::run_status(&args, &mut out) {
                 Ok(code) => code,
                 Err(e) => {
                     let _ = out.flush();

@@ -13,6 +13,8 @@
 #      of 100 bytes with openat/write/close, flat and fan-out;
 #   3. `bulkget fetch` with --sink null, dir (flat and fanout) and sqlite;
 #   4. sweeps of --connections, --batch-size and --window (null sink); the
+#      protocols: HTTP/1.1 against h2c (HTTP/2 with prior knowledge) at
+#      several --connections, in alternating rounds against one server; the
 #      CPU split pinned vs shared; the lister (standalone and inside a run);
 #      --error-rate 0.2 vs clean (two servers side by side, runs alternating);
 #   5. a perf profile of the whole process tree (null sink), if perf works;
@@ -41,7 +43,7 @@
 #                    instead of a fresh scratch ext4 per run (see below)
 #   --no-pin         do not split the CPUs between server and client
 #   --no-build       use the binaries already in target/release
-#   --only LIST      comma-separated subset of: main,sweeps,split,errors,lister,profile,refs,baseline
+#   --only LIST      comma-separated subset of: main,sweeps,protocols,split,errors,lister,profile,refs,baseline
 #   --ref-size N     files for the refs block (default 200000; nginx serves them
 #                    from a tree of small files on /dev/shm: ~4 KiB of RAM each)
 #   --baseline DIR   DIR/bulkget is an older build (e.g. copied from
@@ -90,7 +92,7 @@ ORIG_ARGS="$*"
 ORIG_ARGV=("$@")
 
 QUICK=0 BIG=0 RUNS=3 BIG_RUNS=1 SIZES="100000 1000000" OUT_BASE="" PIN=1 BUILD=1
-DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,split,errors,lister,profile,refs"
+DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,protocols,split,errors,lister,profile,refs"
 ONLY=$ONLY_ALL SIZES_SET=0 RUNS_SET=0 NICE="" BASELINE="" REF_SIZE=200000
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -577,6 +579,23 @@ drop_other_server() {
   wait "$OTHER_SERVER_PID" 2>/dev/null || true
   OTHER_SERVER_PID=""
 }
+
+if want protocols; then
+  # HTTP/1.1 at the default --connections against HTTP/2 (h2c with prior
+  # knowledge, 32 streams per connection) at several --connections, which
+  # over HTTP/2 is the number of concurrent streams. Same server, rounds
+  # alternating. TODO(https): rows over TLS (h1 and h2 by ALPN) once the
+  # client speaks https; the server takes --tls --cert-out already.
+  n=$SWEEP_SIZE
+  start_server "$n"
+  for r in $(seq "$RUNS"); do
+    run_fetch proto-http1 "$n" null - $CONNS $BATCH $WINDOW 0 1000 --http-version 1.1
+    for c in 32 64 128; do
+      run_fetch proto-h2c "$n" null - "$c" $BATCH $WINDOW 0 1000 --http-version 2
+    done
+  done
+  stop_server
+fi
 
 if want split && [[ $PIN == 1 && $NPROC -ge 2 ]]; then
   # The same null-sink run and wrk, pinned (the default split) and with

@@ -499,6 +499,23 @@ def cmd_report(results, meta_path):
             )
         w("")
 
+    # ---- protocols
+    pr = [r for r in rows if r["kind"] == "fetch" and r.get("tag", "").startswith("proto-")]
+    if pr:
+        w("## Protocols: HTTP/1.1 against HTTP/2 (null sink)\n")
+        w("Over HTTP/2, connections is the number of concurrent streams, 32 to a connection.\n")
+        base = _fetch_stats([r for r in pr if r["tag"] == "proto-http1"]) if any(r["tag"] == "proto-http1" for r in pr) else None
+        w("| files | protocol | connections | runs | files/s | CPU µs/file | × HTTP/1.1 CPU | max worker RSS MB |")
+        w("|---:|---|---:|---:|---:|---:|---:|---:|")
+        for key, rs in sorted(_group(pr, ["size", "tag", "conns"]).items(), key=lambda kv: (int(kv[0][0]), kv[0][1], int(kv[0][2]))):
+            s = _fetch_stats(rs)
+            ratio = s["cpu_us"] / base["cpu_us"] if base and base["cpu_us"] and s["cpu_us"] else None
+            w(
+                f"| {int(key[0]):,} | {key[1][6:]} | {key[2]} | {s['runs']} | {_fmt(s['rate'])} | "
+                f"{_fmt(s['cpu_us'], 1)} | {_fmt(ratio, 2)} | {_fmt(s['worker_mb'], 1)} |"
+            )
+        w("")
+
     # ---- split
     sp = [r for r in rows if r["kind"] == "fetch" and r.get("tag", "").startswith("split-")]
     if sp:

@@ -293,11 +293,7 @@ fn slow_bodies_past_the_idle_timeout_fail_with_a_timeout_and_the_run_ends() {
         verify_except(&ws.out(), &server, &slow),
         1000 - slow.len() as u64
     );
-    let summary = text(&output.stdout);
-    assert!(
-        summary.contains(&format!("files failed:   {}", slow.len())),
-        "{summary}"
-    );
+    assert_eq!(run_counts(&ws).files_failed, slow.len() as u64);
 }
 
 #[test]
@@ -407,25 +403,14 @@ fn permanent_faults_fail_alone_with_clear_reasons_and_oversized_bodies_are_never
         peak_rss_kib < 64 * 1024,
         "peak RSS {peak_rss_kib} KiB: an oversized body was buffered"
     );
-    let summary = text(&output.stdout);
-    assert!(
-        summary.contains(&format!("files failed:   {}", expected.len())),
-        "{summary}"
-    );
+    assert_eq!(run_counts(&ws).files_failed, expected.len() as u64);
 }
 
 // --------------------------------------------------------- listing faults
 
 #[test]
 fn a_list_page_that_fails_once_is_retried() {
-    let server = Server::start(&[
-        "--files",
-        "1000",
-        "--page-size",
-        "250",
-        "--list-fault",
-        "fail-once",
-    ]);
+    let server = Server::with_list_fault("fail-once");
     let ws = Workspace::new();
     let output = fetch(
         &server,
@@ -592,14 +577,7 @@ fn a_listing_failure_resumes_from_its_checkpoint_and_loses_nothing() {
 
 #[test]
 fn a_listing_loop_stops_with_exit_4_and_says_so() {
-    let server = Server::start(&[
-        "--files",
-        "1000",
-        "--page-size",
-        "250",
-        "--list-fault",
-        "loop",
-    ]);
+    let server = Server::with_list_fault("loop");
     let ws = Workspace::new();
     let output = fetch(&server, &ws, &["--workers", "2"]);
     assert_code(&output, 4);
@@ -704,14 +682,7 @@ fn a_two_million_name_page_is_accepted_by_default_and_refused_clearly_below_max_
 
 #[test]
 fn a_page_that_repeats_the_previous_one_is_fetched_and_counted_once() {
-    let server = Server::start(&[
-        "--files",
-        "1000",
-        "--page-size",
-        "250",
-        "--list-fault",
-        "duplicates",
-    ]);
+    let server = Server::with_list_fault("duplicates");
     let ws = Workspace::new();
     let output = fetch(&server, &ws, &["--workers", "2"]);
     assert_code(&output, 0);
@@ -721,8 +692,7 @@ fn a_page_that_repeats_the_previous_one_is_fetched_and_counted_once() {
     // Page 2 listed 500 names, 250 of them page 1's again: each file was
     // asked for once and counted once.
     assert_eq!(stats["requests"]["get"], 1000);
-    let summary = text(&output.stdout);
-    assert!(summary.contains("files ok:       1000\n"), "{summary}");
+    assert_eq!(files_ok(&ws), 1000);
     let checkpoint = read_json(&ws.state().join("checkpoint.json")).unwrap();
     assert_eq!(checkpoint["totals"]["files_ok"], 1000, "{checkpoint}");
     assert_eq!(checkpoint["totals"]["names_listed"], 1000, "{checkpoint}");
@@ -730,14 +700,7 @@ fn a_page_that_repeats_the_previous_one_is_fetched_and_counted_once() {
 
 #[test]
 fn the_next_file_alias_of_next_marker_is_followed() {
-    let server = Server::start(&[
-        "--files",
-        "1000",
-        "--page-size",
-        "250",
-        "--list-fault",
-        "next-file",
-    ]);
+    let server = Server::with_list_fault("next-file");
     let ws = Workspace::new();
     let output = fetch(&server, &ws, &["--workers", "2"]);
     assert_code(&output, 0);

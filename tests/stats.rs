@@ -3,7 +3,7 @@
 //! while the run goes on and after it.
 
 use crate::util::*;
-use bulkget_stats::{CheckpointFile, CoordinatorStats, ResumePosition, ShardState, ShardStats};
+use bulkget_stats::{CoordinatorStats, ShardState, ShardStats, SummaryState};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -176,9 +176,10 @@ fn every_count_agrees_after_a_run_retries_included() {
 
     let shards: Vec<ShardStats> = (0..2).map(|k| shard(&state, k)).collect();
     let c = coordinator(&state).unwrap();
-    let cp: CheckpointFile = bulkget_stats::read_json(&state.join("checkpoint.json"))
-        .unwrap()
-        .unwrap();
+    let cp =
+        bulkget_stats::checkpoint::parse(&std::fs::read(state.join("checkpoint.json")).unwrap())
+            .unwrap()
+            .checkpoint;
     let report: Value =
         serde_json::from_slice(&status(&[state.to_str().unwrap(), "--json"]).stdout)
             .expect("status --json prints JSON");
@@ -218,11 +219,11 @@ fn every_count_agrees_after_a_run_retries_included() {
     );
     assert_eq!(c.batches_queued, 0);
     assert!(c.shards.iter().all(|s| s.batches_in_flight == 0
-        && s.state == "stopped"
+        && s.state == SummaryState::Stopped
         && s.pid.is_none()
         && s.restarts == 0));
     assert!(cp.complete);
-    assert_eq!(cp.position, ResumePosition::Done);
+    assert_eq!(cp.position, bulkget_stats::checkpoint::ListPosition::Done);
     assert_eq!(report["stale_shards"], serde_json::json!([]));
     assert_eq!(report["warnings"], serde_json::json!([]));
 }

@@ -26,6 +26,19 @@ impl Server {
 
     /// A server on `port` (0: any free one), for a test that stops a server
     /// and starts another at the same URL.
+    /// A server of 1,000 files in pages of 250 with one `--list-fault`:
+    /// what the listing tests need.
+    pub fn with_list_fault(fault: &str) -> Server {
+        Server::start(&[
+            "--files",
+            "1000",
+            "--page-size",
+            "250",
+            "--list-fault",
+            fault,
+        ])
+    }
+
     pub fn start_on(port: u16, args: &[&str]) -> Server {
         let mut cmd = Command::new(SERVER);
         cmd.args(["--port", &port.to_string(), "--threads", "1"])
@@ -339,6 +352,37 @@ pub fn spawn_fetch(server: &Server, ws: &Workspace, args: &[&str]) -> Running {
 /// The run's `coordinator.json`, if it is there and whole.
 pub fn coordinator_json(ws: &Workspace) -> Option<serde_json::Value> {
     read_json(&ws.state().join("coordinator.json"))
+}
+
+/// A run's counts as its `coordinator.json` says them: tests read these
+/// numbers rather than the summary's wording, which may change freely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunCounts {
+    pub files_ok: u64,
+    pub files_failed: u64,
+    /// Restarts of every shard.
+    pub restarts: u64,
+    /// Shards no longer restarted.
+    pub parked: u64,
+}
+
+/// The counts in `coordinator.json` now (all zero before it is written);
+/// after a run, its final counts.
+pub fn run_counts(ws: &Workspace) -> RunCounts {
+    let c = coordinator_json(ws).unwrap_or_default();
+    let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let shards = c["shards"].as_array().cloned().unwrap_or_default();
+    RunCounts {
+        files_ok: count(&c["files_ok"]),
+        files_failed: count(&c["files_failed"]),
+        restarts: shards.iter().map(|s| count(&s["restarts"])).sum(),
+        parked: shards.iter().filter(|s| s["state"] == "parked").count() as u64,
+    }
+}
+
+/// Files acknowledged so far, as `coordinator.json` says.
+pub fn files_ok(ws: &Workspace) -> u64 {
+    run_counts(ws).files_ok
 }
 
 /// The worker pids the coordinator reports.

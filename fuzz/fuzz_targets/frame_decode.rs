@@ -1,4 +1,5 @@
-//! `frame::decode` on arbitrary bytes, as both directions' message types:
+//! `frame::decode` on arbitrary bytes, as both directions' message types
+//! and as the version frame that opens each direction:
 //! the decoder of the bytes that arrive on a worker's or the coordinator's
 //! socket.
 //!
@@ -9,7 +10,7 @@
 #![no_main]
 
 use bulkget_protocol::frame::{self, FrameError, MAX_FRAME};
-use bulkget_protocol::{ToCoordinator, ToWorker};
+use bulkget_protocol::{ToCoordinator, ToWorker, Version};
 use libfuzzer_sys::fuzz_target;
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt::Debug;
@@ -44,4 +45,5 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(data: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     check::<ToWorker>(data);
     check::<ToCoordinator>(data);
+    check::<Version>(data);
 });

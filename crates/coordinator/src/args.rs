@@ -1,5 +1,6 @@
 //! The `bulkget fetch` command line.
 
+use bulkget_http::{HeaderName, HeaderValue};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +33,25 @@ pub enum ProgressArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HttpVersionArg {
+    Auto,
+    #[value(name = "1.1")]
+    Http1,
+    #[value(name = "2")]
+    Http2,
+}
+
+impl From<HttpVersionArg> for bulkget_protocol::HttpVersion {
+    fn from(v: HttpVersionArg) -> Self {
+        match v {
+            HttpVersionArg::Auto => bulkget_protocol::HttpVersion::Auto,
+            HttpVersionArg::Http1 => bulkget_protocol::HttpVersion::Http1,
+            HttpVersionArg::Http2 => bulkget_protocol::HttpVersion::Http2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -47,9 +67,15 @@ pub struct FetchArgs {
     /// Worker processes (shards). Default: the number of CPUs.
     #[arg(long, short = 'w')]
     pub workers: Option<usize>,
-    /// Concurrent keep-alive connections per worker.
+    /// Concurrent requests per worker: keep-alive connections over
+    /// HTTP/1.1; over HTTP/2, streams multiplexed on a few connections.
     #[arg(long, short = 'c', default_value_t = 32)]
     pub connections: u32,
+    /// HTTP version: `auto` speaks HTTP/2 when TLS's ALPN offers it on
+    /// https and HTTP/1.1 otherwise; `2` on an http:// URL is h2c with
+    /// prior knowledge.
+    #[arg(long, value_enum, default_value_t = HttpVersionArg::Auto)]
+    pub http_version: HttpVersionArg,
     /// HTTP/1.1 pipelining: requests in flight on each connection (1: off).
     /// A server that mishandles pipelining (closes connections early, stalls
     /// or misframes a response) makes each worker fall back to 1, logged
@@ -119,7 +145,8 @@ pub struct FetchArgs {
     /// Seconds to let in-flight batches finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub grace: u64,
-    /// Park a shard that crashes more than this many times ...
+    /// Park a shard whose workers crash more than this many times without
+    /// acknowledging anything (crashes blamed on a suspect batch excepted) ...
     #[arg(long, default_value_t = 5)]
     pub restart_burst: u32,
     /// ... within this many seconds.
@@ -144,6 +171,41 @@ pub struct FetchArgs {
     /// named on stderr, capped as without --quiet).
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// A header sent on every request, list and get: 'Name: value'
+    /// (repeatable). '@FILE' reads 'Name: value' lines from FILE (blank lines
+    /// and lines starting with # are skipped), so a secret stays out of the
+    /// process list. Values are never written anywhere; run.json records
+    /// the names, and --resume needs the same headers again.
+    #[arg(
+        long,
+        short = 'H',
+        value_name = "'NAME: VALUE' | @FILE",
+        help_heading = "Real services"
+    )]
+    pub header: Vec<String>,
+    /// Trust only the CA certificates in this PEM file for an https:// URL,
+    /// instead of the system's trusted roots.
+    #[arg(long, value_name = "FILE", help_heading = "Real services")]
+    pub cacert: Option<PathBuf>,
+    /// A PEM client certificate (chain) for mutual TLS; needs --client-key.
+    #[arg(long, value_name = "FILE", help_heading = "Real services")]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", help_heading = "Real services")]
+    pub client_key: Option<PathBuf>,
+    /// Do not verify the server's certificate (a warning is printed on every
+    /// run that uses this).
+    #[arg(long, short = 'k', help_heading = "Real services")]
+    pub insecure: bool,
+    /// Tunnel every connection through this http:// proxy with CONNECT:
+    /// [http://][user:password@]host[:port] (port 1080 by default). Overrides
+    /// https_proxy, http_proxy and all_proxy; "" uses no proxy.
+    #[arg(long, value_name = "URL", help_heading = "Real services")]
+    pub proxy: Option<String>,
+    /// Hosts reached without the proxy, comma-separated ("*" for all);
+    /// overrides no_proxy / NO_PROXY.
+    #[arg(long, value_name = "LIST", help_heading = "Real services")]
+    pub noproxy: Option<String>,
     /// Test hook: a worker aborts when a response carries x-bulkget-test-abort.
     #[arg(long, hide = true)]
     pub test_abort_on_header: bool,
@@ -154,4 +216,38 @@ pub struct FetchArgs {
     /// ones fails once (EIO), as the kernel reports a lost write-back once.
     #[arg(long, hide = true, value_name = "N")]
     pub test_fail_sync_after: Option<u64>,
+    /// Test hook: the first worker of this shard closes its socket after the
+    /// hello and does not exit.
+    #[arg(long, hide = true)]
+    pub test_linger_shard: Vec<u32>,
+    /// Test hook: the coordinator announces this build id to its workers
+    /// instead of its own, as a coordinator of another build would.
+    #[arg(long, hide = true)]
+    pub test_announce_build: Option<String>,
+}
+
+/// The headers of `-H`, in order, with `@FILE` read: `(name, value)`. An
+/// error names the argument or the file and line, never a value.
+pub fn read_headers(args: &[String]) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut headers = Vec::new();
+    for arg in args {
+        match arg.strip_prefix('@') {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the header file {path}: {e}"))?;
+                for (i, line) in text.lines().enumerate() {
+                    let trimmed = line.trim();
+                    if trimmed.is_empty() || trimmed.starts_with('#') {
+                        continue;
+                    }
+                    let header = bulkget_http::transport::parse_header(trimmed)
+                        .map_err(|e| format!("{path} line {}: {e}", i + 1))?;
+                    headers.push(header);
+                }
+            }
+            None => headers
+                .push(bulkget_http::transport::parse_header(arg).map_err(|e| format!("-H: {e}"))?),
+        }
+    }
+    Ok(headers)
 }

@@ -4,9 +4,11 @@
 /// Every listed file is in the sink.
 pub const OK: i32 = 0;
 /// An unexpected error (I/O on the state directory, cannot spawn workers),
-/// or a failed write or sync of what makes the run durable (`failed.jsonl`,
-/// the output file system, the checkpoint): then the run stops at once and
-/// the last checkpoint saved before the failure is the one to resume from.
+/// a worker of another build than the coordinator (the checkpoint is then
+/// saved), or a failed write or sync of what makes the run durable
+/// (`failed.jsonl`, the output file system, the checkpoint): then the run
+/// stops at once and the last checkpoint saved before the failure is the
+/// one to resume from.
 pub const ERROR: i32 = 1;
 /// Bad command line (clap also uses 2).
 pub const USAGE: i32 = 2;
@@ -15,7 +17,8 @@ pub const FILES_FAILED: i32 = 3;
 /// The listing failed (invalid page, loop, permanent HTTP error); the
 /// checkpoint is saved and `--resume` retries from the failed page.
 pub const LISTING_FAILED: i32 = 4;
-/// Every shard crashed too often and was parked; the checkpoint is saved.
+/// Every shard's workers crashed too often without acknowledging anything,
+/// and every shard was parked; the checkpoint is saved.
 pub const ALL_PARKED: i32 = 5;
 /// The state directory is in use, belongs to another run, or holds an
 /// unfinished run and `--resume` was not given.

@@ -109,9 +109,9 @@ impl FailureLog {
         let n = std::mem::take(&mut self.unshown);
         format!(
             "bulkget: failed: {} more {} not shown ({} failed so far); every failure is in {}",
-            crate::progress::grouped(n),
+            bulkget_report::format::grouped(n),
             if n == 1 { "file" } else { "files" },
-            crate::progress::grouped(self.seen),
+            bulkget_report::format::grouped(self.seen),
             self.failed_path.display()
         )
     }

@@ -15,7 +15,7 @@
 //! (ARCHITECTURE.md, "Memory").
 
 use crate::scheduler::ListPosition;
-use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits};
+use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits, Proto, Transport};
 use bulkget_protocol::{cut_text, Names, MAX_REASON_BYTES};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -84,7 +84,12 @@ impl std::error::Error for ListError {}
 /// How the lister behaves.
 #[derive(Debug, Clone)]
 pub struct ListerConfig {
-    pub connect_timeout: Duration,
+    /// TCP, proxy, TLS and the headers of `-H`.
+    pub transport: Transport,
+    /// The protocol of the listing connection on plain http: the workers'
+    /// own, so a server that speaks only h2c (`--http-version 2`) can be
+    /// listed. Over TLS, ALPN decides.
+    pub proto: Proto,
     pub limits: Limits,
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -238,7 +243,7 @@ impl ListerThread {
             .spawn(move || {
                 runtime.block_on(async move {
                     tokio::select! {
-                        () = run(endpoint, start, 0, config, tx, wait) => {}
+                        () = run(endpoint, start, config, tx, wait) => {}
                         // The handle was dropped: the run is over.
                         _ = stop_rx => {}
                     }
@@ -260,7 +265,6 @@ const KEEP_BODY_BYTES: usize = 4 << 20;
 pub async fn run(
     endpoint: Endpoint,
     start: ListPosition,
-    first_seq: u64,
     config: ListerConfig,
     tx: mpsc::Sender<Result<Page, ListError>>,
     wait: Arc<ListerWait>,
@@ -273,7 +277,9 @@ pub async fn run(
     let mut conn: Option<Conn> = None;
     let mut body = Vec::new();
     let mut jitter = Jitter::from_entropy();
-    let mut seq = first_seq;
+    // Pages are numbered from where this listing starts (the checkpoint's
+    // position on a resume), as the messages that name them say.
+    let mut seq: u64 = 0;
     while let Some(path) = list_path(&endpoint, &position) {
         // Room first, then the page: a page is never parsed only to wait
         // here while another waits in the channel (ARCHITECTURE.md, "Memory").
@@ -305,7 +311,7 @@ pub async fn run(
             if !error.is_transient() || attempt >= config.max_attempts {
                 break Err(ListError::Http {
                     page: page_desc.clone(),
-                    error: gave_up(&error, attempt),
+                    error: gave_up(&error, attempt, &config.transport),
                 });
             }
             let text = cut_text(&error.to_string(), MAX_REASON_BYTES).into_owned();
@@ -347,18 +353,37 @@ pub async fn run(
 /// Why a page's request failed for good, after `attempt` attempts. The
 /// error may quote the server (a `Location`), so it is cut like a failure's
 /// reason.
-fn gave_up(error: &FetchError, attempt: u32) -> String {
+fn gave_up(error: &FetchError, attempt: u32, transport: &Transport) -> String {
     let text = cut_text(&error.to_string(), MAX_REASON_BYTES).into_owned();
     match error {
         FetchError::TooLarge { .. } => {
             format!("list page {text}; raise --max-page-size to accept it")
         }
+        e if e.is_auth() => cut_text(&auth_message(e, transport), MAX_REASON_BYTES).into_owned(),
         FetchError::Timeout("request") => format!(
             "{text} (gave up after {attempt} attempts); \
              raise --list-timeout if the pages are this slow"
         ),
         e if e.is_transient() => format!("{text} (gave up after {attempt} attempts)"),
         _ => text,
+    }
+}
+
+/// A 401 or 403 on a list page: the message names authentication and the
+/// headers that were sent, by name only.
+fn auth_message(error: &FetchError, transport: &Transport) -> String {
+    let names: Vec<&str> = transport.headers.iter().map(|(n, _)| n.as_str()).collect();
+    if names.is_empty() {
+        format!(
+            "{error}: authentication failed; no header was given, so the server may need \
+             credentials: -H 'Name: value' or -H @FILE"
+        )
+    } else {
+        format!(
+            "{error}: authentication failed; the server refused the credentials sent in \
+             the header(s) {}",
+            names.join(", ")
+        )
     }
 }
 
@@ -370,7 +395,7 @@ async fn fetch(
     body: &mut Vec<u8>,
 ) -> Result<(), FetchError> {
     if conn.as_ref().is_none_or(|c| !c.is_usable()) {
-        *conn = Some(Conn::connect(endpoint, config.connect_timeout).await?);
+        *conn = Some(Conn::connect_with(endpoint, &config.transport, config.proto).await?);
     }
     let c = conn.as_mut().expect("connected above");
     c.get(endpoint, path, &config.limits, body)
@@ -576,13 +601,21 @@ mod tests {
     #[test]
     fn a_list_error_quoting_a_huge_location_stays_short() {
         let to = format!("http://other/{}", "x".repeat(300_000));
-        let e = gave_up(&FetchError::OffHostRedirect(to), 1);
+        let e = gave_up(
+            &FetchError::OffHostRedirect(to),
+            1,
+            &Transport::plain(Duration::from_secs(1)),
+        );
         assert!(e.len() <= MAX_REASON_BYTES, "{}", e.len());
         assert!(
             e.starts_with("redirect to another host refused: http://other/xxx"),
             "{e}"
         );
-        let e = gave_up(&FetchError::Transport("y".repeat(300_000)), 10);
+        let e = gave_up(
+            &FetchError::Transport("y".repeat(300_000)),
+            10,
+            &Transport::plain(Duration::from_secs(1)),
+        );
         assert!(e.len() < MAX_REASON_BYTES + 40, "{}", e.len());
         assert!(e.ends_with("yyy (gave up after 10 attempts)"), "{e}");
     }

@@ -30,6 +30,8 @@
 
 use crate::args::ProgressArg;
 use bulkget_console::errln;
+use bulkget_report::progress;
+use bulkget_stats::CoordinatorStats;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,29 +57,6 @@ macro_rules! note {
 }
 pub(crate) use note;
 
-/// A moment of the run, as the display needs it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    pub ok: u64,
-    pub failed: u64,
-    pub bytes: u64,
-    /// Names listed so far (the total once `listing_done`).
-    pub listed: u64,
-    pub listing_done: bool,
-    pub files_per_sec: f64,
-    pub eta_seconds: Option<f64>,
-    pub restarts: u32,
-    pub parked: usize,
-    /// Retried attempts reported with acknowledgements.
-    pub retries: u64,
-}
-
-impl Snapshot {
-    fn done(&self) -> u64 {
-        self.ok + self.failed
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
     /// No total yet: counts only.
@@ -94,7 +73,7 @@ pub struct Progress {
     started: Instant,
     last_plain: Option<Instant>,
     /// The latest snapshot not yet printed as a plain line.
-    unprinted: Option<Snapshot>,
+    unprinted: Option<CoordinatorStats>,
 }
 
 impl Progress {
@@ -121,22 +100,22 @@ impl Progress {
 
     /// Shows `s`: redraws the bar, or prints a plain line if one is due.
     /// Called once a second.
-    pub fn update(&mut self, s: &Snapshot) {
+    pub fn update(&mut self, s: &CoordinatorStats) {
         if let Some(bar) = &self.bar {
-            let shape = if s.listing_done {
-                Shape::Bar
-            } else {
-                Shape::Listing
+            let (done, total) = progress::bar_position(s);
+            let shape = match total {
+                Some(total) => {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                    Shape::Bar
+                }
+                None => Shape::Listing,
             };
-            if shape == Shape::Bar {
-                bar.set_length(s.listed.max(s.done()));
-                bar.set_position(s.done());
-            }
             if self.shape != Some(shape) {
                 bar.set_style(style(shape));
                 self.shape = Some(shape);
             }
-            let (first, second) = bar_lines(s);
+            let (first, second) = progress::bar_lines(s);
             bar.set_prefix(first);
             bar.set_message(second);
             bar.tick();
@@ -174,12 +153,15 @@ impl Progress {
         }
     }
 
-    fn print_plain(&self, s: &Snapshot) {
+    fn print_plain(&self, s: &CoordinatorStats) {
         let elapsed = self.started.elapsed();
         if self.json {
-            errln!("{}", json_line("INFO", "progress", json_fields(s, elapsed)));
+            errln!(
+                "{}",
+                json_line("INFO", "progress", progress::json_fields(s, elapsed))
+            );
         } else {
-            errln!("{}", plain_line(s, elapsed));
+            errln!("{}", progress::plain_line(s, elapsed));
         }
     }
 }
@@ -194,97 +176,6 @@ fn style(shape: Shape) -> ProgressStyle {
     ProgressStyle::with_template(template)
         .expect("valid template")
         .progress_chars("=> ")
-}
-
-/// The bar's two lines: the counts (and the ETA once there is one), then
-/// the rest, most useful first so that a narrow terminal cuts the least.
-fn bar_lines(s: &Snapshot) -> (String, String) {
-    let first = if s.listing_done {
-        format!("{}/{} · {}", grouped(s.done()), grouped(s.listed), eta(s))
-    } else {
-        format!(
-            "{} files done of {} listed so far (listing: no ETA yet)",
-            grouped(s.done()),
-            grouped(s.listed)
-        )
-    };
-    let mut second = format!(
-        "{} files/s · {} · {} failed · {} · {}",
-        grouped(s.files_per_sec.round() as u64),
-        human_bytes(s.bytes),
-        grouped(s.failed),
-        plural(s.retries, "retry", "retries"),
-        plural(u64::from(s.restarts), "restart", "restarts"),
-    );
-    if s.parked > 0 {
-        second.push_str(&format!(
-            " · {} parked",
-            plural(s.parked as u64, "shard", "shards")
-        ));
-    }
-    (first, second)
-}
-
-/// `bulkget: 0:01:05 123,456/200,000+ files (61.7 %), 2,102 files/s,
-/// 12.3 MB, 0 failed, 3 retries, 0 restarts, no ETA while listing`. The `+`
-/// says more names may come.
-pub fn plain_line(s: &Snapshot, elapsed: Duration) -> String {
-    let percent = if s.listed > 0 {
-        format!(" ({:.1} %)", s.done() as f64 * 100.0 / s.listed as f64)
-    } else {
-        String::new()
-    };
-    format!(
-        "bulkget: {} {}/{}{} files{percent}, {} files/s, {}, {} failed, {}, {}, {}{}",
-        clock(elapsed),
-        grouped(s.done()),
-        grouped(s.listed),
-        if s.listing_done { "" } else { "+" },
-        grouped(s.files_per_sec.round() as u64),
-        human_bytes(s.bytes),
-        grouped(s.failed),
-        plural(s.retries, "retry", "retries"),
-        plural(u64::from(s.restarts), "restart", "restarts"),
-        eta(s),
-        parked(s),
-    )
-}
-
-fn eta(s: &Snapshot) -> String {
-    match s.eta_seconds {
-        Some(e) => format!("ETA {}", human_duration(e)),
-        None if s.listing_done => "no ETA: no recent progress".to_string(),
-        None => "no ETA while listing".to_string(),
-    }
-}
-
-fn parked(s: &Snapshot) -> String {
-    if s.parked > 0 {
-        format!(", {} parked", plural(s.parked as u64, "shard", "shards"))
-    } else {
-        String::new()
-    }
-}
-
-fn json_fields(s: &Snapshot, elapsed: Duration) -> serde_json::Map<String, serde_json::Value> {
-    let v = serde_json::json!({
-        "elapsed_seconds": (elapsed.as_secs_f64() * 10.0).round() / 10.0,
-        "files_done": s.done(),
-        "files_ok": s.ok,
-        "files_failed": s.failed,
-        "names_listed": s.listed,
-        "listing_done": s.listing_done,
-        "files_per_sec": s.files_per_sec.round(),
-        "bytes": s.bytes,
-        "retries": s.retries,
-        "restarts": s.restarts,
-        "parked_shards": s.parked,
-        "eta_seconds": s.eta_seconds.map(|e| e.round()),
-    });
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => unreachable!("an object literal"),
-    }
 }
 
 /// One line in the shape of `tracing-subscriber`'s JSON format.
@@ -303,138 +194,21 @@ fn json_line(
     .to_string()
 }
 
-/// `1234567` as `1,234,567`.
-pub fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        // A separator before every digit with a multiple of 3 after it.
-        if i > 0 && i % 3 == digits.len() % 3 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{} {}", grouped(n), if n == 1 { one } else { many })
-}
-
-/// Bytes in decimal units, as `bulkget status` shows them.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
-    if b < 1000 {
-        return format!("{b} B");
-    }
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 999.95 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
-}
-
-pub fn human_duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-/// Elapsed time as `H:MM:SS`, which reads and sorts well in a log.
-fn clock(d: Duration) -> String {
-    let s = d.as_secs();
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn snapshot() -> Snapshot {
-        Snapshot {
-            ok: 123_450,
-            failed: 6,
-            bytes: 12_345_600,
-            listed: 200_000,
-            listing_done: false,
-            files_per_sec: 2_101.6,
-            eta_seconds: None,
-            restarts: 1,
-            parked: 0,
-            retries: 3,
+    fn snapshot() -> CoordinatorStats {
+        CoordinatorStats {
+            files_ok: 123_450,
+            files_failed: 6,
+            names_listed: 200_000,
+            ..CoordinatorStats::default()
         }
     }
 
     #[test]
-    fn humans() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1_000), "1.0 kB");
-        assert_eq!(human_bytes(1_500_000), "1.5 MB");
-        assert_eq!(human_bytes(100_000_000_000), "100.0 GB");
-        assert_eq!(human_duration(59.4), "59s");
-        assert_eq!(human_duration(61.0), "1m01s");
-        assert_eq!(human_duration(7322.0), "2h02m");
-        assert_eq!(grouped(1_234_567), "1,234,567");
-        assert_eq!(grouped(12), "12");
-        assert_eq!(clock(Duration::from_secs(3_725)), "1:02:05");
-    }
-
-    #[test]
-    fn plain_lines_while_listing_and_after() {
-        let mut s = snapshot();
-        assert_eq!(
-            plain_line(&s, Duration::from_secs(65)),
-            "bulkget: 0:01:05 123,456/200,000+ files (61.7 %), 2,102 files/s, 12.3 MB, \
-             6 failed, 3 retries, 1 restart, no ETA while listing"
-        );
-        s.listing_done = true;
-        s.eta_seconds = Some(36.7);
-        s.parked = 2;
-        s.retries = 1;
-        assert_eq!(
-            plain_line(&s, Duration::from_secs(7_200)),
-            "bulkget: 2:00:00 123,456/200,000 files (61.7 %), 2,102 files/s, 12.3 MB, \
-             6 failed, 1 retry, 1 restart, ETA 37s, 2 shards parked"
-        );
-        let s = Snapshot::default();
-        assert_eq!(
-            plain_line(&s, Duration::ZERO),
-            "bulkget: 0:00:00 0/0+ files, 0 files/s, 0 B, 0 failed, 0 retries, 0 restarts, \
-             no ETA while listing"
-        );
-    }
-
-    #[test]
-    fn bar_lines_put_the_counts_first() {
-        let mut s = snapshot();
-        assert_eq!(
-            bar_lines(&s),
-            (
-                "123,456 files done of 200,000 listed so far (listing: no ETA yet)".to_string(),
-                "2,102 files/s · 12.3 MB · 6 failed · 3 retries · 1 restart".to_string()
-            )
-        );
-        s.listing_done = true;
-        s.eta_seconds = Some(4_000.0);
-        s.parked = 1;
-        let (first, second) = bar_lines(&s);
-        assert_eq!(first, "123,456/200,000 · ETA 1h06m");
-        assert!(
-            second.ends_with(" · 1 restart · 1 shard parked"),
-            "{second}"
-        );
-        // A billion-file run's first line fits 80 columns with the bar.
-        s.ok = 450_123_456;
-        s.listed = 1_000_000_000;
-        s.eta_seconds = Some(332.0);
-        let prefix = "⠚ 00:12:34 [=======>            ]  45% ".chars().count();
-        assert!(prefix + bar_lines(&s).0.chars().count() <= 80);
-        // Both templates parse.
+    fn both_bar_templates_parse() {
         style(Shape::Listing);
         style(Shape::Bar);
     }
@@ -444,7 +218,7 @@ mod tests {
         let line = json_line(
             "INFO",
             "progress",
-            json_fields(&snapshot(), Duration::from_secs(3)),
+            progress::json_fields(&snapshot(), Duration::from_secs(3)),
         );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["level"], "INFO");
@@ -464,7 +238,7 @@ mod tests {
         // Printed at once: nothing is left over.
         assert_eq!(p.unprinted, None);
         let mut later = snapshot();
-        later.ok += 10;
+        later.files_ok += 10;
         p.update(&later);
         // Not due yet: kept for the final line.
         assert_eq!(p.unprinted.as_ref(), Some(&later));

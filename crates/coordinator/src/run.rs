@@ -12,19 +12,20 @@ use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
 use crate::failure_log::{self, FailureLog};
 use crate::lister::{ListError, ListerConfig, ListerThread, ListerWait, Page};
-use crate::progress::{grouped, human_bytes, note, Progress, Snapshot as ProgressView};
+use crate::progress::{note, Progress};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::{self, StateOp};
-use crate::supervisor::{self, describe_exit, Event, Worker};
+use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
 use bulkget_console::{errln, outln};
-use bulkget_http::{Backoff, Endpoint, Limits};
+use bulkget_http::{Backoff, Endpoint, Limits, Transport};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker,
-    WorkerSettings,
+    Failure, FatalKind, Layout, ProxySettings, Resolve, Secret, SinkKind, TestHooks, TlsSettings,
+    ToCoordinator, ToWorker, Version, WorkerSettings,
 };
-use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary};
+use bulkget_report::format::{grouped, human_bytes};
+use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};
 use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,13 +36,18 @@ use tokio::sync::mpsc;
 /// Why the run is stopping early, if it is.
 #[derive(Debug, Clone, PartialEq)]
 enum Stop {
-    Signal { code: i32, name: &'static str },
+    Signal {
+        code: i32,
+        name: &'static str,
+    },
     ListingFailed(String),
     AllParked,
     NoSpace(String),
     // Writing or syncing the state directory or the output failed: the run
     // stops at once and writes no further checkpoint.
     StateFailed(String),
+    /// A worker is another build than the coordinator.
+    Incompatible(String),
 }
 
 impl Stop {
@@ -52,6 +58,7 @@ impl Stop {
             Stop::AllParked => exit::ALL_PARKED,
             Stop::NoSpace(_) => exit::NO_SPACE,
             Stop::StateFailed(_) => exit::ERROR,
+            Stop::Incompatible(_) => exit::ERROR,
         }
     }
 }
@@ -105,8 +112,82 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How every connection of the run is made, from the command line and the
+/// environment: the lister's transport, and the same for the workers'
+/// settings. Header values and proxy credentials live only here, in memory.
+struct Connection {
+    transport: Transport,
+    headers: Vec<(String, Secret)>,
+    tls: TlsSettings,
+    proxy: Option<ProxySettings>,
+}
+
+impl Connection {
+    /// The names of the headers given with `-H`, for run.json and messages.
+    fn header_names(&self) -> Vec<String> {
+        self.headers.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// Reads `-H`, the TLS options and the proxy, and builds the lister's
+/// transport, so that an unreadable CA file or header file stops the run
+/// before anything starts.
+fn connection_setup(args: &FetchArgs, endpoint: &Endpoint) -> Result<Connection, (i32, String)> {
+    let headers = crate::args::read_headers(&args.header).map_err(|e| (exit::USAGE, e))?;
+    let tls = TlsSettings {
+        cacert: args.cacert.as_ref().map(|p| p.display().to_string()),
+        client_cert: args.client_cert.as_ref().map(|p| p.display().to_string()),
+        client_key: args.client_key.as_ref().map(|p| p.display().to_string()),
+        insecure: args.insecure,
+    };
+    let tls_options = bulkget_http::tls::TlsOptions {
+        cacert: args.cacert.clone(),
+        client_cert: args.client_cert.clone(),
+        client_key: args.client_key.clone(),
+        insecure: args.insecure,
+    };
+    if args.insecure && endpoint.tls {
+        // On every run that uses it, even with --quiet: it is the one
+        // thing about the run a user must not miss.
+        errln!("bulkget: warning: {}", bulkget_http::tls::INSECURE_WARNING);
+    }
+    let proxy = bulkget_http::proxy::choose(
+        endpoint,
+        args.proxy.as_deref(),
+        args.noproxy.as_deref(),
+        |name| std::env::var(name).ok(),
+    )
+    .map_err(|e| (exit::USAGE, format!("proxy: {e}")))?;
+    let transport = Transport::new(
+        endpoint,
+        Duration::from_millis(args.connect_timeout_ms),
+        &tls_options,
+        proxy.clone(),
+        headers.clone(),
+    )
+    .map_err(|e| (exit::USAGE, e.to_string()))?;
+    let headers = headers
+        .into_iter()
+        .map(|(name, value)| {
+            let value = value.to_str().map(str::to_string).unwrap_or_default();
+            (name.as_str().to_string(), Secret(value))
+        })
+        .collect();
+    let proxy = proxy.map(|p| ProxySettings {
+        host: p.host,
+        port: p.port,
+        authorization: p.authorization.map(|a| Secret(a.expose().to_string())),
+    });
+    Ok(Connection {
+        transport,
+        headers,
+        tls,
+        proxy,
+    })
+}
+
 /// Runs `bulkget fetch` and returns the process exit code.
-pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
+pub fn fetch(args: FetchArgs) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,7 +199,7 @@ pub fn fetch(args: FetchArgs, exe: PathBuf) -> i32 {
         }
     };
     runtime.block_on(async move {
-        match Run::setup(args, exe) {
+        match Run::setup(args) {
             Ok(Setup::Go(run)) => run.main().await,
             Ok(Setup::Done(code)) => code,
             Err((code, msg)) => {
@@ -136,8 +217,9 @@ enum Setup {
 
 struct Run {
     args: FetchArgs,
-    exe: PathBuf,
     endpoint: Endpoint,
+    /// The lister's connect path (TLS, proxy, headers).
+    transport: Transport,
     state_dir: PathBuf,
     settings: WorkerSettings,
     sched: Scheduler,
@@ -165,7 +247,7 @@ struct Run {
 }
 
 impl Run {
-    fn setup(args: FetchArgs, exe: PathBuf) -> Result<Setup, (i32, String)> {
+    fn setup(args: FetchArgs) -> Result<Setup, (i32, String)> {
         let endpoint = Endpoint::parse(&args.url).map_err(|e| (exit::USAGE, e.to_string()))?;
         if args.workers == Some(0)
             || args.connections == 0
@@ -183,6 +265,7 @@ impl Run {
                 "--request-timeout and --list-timeout must be at least 1ms".into(),
             ));
         }
+        let connection = connection_setup(&args, &endpoint)?;
         std::fs::create_dir_all(&args.out).map_err(|e| {
             (
                 exit::ERROR,
@@ -237,6 +320,7 @@ impl Run {
             layout: layout_name.into(),
             shards: workers,
             created_at: bulkget_stats::now_rfc3339(),
+            header_names: connection.header_names(),
         };
         let (mut state, start) =
             StateDir::open(&state_dir, &out, &info, args.resume).map_err(|e| {
@@ -286,6 +370,7 @@ impl Run {
             layout,
             resolve,
             connections: args.connections,
+            http_version: args.http_version.into(),
             pipeline: args.pipeline,
             max_file_size: args.max_file_size,
             connect_timeout_ms: args.connect_timeout_ms,
@@ -297,9 +382,13 @@ impl Run {
             backoff_max_ms: args.retry_max_ms,
             max_redirects: 5,
             stats_interval_ms: 1_000,
+            headers: connection.headers.clone(),
+            tls: connection.tls.clone(),
+            proxy: connection.proxy.clone(),
             test_hooks: TestHooks {
                 abort_on_header: args.test_abort_on_header,
                 fail_start_shards: args.test_fail_start_shard.clone(),
+                linger_shards: args.test_linger_shard.clone(),
             },
         };
         // Stats files of an earlier run or of more shards would mislead
@@ -345,8 +434,8 @@ impl Run {
         let progress = Progress::new(args.progress, args.quiet);
         Ok(Setup::Go(Box::new(Run {
             args,
-            exe,
             endpoint,
+            transport: connection.transport,
             state_dir,
             settings,
             sched,
@@ -390,7 +479,11 @@ impl Run {
             None
         } else {
             let config = ListerConfig {
-                connect_timeout: Duration::from_millis(self.args.connect_timeout_ms),
+                transport: self.transport.clone(),
+                proto: match self.args.http_version {
+                    crate::args::HttpVersionArg::Http2 => bulkget_http::Proto::Http2,
+                    _ => bulkget_http::Proto::Http1,
+                },
                 limits: Limits {
                     first_byte: Duration::from_millis(self.args.first_byte_timeout_ms),
                     idle: Duration::from_millis(self.args.idle_timeout_ms),
@@ -564,15 +657,27 @@ impl Run {
         shard: usize,
         events: &mpsc::UnboundedSender<Event>,
     ) -> std::io::Result<()> {
+        let version = self.announced_version();
         let slot = &mut self.shards[shard];
         let generation = slot.life.restarts;
         let worker =
-            supervisor::spawn(&self.exe, shard, generation, &self.settings, events.clone())?;
+            supervisor::spawn(shard, generation, &version, &self.settings, events.clone())?;
+        slot.life.on_start();
         slot.worker = Some(worker);
         slot.generation = generation;
         slot.phase = Phase::Starting;
         slot.down = false;
         Ok(())
+    }
+
+    /// The version the coordinator announces to its workers: its own, or
+    /// another build under the `--test-announce-build` hook.
+    fn announced_version(&self) -> Version {
+        let mut version = Version::current();
+        if let Some(build) = &self.args.test_announce_build {
+            version.build = build.clone();
+        }
+        version
     }
 
     fn on_page(&mut self, page: Page) {
@@ -647,7 +752,7 @@ impl Run {
                     return;
                 }
                 match msg {
-                    ToCoordinator::Ready { .. } => {
+                    ToCoordinator::Ready => {
                         self.shards[shard].phase = Phase::Running;
                         if self.stop.is_none() {
                             self.sched.set_available(shard, true);
@@ -669,8 +774,8 @@ impl Run {
                             }
                         }
                         None => {
-                            note!(self.progress, "bulkget: worker {shard} acknowledged unknown batch {id}; restarting it");
                             self.shard_down(shard);
+                            self.kill_worker(shard, format!("it acknowledged unknown batch {id}"));
                         }
                     },
                     ToCoordinator::BatchStalled {
@@ -690,8 +795,11 @@ impl Run {
                             self.shards[shard].life.on_progress();
                         }
                         None => {
-                            note!(self.progress, "bulkget: worker {shard} sent a stall report that does not fit batch {id}; restarting it");
                             self.shard_down(shard);
+                            self.kill_worker(
+                                shard,
+                                format!("it sent a stall report that does not fit batch {id}"),
+                            );
                         }
                     },
                     ToCoordinator::Fatal { kind, reason } => {
@@ -712,22 +820,60 @@ impl Run {
             Event::Disconnected {
                 shard,
                 generation,
-                error,
+                end,
             } => {
-                tracing::debug!(shard, generation, ?error, "disconnected");
+                tracing::debug!(shard, generation, ?end, "disconnected");
                 if generation == self.shards[shard].generation && !self.shards[shard].down {
-                    if let Some(e) = error {
-                        note!(self.progress, "bulkget: worker {shard}: {e}");
-                    }
                     self.shard_down(shard);
+                    let closed = match end {
+                        SocketEnd::Invalid(e) => {
+                            self.kill_worker(shard, format!("it broke the protocol ({e})"));
+                            return;
+                        }
+                        SocketEnd::Closed => "it closed its socket".to_string(),
+                        SocketEnd::Broken(e) => format!("its socket failed ({e})"),
+                    };
+                    // A worker's socket closes as it exits, or dies: give it
+                    // the time to, so that a worker killed by someone else
+                    // is not reported as killed by us.
+                    if let Some(w) = &self.shards[shard].worker {
+                        let after = supervisor::EXIT_AFTER_CLOSE;
+                        w.kill_unless_exited_within(
+                            after,
+                            format!("{closed} and it had not exited {after:?} later"),
+                        );
+                    }
+                }
+            }
+            Event::Incompatible {
+                shard,
+                generation,
+                ours,
+                theirs,
+            } => {
+                if generation != self.shards[shard].generation || self.shards[shard].down {
+                    return;
+                }
+                // The worker exits by itself; nothing was sent to it.
+                self.shard_down(shard);
+                if self.stop.is_none() {
+                    let why = format!(
+                        "worker {shard} is another build of bulkget ({theirs}) than this coordinator ({ours})"
+                    );
+                    note!(
+                        self.progress,
+                        "bulkget: {why}; stopping with the checkpoint saved"
+                    );
+                    self.begin_stop(Stop::Incompatible(why), grace_deadline);
                 }
             }
             Event::Exited {
                 shard,
                 generation,
                 status,
+                killed,
             } => {
-                tracing::debug!(shard, generation, ?status, "exited");
+                tracing::debug!(shard, generation, ?status, ?killed, "exited");
                 if generation != self.shards[shard].generation {
                     return;
                 }
@@ -738,23 +884,26 @@ impl Run {
                     self.shard_down(shard);
                 }
                 self.shards[shard].worker = None;
+                let what = describe_end(&status, killed.as_deref());
                 if expected {
                     if self.shards[shard].phase != Phase::Parked {
                         self.shards[shard].phase = Phase::Stopped;
                     }
+                    if killed.is_some() {
+                        note!(self.progress, "bulkget: worker {shard} {what}");
+                    }
                     return;
                 }
-                let what = describe_exit(&status);
                 match self.shards[shard]
                     .life
                     .on_crash(Instant::now(), &self.policy)
                 {
                     Decision::RestartAfter(delay) => {
-                        tracing::warn!(shard, %what, ?delay, "worker died; restarting");
+                        tracing::warn!(shard, %what, ?delay, "worker ended; restarting");
                         if !self.args.quiet {
                             note!(
                                 self.progress,
-                                "bulkget: worker {shard} died ({what}); restarting in {delay:?}"
+                                "bulkget: worker {shard} {what}; restarting in {delay:?}"
                             );
                         }
                         self.shards[shard].phase = Phase::Backoff;
@@ -767,7 +916,7 @@ impl Run {
                     Decision::Park => {
                         note!(
                             self.progress,
-                            "bulkget: worker {shard} died ({what}) more than {} times in {:?}; shard {shard} is parked, the run goes on without it",
+                            "bulkget: worker {shard} {what}; its workers crashed more than {} times in {:?} without acknowledging anything; shard {shard} is parked, the run goes on without it",
                             self.policy.burst, self.policy.interval
                         );
                         self.park(shard, grace_deadline);
@@ -780,7 +929,6 @@ impl Run {
     fn park(&mut self, shard: usize, grace_deadline: &mut Option<tokio::time::Instant>) {
         self.sched.park(shard);
         self.shards[shard].phase = Phase::Parked;
-        self.shards[shard].life.parked = true;
         if self.shards.iter().all(|s| s.phase == Phase::Parked) {
             note!(
                 self.progress,
@@ -790,17 +938,25 @@ impl Run {
         }
     }
 
-    /// The shard's worker is gone or must go: put its batches back and make
-    /// sure the process dies.
+    /// The shard's worker is gone or must go: put its batches back. A
+    /// crash now is blamed on the batch if the worker held one suspect
+    /// batch alone (see restart.rs). The restart waits for the exit.
     fn shard_down(&mut self, shard: usize) {
-        tracing::debug!(shard, "shard down");
+        let blamed = self.sched.holds_suspect_alone(shard);
+        tracing::debug!(shard, blamed, "shard down");
+        self.shards[shard].life.on_down(blamed);
         let failures = self.sched.shard_down(shard);
         self.record_failures(failures);
         let slot = &mut self.shards[shard];
         slot.down = true;
         slot.idle_since.get_or_insert_with(Instant::now);
-        if let Some(w) = &slot.worker {
-            w.signal(Signal::SIGKILL);
+    }
+
+    /// Kills the shard's worker; `why` completes "the coordinator killed it
+    /// because ..." in the exit message.
+    fn kill_worker(&mut self, shard: usize, why: String) {
+        if let Some(w) = &self.shards[shard].worker {
+            w.kill(why);
         }
     }
 
@@ -884,14 +1040,10 @@ impl Run {
             }
             if let Some(w) = &s.worker {
                 w.signal(Signal::SIGTERM);
-                let pid = w.pid;
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        Signal::SIGKILL,
-                    );
-                });
+                w.kill_unless_exited_within(
+                    Duration::from_secs(1),
+                    "it had not stopped 1s after SIGTERM".into(),
+                );
             }
         }
     }
@@ -1039,6 +1191,7 @@ impl Run {
                     Stop::AllParked => "every shard was parked".into(),
                     Stop::NoSpace(e) => format!("out of space: {e}"),
                     Stop::StateFailed(e) => e.clone(),
+                    Stop::Incompatible(e) => e.clone(),
                 };
                 outln!("  result:         stopped: {why} (exit {code})");
                 let resume = format!(
@@ -1069,52 +1222,37 @@ impl Run {
 
     fn update_progress(&mut self) {
         let live = self.sched.live_totals();
-        let done = live.files_ok + live.files_failed;
-        self.rate.sample(Instant::now(), done);
-        let snapshot = ProgressView {
-            ok: live.files_ok,
-            failed: live.files_failed,
-            bytes: live.bytes,
-            listed: live.names_listed.max(done),
-            listing_done: self.listing_done,
-            files_per_sec: self.rate.rate(),
-            eta_seconds: self.eta(),
-            restarts: self.shards.iter().map(|s| s.life.restarts).sum(),
-            parked: self
-                .shards
-                .iter()
-                .filter(|s| s.phase == Phase::Parked)
-                .count(),
-            retries: live.retries,
-        };
-        self.progress.update(&snapshot);
+        self.rate
+            .sample(Instant::now(), live.files_ok + live.files_failed);
     }
 
-    fn eta(&self) -> Option<f64> {
-        if !self.listing_done {
-            return None;
+    /// Builds this tick's snapshot once, writes it to `coordinator.json`
+    /// and shows it as progress: the file and the display never disagree.
+    fn write_stats(&mut self, state: RunState, exit_code: Option<i32>) {
+        let stats = self.coordinator_stats(state, exit_code);
+        let path = bulkget_stats::schema::coordinator_path(&self.state_dir);
+        if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
+            tracing::warn!("cannot write {}: {e}", path.display());
         }
-        let live = self.sched.live_totals();
-        let remaining = live
-            .names_listed
-            .saturating_sub(live.files_ok + live.files_failed);
-        bulkget_stats::eta_seconds(remaining, self.rate.rate())
+        self.progress.update(&stats);
     }
 
-    fn write_stats(&self, state: RunState, exit_code: Option<i32>) {
+    fn coordinator_stats(&self, state: RunState, exit_code: Option<i32>) -> CoordinatorStats {
         let live = self.sched.live_totals();
         let state = if exit_code.is_none() && (self.stop.is_some() || self.listing_done) {
             RunState::Draining
         } else {
             state
         };
-        // Once the run is over there is nothing to estimate.
-        let eta = if exit_code.is_some() {
-            None
-        } else {
-            self.eta()
-        };
-        let stats = CoordinatorStats {
+        let (eta_seconds, eta_method) = bulkget_report::eta::eta(bulkget_report::eta::EtaInput {
+            over: exit_code.is_some(),
+            listing_done: self.listing_done,
+            remaining: live
+                .names_listed
+                .saturating_sub(live.files_ok + live.files_failed),
+            files_per_sec: self.rate.rate(),
+        });
+        CoordinatorStats {
             schema_version: bulkget_stats::SCHEMA_VERSION,
             pid: std::process::id(),
             state,
@@ -1133,16 +1271,11 @@ impl Run {
             bytes: live.bytes,
             retries: live.retries,
             files_per_sec: self.rate.rate(),
-            eta_seconds: eta,
-            eta_method: match (exit_code, self.listing_done, eta) {
-                (Some(_), _, _) => bulkget_stats::schema::eta_method::DONE,
-                (None, false, _) => bulkget_stats::schema::eta_method::NONE_LISTING,
-                (None, true, Some(_)) => bulkget_stats::schema::eta_method::REMAINING_OVER_RATE,
-                (None, true, None) => bulkget_stats::schema::eta_method::NONE_NO_PROGRESS,
-            }
-            .to_string(),
+            eta_seconds,
+            eta_method,
             lister_wait_ms: self.lister_wait.total_ms(),
             pages_changed: self.sched.pages_changed(),
+            names_repeated: self.sched.repeated(),
             peak_rss_bytes: bulkget_stats::peak_rss_bytes().unwrap_or(0),
             batches_requeued: self.sched.requeued(),
             exit_code,
@@ -1154,14 +1287,11 @@ impl Run {
                     shard: k as u32,
                     pid: s.worker.as_ref().map(|w| w.pid),
                     state: match s.phase {
-                        Phase::Starting | Phase::Running => {
-                            bulkget_stats::schema::summary_state::RUNNING
-                        }
-                        Phase::Backoff => bulkget_stats::schema::summary_state::BACKOFF,
-                        Phase::Parked => bulkget_stats::schema::summary_state::PARKED,
-                        Phase::Stopped => bulkget_stats::schema::summary_state::STOPPED,
-                    }
-                    .to_string(),
+                        Phase::Starting | Phase::Running => SummaryState::Running,
+                        Phase::Backoff => SummaryState::Backoff,
+                        Phase::Parked => SummaryState::Parked,
+                        Phase::Stopped => SummaryState::Stopped,
+                    },
                     batches_in_flight: self.sched.in_flight(k) as u64,
                     batches_stalled: self.sched.stalled(k) as u64,
                     restarts: s.life.restarts,
@@ -1169,10 +1299,6 @@ impl Run {
                         .as_millis() as u64,
                 })
                 .collect(),
-        };
-        let path = bulkget_stats::schema::coordinator_path(&self.state_dir);
-        if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
-            tracing::warn!("cannot write {}: {e}", path.display());
         }
     }
 }

@@ -22,7 +22,7 @@
 //!   *suspect*: it is sent only to a shard that holds nothing else, so a
 //!   second crash is attributed to it alone. A suspect batch that crashes
 //!   again is split into up to [`SPLIT_WAYS`] parts; a single name that
-//!   crashes twice is recorded as failed.
+//!   crashes its worker twice while held alone is recorded as failed.
 //! - Batches are cut by cost as well as by count: a batch's names cost at
 //!   most [`MAX_BATCH_COST`] ([`batch_cost`]: each name's bytes plus room for
 //!   the longest failure reason), so no frame about a batch can exceed the
@@ -56,7 +56,6 @@
 
 use bulkget_protocol::frame::{batch_cost, MAX_BATCH_COST};
 use bulkget_protocol::{BatchId, Failure, Names};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// How many parts a suspect batch is split into when it crashes again.
@@ -69,95 +68,13 @@ pub const SPLIT_WAYS: usize = 16;
 pub const MAX_STALLED: usize = 1024;
 
 /// The reason recorded for a name that crashed its worker twice.
-pub const CRASH_REASON: &str = "worker crashed while fetching this name (twice)";
+pub const CRASH_REASON: &str = "worker crashed twice while fetching this name alone";
 
-/// Where listing starts or resumes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ListPosition {
-    /// At `GET /list`.
-    Start,
-    /// At `GET /list?next-marker=...`.
-    Marker(String),
-    /// The listing has ended.
-    Done,
-}
-
-/// Counters. `files_ok`, `files_failed` and `bytes` count acknowledgements;
-/// `names_listed` and `pages_done` count pages completed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    pub files_ok: u64,
-    pub files_failed: u64,
-    pub bytes: u64,
-    pub names_listed: u64,
-    pub pages_done: u64,
-    /// Retried attempts the workers reported with their acknowledgements
-    /// ([`Scheduler::add_retries`]). Absent from older checkpoints.
-    #[serde(default)]
-    pub retries: u64,
-}
-
-/// Which names of the pages from a checkpoint's position on are done.
-/// Offsets count pages from the position's page (offset 0).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DoneAfter {
-    /// Pages whose every name is done, as runs of consecutive offsets.
-    pub complete: Vec<CompleteRun>,
-    /// Pages partly done.
-    pub partial: Vec<PartialPage>,
-}
-
-impl DoneAfter {
-    /// The pages this records, complete or partly done.
-    pub fn pages(&self) -> u64 {
-        let complete: usize = self.complete.iter().map(|r| r.fingerprints.len()).sum();
-        (complete + self.partial.len()) as u64
-    }
-}
-
-/// Consecutive complete pages: offsets `first`, `first + 1`, ..., one per
-/// fingerprint, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompleteRun {
-    pub first: u64,
-    pub fingerprints: Vec<PageFingerprint>,
-}
-
-/// A partly done page: its length and fingerprint when listed, and a bitmap
-/// of done names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartialPage {
-    pub offset: u64,
-    pub len: u32,
-    pub fingerprint: PageFingerprint,
-    pub done: Vec<u64>,
-}
-
-/// A fingerprint of the names a page listed, in order (repeats and unsafe
-/// names included), so that a resume can tell whether the server lists a
-/// page as it did before. 64 bits, from the names' 128-bit fingerprints:
-/// two different pages match with probability about 2^-64. Written as 16
-/// hex digits, which every JSON reader keeps exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PageFingerprint(pub u64);
-
-impl Serialize for PageFingerprint {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format!("{:016x}", self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for PageFingerprint {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        match u64::from_str_radix(&text, 16) {
-            Ok(v) if text.len() == 16 => Ok(PageFingerprint(v)),
-            _ => Err(serde::de::Error::custom(format!(
-                "page fingerprint {text:?} is not 16 hex digits"
-            ))),
-        }
-    }
-}
+// The checkpoint's types are the file contract's (`bulkget-stats`): the
+// scheduler records into the very types `checkpoint.json` is read into.
+pub use bulkget_stats::checkpoint::{
+    CompleteRun, DoneAfter, ListPosition, PageFingerprint, PartialPage, Totals,
+};
 
 /// Folds the fingerprints of a page's names, in order, into the page's.
 struct PageHasher(u64);
@@ -530,10 +447,6 @@ impl Scheduler {
         self.shards[shard].available = available;
     }
 
-    pub fn is_available(&self, shard: usize) -> bool {
-        self.shards[shard].available
-    }
-
     /// Picks the next batch to send and moves it into its shard's window.
     /// Returns the shard and the batch to encode.
     ///
@@ -683,6 +596,13 @@ impl Scheduler {
         self.live.bytes += bytes;
     }
 
+    /// Whether the shard holds one suspect batch and nothing else. A crash
+    /// of its worker now is blamed on that batch ([`Scheduler::shard_down`]
+    /// splits it or fails its name), so it says nothing about the shard.
+    pub fn holds_suspect_alone(&self, shard: usize) -> bool {
+        self.shards[shard].isolated
+    }
+
     /// A shard's worker died: its batches go back to the front of the queue
     /// with one more crash each; suspects that crashed again are split, and
     /// single names that crashed twice fail. Returns the failures to record.
@@ -700,7 +620,12 @@ impl Scheduler {
             b.crashes += 1;
             b.stalled = false;
             self.requeued += 1;
-            if b.crashes < 2 {
+            // A name alone is failed only once it has crashed its worker
+            // twice while held alone (its parts start suspect, at one
+            // crash), so an outside killer that happens to land on an
+            // isolated name once does not fail an innocent one.
+            let verdict_at = if b.names.len() == 1 { 3 } else { 2 };
+            if b.crashes < verdict_at {
                 requeue.push(b);
             } else if b.names.len() == 1 {
                 let page = self.page_mut(b.page_seq);

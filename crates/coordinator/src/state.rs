@@ -27,7 +27,7 @@
 //! it and tries again if the disk is full; a resume allocates it anew, and a
 //! complete run removes it.
 
-use crate::scheduler::{DoneAfter, ListPosition, Snapshot, Totals};
+use crate::scheduler::Snapshot;
 use bulkget_console::errln;
 use bulkget_protocol::Failure;
 use serde::{Deserialize, Serialize};
@@ -36,11 +36,7 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// The version of `checkpoint.json` this bulkget writes. Version 2 added
-/// the fingerprint of each page after the position (`done_after`), so a
-/// resume can tell a page the server lists differently; version 1
-/// checkpoints are still read (see [`read_checkpoint`]).
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub use bulkget_stats::checkpoint::{Checkpoint, CHECKPOINT_VERSION};
 
 /// The size of `STATE/reserve`: far more than a checkpoint and the
 /// `failed.jsonl` lines of the batches in flight need.
@@ -59,26 +55,10 @@ pub struct RunInfo {
     #[serde(default)]
     pub shards: usize,
     pub created_at: String,
-}
-
-/// `checkpoint.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub schema_version: u32,
-    /// Where the next run lists from: the earliest page not fully
-    /// acknowledged.
-    pub position: ListPosition,
-    /// Counters: files acknowledged (anywhere), and pages completed before
-    /// `position`.
-    pub totals: Totals,
-    /// Which names after `position` are done already; a resume skips them.
+    /// The names of the headers given with `-H` (never their values), so
+    /// that a resume without them can say which it needs.
     #[serde(default)]
-    pub done_after: DoneAfter,
-    /// The length of `failed.jsonl` that belongs to those pages.
-    pub failed_len: u64,
-    /// The whole listing is done and every file acknowledged.
-    pub complete: bool,
-    pub updated_at: String,
+    pub header_names: Vec<String>,
 }
 
 /// Why the state directory cannot be used.
@@ -253,8 +233,21 @@ impl StateDir {
                         prev.shards
                     )));
                 }
+                let missing: Vec<&str> = prev
+                    .header_names
+                    .iter()
+                    .filter(|n| !info.header_names.contains(n))
+                    .map(String::as_str)
+                    .collect();
                 if cp.complete {
                     Start::AlreadyComplete(cp)
+                } else if resume && !missing.is_empty() {
+                    return Err(StateError::Mismatch(format!(
+                        "the run in {} sent the header(s) {} on every request; give them again \
+                         with -H (their values are never stored)",
+                        dir.display(),
+                        missing.join(", ")
+                    )));
                 } else if resume {
                     Start::Resume(cp)
                 } else {
@@ -477,71 +470,35 @@ struct FailedLine<'a> {
 
 /// Reads `checkpoint.json`, of this version or an older one.
 ///
-/// A version 1 checkpoint recorded which pages after its position were done
-/// but not what they listed, so a resume could not tell a page the server
-/// now lists differently and would skip names it never fetched. Such a
-/// checkpoint is read without its `done_after`: every page from its
-/// position on is listed and fetched again (the files done on them before
-/// may be counted twice), and a note says so. A checkpoint of a newer
-/// version than this bulkget knows is refused.
+/// Reads `checkpoint.json` through the one parser of its versions
+/// ([`bulkget_stats::checkpoint::parse`]); says on stderr when an older
+/// checkpoint's pages after its position are fetched again, and refuses a
+/// newer one.
 fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, StateError> {
-    #[derive(Deserialize)]
-    struct Version {
-        schema_version: u32,
-    }
-    /// The fields of version 1 that version 2 kept as they were.
-    #[derive(Deserialize)]
-    struct CheckpointV1 {
-        position: ListPosition,
-        totals: Totals,
-        #[serde(default)]
-        done_after: DoneAfterV1,
-        failed_len: u64,
-        complete: bool,
-        updated_at: String,
-    }
-    #[derive(Deserialize, Default)]
-    struct DoneAfterV1 {
-        complete: Vec<(u64, u64)>,
-        partial: Vec<serde::de::IgnoredAny>,
-    }
+    use bulkget_stats::checkpoint::{parse, ParseError};
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("cannot read", path, e)),
     };
-    let damaged =
-        |e: serde_json::Error| StateError::Io(format!("{} is damaged: {e}", path.display()));
-    let version = serde_json::from_slice::<Version>(&bytes).map_err(damaged)?;
-    match version.schema_version {
-        CHECKPOINT_VERSION => serde_json::from_slice(&bytes).map(Some).map_err(damaged),
-        1 => {
-            let old: CheckpointV1 = serde_json::from_slice(&bytes).map_err(damaged)?;
-            let pages = old
-                .done_after
-                .complete
-                .iter()
-                .map(|&(a, b)| b.saturating_sub(a))
-                .sum::<u64>()
-                + old.done_after.partial.len() as u64;
-            if pages > 0 && !old.complete {
+    match parse(&bytes) {
+        Ok(parsed) => {
+            let pages = parsed.pages_dropped;
+            if pages > 0 {
                 bulkget_console::errln!(
-                    "bulkget: {} was written by an older bulkget (checkpoint version 1) that did not record what the {pages} pages done after its position listed; they are fetched again (their files may be counted twice)",
-                    path.display()
+                    "bulkget: {} was written by an older bulkget (checkpoint version {}) that did not record what the {pages} pages done after its position listed; they are fetched again (their files may be counted twice)",
+                    path.display(),
+                    parsed.checkpoint.schema_version
                 );
             }
-            Ok(Some(Checkpoint {
-                schema_version: 1,
-                position: old.position,
-                totals: old.totals,
-                done_after: DoneAfter::default(),
-                failed_len: old.failed_len,
-                complete: old.complete,
-                updated_at: old.updated_at,
-            }))
+            Ok(Some(parsed.checkpoint))
         }
-        newer => Err(StateError::Mismatch(format!(
-            "{} has checkpoint version {newer}, newer than this bulkget understands ({CHECKPOINT_VERSION}); resume with the bulkget that wrote it",
+        Err(ParseError::Damaged(e)) => Err(StateError::Io(format!(
+            "{} is damaged: {e}",
+            path.display()
+        ))),
+        Err(newer @ ParseError::Newer(_)) => Err(StateError::Mismatch(format!(
+            "{} has {newer}; resume with the bulkget that wrote it",
             path.display()
         ))),
     }
@@ -560,6 +517,7 @@ fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::{DoneAfter, ListPosition, Totals};
 
     fn info(url: &str) -> RunInfo {
         RunInfo {
@@ -570,6 +528,7 @@ mod tests {
             layout: "flat".into(),
             shards: 2,
             created_at: "now".into(),
+            header_names: Vec::new(),
         }
     }
 

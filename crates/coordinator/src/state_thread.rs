@@ -125,6 +125,7 @@ mod tests {
             layout: "flat".into(),
             shards: 1,
             created_at: "now".into(),
+            header_names: Vec::new(),
         };
         let (state, start) = StateDir::open(&dir.join("state"), dir, &info, false).unwrap();
         assert!(matches!(start, Start::Fresh));

@@ -1,15 +1,17 @@
+use crate::transport::{self, Transport};
 use crate::{uri, Endpoint, FetchError, TEST_ABORT_HEADER};
 use bytes::{Buf, Bytes};
 use http::header::{CONTENT_LENGTH, HOST, LOCATION, RETRY_AFTER, USER_AGENT};
-use http::{HeaderValue, Request};
+use http::{HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{timeout, Instant, Sleep};
 
 /// The limits every request runs under.
@@ -51,12 +53,48 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 pub(crate) static UA: HeaderValue =
     HeaderValue::from_static(concat!("bulkget/", env!("CARGO_PKG_VERSION")));
 
-/// One HTTP/1.1 keep-alive connection.
+/// The HTTP version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1: one request at a time per connection.
+    Http1,
+    /// HTTP/2: many concurrent streams on one connection. Over plain TCP
+    /// this is h2c with prior knowledge (RFC 9113 section 3.3); over TLS it
+    /// is what ALPN chose.
+    Http2,
+}
+
+/// How a request reaches the connection's driver task.
+enum Sender {
+    Http1(http1::SendRequest<Empty<Bytes>>),
+    /// An HTTP/2 sender is a cheap handle: [`Conn::share`] clones it so
+    /// many request tasks multiplex streams over one connection.
+    Http2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
+}
+
+/// One keep-alive connection, HTTP/1.1 or HTTP/2, or (for HTTP/2) one
+/// request task's handle on a connection shared through [`Conn::share`].
 pub struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: Sender,
     host: HeaderValue,
+    /// The user's headers (`-H`), sent on every request.
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+    /// `http://authority`, the scheme and authority of HTTP/2 requests,
+    /// which carry them as pseudo-headers instead of a `Host` header.
+    origin: String,
     /// Set when a request failed in a way that leaves the connection in an
-    /// unknown state (mid-body, timed out). Such a connection is dropped.
+    /// unknown state (mid-body, timed out, refused by GOAWAY). Such a
+    /// connection is dropped; for HTTP/2 the engine replaces the shared
+    /// connection, not only this handle.
     broken: bool,
     /// The one timer behind every first-byte and idle-body deadline of this
     /// connection. A fresh `timeout()` per await costs a clock reading and a
@@ -71,31 +109,84 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Opens a TCP connection (within `connect_timeout`) and performs the
-    /// HTTP/1 handshake. The connection's driver runs as a tokio task and
-    /// ends when this `Conn` is dropped.
-    pub async fn connect(
+    /// Connects as `transport` says (TCP, proxy tunnel, TLS; all within
+    /// its connect timeout) and speaks HTTP/1.1, or HTTP/2 where TLS's ALPN
+    /// chose it. The connection's driver runs as a tokio task and ends when
+    /// this `Conn` is dropped.
+    pub async fn connect(endpoint: &Endpoint, transport: &Transport) -> Result<Conn, FetchError> {
+        Conn::connect_with(endpoint, transport, Proto::Http1).await
+    }
+
+    /// Connects as `transport` says and speaks `proto` on a plain
+    /// connection (HTTP/2 there is h2c with prior knowledge); over TLS the
+    /// protocol ALPN chose wins.
+    pub async fn connect_with(
         endpoint: &Endpoint,
-        connect_timeout: Duration,
+        transport: &Transport,
+        proto: Proto,
     ) -> Result<Conn, FetchError> {
-        let (host, port) = endpoint.connect_target();
-        let stream = match timeout(connect_timeout, TcpStream::connect((host.as_str(), port))).await
-        {
-            Err(_) => return Err(FetchError::Timeout("connect")),
-            Ok(Err(e)) => return Err(FetchError::Connect(format!("{}: {e}", endpoint.authority))),
-            Ok(Ok(s)) => s,
+        let connected = transport::connect(endpoint, transport).await?;
+        let proto = match (endpoint.tls, connected.h2) {
+            (true, true) => Proto::Http2,
+            (true, false) => Proto::Http1,
+            (false, _) => proto,
         };
-        // Requests are tiny and latency-bound; Nagle would only delay them.
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| FetchError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            // Errors surface on the request that was in flight; the driver
-            // itself has no one else to tell.
-            let _ = conn.await;
-        });
+        timeout(
+            transport.connect_timeout,
+            Conn::handshake(connected.io, endpoint, transport, proto),
+        )
+        .await
+        .map_err(|_| FetchError::Timeout("connect"))?
+    }
+
+    /// Speaks `proto` over an established stream: plain TCP here, and any
+    /// other transport (TLS, a proxy tunnel) whose IO type reads and writes.
+    /// A caller that negotiated TLS passes [`Proto::Http2`] when ALPN chose
+    /// `h2` and [`Proto::Http1`] otherwise.
+    ///
+    /// The connection's driver runs as a tokio task; it ends when every
+    /// handle on the connection (this `Conn` and its [`Conn::share`]s) is
+    /// dropped, or when the server closes it.
+    pub async fn handshake<IO>(
+        io: IO,
+        endpoint: &Endpoint,
+        transport: &Transport,
+        proto: Proto,
+    ) -> Result<Conn, FetchError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        let sender = match proto {
+            Proto::Http1 => {
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(io)
+                    .await
+                    .map_err(|e| FetchError::Connect(e.to_string()))?;
+                tokio::spawn(async move {
+                    // Errors surface on the request that was in flight; the
+                    // driver itself has no one else to tell.
+                    let _ = conn.await;
+                });
+                Sender::Http1(sender)
+            }
+            Proto::Http2 => {
+                // hyper queues a request beyond the server's
+                // SETTINGS_MAX_CONCURRENT_STREAMS until a stream frees up
+                // (its driver only takes the next request when h2 has room),
+                // so the engine may share a connection among more tasks than
+                // the server allows streams without errors.
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|e| FetchError::Connect(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Sender::Http2(sender)
+            }
+        };
         let host = HeaderValue::from_str(&endpoint.authority)
             .map_err(|e| FetchError::Connect(format!("invalid host header: {e}")))?;
         // The deadline is a placeholder: an unpolled `Sleep` is not in the
@@ -104,6 +195,12 @@ impl Conn {
         Ok(Conn {
             sender,
             host,
+            headers: Arc::clone(&transport.headers),
+            origin: format!(
+                "{}://{}",
+                if endpoint.tls { "https" } else { "http" },
+                endpoint.authority
+            ),
             broken: false,
             timer,
             last_latency: Duration::ZERO,
@@ -113,6 +210,32 @@ impl Conn {
     /// Whether this connection may carry another request.
     pub fn is_usable(&self) -> bool {
         !self.broken && !self.sender.is_closed()
+    }
+
+    /// The protocol this connection speaks.
+    pub fn proto(&self) -> Proto {
+        match self.sender {
+            Sender::Http1(_) => Proto::Http1,
+            Sender::Http2(_) => Proto::Http2,
+        }
+    }
+
+    /// Another handle on the same HTTP/2 connection, for another request
+    /// task: its requests are further streams on the same socket. `None`
+    /// for HTTP/1.1, which carries one request at a time.
+    pub fn share(&self) -> Option<Conn> {
+        let Sender::Http2(sender) = &self.sender else {
+            return None;
+        };
+        Some(Conn {
+            sender: Sender::Http2(sender.clone()),
+            host: self.host.clone(),
+            headers: Arc::clone(&self.headers),
+            origin: self.origin.clone(),
+            broken: false,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            last_latency: Duration::ZERO,
+        })
     }
 
     /// GETs `path` (origin form, already percent-encoded) into `body`,
@@ -201,23 +324,46 @@ impl Conn {
         if self.sender.is_closed() {
             return Err(FetchError::Transport("connection closed by server".into()));
         }
-        let mut req = Request::get(path)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| FetchError::BadRedirect(format!("invalid request path {path:?}: {e}")))?;
-        req.headers_mut().insert(HOST, self.host.clone());
+        let invalid =
+            |e: http::Error| FetchError::BadRedirect(format!("invalid request path {path:?}: {e}"));
+        let mut req = match self.sender {
+            Sender::Http1(_) => {
+                let mut req = Request::get(path)
+                    .body(Empty::<Bytes>::new())
+                    .map_err(invalid)?;
+                req.headers_mut().insert(HOST, self.host.clone());
+                req
+            }
+            // HTTP/2 carries the scheme and authority as pseudo-headers,
+            // which hyper takes from an absolute URI, and no `Host`.
+            Sender::Http2(_) => {
+                let mut uri = String::with_capacity(self.origin.len() + path.len());
+                uri.push_str(&self.origin);
+                uri.push_str(path);
+                Request::get(uri)
+                    .version(http::Version::HTTP_2)
+                    .body(Empty::<Bytes>::new())
+                    .map_err(invalid)?
+            }
+        };
         req.headers_mut().insert(USER_AGENT, UA.clone());
+        for (name, value) in self.headers.iter() {
+            req.headers_mut().append(name.clone(), value.clone());
+        }
 
         let sender = &mut self.sender;
         let response = match race(
             async {
-                sender
-                    .ready()
-                    .await
-                    .map_err(|e| FetchError::Transport(e.to_string()))?;
-                sender
-                    .send_request(req)
-                    .await
-                    .map_err(|e| FetchError::Transport(e.to_string()))
+                match sender {
+                    Sender::Http1(s) => {
+                        s.ready().await.map_err(|e| transport_error(&e))?;
+                        s.send_request(req).await.map_err(|e| transport_error(&e))
+                    }
+                    Sender::Http2(s) => {
+                        s.ready().await.map_err(|e| transport_error(&e))?;
+                        s.send_request(req).await.map_err(|e| transport_error(&e))
+                    }
+                }
             },
             self.timer.as_mut(),
             Limit::At(deadline_after(sent_at, limits.first_byte)),
@@ -288,10 +434,14 @@ impl Conn {
                 Err(expired) => return Err(expired.error("idle-body")),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    return Err(match declared {
-                        Some(expected) if got < expected => FetchError::ShortBody { expected, got },
-                        _ => FetchError::Transport(e.to_string()),
-                    })
+                    return Err(match (transport_error(&e), declared) {
+                        // A stream refused mid-body was still not processed.
+                        (e @ FetchError::NotProcessed(_), _) => e,
+                        (_, Some(expected)) if got < expected => {
+                            FetchError::ShortBody { expected, got }
+                        }
+                        (e, _) => e,
+                    });
                 }
                 Ok(Some(Ok(f))) => f,
             };
@@ -337,6 +487,26 @@ impl Conn {
         }
         Ok(Step::Done(Response { status, test_abort }))
     }
+}
+
+/// Names a failed exchange: a permanent TLS problem (a client certificate
+/// that a TLS 1.3 server refuses after the handshake); the HTTP/2 errors
+/// that prove the server did not process the request, a `GOAWAY` whose last
+/// stream is below ours (RFC 9113 section 6.8) and `RST_STREAM` with
+/// `REFUSED_STREAM` (section 8.7), which may be sent again at once; or a
+/// transport error.
+fn transport_error(e: &hyper::Error) -> FetchError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            let refused = h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            if refused || (h2.is_go_away() && h2.is_remote()) {
+                return FetchError::NotProcessed(h2.to_string());
+            }
+        }
+        source = err.source();
+    }
+    transport::tls_or(e, FetchError::Transport(e.to_string()))
 }
 
 enum Step {
@@ -451,10 +621,12 @@ pub(crate) fn resolve_redirect(
     if location.is_empty() {
         return Err(FetchError::BadRedirect("empty Location".into()));
     }
-    let base = format!("http://{}{}", endpoint.authority, current);
+    let base = format!("{}://{}{}", endpoint.scheme(), endpoint.authority, current);
     let target = uri::resolve(&base, location);
     let parts = uri::parse(&target);
-    let same_origin = parts.scheme.is_some_and(|s| s.eq_ignore_ascii_case("http"))
+    let same_origin = parts
+        .scheme
+        .is_some_and(|s| s.eq_ignore_ascii_case(endpoint.scheme()))
         && parts.authority.is_some_and(|a| endpoint.is_authority(a));
     if !same_origin {
         return Err(FetchError::OffHostRedirect(location.to_string()));

@@ -10,6 +10,10 @@ pub enum FetchError {
     Timeout(&'static str),
     /// The connection failed mid-request (reset, closed, protocol error).
     Transport(String),
+    /// The server said it did not process the request (HTTP/2 `GOAWAY`
+    /// naming an earlier last stream, or `REFUSED_STREAM`), so sending it
+    /// again is safe and is no sign the name itself fails. Transient.
+    NotProcessed(String),
     /// A status other than 2xx. `retry_after` is the server's
     /// `Retry-After` (seconds or an IMF-fixdate, capped at
     /// [`crate::MAX_RETRY_AFTER`]), when it gave a valid one.
@@ -25,6 +29,13 @@ pub enum FetchError {
     OffHostRedirect(String),
     /// More redirects than allowed, or a redirect without a usable `Location`.
     BadRedirect(String),
+    /// A TLS problem that every attempt would meet again (the server's
+    /// certificate is not trusted, does not match, has expired; our client
+    /// certificate was refused; no common protocol). Never retried.
+    Tls(crate::tls::TlsFailure),
+    /// The proxy refused the tunnel for a reason a retry will not cure
+    /// (407 without or with wrong credentials, 403). Never retried.
+    Proxy(String),
 }
 
 impl FetchError {
@@ -36,11 +47,14 @@ impl FetchError {
             FetchError::Connect(_)
             | FetchError::Timeout(_)
             | FetchError::Transport(_)
+            | FetchError::NotProcessed(_)
             | FetchError::ShortBody { .. } => true,
             FetchError::Status { code, .. } => *code >= 500 || *code == 429 || *code == 408,
             FetchError::TooLarge { .. }
             | FetchError::OffHostRedirect(_)
-            | FetchError::BadRedirect(_) => false,
+            | FetchError::BadRedirect(_)
+            | FetchError::Tls(_)
+            | FetchError::Proxy(_) => false,
         }
     }
 
@@ -60,6 +74,11 @@ impl FetchError {
         }
     }
 
+    /// Whether the server refused us for want of credentials: 401 or 403.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.status(), Some(401 | 403))
+    }
+
     /// Whether the connection may carry another request after this error.
     /// Only a complete error response leaves it in a known state.
     pub fn connection_reusable(&self) -> bool {
@@ -73,6 +92,7 @@ impl fmt::Display for FetchError {
             FetchError::Connect(e) => write!(f, "connect failed: {e}"),
             FetchError::Timeout(which) => write!(f, "{which} timeout"),
             FetchError::Transport(e) => write!(f, "connection error: {e}"),
+            FetchError::NotProcessed(e) => write!(f, "not processed by the server: {e}"),
             FetchError::Status { code, .. } => {
                 let reason = http::StatusCode::from_u16(*code)
                     .ok()
@@ -95,6 +115,8 @@ impl fmt::Display for FetchError {
                 write!(f, "redirect to another host refused: {to}")
             }
             FetchError::BadRedirect(why) => write!(f, "bad redirect: {why}"),
+            FetchError::Tls(failure) => write!(f, "TLS: {failure}"),
+            FetchError::Proxy(why) => f.write_str(why),
         }
     }
 }

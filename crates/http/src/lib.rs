@@ -3,11 +3,14 @@
 //!
 //! # Layout
 //!
-//! - [`Endpoint`]: the service's base URL, parsed once (`http://host:port/prefix`).
-//! - [`Conn`]: one HTTP/1.1 connection driven by hyper's low-level
-//!   `client::conn::http1` API. The caller owns exactly one request at a
-//!   time on it, so "C connections" means exactly C sockets (no pool that
-//!   might open more), and keep-alive is under our control.
+//! - [`Endpoint`]: the service's base URL, parsed once (`http[s]://host:port/prefix`).
+//! - [`Conn`]: one connection driven by hyper's low-level
+//!   `client::conn::http1` or `http2` API ([`Proto`]), over any IO type
+//!   ([`Conn::handshake`]). Over HTTP/1.1 the caller owns exactly one
+//!   request at a time on it, so "C connections" means exactly C sockets (no
+//!   pool that might open more), and keep-alive is under our control; over
+//!   HTTP/2, [`Conn::share`] gives each request task its own handle on one
+//!   multiplexed connection.
 //! - [`Conn::get`]: a GET that enforces the first-byte and idle-body
 //!   timeouts and a deadline for the whole request, refuses bodies over a
 //!   size limit before buffering them, checks the body against
@@ -25,6 +28,11 @@
 //!   `--insecure`), and [`tls::classify`], which names a TLS failure and says
 //!   whether it is permanent.
 //!
+//! - [`transport`]: the connect path of every connection (TCP, an
+//!   optional proxy tunnel, optional TLS) giving one I/O type, an enum.
+//! - [`proxy`]: which proxy to use, from `--proxy`, `--noproxy` and the
+//!   environment as curl reads it.
+//!
 //! Architecture invariant: no request leaves this crate without a timeout,
 //! and no body is buffered past its limit.
 
@@ -33,14 +41,18 @@ mod conn;
 mod endpoint;
 mod error;
 mod pipeline;
+pub mod proxy;
 pub mod tls;
+pub mod transport;
 mod uri;
 
 pub use backoff::{parse_retry_after, Backoff, Jitter};
-pub use conn::{Conn, Limits, Response, MAX_RETRY_AFTER};
+pub use conn::{Conn, Limits, Proto, Response, MAX_RETRY_AFTER};
 pub use endpoint::{Endpoint, UrlError};
 pub use error::FetchError;
+pub use http::{HeaderName, HeaderValue};
 pub use pipeline::{Answer, PipeConn, PipelineFault, MAX_PIPELINE_DEPTH, MIN_ANSWERS_PER_DEPTH};
+pub use transport::Transport;
 
 /// The header the test server sets on responses that should make a worker
 /// abort, when the worker's test hook is on. Defined here because this is

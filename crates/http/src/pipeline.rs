@@ -73,7 +73,10 @@
 //! caller's body buffer growing, which it reuses.
 
 use crate::conn::{deadline_after, race, resolve_redirect, Expired, Limit, MAX_ERROR_BODY, UA};
-use crate::{Endpoint, FetchError, Limits, Response, MAX_RETRY_AFTER, TEST_ABORT_HEADER};
+use crate::transport::Io;
+use crate::{
+    Endpoint, FetchError, Limits, Response, Transport, MAX_RETRY_AFTER, TEST_ABORT_HEADER,
+};
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
@@ -84,7 +87,7 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant, Sleep};
+use tokio::time::{Instant, Sleep};
 
 /// A server that closes a connection after fewer than this many answers per
 /// request of pipeline depth, while pipelined requests wait, does not keep
@@ -278,20 +281,28 @@ pub struct PipeConn {
 }
 
 impl PipeConn {
-    /// Opens a TCP connection within `connect_timeout`.
+    /// Connects as `transport` says (TCP, or a proxy's `CONNECT` tunnel,
+    /// within its connect timeout). Pipelining is plain HTTP/1.1 only: an
+    /// `https://` endpoint is refused (the caller uses [`crate::Conn`],
+    /// whose TLS connection may also turn out to be HTTP/2). The
+    /// transport's headers (`-H`) go on every request.
     pub async fn connect(
         endpoint: &Endpoint,
-        connect_timeout: Duration,
+        transport: &Transport,
     ) -> Result<PipeConn, FetchError> {
-        let (host, port) = endpoint.connect_target();
-        let stream = match timeout(connect_timeout, TcpStream::connect((host.as_str(), port))).await
-        {
-            Err(_) => return Err(FetchError::Timeout("connect")),
-            Ok(Err(e)) => return Err(FetchError::Connect(format!("{}: {e}", endpoint.authority))),
-            Ok(Ok(s)) => s,
+        if transport.tls.is_some() {
+            return Err(FetchError::Connect(
+                "HTTP/1.1 pipelining is for plain http:// only".into(),
+            ));
+        }
+        let stream = match crate::transport::connect(endpoint, transport).await?.io {
+            Io::Plain(stream) => stream,
+            Io::Tls(_) => {
+                return Err(FetchError::Connect(
+                    "HTTP/1.1 pipelining is for plain http:// only".into(),
+                ))
+            }
         };
-        // Requests are tiny and latency-bound; Nagle would only delay them.
-        let _ = stream.set_nodelay(true);
         if !endpoint.authority.bytes().all(is_visible) {
             return Err(FetchError::Connect(format!(
                 "invalid host header: {:?}",
@@ -303,6 +314,14 @@ impl PipeConn {
         request_tail.extend_from_slice(endpoint.authority.as_bytes());
         request_tail.extend_from_slice(b"\r\nUser-Agent: ");
         request_tail.extend_from_slice(UA.as_bytes());
+        // `HeaderName` and `HeaderValue` admit no CR or LF, so these cannot
+        // end a header early.
+        for (name, value) in transport.headers.iter() {
+            request_tail.extend_from_slice(b"\r\n");
+            request_tail.extend_from_slice(name.as_str().as_bytes());
+            request_tail.extend_from_slice(b": ");
+            request_tail.extend_from_slice(value.as_bytes());
+        }
         request_tail.extend_from_slice(b"\r\n\r\n");
         let now = Instant::now();
         Ok(PipeConn {

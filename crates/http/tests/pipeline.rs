@@ -6,7 +6,7 @@
 //! the client's deadlines are virtual time: the outcomes are exact and no
 //! test waits in real time.
 
-use bulkget_http::{Endpoint, FetchError, Limits, PipeConn, PipelineFault};
+use bulkget_http::{Endpoint, FetchError, Limits, PipeConn, PipelineFault, Transport};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,7 +122,9 @@ struct Client {
 
 impl Client {
     async fn start(s: &Scripted) -> Client {
-        let conn = PipeConn::connect(&s.endpoint, ms(1000)).await.unwrap();
+        let conn = PipeConn::connect(&s.endpoint, &Transport::plain(ms(1000)))
+            .await
+            .unwrap();
         Client {
             endpoint: s.endpoint.clone(),
             conn,

@@ -200,10 +200,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
     }
-
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
 }
 
 /// Writes frames to a byte stream.
@@ -228,10 +224,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.flush().await?;
         Ok(())
     }
-
-    pub fn into_inner(self) -> W {
-        self.inner
-    }
 }
 
 #[cfg(test)]
@@ -244,7 +236,7 @@ mod tests {
             ToWorker::Hello {
                 shard: 3,
                 generation: 2,
-                settings: WorkerSettings::for_test("http://h:1/api", "/out", "/state"),
+                settings: Box::new(WorkerSettings::for_test("http://h:1/api", "/out", "/state")),
             },
             ToWorker::Batch {
                 id: 7,
@@ -290,6 +282,21 @@ mod tests {
             at += used;
         }
         assert_eq!(at, buf.len());
+    }
+
+    #[test]
+    fn the_version_frame_has_the_same_layout_in_every_build() {
+        // Peers of different builds must read each other's version, so its
+        // bytes are pinned: a u32 varint, then a length-prefixed string.
+        let mut buf = Vec::new();
+        let v = Version {
+            protocol: 1,
+            build: "0.1.0+ab".into(),
+        };
+        encode(&v, &mut buf).unwrap();
+        assert_eq!(buf, b"\x0a\0\0\0\x01\x080.1.0+ab");
+        let (back, used): (Version, usize) = decode(&buf).unwrap().unwrap();
+        assert_eq!((back, used), (v, buf.len()));
     }
 
     #[test]

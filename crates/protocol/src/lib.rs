@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //!
+//! - [`Version`]: the first frame each way on a worker's socket, so that a
+//!   coordinator and a worker of different builds say so instead of
+//!   misreading each other (see [`PROTOCOL_VERSION`] and [`build_id`]).
 //! - [`ToWorker`] and [`ToCoordinator`]: one enum per direction.
 //! - [`WorkerSettings`]: everything a worker needs, sent in [`ToWorker::Hello`],
 //!   so that a worker takes no command-line flags of its own beyond its socket.
@@ -12,12 +15,54 @@
 //! Architecture invariant: no other crate defines a type that is sent over
 //! the socket, and no other crate knows how frames are laid out.
 
+pub mod build_id;
 pub mod frame;
 mod names;
 
 pub use names::Names;
 
+pub use build_id::build_id;
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The version of the conversation on the socket. Raise it with every
+/// change to the layout of a message (a field added, removed or retyped, a
+/// variant added anywhere but last, reordered or removed), so that a peer
+/// of the old layout is told apart instead of misreading frames.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Who speaks on a worker's socket. It is the first frame each way: the
+/// coordinator sends its own before its [`ToWorker::Hello`], and a worker
+/// answers with its own before anything else, before it even reads the
+/// hello. The coordinator and its workers must be the same build: both
+/// fields must be equal, or the coordinator stops the run with one clear
+/// error (a worker of another build would otherwise crash on, or worse
+/// misread, every frame).
+///
+/// Its layout never changes (a `u32`, then a string), whatever
+/// [`PROTOCOL_VERSION`] says, so every build can read every other's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub protocol: u32,
+    /// The executable's build: see [`build_id`].
+    pub build: String,
+}
+
+impl Version {
+    /// This process's version: [`PROTOCOL_VERSION`] and [`build_id`].
+    pub fn current() -> Version {
+        Version {
+            protocol: PROTOCOL_VERSION,
+            build: build_id().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "protocol {}, build {}", self.protocol, self.build)
+    }
+}
 
 /// The identifier of a batch, unique within one coordinator run.
 pub type BatchId = u64;
@@ -30,7 +75,9 @@ pub enum ToWorker {
     Hello {
         shard: u32,
         generation: u32,
-        settings: WorkerSettings,
+        /// Boxed: the settings outweigh every other message; the wire form
+        /// is the same as unboxed.
+        settings: Box<WorkerSettings>,
     },
     /// Names to fetch. The worker answers with exactly one
     /// [`ToCoordinator::BatchDone`] carrying the same `id`.
@@ -44,7 +91,8 @@ pub enum ToWorker {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToCoordinator {
     /// The worker has read its hello, opened its sink and is ready for work.
-    Ready { pid: u32 },
+    /// (The coordinator knows the worker's pid from spawning it.)
+    Ready,
     /// Every name of batch `id` is in the sink (`ok` of them, `bytes` in
     /// all) or has failed permanently (`failures`). Sent only after the
     /// sink has made the batch durable (for SQLite: after the commit).
@@ -224,6 +272,17 @@ pub enum Resolve {
     Walk,
 }
 
+/// Which HTTP version a worker speaks (`--http-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpVersion {
+    /// HTTP/2 when TLS's ALPN offers it on `https://`, HTTP/1.1 otherwise.
+    Auto,
+    /// HTTP/1.1 always.
+    Http1,
+    /// HTTP/2 always: on `http://`, h2c with prior knowledge.
+    Http2,
+}
+
 /// Everything a worker needs to know, chosen by the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSettings {
@@ -241,8 +300,10 @@ pub struct WorkerSettings {
     pub layout: Layout,
     /// How the dir sink resolves paths beneath `out_dir`.
     pub resolve: Resolve,
-    /// Concurrent keep-alive connections, one task each.
+    /// Concurrent requests, one task each: over HTTP/1.1 one connection
+    /// each; over HTTP/2 streams that share a few connections.
     pub connections: u32,
+    pub http_version: HttpVersion,
     /// HTTP/1.1 pipelining: requests in flight per connection; 1 is off.
     /// A worker falls back to 1 when its server mishandles pipelining.
     pub pipeline: u32,
@@ -264,8 +325,51 @@ pub struct WorkerSettings {
     pub max_redirects: u32,
     /// How often the stats file is rewritten.
     pub stats_interval_ms: u64,
+    /// Headers sent on every request (`-H`), as `(name, value)`. They reach
+    /// the worker only through this message, never through its arguments or
+    /// environment, and their values never leave memory.
+    pub headers: Vec<(String, Secret)>,
+    /// How to verify an `https://` service and what client certificate to
+    /// offer. Paths, not contents: the files are read by each process.
+    pub tls: TlsSettings,
+    /// The proxy to tunnel through, already chosen by the coordinator from
+    /// its flags and environment (`NO_PROXY` applied); the worker's
+    /// environment is cleared of the proxy variables.
+    pub proxy: Option<ProxySettings>,
     /// Hooks that let tests make a worker misbehave on purpose.
     pub test_hooks: TestHooks,
+}
+
+/// A value that must never be written anywhere (a header value, proxy
+/// credentials): its `Debug` shows `<redacted>`, so a settings dump in a
+/// log cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The TLS options of the command line (`--cacert`, `--client-cert`,
+/// `--client-key`, `--insecure`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsSettings {
+    pub cacert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub insecure: bool,
+}
+
+/// A proxy reached with `CONNECT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxySettings {
+    /// Host name or IP address, without brackets.
+    pub host: String,
+    pub port: u16,
+    /// The `Proxy-Authorization` value, from the proxy URL's credentials.
+    pub authorization: Option<Secret>,
 }
 
 /// Test-only behaviour. All off by default; set through hidden flags.
@@ -276,6 +380,10 @@ pub struct TestHooks {
     pub abort_on_header: bool,
     /// Fail start-up (send `Fatal` and exit 1) on these shards.
     pub fail_start_shards: Vec<u32>,
+    /// On these shards, the first worker (generation 0) closes its socket
+    /// right after the hello and stays alive, as a worker stuck on its way
+    /// out would, until the coordinator kills it.
+    pub linger_shards: Vec<u32>,
 }
 
 impl WorkerSettings {
@@ -291,6 +399,7 @@ impl WorkerSettings {
             layout: Layout::Flat,
             resolve: Resolve::Openat2,
             connections: 8,
+            http_version: HttpVersion::Auto,
             pipeline: 8,
             max_file_size: 8 << 20,
             connect_timeout_ms: 5_000,
@@ -302,6 +411,9 @@ impl WorkerSettings {
             backoff_max_ms: 2_000,
             max_redirects: 5,
             stats_interval_ms: 1_000,
+            headers: Vec::new(),
+            tls: TlsSettings::default(),
+            proxy: None,
             test_hooks: TestHooks::default(),
         }
     }

@@ -1,7 +1,8 @@
 //! A deterministic stand-in for the `frame_decode` fuzz target (see
 //! `fuzz/`), run by every `cargo test` on stable Rust: random bytes, valid
 //! frames mutated (bit flips, insertions, deletions, overwritten length
-//! prefixes) and cut short, fed to `frame::decode` for both directions.
+//! prefixes) and cut short, fed to `frame::decode` for both directions'
+//! messages and for the version frame that opens each direction.
 //!
 //! What must hold for any input: no panic and no huge allocation; `Ok(None)`
 //! only when the buffer holds less than its announced frame; `Ok(Some)`
@@ -10,7 +11,7 @@
 //! bytes).
 
 use bulkget_protocol::frame::{self, FrameError, MAX_FRAME};
-use bulkget_protocol::{Failure, FatalKind, ToCoordinator, ToWorker, WorkerSettings};
+use bulkget_protocol::{Failure, FatalKind, ToCoordinator, ToWorker, Version, WorkerSettings};
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt::Debug;
 
@@ -83,7 +84,7 @@ fn samples() -> Vec<Vec<u8>> {
         ToWorker::Hello {
             shard: 3,
             generation: 70000,
-            settings,
+            settings: Box::new(settings),
         },
         ToWorker::Batch {
             id: u64::MAX,
@@ -92,7 +93,7 @@ fn samples() -> Vec<Vec<u8>> {
         ToWorker::Shutdown { drain: true },
     ];
     let to_coordinator = vec![
-        ToCoordinator::Ready { pid: 4242 },
+        ToCoordinator::Ready,
         ToCoordinator::BatchDone {
             id: 9,
             ok: 255,
@@ -109,6 +110,13 @@ fn samples() -> Vec<Vec<u8>> {
         },
     ];
     let mut out = Vec::new();
+    let version = Version {
+        protocol: 1,
+        build: "0.1.0+5b17ed1b0a3afcb1b6466703fe8fdbfd11f4b052".into(),
+    };
+    let mut buf = Vec::new();
+    frame::encode(&version, &mut buf).unwrap();
+    out.push(buf);
     for m in &to_worker {
         let mut buf = Vec::new();
         frame::encode(m, &mut buf).unwrap();
@@ -165,6 +173,7 @@ fn decode_survives_random_mutated_and_truncated_frames() {
         }
         decoded += usize::from(check::<ToWorker>(&input));
         decoded += usize::from(check::<ToCoordinator>(&input));
+        decoded += usize::from(check::<Version>(&input));
     }
     // The mutations leave enough frames whole that the success path is
     // exercised as well as the error paths.
@@ -201,7 +210,9 @@ fn the_fuzz_seed_corpus_still_decodes() {
         let bytes = std::fs::read(&path).unwrap();
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
         let to_worker = matches!(name.as_str(), "hello" | "batch" | "shutdown" | "two");
-        let ok = if to_worker {
+        let ok = if name == "version" {
+            check::<Version>(&bytes)
+        } else if to_worker {
             check::<ToWorker>(&bytes)
         } else {
             check::<ToCoordinator>(&bytes)
@@ -209,5 +220,5 @@ fn the_fuzz_seed_corpus_still_decodes() {
         assert!(ok, "{name} does not decode");
         seen += 1;
     }
-    assert_eq!(seen, 8);
+    assert_eq!(seen, 9);
 }

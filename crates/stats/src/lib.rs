@@ -1,5 +1,4 @@
-//! Stats for a bulkget run: the files, the meters behind them, and
-//! `bulkget status`.
+//! Stats for a bulkget run: the files and the meters behind them.
 //!
 //! While a run goes on, every worker rewrites `STATE/shards/shard-KK.json`
 //! and the coordinator rewrites `STATE/coordinator.json`, once a second and
@@ -11,8 +10,11 @@
 //! The crate is laid out by who uses what:
 //!
 //! * [`schema`]: the serde types of both files ([`ShardStats`],
-//!   [`CoordinatorStats`]), the schema version and the file paths. The
-//!   contract between writers and readers.
+//!   [`CoordinatorStats`]), the schema version, the versioning rule and the
+//!   file paths. The contract between writers and readers.
+//! * [`checkpoint`]: the serde types of `checkpoint.json`, which the
+//!   coordinator's scheduler records into and readers read, and the one
+//!   parser of its versions.
 //! * [`histogram`], [`rate`], [`http_status`]: the worker's hot-path meters
 //!   (its counters and the shard file's writer are in `bulkget-worker`'s
 //!   `stats_file.rs`).
@@ -23,15 +25,16 @@
 //!   see a torn file; a durable variant (fsync of file and directory) for the
 //!   checkpoint.
 //! * [`time`]: the RFC 3339 timestamps in the files.
-//! * [`status`]: `bulkget status`: loading a state directory into a
-//!   [`StatusReport`], the table, `--json` and `--watch`.
+//!
+//! Reading the files for people (`bulkget status`, the progress lines) is
+//! `bulkget-report`'s.
 
 pub mod atomic;
+pub mod checkpoint;
 pub mod histogram;
 pub mod http_status;
 pub mod rate;
 pub mod schema;
-pub mod status;
 pub mod time;
 
 pub use atomic::{read_json, write_json_atomic, write_json_durable};
@@ -39,13 +42,8 @@ pub use histogram::LatencyHistogram;
 pub use http_status::StatusCounts;
 pub use rate::{eta_seconds, RateWindow};
 pub use schema::{
-    CheckpointCompleteRun, CheckpointDoneAfter, CheckpointFile, CheckpointPartialPage,
-    CheckpointTotals, CoordinatorStats, Latency, ResumePosition, RunState, ShardState, ShardStats,
-    ShardSummary, SCHEMA_VERSION,
-};
-pub use status::{
-    load, load_at, render_table, resolve_state_dir, run_status, StatusArgs, StatusError,
-    StatusReport, Totals,
+    CoordinatorStats, EtaMethod, Latency, RunState, ShardState, ShardStats, ShardSummary,
+    SummaryState, SCHEMA_VERSION,
 };
 pub use time::{format_rfc3339, now_rfc3339, parse_rfc3339};
 
@@ -114,8 +112,9 @@ mod doc_tests {
         let c: CoordinatorStats = round_trips("coordinator");
         assert_eq!(c.schema_version, SCHEMA_VERSION);
         assert!(c.shards.iter().any(|s| s.pid.is_none()));
-        let cp: CheckpointFile = round_trips("checkpoint");
-        assert!(matches!(cp.position, ResumePosition::Marker(_)));
+        let cp: checkpoint::Checkpoint = round_trips("checkpoint");
+        assert_eq!(cp.schema_version, checkpoint::CHECKPOINT_VERSION);
+        assert!(matches!(cp.position, checkpoint::ListPosition::Marker(_)));
         // The example is consistent: every name before the position, on the
         // complete pages after it and in the bitmap is counted once.
         let bits: u32 = cp.done_after.partial[0]
@@ -147,15 +146,26 @@ mod doc_tests {
         let c = serde_json::to_value(c).unwrap();
         assert_documented(keys_of(&c));
         assert_documented(keys_of(&c["shards"][0]));
-        assert_documented(keys_of(
-            &serde_json::to_value(StatusReport::default()).unwrap(),
-        ));
-        let mut cp = CheckpointFile::default();
-        cp.done_after.partial.push(CheckpointPartialPage::default());
-        cp.done_after.complete.push(CheckpointCompleteRun::Run {
-            first: 0,
-            fingerprints: vec![],
-        });
+        let cp = checkpoint::Checkpoint {
+            schema_version: checkpoint::CHECKPOINT_VERSION,
+            position: checkpoint::ListPosition::Start,
+            totals: checkpoint::Totals::default(),
+            done_after: checkpoint::DoneAfter {
+                complete: vec![checkpoint::CompleteRun {
+                    first: 0,
+                    fingerprints: vec![],
+                }],
+                partial: vec![checkpoint::PartialPage {
+                    offset: 0,
+                    len: 0,
+                    fingerprint: checkpoint::PageFingerprint(0),
+                    done: vec![],
+                }],
+            },
+            failed_len: 0,
+            complete: false,
+            updated_at: String::new(),
+        };
         let cp = serde_json::to_value(cp).unwrap();
         assert_documented(keys_of(&cp));
         for nested in ["totals", "done_after"] {
@@ -171,9 +181,6 @@ mod doc_tests {
                     .into_iter()
                     .map(|k| format!("done_after.{list}[].{k}")),
             );
-        }
-        for key in keys_of(&serde_json::to_value(Totals::default()).unwrap()) {
-            assert!(DOC.contains(&format!("`{key}`")), "totals field `{key}`");
         }
     }
 }

@@ -6,17 +6,22 @@
 //! scripts with `jq`, dashboards. `docs/STATS.md` documents every field; keep
 //! the two in step.
 //!
-//! Compatibility rules, which the attributes below implement:
+//! The versioning rule, for these files and `checkpoint.json` alike (one
+//! rule, written here and in `docs/STATS.md`):
 //!
-//! * Every struct is `#[serde(default)]`, so a reader accepts a file written
-//!   by an older writer that lacked a field added since (it reads as zero,
-//!   empty or `None`).
-//! * No struct denies unknown fields, so a reader accepts a file written by a
-//!   newer writer that added fields.
-//! * Enumerations have an `unknown` catch-all, so a state added later does not
-//!   make older readers fail to parse the whole file.
-//! * Removing or renaming a field, or changing its type or unit, bumps
-//!   [`SCHEMA_VERSION`].
+//! * Adding a field keeps the version. Readers accept a file without it
+//!   (stats structs are `#[serde(default)]`; the checkpoint marks such
+//!   fields `#[serde(default)]` one by one) and a file with fields they do
+//!   not know (no struct denies unknown fields).
+//! * Removing or renaming a field, or changing its type, unit or meaning,
+//!   bumps the file's version ([`SCHEMA_VERSION`] for the stats files,
+//!   [`crate::checkpoint::CHECKPOINT_VERSION`] for the checkpoint).
+//! * An enumeration that may grow has an `Unknown` catch-all
+//!   (`#[serde(other)]`), so a value added later does not make older
+//!   readers fail on the whole file.
+//! * A reader given a newer version than its own does not guess: `bulkget
+//!   status` shows the stats files with a warning that fields may mean
+//!   something else, and a resume refuses a newer checkpoint.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +41,7 @@ pub const COORDINATOR_FILE: &str = "coordinator.json";
 pub const SHARDS_DIR: &str = "shards";
 
 /// The checkpoint, relative to the state directory. The coordinator writes
-/// it; [`CheckpointFile`] is how readers see it.
+/// it; [`crate::checkpoint`] has its types.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 
 /// `STATE/coordinator.json`.
@@ -222,9 +227,9 @@ pub struct ShardSummary {
     /// The current worker process; `None` while no worker runs for this shard
     /// (backing off before a restart, parked, stopped).
     pub pid: Option<u32>,
-    /// One of [`summary_state`]'s values. A string rather than an enum so that
-    /// the coordinator may add states without breaking older readers.
-    pub state: String,
+    /// What the coordinator knows of the shard; a state added by a newer
+    /// bulkget reads as [`SummaryState::Unknown`].
+    pub state: SummaryState,
     /// Batches sent to this shard and not yet acknowledged.
     pub batches_in_flight: u64,
     /// Of `batches_in_flight`, those stalled on retry timers (outside the
@@ -237,29 +242,75 @@ pub struct ShardSummary {
     pub idle_ms: u64,
 }
 
-/// The values of [`ShardSummary::state`].
-pub mod summary_state {
+/// What the coordinator knows of one shard ([`ShardSummary::state`]).
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SummaryState {
     /// A worker runs for this shard.
-    pub const RUNNING: &str = "running";
+    Running,
     /// The worker died; waiting before the restart.
-    pub const BACKOFF: &str = "backoff";
+    Backoff,
     /// Crashed too often; no longer restarted. The run goes on without it.
-    pub const PARKED: &str = "parked";
+    Parked,
     /// Shut down normally.
-    pub const STOPPED: &str = "stopped";
+    Stopped,
+    /// A state this reader does not know, written by a newer bulkget, or
+    /// none.
+    #[default]
+    #[serde(other)]
+    Unknown,
 }
 
-/// The values of [`CoordinatorStats::eta_method`] the coordinator uses, so
-/// that the text is the same wherever it is produced.
-pub mod eta_method {
+impl SummaryState {
+    /// The spelling used in the file and in the status table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SummaryState::Running => "running",
+            SummaryState::Backoff => "backoff",
+            SummaryState::Parked => "parked",
+            SummaryState::Stopped => "stopped",
+            SummaryState::Unknown => "unknown",
+        }
+    }
+}
+
+/// How [`CoordinatorStats::eta_seconds`] was estimated, or why there is
+/// none. On the wire it is the sentence each variant documents, so that a
+/// person reading the file with `cat` understands it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum EtaMethod {
     /// While listing, the number of files is unknown, so no ETA is given.
-    pub const NONE_LISTING: &str = "none: total unknown until the listing ends";
+    #[serde(rename = "none: total unknown until the listing ends")]
+    NoneListing,
     /// After the listing: names listed and not yet done, over the recent rate.
-    pub const REMAINING_OVER_RATE: &str = "remaining listed names / recent rate";
+    #[serde(rename = "remaining listed names / recent rate")]
+    RemainingOverRate,
     /// After the listing, but no file finished recently.
-    pub const NONE_NO_PROGRESS: &str = "none: no recent progress";
+    #[serde(rename = "none: no recent progress")]
+    NoneNoProgress,
     /// The run is over.
-    pub const DONE: &str = "none: run over";
+    #[serde(rename = "none: run over")]
+    Done,
+    /// A method this reader does not know, written by a newer bulkget, or
+    /// none.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl EtaMethod {
+    /// The spelling used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtaMethod::NoneListing => "none: total unknown until the listing ends",
+            EtaMethod::RemainingOverRate => "remaining listed names / recent rate",
+            EtaMethod::NoneNoProgress => "none: no recent progress",
+            EtaMethod::Done => "none: run over",
+            EtaMethod::Unknown => "unknown",
+        }
+    }
 }
 
 /// `STATE/coordinator.json`: the run as a whole, rewritten by the coordinator
@@ -308,9 +359,8 @@ pub struct CoordinatorStats {
     /// Seconds until every listed name is done; `None` when unknown (see
     /// `eta_method`).
     pub eta_seconds: Option<f64>,
-    /// How `eta_seconds` was estimated, or why there is none. One of
-    /// [`eta_method`]'s values.
-    pub eta_method: String,
+    /// How `eta_seconds` was estimated, or why there is none.
+    pub eta_method: EtaMethod,
     /// Total time the lister waited because every shard's window was full, in
     /// milliseconds. Growing lister wait means the downloads are the
     /// bottleneck.
@@ -321,6 +371,11 @@ pub struct CoordinatorStats {
     /// with other names than it did before the resume (replaced, added,
     /// removed or reordered), so they were fetched whole instead of skipped.
     pub pages_changed: u64,
+    /// Names this process dropped because the same or the previous page
+    /// listed them already (a server that repeats names across a page
+    /// boundary); each is fetched once. Absent in files written before it
+    /// existed, which then read as 0.
+    pub names_repeated: u64,
     /// The coordinator process's peak resident memory so far (`VmHWM`), in
     /// bytes; 0 where the system does not say.
     pub peak_rss_bytes: u64,
@@ -328,122 +383,6 @@ pub struct CoordinatorStats {
     pub exit_code: Option<i32>,
     /// One entry per shard, in shard order.
     pub shards: Vec<ShardSummary>,
-}
-
-/// Where a resume starts listing, as `checkpoint.json` says it.
-///
-/// The coordinator writes it as serde's external tagging of its own
-/// `ListPosition`: `"Start"`, `{"Marker": "..."}` or `"Done"`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub enum ResumePosition {
-    /// At the first page (`GET /list`): nothing was fully acknowledged yet.
-    Start,
-    /// At `GET /list?next-marker=MARKER`: the earliest page not fully
-    /// acknowledged.
-    Marker(String),
-    /// After the last page: nothing is left to list.
-    Done,
-    /// A position this reader does not know, or none.
-    #[default]
-    #[serde(other)]
-    Unknown,
-}
-
-/// The counters in `checkpoint.json`. The file counts are every
-/// acknowledgement up to the checkpoint, wherever its page is; the page and
-/// name counts cover the pages before the resume position.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[serde(default)]
-pub struct CheckpointTotals {
-    pub files_ok: u64,
-    pub files_failed: u64,
-    pub bytes: u64,
-    pub names_listed: u64,
-    pub pages_done: u64,
-    pub retries: u64,
-}
-
-/// Which names after the resume position are done already, so a resume
-/// skips them. Page offsets count from the position's page (offset 0).
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-#[serde(default)]
-pub struct CheckpointDoneAfter {
-    /// Pages whose every name is done.
-    pub complete: Vec<CheckpointCompleteRun>,
-    /// Pages partly done.
-    pub partial: Vec<CheckpointPartialPage>,
-}
-
-impl CheckpointDoneAfter {
-    /// Pages after the position whose every name is done.
-    pub fn complete_pages(&self) -> u64 {
-        self.complete.iter().map(CheckpointCompleteRun::pages).sum()
-    }
-}
-
-/// Complete pages after the position.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum CheckpointCompleteRun {
-    /// Consecutive pages from offset `first` on, one per fingerprint of the
-    /// names it listed (checkpoint version 2).
-    Run {
-        first: u64,
-        fingerprints: Vec<String>,
-    },
-    /// A half-open `[first, end)` range of offsets (checkpoint version 1).
-    Range(u64, u64),
-}
-
-impl CheckpointCompleteRun {
-    /// How many pages this covers.
-    pub fn pages(&self) -> u64 {
-        match self {
-            CheckpointCompleteRun::Run { fingerprints, .. } => fingerprints.len() as u64,
-            CheckpointCompleteRun::Range(a, b) => b.saturating_sub(*a),
-        }
-    }
-}
-
-/// A partly done page in a checkpoint.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-#[serde(default)]
-pub struct CheckpointPartialPage {
-    /// Pages after the position's page (0: that page itself).
-    pub offset: u64,
-    /// Names on the page when it was listed.
-    pub len: u32,
-    /// The fingerprint of the names the page listed, in order, as 16 hex
-    /// digits; a page listed with other names on resume is fetched whole.
-    /// Empty in version 1 checkpoints.
-    pub fingerprint: String,
-    /// One bit per name, set when done: name `i` is bit `i % 64` of word
-    /// `i / 64`.
-    pub done: Vec<u64>,
-}
-
-/// `STATE/checkpoint.json` as a reader sees it. The coordinator owns the
-/// file (`bulkget-coordinator`, `state.rs`) and writes it durably (fsync of
-/// the file and its directory) every `--checkpoint-interval` seconds and at
-/// exit, after `failed.jsonl` and the output file system are synced; this
-/// type is the readers' tolerant view of it, for `bulkget status`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-#[serde(default)]
-pub struct CheckpointFile {
-    pub schema_version: u32,
-    /// Where a resume lists from.
-    pub position: ResumePosition,
-    /// Counters (see [`CheckpointTotals`]).
-    pub totals: CheckpointTotals,
-    /// Names from `position` on that are done already.
-    pub done_after: CheckpointDoneAfter,
-    /// The length in bytes of `failed.jsonl` that belongs to the
-    /// acknowledgements counted; a resume truncates the file to it.
-    pub failed_len: u64,
-    /// The listing is done and every file acknowledged: nothing to resume.
-    pub complete: bool,
-    /// When the checkpoint was taken, RFC 3339 UTC with milliseconds.
-    pub updated_at: String,
 }
 
 #[cfg(test)]
@@ -464,6 +403,45 @@ mod tests {
         assert_eq!(s, ShardState::Unknown);
         let r: RunState = serde_json::from_str("\"paused\"").unwrap();
         assert_eq!(r, RunState::Unknown);
+        let p: SummaryState = serde_json::from_str("\"migrating\"").unwrap();
+        assert_eq!(p, SummaryState::Unknown);
+    }
+
+    /// The enums are written as the strings the files always had, so that
+    /// files written before they were enums read the same.
+    #[test]
+    fn enums_keep_their_spelling_on_the_wire() {
+        for state in [
+            SummaryState::Running,
+            SummaryState::Backoff,
+            SummaryState::Parked,
+            SummaryState::Stopped,
+        ] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(serde_json::from_str::<SummaryState>(&json).unwrap(), state);
+        }
+        for (method, text) in [
+            (
+                EtaMethod::NoneListing,
+                "none: total unknown until the listing ends",
+            ),
+            (
+                EtaMethod::RemainingOverRate,
+                "remaining listed names / recent rate",
+            ),
+            (EtaMethod::NoneNoProgress, "none: no recent progress"),
+            (EtaMethod::Done, "none: run over"),
+        ] {
+            let json = serde_json::to_string(&method).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(method.as_str(), text);
+            assert_eq!(serde_json::from_str::<EtaMethod>(&json).unwrap(), method);
+        }
+        let m: EtaMethod = serde_json::from_str("\"extrapolated from the moon\"").unwrap();
+        assert_eq!(m, EtaMethod::Unknown);
+        let c: CoordinatorStats = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.eta_method, EtaMethod::Unknown);
     }
 
     #[test]
@@ -481,50 +459,6 @@ mod tests {
         assert!(c.state.is_final());
         assert_eq!(c.shards[0].pid, None);
         assert_eq!(c.current_marker, None);
-    }
-
-    #[test]
-    fn checkpoint_positions_parse_as_the_coordinator_writes_them() {
-        let p = |json: &str| {
-            serde_json::from_str::<CheckpointFile>(json)
-                .unwrap()
-                .position
-        };
-        assert_eq!(p(r#"{"position":"Start"}"#), ResumePosition::Start);
-        assert_eq!(p(r#"{"position":"Done"}"#), ResumePosition::Done);
-        assert_eq!(
-            p(r#"{"position":{"Marker":"m-1"}}"#),
-            ResumePosition::Marker("m-1".into())
-        );
-        assert_eq!(p(r#"{"position":"Elsewhere"}"#), ResumePosition::Unknown);
-        assert_eq!(p("{}"), ResumePosition::Unknown);
-        let c: CheckpointFile = serde_json::from_str(
-            r#"{"schema_version":1,"position":{"Marker":"x"},"totals":{"files_ok":5,
-                "files_failed":1,"bytes":500,"names_listed":6,"pages_done":2},
-                "failed_len":40,"complete":false,"updated_at":"t"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            (c.totals.files_ok, c.totals.pages_done, c.totals.retries),
-            (5, 2, 0)
-        );
-        assert_eq!(c.failed_len, 40);
-        // Complete pages as version 1 wrote them (ranges) and as version 2
-        // writes them (runs with a fingerprint per page).
-        let c: CheckpointFile = serde_json::from_str(
-            r#"{"schema_version":1,"done_after":{"complete":[[1,3],[4,6]],
-                "partial":[{"offset":0,"len":10,"done":[1]}]}}"#,
-        )
-        .unwrap();
-        assert_eq!(c.done_after.complete_pages(), 4);
-        let c: CheckpointFile = serde_json::from_str(
-            r#"{"schema_version":2,"done_after":{"complete":[{"first":1,
-                "fingerprints":["00000000000000aa","00000000000000bb"]}],
-                "partial":[{"offset":0,"len":10,"fingerprint":"00000000000000cc","done":[1]}]}}"#,
-        )
-        .unwrap();
-        assert_eq!(c.done_after.complete_pages(), 2);
-        assert_eq!(c.done_after.partial[0].fingerprint, "00000000000000cc");
     }
 
     #[test]

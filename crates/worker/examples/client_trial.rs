@@ -39,7 +39,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bulkget_http::{Conn, Endpoint, Limits};
+use bulkget_http::{Conn, Endpoint, Limits, Transport};
 use bytes::{Buf, Bytes};
 use http::header::{CONTENT_LENGTH, USER_AGENT};
 use http::{HeaderValue, Request, Uri};
@@ -260,7 +260,7 @@ async fn tasks_loop(shared: &Shared) -> Result<(), String> {
             // The engine reconnects the same way when the server closes a
             // connection; counted, so churn would show.
             conn = Some(
-                Conn::connect(&shared.endpoint, CONNECT_TIMEOUT)
+                Conn::connect(&shared.endpoint, &Transport::plain(CONNECT_TIMEOUT))
                     .await
                     .map_err(|e| format!("connect: {e}"))?,
             );
@@ -388,7 +388,7 @@ struct StatsConn {
 
 impl StatsConn {
     async fn open(endpoint: &Endpoint) -> Result<StatsConn, String> {
-        let conn = Conn::connect(endpoint, CONNECT_TIMEOUT)
+        let conn = Conn::connect(endpoint, &Transport::plain(CONNECT_TIMEOUT))
             .await
             .map_err(|e| format!("connect for /_stats: {e}"))?;
         Ok(StatsConn { conn, reopened: 0 })
@@ -399,7 +399,7 @@ impl StatsConn {
     /// must not silently inflate the trial's count if it gets one.
     async fn connections_accepted(&mut self, endpoint: &Endpoint) -> Result<u64, String> {
         if !self.conn.is_usable() {
-            self.conn = Conn::connect(endpoint, CONNECT_TIMEOUT)
+            self.conn = Conn::connect(endpoint, &Transport::plain(CONNECT_TIMEOUT))
                 .await
                 .map_err(|e| format!("connect for /_stats: {e}"))?;
             self.reopened += 1;

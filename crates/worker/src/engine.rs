@@ -3,9 +3,10 @@
 use crate::stats_file::Counters;
 use bulkget_console::errln;
 use bulkget_http::{
-    Backoff, Conn, Endpoint, FetchError, Jitter, Limits, PipeConn, PipelineFault, Response,
+    Backoff, Conn, Endpoint, FetchError, Jitter, Limits, PipeConn, PipelineFault, Proto, Response,
+    Transport,
 };
-use bulkget_protocol::{BatchId, Failure, FatalKind, ToCoordinator, WorkerSettings};
+use bulkget_protocol::{BatchId, Failure, FatalKind, HttpVersion, ToCoordinator, WorkerSettings};
 use bulkget_sink::{PutError, Sink};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -52,13 +53,58 @@ struct Item {
     idx: u32,
     /// Attempts made so far for this name.
     attempt: u32,
+    /// Times the server said it did not process this name's request
+    /// (HTTP/2 `GOAWAY` or `REFUSED_STREAM`). Those resends cost no
+    /// attempt, up to [`MAX_NOT_PROCESSED`].
+    not_processed: u32,
+}
+
+/// Request tasks that share one HTTP/2 connection, as concurrent streams.
+/// Servers commonly allow 100 or more (nginx 128, the test server's hyper
+/// 200); hyper queues any beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS
+/// until one frees up.
+pub const H2_STREAMS_PER_CONNECTION: u32 = 32;
+
+/// Resends of one name that the server did not process, before such a
+/// refusal counts as a failed attempt: a server that refuses everything
+/// must still end in a failure, not a loop.
+const MAX_NOT_PROCESSED: u32 = 16;
+
+/// One HTTP/2 connection that up to [`H2_STREAMS_PER_CONNECTION`] request
+/// tasks share. The first task to need it connects; the others wait for that
+/// and take a handle ([`Conn::share`]) on the result.
+#[derive(Default)]
+struct Shared {
+    /// The connection and its generation, which tells a task whose handle
+    /// broke whether the slot still holds the connection it broke on.
+    current: RefCell<Option<(u64, Conn)>>,
+    generations: Cell<u64>,
+    /// A task is connecting; the others wait on `connected`.
+    connecting: Cell<bool>,
+    connected: Notify,
+    /// The server answered with HTTP/1.1 (ALPN did not choose h2), so each
+    /// task of this slot connects on its own from now on.
+    http1: Cell<bool>,
+}
+
+/// A request task's connection: its own, or its handle on a shared one
+/// with the generation it came from.
+struct Held {
+    conn: Conn,
+    generation: Option<u64>,
 }
 
 /// State shared by every task of the worker. Single-threaded: `Cell` and
 /// `RefCell` only, borrowed briefly and never across an `.await`.
 pub struct Engine {
     settings: WorkerSettings,
+    /// The shared HTTP/2 connections, one per
+    /// [`H2_STREAMS_PER_CONNECTION`] request tasks. Unused over HTTP/1.1.
+    shared: Vec<Shared>,
     endpoint: Endpoint,
+    /// How connections are made; one per process, shared by every
+    /// connection task (and so one TLS session cache).
+    transport: Transport,
     limits: Limits,
     backoff: Backoff,
     queue: RefCell<VecDeque<Item>>,
@@ -99,7 +145,12 @@ enum Next {
 }
 
 impl Engine {
-    pub fn new(settings: WorkerSettings, endpoint: Endpoint, sink: Box<dyn Sink>) -> Rc<Engine> {
+    pub fn new(
+        settings: WorkerSettings,
+        endpoint: Endpoint,
+        transport: Transport,
+        sink: Box<dyn Sink>,
+    ) -> Rc<Engine> {
         let limits = Limits {
             first_byte: Duration::from_millis(settings.first_byte_timeout_ms),
             idle: Duration::from_millis(settings.idle_timeout_ms),
@@ -114,9 +165,15 @@ impl Engine {
         let counters = Counters::default();
         let depth = settings.pipeline.max(1);
         counters.pipeline_depth.set(depth);
+        let tasks = settings.connections.max(1);
+        let shared = (0..tasks.div_ceil(H2_STREAMS_PER_CONNECTION))
+            .map(|_| Shared::default())
+            .collect();
         Rc::new(Engine {
             settings,
+            shared,
             endpoint,
+            transport,
             limits,
             backoff,
             queue: RefCell::new(VecDeque::new()),
@@ -137,16 +194,24 @@ impl Engine {
         })
     }
 
+    /// Whether connection tasks pipeline: `--pipeline` above 1 on plain
+    /// HTTP/1.1. Over TLS the connection may turn out to be HTTP/2 (and its
+    /// streams already keep many requests in flight), so `Conn` serves it.
+    fn pipelined(&self) -> bool {
+        self.settings.pipeline > 1 && self.transport.tls.is_none() && self.proto() == Proto::Http1
+    }
+
     /// Starts the connection tasks on the current `LocalSet`: hyper
-    /// connections one request at a time, or with `--pipeline` above 1,
-    /// pipelined ones.
+    /// connections one request at a time (or HTTP/2 streams), or, when
+    /// [`Engine::pipelined`], pipelined ones.
     pub fn start(self: &Rc<Self>) {
-        for _ in 0..self.settings.connections.max(1) {
+        for task in 0..self.settings.connections.max(1) {
             let engine = self.clone();
-            if self.settings.pipeline > 1 {
+            if self.pipelined() {
                 tokio::task::spawn_local(async move { engine.pipelined_task().await });
             } else {
-                tokio::task::spawn_local(async move { engine.connection_task().await });
+                let slot = (task / H2_STREAMS_PER_CONNECTION) as usize;
+                tokio::task::spawn_local(async move { engine.connection_task(slot).await });
             }
         }
     }
@@ -177,6 +242,7 @@ impl Engine {
                 batch: batch.clone(),
                 idx,
                 attempt: 0,
+                not_processed: 0,
             });
         }
         drop(queue);
@@ -263,39 +329,136 @@ impl Engine {
         }
     }
 
+    /// The protocol a new connection speaks. `auto` is HTTP/1.1 on
+    /// `http://`; over TLS the transport's ALPN result decides instead
+    /// (passed to [`Conn::handshake`]), and a connection that turns out to
+    /// be HTTP/2 is shared by [`Engine::connection`] all the same.
+    fn proto(&self) -> Proto {
+        match self.settings.http_version {
+            HttpVersion::Http2 => Proto::Http2,
+            HttpVersion::Http1 | HttpVersion::Auto => Proto::Http1,
+        }
+    }
+
+    /// Whether a new connection may turn out to speak HTTP/2, so request
+    /// tasks go through their slot to share it. Over TLS with `auto` this is
+    /// also true (ALPN decides); a slot whose server chose HTTP/1.1 stops
+    /// sharing at its first connection.
+    fn may_be_http2(&self) -> bool {
+        self.proto() == Proto::Http2
+    }
+
+    /// Opens a new connection and counts it.
+    async fn open(&self) -> Result<Conn, FetchError> {
+        let conn = Conn::connect_with(&self.endpoint, &self.transport, self.proto()).await?;
+        let c = &self.counters;
+        c.connections_opened.set(c.connections_opened.get() + 1);
+        c.open_connections.set(c.open_connections.get() + 1);
+        Ok(conn)
+    }
+
+    fn closed(&self) {
+        let c = &self.counters;
+        c.open_connections.set(c.open_connections.get() - 1);
+    }
+
+    /// A usable connection for a request task of `slot`, replacing `old`.
+    ///
+    /// Over HTTP/1.1 the task opens its own. Over HTTP/2 it takes a handle
+    /// on the slot's shared connection; if the old handle came from the
+    /// connection the slot still holds and broke (a timeout, a transport
+    /// error, a `GOAWAY`), that connection is replaced, once, whichever of
+    /// its tasks notices first.
+    async fn connection(&self, slot: usize, old: Option<Held>) -> Result<Held, FetchError> {
+        let shared = &self.shared[slot];
+        let stale = match old {
+            Some(Held {
+                generation: None, ..
+            }) => {
+                self.closed();
+                None
+            }
+            Some(Held { generation, .. }) => generation,
+            None => None,
+        };
+        if shared.http1.get() || !self.may_be_http2() {
+            // Known to be HTTP/1.1: no sharing, and no waiting on the slot.
+            let conn = self.open().await?;
+            if conn.proto() == Proto::Http1 {
+                shared.http1.set(true);
+                return Ok(Held {
+                    conn,
+                    generation: None,
+                });
+            }
+            return Ok(self.install(shared, conn));
+        }
+        loop {
+            {
+                let mut current = shared.current.borrow_mut();
+                if let Some((generation, conn)) = current.as_ref() {
+                    if conn.is_usable() && Some(*generation) != stale {
+                        let handle = conn.share().expect("only HTTP/2 is shared");
+                        return Ok(Held {
+                            conn: handle,
+                            generation: Some(*generation),
+                        });
+                    }
+                    if !shared.connecting.get() {
+                        current.take();
+                        drop(current);
+                        self.closed();
+                    }
+                }
+            }
+            if shared.connecting.get() {
+                // Created after the check with no await in between, so the
+                // connecting task cannot finish unseen.
+                shared.connected.notified().await;
+                continue;
+            }
+            shared.connecting.set(true);
+            let result = self.open().await;
+            shared.connecting.set(false);
+            shared.connected.notify_waiters();
+            let conn = result?;
+            if conn.proto() == Proto::Http1 {
+                shared.http1.set(true);
+                return Ok(Held {
+                    conn,
+                    generation: None,
+                });
+            }
+            return Ok(self.install(shared, conn));
+        }
+    }
+
+    /// Makes `conn` the slot's shared connection and returns a handle on it.
+    fn install(&self, shared: &Shared, conn: Conn) -> Held {
+        let generation = shared.generations.get() + 1;
+        shared.generations.set(generation);
+        let handle = conn.share().expect("only HTTP/2 is shared");
+        if shared.current.replace(Some((generation, conn))).is_some() {
+            self.closed();
+        }
+        Held {
+            conn: handle,
+            generation: Some(generation),
+        }
+    }
+
     /// The next name if one is queued now, without waiting.
     fn try_next_item(&self) -> Option<Item> {
         self.queue.borrow_mut().pop_front()
     }
 
-    /// Opens a connection for `item`'s slot, counting it. On failure the
-    /// item is retried or failed, and the slot backs off (so a server that
-    /// refuses connections is not hammered in a hot loop); `None` then.
-    async fn open<C>(
-        self: &Rc<Self>,
-        connect: impl std::future::Future<Output = Result<C, FetchError>>,
-        item: Item,
-        connect_failures: &mut u32,
-    ) -> Result<(C, Item), ()> {
+    /// Opens a pipelined connection and counts it.
+    async fn open_pipelined(&self) -> Result<PipeConn, FetchError> {
+        let conn = PipeConn::connect(&self.endpoint, &self.transport).await?;
         let c = &self.counters;
-        match connect.await {
-            Ok(new) => {
-                *connect_failures = 0;
-                c.connections_opened.set(c.connections_opened.get() + 1);
-                c.open_connections.set(c.open_connections.get() + 1);
-                Ok((new, item))
-            }
-            Err(e) => {
-                *connect_failures += 1;
-                c.status.borrow_mut().record_error();
-                let delay =
-                    self.backoff
-                        .delay(*connect_failures, None, &mut self.jitter.borrow_mut());
-                self.retry_or_fail(item, e);
-                tokio::time::sleep(delay).await;
-                Err(())
-            }
-        }
+        c.connections_opened.set(c.connections_opened.get() + 1);
+        c.open_connections.set(c.open_connections.get() + 1);
+        Ok(conn)
     }
 
     /// `/get/NAME` under the endpoint's prefix, percent-encoded, into `path`.
@@ -391,7 +554,7 @@ impl Engine {
                         Some(item) => item,
                         None => {
                             if conn.is_some() {
-                                c.open_connections.set(c.open_connections.get() - 1);
+                                self.closed();
                             }
                             return;
                         }
@@ -408,28 +571,32 @@ impl Engine {
                 }
                 // A connection that ended gave its requests back below, so
                 // a new one is opened only with nothing in flight.
-                let item = if conn.as_ref().is_none_or(|c| !c.is_usable()) {
+                if conn.as_ref().is_none_or(|c| !c.is_usable()) {
                     if conn.take().is_some() {
-                        c.open_connections.set(c.open_connections.get() - 1);
+                        self.closed();
                     }
-                    let connect_timeout = Duration::from_millis(self.settings.connect_timeout_ms);
-                    match self
-                        .open(
-                            PipeConn::connect(&self.endpoint, connect_timeout),
-                            item,
-                            &mut connect_failures,
-                        )
-                        .await
-                    {
-                        Ok((new, item)) => {
+                    match self.open_pipelined().await {
+                        Ok(new) => {
+                            connect_failures = 0;
                             conn = Some(new);
-                            item
                         }
-                        Err(()) => continue,
+                        Err(e) => {
+                            // Back off this connection slot too, so a server
+                            // that refuses connections is not hammered in a
+                            // hot loop.
+                            connect_failures += 1;
+                            c.status.borrow_mut().record_error();
+                            let delay = self.backoff.delay(
+                                connect_failures,
+                                None,
+                                &mut self.jitter.borrow_mut(),
+                            );
+                            self.retry_or_fail(item, e);
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
                     }
-                } else {
-                    item
-                };
+                }
                 self.file_path(&item, &mut path);
                 let token = free.pop().unwrap_or_else(|| {
                     slots.push(None);
@@ -486,13 +653,13 @@ impl Engine {
                     self.fall_back(fault);
                 }
                 conn = None;
-                c.open_connections.set(c.open_connections.get() - 1);
+                self.closed();
             }
         }
     }
 
-    async fn connection_task(self: Rc<Self>) {
-        let mut conn: Option<Conn> = None;
+    async fn connection_task(self: Rc<Self>, slot: usize) {
+        let mut conn: Option<Held> = None;
         let mut path = String::with_capacity(256);
         let mut body = Vec::with_capacity(4096);
         let mut connect_failures: u32 = 0;
@@ -504,29 +671,29 @@ impl Engine {
                 self.fail(item, why.to_string(), None);
                 continue;
             }
-            let item = if conn.as_ref().is_none_or(|c| !c.is_usable()) {
-                if conn.take().is_some() {
-                    c.open_connections.set(c.open_connections.get() - 1);
-                }
-                let connect_timeout = Duration::from_millis(self.settings.connect_timeout_ms);
-                match self
-                    .open(
-                        Conn::connect(&self.endpoint, connect_timeout),
-                        item,
-                        &mut connect_failures,
-                    )
-                    .await
-                {
-                    Ok((new, item)) => {
+            if conn.as_ref().is_none_or(|h| !h.conn.is_usable()) {
+                match self.connection(slot, conn.take()).await {
+                    Ok(new) => {
+                        connect_failures = 0;
                         conn = Some(new);
-                        item
                     }
-                    Err(()) => continue,
+                    Err(e) => {
+                        // Back off this connection slot too, so a server that
+                        // refuses connections is not hammered in a hot loop.
+                        connect_failures += 1;
+                        c.status.borrow_mut().record_error();
+                        let delay = self.backoff.delay(
+                            connect_failures,
+                            None,
+                            &mut self.jitter.borrow_mut(),
+                        );
+                        self.retry_or_fail(item, e);
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
                 }
-            } else {
-                item
-            };
-            let live = conn.as_mut().expect("connected above");
+            }
+            let live = &mut conn.as_mut().expect("connected above").conn;
             self.file_path(&item, &mut path);
 
             c.in_flight.set(c.in_flight.get() + 1);
@@ -545,12 +712,27 @@ impl Engine {
                 return;
             }
         }
-        if conn.is_some() {
-            c.open_connections.set(c.open_connections.get() - 1);
+        if let Some(Held {
+            generation: None, ..
+        }) = conn
+        {
+            self.closed();
         }
     }
 
     fn retry_or_fail(self: &Rc<Self>, mut item: Item, error: FetchError) {
+        let c = &self.counters;
+        if matches!(error, FetchError::NotProcessed(_)) && item.not_processed < MAX_NOT_PROCESSED {
+            // The server says it never looked at the request: send it again
+            // at once (on a new connection, as the handle broke), without
+            // spending an attempt or waiting out a backoff.
+            item.not_processed += 1;
+            c.retries.set(c.retries.get() + 1);
+            item.batch.retries.set(item.batch.retries.get() + 1);
+            self.queue.borrow_mut().push_front(item);
+            self.work_ready.notify_waiters();
+            return;
+        }
         item.attempt += 1;
         if !error.is_transient() || item.attempt >= self.settings.max_attempts {
             let reason = if error.is_transient() {
@@ -561,7 +743,6 @@ impl Engine {
             self.fail(item, reason, error.status());
             return;
         }
-        let c = &self.counters;
         c.retries.set(c.retries.get() + 1);
         item.batch.retries.set(item.batch.retries.get() + 1);
         let delay = self.backoff.delay(

@@ -3,9 +3,11 @@
 use crate::engine::Engine;
 use crate::stats_file::StatsFile;
 use bulkget_console::errln;
-use bulkget_http::Endpoint;
+use bulkget_http::proxy::{Proxy, Secret};
+use bulkget_http::tls::TlsOptions;
+use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::frame::{FrameError, FrameReader, FrameWriter};
-use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker};
+use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker, Version};
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
 use tokio::net::UnixStream;
@@ -83,20 +85,40 @@ fn install_abort_on_panic() {
 async fn serve(stream: UnixStream) -> i32 {
     let (read_half, write_half) = stream.into_split();
     let mut reader = FrameReader::new(read_half);
+    let mut frames = FrameWriter::new(write_half);
+
+    // The first frame each way is a `Version`. This worker answers with its
+    // own whatever the coordinator's says, so that the coordinator can name
+    // both in one clear error; with another version it stops here, before
+    // reading a hello whose layout it may not know. It prints nothing: the
+    // coordinator reports the mismatch once for the run.
+    let theirs = match reader.next::<Version>().await {
+        Ok(Some(v)) => v,
+        Ok(None) => return exit::OK,
+        Err(e) => {
+            errln!("bulkget worker: {e}");
+            return exit::USAGE;
+        }
+    };
+    let ours = Version::current();
+    if frames.send(&ours).await.is_err() {
+        // The coordinator is gone.
+        return exit::OK;
+    }
+    if theirs != ours {
+        return exit::FATAL;
+    }
+
     let (outbox, outbox_rx) = mpsc::unbounded_channel::<ToCoordinator>();
     let cannot_send = Rc::new(Notify::new());
-    let writer = tokio::task::spawn_local(write_outbox(
-        FrameWriter::new(write_half),
-        outbox_rx,
-        cannot_send.clone(),
-    ));
+    let writer = tokio::task::spawn_local(write_outbox(frames, outbox_rx, cannot_send.clone()));
 
     let (shard, generation, settings) = match reader.next::<ToWorker>().await {
         Ok(Some(ToWorker::Hello {
             shard,
             generation,
             settings,
-        })) => (shard, generation, settings),
+        })) => (shard, generation, *settings),
         Ok(None) => return exit::OK,
         Ok(Some(other)) => {
             errln!("bulkget worker: expected hello, got {other:?}");
@@ -107,6 +129,14 @@ async fn serve(stream: UnixStream) -> i32 {
             return exit::USAGE;
         }
     };
+    if generation == 0 && settings.test_hooks.linger_shards.contains(&shard) {
+        // Test hook: close the socket (both halves) and stay alive until
+        // the coordinator kills this process.
+        drop(outbox);
+        let _ = writer.await;
+        drop(reader);
+        return std::future::pending().await;
+    }
     let fatal = |kind: FatalKind, reason: String| {
         errln!("bulkget worker {shard}: {reason}");
         let _ = outbox.send(ToCoordinator::Fatal { kind, reason });
@@ -125,6 +155,15 @@ async fn serve(stream: UnixStream) -> i32 {
         Ok(e) => e,
         Err(e) => {
             fatal(FatalKind::Crash, e.to_string());
+            drop(outbox);
+            let _ = writer.await;
+            return exit::FATAL;
+        }
+    };
+    let transport = match transport_for(&endpoint, &settings) {
+        Ok(t) => t,
+        Err(e) => {
+            fatal(FatalKind::Crash, e);
             drop(outbox);
             let _ = writer.await;
             return exit::FATAL;
@@ -152,10 +191,8 @@ async fn serve(stream: UnixStream) -> i32 {
     };
     let stats = Rc::new(StatsFile::new(&settings.state_dir, shard, generation));
     let interval = std::time::Duration::from_millis(settings.stats_interval_ms.max(100));
-    let engine = Engine::new(settings, endpoint, sink);
-    let _ = outbox.send(ToCoordinator::Ready {
-        pid: std::process::id(),
-    });
+    let engine = Engine::new(settings, endpoint, transport, sink);
+    let _ = outbox.send(ToCoordinator::Ready);
     engine.start();
     let committer = tokio::task::spawn_local(commit_loop(engine.clone(), outbox.clone()));
     let stats_task = {
@@ -314,7 +351,7 @@ async fn write_outbox<W: tokio::io::AsyncWrite + Unpin>(
 /// What a message is, for a message about it.
 fn describe(msg: &ToCoordinator) -> String {
     match msg {
-        ToCoordinator::Ready { .. } => "the ready message".into(),
+        ToCoordinator::Ready => "the ready message".into(),
         ToCoordinator::BatchDone { id, failures, .. } => {
             format!("the report of batch {id} ({} failed names)", failures.len())
         }
@@ -330,6 +367,38 @@ fn describe(msg: &ToCoordinator) -> String {
         ),
         ToCoordinator::Fatal { .. } => "a fatal error report".into(),
     }
+}
+
+/// The connect path of this worker, built once: every connection shares its
+/// TLS configuration, so a reconnect resumes the TLS session.
+fn transport_for(
+    endpoint: &Endpoint,
+    settings: &bulkget_protocol::WorkerSettings,
+) -> Result<Transport, String> {
+    let headers = settings
+        .headers
+        .iter()
+        .map(|(name, value)| bulkget_http::transport::parse_header(&format!("{name}: {}", value.0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = TlsOptions {
+        cacert: settings.tls.cacert.as_ref().map(Into::into),
+        client_cert: settings.tls.client_cert.as_ref().map(Into::into),
+        client_key: settings.tls.client_key.as_ref().map(Into::into),
+        insecure: settings.tls.insecure,
+    };
+    let proxy = settings.proxy.as_ref().map(|p| Proxy {
+        host: p.host.clone(),
+        port: p.port,
+        authorization: p.authorization.as_ref().map(|a| Secret::new(a.0.clone())),
+    });
+    Transport::new(
+        endpoint,
+        std::time::Duration::from_millis(settings.connect_timeout_ms),
+        &tls,
+        proxy,
+        headers,
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -198,7 +198,7 @@ fn a_poison_name_is_isolated_and_failed_and_the_rest_succeed() {
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].name, poison);
     assert_eq!(failures[0].reason, CRASH_REASON);
-    assert!(crashes <= 4, "{crashes} crashes to isolate one name");
+    assert!(crashes <= 5, "{crashes} crashes to isolate one name");
     let t = s.snapshot().totals;
     assert_eq!((t.files_ok, t.files_failed), (255, 1));
 }
@@ -699,4 +699,71 @@ fn batches_of_long_names_are_cut_so_every_frame_fits() {
         assert_eq!(total, 20_000, "every name is in one batch");
         assert!(s.pending.len() >= 3, "{} batches", s.pending.len());
     }
+}
+
+#[test]
+fn a_crash_is_blamed_on_a_suspect_only_while_the_shard_holds_it_alone() {
+    let mut s = Scheduler::new(2, 4, 10, ListPosition::Start);
+    s.set_available(0, true);
+    s.set_available(1, true);
+    s.add_page(names("a", 40), None);
+    while s.assign().is_some() {}
+    // Fresh batches: a crash says nothing about any one of them.
+    assert!(!s.holds_suspect_alone(0));
+    s.shard_down(0);
+    s.set_available(0, true);
+    // Shard 0's two batches are suspects now: each goes alone to an empty
+    // shard, so shard 1 (busy) takes none and shard 0 takes one.
+    while s.assign().is_some() {}
+    assert!(s.holds_suspect_alone(0));
+    assert!(!s.holds_suspect_alone(1));
+    assert_eq!(s.in_flight(0), 1);
+    // Acknowledged, it no longer stands between the shard and a crash.
+    ack_all(&mut s, 0);
+    assert!(!s.holds_suspect_alone(0));
+    // The second suspect, crashed again: blamed, and split.
+    let (shard, _) = s.assign().unwrap();
+    assert_eq!(shard, 0);
+    assert!(s.holds_suspect_alone(0));
+    let requeued = s.requeued();
+    s.shard_down(0);
+    assert!(!s.holds_suspect_alone(0));
+    assert_eq!(s.requeued(), requeued + 1);
+    // Split into its ten names, each still suspect.
+    assert_eq!(s.pending.iter().filter(|b| b.crashes == 1).count(), 10);
+}
+
+#[test]
+fn a_poison_name_costs_its_shard_one_unblamed_crash() {
+    let poison = "a137";
+    let mut s = Scheduler::new(2, 4, 256, ListPosition::Start);
+    s.set_available(0, true);
+    s.set_available(1, true);
+    s.add_page(names("a", 256), None);
+    let (mut blamed, mut unblamed) = (0, 0);
+    for _ in 0..1000 {
+        while s.assign().is_some() {}
+        for shard in 0..2 {
+            let holds = s.shards[shard]
+                .outstanding
+                .values()
+                .any(|b| b.names.iter().any(|n| n == poison));
+            if holds {
+                if s.holds_suspect_alone(shard) {
+                    blamed += 1;
+                } else {
+                    unblamed += 1;
+                }
+                s.shard_down(shard);
+                s.set_available(shard, true);
+            } else {
+                ack_all(&mut s, shard);
+            }
+        }
+        if s.is_finished() {
+            break;
+        }
+    }
+    assert!(s.is_finished());
+    assert_eq!((unblamed, blamed), (1, 4));
 }

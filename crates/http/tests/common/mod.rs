@@ -2,7 +2,7 @@
 //! that every test of `Conn` also runs against `PipeConn` (one request at a
 //! time through its own reader), and the macro that runs a test on both.
 
-use bulkget_http::{Conn, Endpoint, FetchError, Limits, PipeConn, Response};
+use bulkget_http::{Conn, Endpoint, FetchError, Limits, PipeConn, Response, Transport};
 use std::time::Duration;
 
 /// One HTTP/1.1 connection as the tests drive it. Not every test file
@@ -23,7 +23,7 @@ pub trait HttpConn: Sized {
 
 impl HttpConn for Conn {
     async fn connect(endpoint: &Endpoint, connect_timeout: Duration) -> Result<Self, FetchError> {
-        Conn::connect(endpoint, connect_timeout).await
+        Conn::connect(endpoint, &Transport::plain(connect_timeout)).await
     }
     async fn get(
         &mut self,
@@ -44,7 +44,7 @@ impl HttpConn for Conn {
 
 impl HttpConn for PipeConn {
     async fn connect(endpoint: &Endpoint, connect_timeout: Duration) -> Result<Self, FetchError> {
-        PipeConn::connect(endpoint, connect_timeout).await
+        PipeConn::connect(endpoint, &Transport::plain(connect_timeout)).await
     }
     async fn get(
         &mut self,
