@@ -76,11 +76,12 @@ pub struct FetchArgs {
     /// prior knowledge.
     #[arg(long, value_enum, default_value_t = HttpVersionArg::Auto)]
     pub http_version: HttpVersionArg,
-    /// HTTP/1.1 pipelining: requests in flight on each connection (1: off).
-    /// A server that mishandles pipelining (closes connections early, stalls
-    /// or misframes a response) makes each worker fall back to 1, logged
-    /// once. 8 measured within 1 % of 16's rate at half its resends after a
-    /// server's keep-alive limit (docs/BENCHMARKS.md).
+    /// HTTP/1.1 pipelining: requests in flight on each connection (1: off),
+    /// on plain http:// over HTTP/1.1 (over TLS or HTTP/2 it does not
+    /// apply). A server that mishandles pipelining (closes connections
+    /// early, stalls or misframes a response) makes each worker fall back to
+    /// 1, logged once. 8 measured within 1 % of 16's rate at half its
+    /// resends after a server's keep-alive limit (docs/BENCHMARKS.md).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=bulkget_http::MAX_PIPELINE_DEPTH as i64))]
     pub pipeline: u32,
     /// Where files go.
