@@ -142,6 +142,14 @@ fn resets_and_truncations_mid_pipeline_lose_nothing_and_keep_pipelining() {
         .count() as u64;
     let s = shards(&ws);
     assert_eq!(depths(&s), [8, 8], "{}", text(&output.stderr));
-    assert_eq!(sum(&s, "retries"), faulted, "one retry per faulted name");
-    assert!(sum(&s, "pipeline_retries") > 0);
+    // Each faulted name fails once: as a retry, or as a resend when the
+    // reset discarded its answer before a byte of it was read (then it
+    // looks like a connection closed between answers).
+    let (retries, resent) = (sum(&s, "retries"), sum(&s, "pipeline_retries"));
+    assert!(retries <= faulted, "{retries} retries for {faulted} faults");
+    assert!(
+        retries + resent >= faulted,
+        "{retries} + {resent} for {faulted}"
+    );
+    assert!(resent > 0);
 }

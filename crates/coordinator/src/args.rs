@@ -80,9 +80,9 @@ pub struct FetchArgs {
     /// on plain http:// over HTTP/1.1 (over TLS or HTTP/2 it does not
     /// apply). A server that mishandles pipelining (closes connections
     /// early, stalls or misframes a response) makes each worker fall back to
-    /// 1, logged once. 8 measured within 1 % of 16's rate at half its
-    /// resends after a server's keep-alive limit (docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=bulkget_http::MAX_PIPELINE_DEPTH as i64))]
+    /// 1, logged once. 16 measured 1.32 × wrk's unpipelined rate and 0.61 ×
+    /// the CPU per file of depth 1 (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=bulkget_http::MAX_PIPELINE_DEPTH as i64))]
     pub pipeline: u32,
     /// Where files go.
     #[arg(long, value_enum, default_value_t = SinkArg::Dir)]

@@ -400,7 +400,7 @@ impl WorkerSettings {
             resolve: Resolve::Openat2,
             connections: 8,
             http_version: HttpVersion::Auto,
-            pipeline: 8,
+            pipeline: 16,
             max_file_size: 8 << 20,
             connect_timeout_ms: 5_000,
             first_byte_timeout_ms: 10_000,
