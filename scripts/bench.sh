@@ -20,6 +20,13 @@
 #   5. a perf profile of the whole process tree (null sink), if perf works;
 #   6. with --baseline DIR: this build against an older `bulkget` binary,
 #      clean and at --error-rate 0.2, alternating in every round;
+#   7. reference servers and pipelining (block `refs`): nginx (Debian's
+#      nginx-light, one worker) serving the same API from static files
+#      beside bulkget-server; against each, in the same rounds: wrk without
+#      pipelining and pipelined at depths 4 and 16 (scripts/wrk-names.lua),
+#      h2load over h2c at 4 and 16 streams per connection, and
+#      `bulkget fetch --sink null --pipeline 1, 4 and 16`; then the dir and
+#      sqlite sinks at those depths (and the default's), bulkget-server only;
 # and writes the run's Markdown page to a new file,
 # docs/benchmarks/YYYY-MM-DD-HHMM-<slug>.md (UTC start time; never an
 # existing file). docs/BENCHMARKS.md is the summary people read: it is
@@ -36,7 +43,9 @@
 #                    instead of a fresh scratch ext4 per run (see below)
 #   --no-pin         do not split the CPUs between server and client
 #   --no-build       use the binaries already in target/release
-#   --only LIST      comma-separated subset of: main,sweeps,protocols,split,errors,lister,profile,baseline
+#   --only LIST      comma-separated subset of: main,sweeps,protocols,split,errors,lister,profile,refs,baseline
+#   --ref-size N     files for the refs block (default 200000; nginx serves them
+#                    from a tree of small files on /dev/shm: ~4 KiB of RAM each)
 #   --baseline DIR   DIR/bulkget is an older build (e.g. copied from
 #                    target/release before a change); adds section 6 (also
 #                    when --only leaves it out). Each binary runs at its own
@@ -83,8 +92,8 @@ ORIG_ARGS="$*"
 ORIG_ARGV=("$@")
 
 QUICK=0 BIG=0 RUNS=3 BIG_RUNS=1 SIZES="100000 1000000" OUT_BASE="" PIN=1 BUILD=1
-DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,protocols,split,errors,lister,profile"
-ONLY=$ONLY_ALL SIZES_SET=0 RUNS_SET=0 NICE="" BASELINE=""
+DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,protocols,split,errors,lister,profile,refs"
+ONLY=$ONLY_ALL SIZES_SET=0 RUNS_SET=0 NICE="" BASELINE="" REF_SIZE=200000
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -98,6 +107,7 @@ while [[ $# -gt 0 ]]; do
     --no-sweeps) ONLY=${ONLY//sweeps/} ;;
     --no-profile) ONLY=${ONLY//profile/} ;;
     --only) ONLY="$2"; shift ;;
+    --ref-size) REF_SIZE="$2"; shift ;;
     --nice) NICE="$2"; shift ;;
     --baseline) BASELINE="$(cd "$2" && pwd)/bulkget"; shift ;;
     --slug) SLUG="$2"; shift ;;
@@ -136,6 +146,10 @@ command -v wrk >/dev/null || need_pkgs+=(wrk)
 [[ -x /usr/bin/time ]] || need_pkgs+=(time)
 command -v taskset >/dev/null || need_pkgs+=(util-linux)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+if want refs; then
+  command -v nginx >/dev/null || need_pkgs+=(nginx-light)
+  command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)
+fi
 if [[ ${#need_pkgs[@]} -gt 0 ]]; then
   log "installing ${need_pkgs[*]}"
   apt-get update -qq
@@ -147,10 +161,12 @@ if [[ $BUILD == 1 ]]; then
   log "building release binaries"
   cargo build --release -q -p bulkget --bins
   cargo build --release -q -p bulkget-sink --example create_floor
+  cargo build --release -q -p bulkget-server --example static_tree
 fi
 BULKGET="$ROOT/target/release/bulkget"
 SERVER="$ROOT/target/release/bulkget-server"
 FLOOR="$ROOT/target/release/examples/create_floor"
+STATIC_TREE="$ROOT/target/release/examples/static_tree"
 TOOL="$ROOT/scripts/benchtool.py"
 WRK_LUA="$ROOT/scripts/wrk-names.lua"
 for b in "$BULKGET" "$SERVER" "$FLOOR"; do [[ -x $b ]] || { echo "bench.sh: missing $b" >&2; exit 1; }; done
@@ -183,6 +199,7 @@ if [[ -d /dev/shm && -w /dev/shm ]]; then NULL_BASE=$(mktemp -d /dev/shm/bulkget
 cleanup() {
   set +e
   stop_server
+  stop_nginx
   [[ -n ${OTHER_SERVER_PID:-} ]] && kill "$OTHER_SERVER_PID" 2>/dev/null
   [[ $NULL_BASE == /dev/shm/* ]] && rm -rf "$NULL_BASE"
   if [[ $USE_SCRATCH == 1 ]]; then
@@ -222,6 +239,7 @@ default_of() { # OPTION FALLBACK [HELP TEXT]
 CONNS=$(default_of --connections 32)
 BATCH=$(default_of --batch-size 256)
 WINDOW=$(default_of --window 256)
+PIPELINE=$(default_of --pipeline 1)
 WRK_TAG=main
 PINNED_SPLIT=("$SERVER_CPUS" "$CLIENT_CPUS" "$SERVER_THREADS" "$WORKERS")
 # set_split pinned|shared: the CPU split used by start_server, client and run_*.
@@ -260,6 +278,79 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
   fi
+}
+
+# nginx, the outside reference: one worker process pinned like
+# bulkget-server, serving the test server's dataset as static files
+# (crates/server/examples/static_tree.rs) from /dev/shm, so neither side
+# waits on a disk: GET /list answers pages/first, GET /list?next-marker=M
+# answers pages/M, GET /get/NAME answers files/NAME. Everything else is
+# nginx 1.22's defaults, keepalive_requests 1000 included: a pipelining
+# client meets the keep-alive limit of a real server. URL is its HTTP/1.1
+# address, H2_URL its h2c (prior knowledge) one, which alone allows more
+# requests per connection (see below).
+NGINX_DIR="" NGINX_PID=""
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+start_nginx() { # N
+  local n=$1 port h2port i
+  stop_nginx
+  NGINX_DIR=$(mktemp -d /dev/shm/bulkget-bench-nginx.XXXXXX)
+  # nginx's worker runs as an unprivileged user: it must read the tree.
+  chmod 755 "$NGINX_DIR"
+  "$STATIC_TREE" "$NGINX_DIR/tree" --files "$n" >&2
+  mkdir -p "$NGINX_DIR/tmp"
+  port=$(free_port) h2port=$(free_port)
+  cat >"$NGINX_DIR/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $NGINX_DIR/nginx.pid;
+error_log $NGINX_DIR/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $NGINX_DIR/tmp;
+  proxy_temp_path $NGINX_DIR/tmp;
+  fastcgi_temp_path $NGINX_DIR/tmp;
+  uwsgi_temp_path $NGINX_DIR/tmp;
+  scgi_temp_path $NGINX_DIR/tmp;
+  default_type application/octet-stream;
+  sendfile on;
+  tcp_nodelay on;
+  map \$args \$page { "" first; "~^next-marker=([0-9a-f]+)\$" \$1; default none; }
+  server {
+    listen 127.0.0.1:$port;
+    root $NGINX_DIR/tree;
+    location = /list { default_type application/json; try_files /pages/\$page =404; }
+    location /get/ { alias $NGINX_DIR/tree/files/; }
+  }
+  # h2load does not reconnect after nginx's GOAWAY at keepalive_requests,
+  # so over HTTP/2 it would measure 32 connections x 1,000 requests.
+  server {
+    listen 127.0.0.1:$h2port http2;
+    keepalive_requests 1000000;
+    root $NGINX_DIR/tree;
+    location /get/ { alias $NGINX_DIR/tree/files/; }
+  }
+}
+NGINX
+  "${NICE_CMD[@]}" taskset -c "$SERVER_CPUS" nginx -c "$NGINX_DIR/nginx.conf" -p "$NGINX_DIR" \
+    >"$NGINX_DIR/out" 2>&1 &
+  NGINX_PID=$!
+  URL="http://127.0.0.1:$port" H2_URL="http://127.0.0.1:$h2port"
+  for i in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "bench.sh: nginx did not start" >&2; cat "$NGINX_DIR/error.log" "$NGINX_DIR/out" >&2; exit 1
+}
+stop_nginx() {
+  if [[ -n $NGINX_PID ]]; then
+    kill "$NGINX_PID" 2>/dev/null || true
+    wait "$NGINX_PID" 2>/dev/null || true
+    NGINX_PID=""
+  fi
+  [[ -n $NGINX_DIR ]] && rm -rf "$NGINX_DIR"
+  NGINX_DIR=""
 }
 
 # ---------------------------------------------------------------- output dirs
@@ -318,6 +409,33 @@ run_wrk() { # N [DEPTH]
   log "wrk N=$n c=$c depth=$depth: $rps req/s, $cpu µs CPU/request (non-2xx $bad, socket errors $errs)"
 }
 
+# h2load over h2c (HTTP/2 with prior knowledge, no TLS): as many connections
+# as wrk, STREAMS requests in flight on each, cycling through the real
+# names. No row if the server does not speak h2c.
+run_h2load() { # N STREAMS H2_URL
+  local n=$1 streams=$2 url=$3 c=$((WORKERS * CONNS)) out
+  # h2load takes the scheme and authority from the first URI and a path
+  # from each line after it.
+  { echo "$url/get/file-0000000000"
+    python3 -c "import sys
+for i in range($n): print(f'/get/file-{i:010d}')"; } >"$WORK/h2-uris"
+  out=$(client /usr/bin/time -o "$WORK/h2load.time" -f "TIME user=%U sys=%S" \
+    h2load -t "$WORKERS" -c "$c" -m "$streams" -D "$WRK_SECS" -i "$WORK/h2-uris" 2>&1) || true
+  local reqs ok secs rps cpu
+  reqs=$(sed -n 's/^requests: \([0-9]*\) total.*/\1/p' <<<"$out")
+  ok=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+  secs=$(sed -n 's/^finished in \([0-9.]*\)s, .*/\1/p' <<<"$out")
+  if [[ -z $ok || $ok == 0 || -z $secs ]]; then
+    note "h2load c=$c m=$streams against $url: no successful requests ($(tail -2 <<<"$out" | tr '\n' ' '))"
+    return 0
+  fi
+  rps=$(awk -v n="$ok" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+  cpu=$(awk -v n="$ok" '/^TIME/ { split($2,u,"="); split($3,s,"="); printf "%.2f", (u[2]+s[2])/n*1e6 }' "$WORK/h2load.time")
+  printf 'kind=h2load\ttag=%s\tsize=%s\tconns=%s\tthreads=%s\tstreams=%s\trps=%s\tsecs=%s\tcpu_us=%s\trequests=%s\tok=%s\n' \
+    "$WRK_TAG" "$n" "$c" "$WORKERS" "$streams" "$rps" "$secs" "$cpu" "$reqs" "$ok" >>"$RESULTS"
+  log "h2load N=$n c=$c m=$streams: $rps req/s, $cpu µs CPU/request"
+}
+
 run_floor() { # N LAYOUT(flat|fanout|flat-openat2)
   local n=$1 layout=$2 dir flags=() line
   case $layout in
@@ -347,6 +465,10 @@ run_fetch() {
     out=$(fresh_out "$sink" "$n")
   fi
   [[ $sink == dir ]] && args+=(--layout "$layout")
+  # PIPE=D (environment) runs at --pipeline D; otherwise the binary's
+  # default, which the row records either way.
+  local pipe=${PIPE:-$PIPELINE}
+  [[ -n ${PIPE:-} ]] && args+=(--pipeline "$PIPE")
   local t0 t1 pid poller rc=0
   t0=$EPOCHREALTIME
   client /usr/bin/time -o "$WORK/fetch.time" -f "TIME user=%U sys=%S maxrss=%M exit=%x" \
@@ -363,7 +485,7 @@ run_fetch() {
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
   python3 "$TOOL" fetchrow kind=fetch tag="$tag" size="$n" sink="$sink" layout="$layout" \
     conns="$conns" batch="$batch" window="$window" workers="$WORKERS" err="$err" page="$page" \
-    -- "$WORK/fetch.time" "$WORK/poll.json" "$out/.bulkget" "$wall" >>"$RESULTS"
+    pipeline="$pipe" -- "$WORK/fetch.time" "$WORK/poll.json" "$out/.bulkget" "$wall" >>"$RESULTS"
   local row
   row=$(tail -1 "$RESULTS")
   log "fetch [$tag] N=$n sink=$sink${args[*]:+ ${args[*]}} c=$conns b=$batch w=$window err=$err page=$page: wall ${wall}s ($(awk -v n="$n" -v w="$wall" 'BEGIN{printf "%.0f", n/w}') files/s) rc=$rc"
@@ -387,11 +509,12 @@ if [[ $USE_SCRATCH == 1 ]]; then
 else
   meta out_fs "$(findmnt -no FSTYPE,SOURCE,OPTIONS -T "$OUT_BASE" | tr -s ' ') ($OUT_BASE)"
 fi
-meta split "$SPLIT; $CONNS connections per worker, batch $BATCH, window $WINDOW (this build's defaults) unless varied"
+meta split "$SPLIT; $CONNS connections per worker, batch $BATCH, window $WINDOW, pipeline $PIPELINE (this build's defaults) unless varied"
 meta load_before "$(cut -d' ' -f1-3 /proc/loadavg)"
 meta null_out "${NULL_BASE%/*} ($(findmnt -no FSTYPE -T "$NULL_BASE")) for --sink null runs"
 [[ -n $NICE ]] && meta nice "server and client ran under nice -n $NICE"
 meta git "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')"
+meta pipeline_default "$PIPELINE"
 log "$SPLIT"
 
 # ---------------------------------------------------------------- 1-3: the main table
@@ -549,6 +672,46 @@ if want lister; then
     done
     stop_server
   done
+fi
+
+# ---------------------------------------------------------------- 7: refs
+if want refs; then
+  # The same rounds against bulkget-server and against nginx: wrk at depths
+  # 1, 4, 16, h2load at 4 and 16 streams, bulkget --pipeline 1, 4, 16 (null
+  # sink). Each ratio is against wrk at depth 1 on the same server in the
+  # same round.
+  n=$REF_SIZE
+  depths="1 4 8 16"
+  for ref in bulkget-server nginx; do
+    if [[ $ref == nginx ]]; then
+      command -v nginx >/dev/null || { note "nginx is not installed: no nginx reference"; continue; }
+      start_nginx "$n"
+    else
+      start_server "$n"; H2_URL=$URL
+    fi
+    WRK_TAG="ref-$ref"
+    for r in $(seq "$RUNS"); do
+      for d in $depths; do run_wrk "$n" "$d"; done
+      if command -v h2load >/dev/null; then
+        for m in 4 16; do run_h2load "$n" "$m" "$H2_URL"; done
+      fi
+      for d in $depths; do PIPE=$d run_fetch "ref-$ref" "$n" null - $CONNS $BATCH $WINDOW 0 1000; done
+    done
+    if [[ $ref == nginx ]]; then stop_nginx; else stop_server; fi
+  done
+  # The sinks with and without pipelining: what the protocol saves when the
+  # file system's work is added (bulkget-server, as the main table).
+  start_server "$n"
+  WRK_TAG="ref-sinks"
+  for r in $(seq "$RUNS"); do
+    run_wrk "$n" 1
+    for d in $(printf '%s\n' 1 4 16 "$PIPELINE" | sort -un); do
+      PIPE=$d run_fetch ref-sinks "$n" dir flat $CONNS $BATCH $WINDOW 0 1000
+      PIPE=$d run_fetch ref-sinks "$n" sqlite - $CONNS $BATCH $WINDOW 0 1000
+    done
+  done
+  stop_server
+  WRK_TAG=main
 fi
 
 # ---------------------------------------------------------------- 5: profile

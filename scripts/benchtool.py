@@ -162,16 +162,19 @@ def cmd_fetchrow(args):
         row["idle_max_ms"] = max(idle) if idle else 0
     except (OSError, ValueError):
         pass
-    retries = 0
+    retries = resent = 0
     shard_dir = os.path.join(state_dir, "shards")
     try:
         for name in os.listdir(shard_dir):
             if name.endswith(".json"):
                 with open(os.path.join(shard_dir, name)) as f:
-                    retries += json.load(f).get("retries", 0) or 0
+                    shard = json.load(f)
+                retries += shard.get("retries", 0) or 0
+                resent += shard.get("pipeline_retries", 0) or 0
     except (OSError, ValueError):
         pass
     row["retries"] = retries
+    row["pipeline_retries"] = resent
     print("\t".join(f"{k}={v}" for k, v in row.items()))
 
 
@@ -228,7 +231,7 @@ def _load(path):
             r = dict(kv.split("=", 1) for kv in line.split("\t"))
             if r.get("kind") == "wrk" and r.get("depth", "1") == "1":
                 last_wrk[r["size"]] = float(r["rps"])
-            elif r.get("kind") == "wrk" and r["size"] in last_wrk:
+            elif r.get("kind") in ("wrk", "h2load") and r["size"] in last_wrk:
                 r["_wrk"] = last_wrk[r["size"]]
             elif r.get("kind") == "floor":
                 n = float(r["size"])
@@ -287,7 +290,8 @@ def _group(rows, keys):
     return groups
 
 
-FETCH_KEYS = ["size", "sink", "layout", "conns", "batch", "window", "workers", "err", "page"]
+# Positions matter: sections index the group keys (key[5] is the window...).
+FETCH_KEYS = ["size", "sink", "layout", "conns", "batch", "window", "workers", "err", "page", "pipeline"]
 
 
 def _fetch_stats(rs):
@@ -314,6 +318,7 @@ def _fetch_stats(rs):
         "wait": _median(rs, "lister_wait_ms"),
         "idle": _median(rs, "idle_max_ms"),
         "retries": _median(rs, "retries"),
+        "resent": _median(rs, "pipeline_retries"),
         "runs": len(rs),
         "complete": complete,
     }
@@ -348,7 +353,10 @@ def cmd_report(results, meta_path):
     )
 
     ceil = {}
-    plain_wrk = [r for r in rows if r["kind"] == "wrk" and r.get("depth", "1") == "1"]
+    # The refs block (tags ref-*) has tables of its own.
+    plain_wrk = [
+        r for r in rows if r["kind"] == "wrk" and r.get("depth", "1") == "1" and not r.get("tag", "").startswith("ref-")
+    ]
     for (size,), rs in _group(plain_wrk, ["size"]).items():
         ceil[size] = _median(rs, "rps")
     floor = {}  # create only
@@ -369,7 +377,7 @@ def cmd_report(results, meta_path):
             "CPU µs/file | coord RSS MB | max worker RSS MB | lister wait ms | max shard idle ms | complete |"
         )
         w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-        sizes = sorted({r["size"] for r in rows if r["kind"] in ("fetch", "wrk", "floor")}, key=int)
+        sizes = sorted({r["size"] for r in main + plain_wrk if r["kind"] in ("fetch", "wrk")} | {r["size"] for r in rows if r["kind"] == "floor"}, key=int)
         for size in sizes:
             if size in ceil:
                 rs = [r for r in plain_wrk if r["size"] == size]
@@ -524,13 +532,13 @@ def cmd_report(results, meta_path):
         w("")
 
     # ---- pipelining
-    pw = [r for r in rows if r["kind"] == "wrk" and r.get("depth", "1") != "1"]
+    pw = [r for r in rows if r["kind"] == "wrk" and r.get("depth", "1") != "1" and not r.get("tag", "").startswith("ref-")]
     if pw:
-        w("## wrk with HTTP/1.1 pipelining (for reference; bulkget does not pipeline)\n")
+        w("## wrk with HTTP/1.1 pipelining (sweeps; bulkget's own pipelining is in the refs block)\n")
         w("× unpipelined is the median over rounds of each pipelined run against the unpipelined run just before it.\n")
         w("| files | depth | runs | req/s | × unpipelined | wrk CPU µs/request |")
         w("|---:|---:|---:|---:|---:|---:|")
-        allw = [r for r in rows if r["kind"] == "wrk"]
+        allw = [r for r in rows if r["kind"] == "wrk" and not r.get("tag", "").startswith("ref-")]
         for (size, depth), rs in sorted(_group(allw, ["size", "depth"]).items(), key=lambda kv: (int(kv[0][0]), int(kv[0][1] or 1))):
             if size not in {r["size"] for r in pw}:
                 continue
@@ -638,6 +646,100 @@ def cmd_report(results, meta_path):
                     f"{_fmt(n / busy if busy > 0 else None)} | {_fmt(s['idle'])} |"
                 )
             w("")
+
+    # ---- reference servers and pipelining
+    refs = [r for r in rows if r.get("tag") in ("ref-bulkget-server", "ref-nginx")]
+    if refs:
+        w("## Reference servers and pipelining (null sink)\n")
+        w(
+            "Each server in turn, pinned as above: wrk unpipelined and pipelined, h2load over h2c "
+            "(as many connections, `m` streams in flight on each), and `bulkget fetch --sink null` at "
+            "each `--pipeline` depth. × wrk is the median over rounds of each run against wrk at "
+            "depth 1 on the same server in the same round. CPU is the client's: wrk's or h2load's per "
+            "request, bulkget's (coordinator and worker) per file. Resent: requests bulkget sent again "
+            "after a server closed a pipelined connection (nginx closes one every 1,000 requests).\n"
+        )
+        w("| server | client | depth or streams | runs | req/s or files/s | × wrk depth 1 | CPU µs/request or file | resent | complete |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---|")
+        for tag in ["ref-bulkget-server", "ref-nginx"]:
+            rs_tag = [r for r in refs if r.get("tag") == tag]
+            server = tag[len("ref-"):]
+            wr = [r for r in rs_tag if r["kind"] == "wrk"]
+            for (depth,), rs in sorted(_group(wr, ["depth"]).items(), key=lambda kv: int(kv[0][0] or 1)):
+                ratios = [_num(r["rps"]) / r["_wrk"] for r in rs if r.get("_wrk")]
+                ratio = 1.0 if depth in ("", "1") else (statistics.median(ratios) if ratios else None)
+                w(
+                    f"| {server} | wrk | {depth or 1} | {len(rs)} | {_fmt(_median(rs, 'rps'))} | {_fmt(ratio, 2)} | "
+                    f"{_fmt(_median(rs, 'cpu_us'), 1)} | | |"
+                )
+            h2 = [r for r in rs_tag if r["kind"] == "h2load"]
+            for (streams,), rs in sorted(_group(h2, ["streams"]).items(), key=lambda kv: int(kv[0][0])):
+                ratios = [_num(r["rps"]) / r["_wrk"] for r in rs if r.get("_wrk")]
+                w(
+                    f"| {server} | h2load (h2c) | m={streams} | {len(rs)} | {_fmt(_median(rs, 'rps'))} | "
+                    f"{_fmt(statistics.median(ratios) if ratios else None, 2)} | {_fmt(_median(rs, 'cpu_us'), 1)} | | |"
+                )
+            fe = [r for r in rs_tag if r["kind"] == "fetch"]
+            for (depth,), rs in sorted(_group(fe, ["pipeline"]).items(), key=lambda kv: int(kv[0][0] or 1)):
+                st = _fetch_stats(rs)
+                w(
+                    f"| {server} | bulkget --pipeline | {depth} | {st['runs']} | **{_fmt(st['rate'])}** | "
+                    f"**{_fmt(st['vs_wrk'], 2)}** | {_fmt(st['cpu_us'], 1)} | {_fmt(st['resent'])} | "
+                    f"{'yes' if st['complete'] else '**NO**'} |"
+                )
+        w("")
+        default = meta.get("pipeline_default", "1")
+        w(f"Against the targets of issue 16 (bulkget at this build's default, `--pipeline {default}`, and at its best depth):\n")
+        w("| target | server | measured | met |")
+        w("|---|---|---|---|")
+        for tag in ["ref-bulkget-server", "ref-nginx"]:
+            fe = [r for r in refs if r.get("tag") == tag and r["kind"] == "fetch"]
+            if not fe:
+                continue
+            stats = {d: _fetch_stats(rs) for (d,), rs in _group(fe, ["pipeline"]).items()}
+            best = max(stats, key=lambda d: stats[d]["vs_wrk"] or 0)
+            for label, d in [("default", default), ("best", best)]:
+                st = stats.get(d)
+                if not st:
+                    continue
+                ratio, cpu = st["vs_wrk"], st["cpu_us"]
+                w(
+                    f"| null sink ≥ 1.3 × wrk's unpipelined ceiling ({label}: depth {d}) | {tag[4:]} | "
+                    f"{_fmt(ratio, 2)} × | {'yes' if ratio and ratio >= 1.3 else 'no'} |"
+                )
+                w(
+                    f"| client CPU ≤ 5 µs per file, null sink ({label}: depth {d}) | {tag[4:]} | "
+                    f"{_fmt(cpu, 1)} µs | {'yes' if cpu <= 5 else 'no'} |"
+                )
+        w("")
+
+    sk = [r for r in rows if r["kind"] == "fetch" and r.get("tag") == "ref-sinks"]
+    if sk:
+        w("## Sinks with and without pipelining (bulkget-server)\n")
+        w("× depth 1 is the median over rounds of each run's CPU per file against the depth-1 run of the same sink in the same round.\n")
+        w("| files | sink | --pipeline | runs | files/s | × wrk | CPU µs/file | CPU × depth 1 | complete |")
+        w("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+
+        def cpu_of(r):
+            return ((_num(r.get("user")) or 0) + (_num(r.get("sys")) or 0)) / _num(r["size"]) * 1e6
+
+        last = {}
+        vs_one = {}
+        for r in sk:
+            key = (r["size"], r["sink"])
+            if r.get("pipeline") == "1":
+                last[key] = cpu_of(r)
+            elif key in last:
+                vs_one.setdefault(key + (r.get("pipeline"),), []).append(cpu_of(r) / last[key])
+        for key, rs in sorted(_group(sk, ["size", "sink", "pipeline"]).items(), key=lambda kv: (int(kv[0][0]), kv[0][1], int(kv[0][2]))):
+            st = _fetch_stats(rs)
+            rel = vs_one.get(key)
+            w(
+                f"| {int(key[0]):,} | {key[1]} | {key[2]} | {st['runs']} | {_fmt(st['rate'])} | {_fmt(st['vs_wrk'], 2)} | "
+                f"{_fmt(st['cpu_us'], 1)} | {_fmt(statistics.median(rel), 2) if rel else ('1.00' if key[2] == '1' else '')} | "
+                f"{'yes' if st['complete'] else '**NO**'} |"
+            )
+        w("")
 
     # ---- notes from the script
     notes = [r for r in rows if r["kind"] == "note"]

@@ -10,6 +10,7 @@ mod http2;
 mod limits;
 mod nginx;
 mod output;
+mod pipeline;
 mod server;
 mod services;
 mod space;

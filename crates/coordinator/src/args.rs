@@ -76,6 +76,14 @@ pub struct FetchArgs {
     /// prior knowledge.
     #[arg(long, value_enum, default_value_t = HttpVersionArg::Auto)]
     pub http_version: HttpVersionArg,
+    /// HTTP/1.1 pipelining: requests in flight on each connection (1: off),
+    /// on plain http:// over HTTP/1.1 (over TLS or HTTP/2 it does not
+    /// apply). A server that mishandles pipelining (closes connections
+    /// early, stalls or misframes a response) makes each worker fall back to
+    /// 1, logged once. 16 measured 1.32 × wrk's unpipelined rate and 0.61 ×
+    /// the CPU per file of depth 1 (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=bulkget_http::MAX_PIPELINE_DEPTH as i64))]
+    pub pipeline: u32,
     /// Where files go.
     #[arg(long, value_enum, default_value_t = SinkArg::Dir)]
     pub sink: SinkArg,

@@ -371,6 +371,7 @@ impl Run {
             resolve,
             connections: args.connections,
             http_version: args.http_version.into(),
+            pipeline: args.pipeline,
             max_file_size: args.max_file_size,
             connect_timeout_ms: args.connect_timeout_ms,
             first_byte_timeout_ms: args.first_byte_timeout_ms,

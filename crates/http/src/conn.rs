@@ -44,13 +44,14 @@ pub struct Response {
 }
 
 /// Error bodies are read (so the connection can be reused) up to this size.
-const MAX_ERROR_BODY: u64 = 64 << 10;
+pub(crate) const MAX_ERROR_BODY: u64 = 64 << 10;
 
 /// A server's `Retry-After` is honoured up to this long. A hostile or
 /// confused server asking for a day must not park a worker for a day.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
-static UA: HeaderValue = HeaderValue::from_static(concat!("bulkget/", env!("CARGO_PKG_VERSION")));
+pub(crate) static UA: HeaderValue =
+    HeaderValue::from_static(concat!("bulkget/", env!("CARGO_PKG_VERSION")));
 
 /// The HTTP version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -515,7 +516,7 @@ enum Step {
 
 /// The limit of one wait, besides the request's deadline.
 #[derive(Debug, Clone, Copy)]
-enum Limit {
+pub(crate) enum Limit {
     /// At a fixed instant, known before the work starts.
     At(Instant),
     /// This long after the work is first found not ready. The clock is read
@@ -525,7 +526,7 @@ enum Limit {
 
 /// Which deadline a [`race`] gave up at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expired {
+pub(crate) enum Expired {
     /// The wait's own limit (first byte, idle body).
     Limit,
     /// The whole request's [`Limits::deadline`].
@@ -534,7 +535,7 @@ enum Expired {
 
 impl Expired {
     /// The timeout error, named after the wait (`limit`) or the request.
-    fn error(self, limit: &'static str) -> FetchError {
+    pub(crate) fn error(self, limit: &'static str) -> FetchError {
         match self {
             Expired::Limit => FetchError::Timeout(limit),
             Expired::Request => FetchError::Timeout("request"),
@@ -544,7 +545,7 @@ impl Expired {
 
 /// `now + d`, or a deadline that never comes if that would overflow, as
 /// `tokio::time::timeout` does, so an absurd limit cannot panic.
-fn deadline_after(now: Instant, d: Duration) -> Instant {
+pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
@@ -570,7 +571,7 @@ fn deadline_after(now: Instant, d: Duration) -> Instant {
 /// checked again on the next poll with a fresh budget; the work futures
 /// here cannot spend a whole budget in one poll, which is the case
 /// `timeout` guards against with its unconstrained poll of the delay.
-async fn race<F: Future>(
+pub(crate) async fn race<F: Future>(
     work: F,
     mut timer: Pin<&mut Sleep>,
     limit: Limit,
@@ -611,7 +612,7 @@ async fn race<F: Future>(
 /// the path), so `../blob/x` from `/get/a` is `/blob/x`, never requested
 /// literally. The result must have this endpoint's scheme, host and port;
 /// its fragment is dropped, as a fragment is never sent.
-fn resolve_redirect(
+pub(crate) fn resolve_redirect(
     endpoint: &Endpoint,
     current: &str,
     location: &str,

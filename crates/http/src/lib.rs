@@ -19,6 +19,10 @@
 //! - [`FetchError`]: what went wrong, and whether a retry may cure it
 //!   ([`FetchError::is_transient`]).
 //! - [`Backoff`]: exponential backoff with jitter that honours `Retry-After`.
+//! - [`PipeConn`]: an HTTP/1.1 connection that keeps several requests in
+//!   flight (pipelining), with its own response reader on `httparse` under
+//!   the same limits as [`Conn`]; it tells when a server does not pipeline
+//!   correctly ([`PipelineFault`]).
 //! - [`tls`]: the rustls client configuration ([`tls::client_config`] from
 //!   [`tls::TlsOptions`]: system roots, `--cacert`, client certificates,
 //!   `--insecure`), and [`tls::classify`], which names a TLS failure and says
@@ -36,6 +40,7 @@ mod backoff;
 mod conn;
 mod endpoint;
 mod error;
+mod pipeline;
 pub mod proxy;
 pub mod tls;
 pub mod transport;
@@ -46,6 +51,7 @@ pub use conn::{Conn, Limits, Proto, Response, MAX_RETRY_AFTER};
 pub use endpoint::{Endpoint, UrlError};
 pub use error::FetchError;
 pub use http::{HeaderName, HeaderValue};
+pub use pipeline::{Answer, PipeConn, PipelineFault, MAX_PIPELINE_DEPTH, MIN_ANSWERS_PER_DEPTH};
 pub use transport::Transport;
 
 /// The header the test server sets on responses that should make a worker

@@ -1,7 +1,13 @@
 //! `Conn` against a scripted raw TCP server: each accepted connection answers
 //! its requests with canned byte strings, so every misbehaviour is exact.
+//!
+//! Every test runs twice (`against_both!`): on hyper's `Conn` and on the
+//! pipelining reader `PipeConn`, one request at a time, which must keep the
+//! same rules.
 
-use bulkget_http::{Conn, Endpoint, FetchError, Limits, Transport};
+mod common;
+use bulkget_http::{Endpoint, FetchError, Limits};
+use common::HttpConn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,10 +83,9 @@ fn limits() -> Limits {
 
 const OK_HELLO: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
 
-#[tokio::test]
-async fn keep_alive_reuses_one_connection() {
+async fn keep_alive_reuses_one_connection<C: HttpConn>() {
     let s = scripted(vec![Some(OK_HELLO), Some(OK_HELLO), Some(OK_HELLO)]).await;
-    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&s.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -96,8 +101,7 @@ async fn keep_alive_reuses_one_connection() {
     assert!(conn.is_usable());
 }
 
-#[tokio::test]
-async fn short_body_is_a_transient_error_and_breaks_the_connection() {
+async fn short_body_is_a_transient_error_and_breaks_the_connection<C: HttpConn>() {
     let mut body = Vec::new();
     // The reply ends with the marker "CLOSE", after which the scripted
     // server hangs up: 10 of the 50 declared bytes arrive.
@@ -105,7 +109,7 @@ async fn short_body_is_a_transient_error_and_breaks_the_connection() {
         "HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nhelloCLOSE",
     )])
     .await;
-    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&s.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let err = conn
@@ -120,13 +124,12 @@ async fn short_body_is_a_transient_error_and_breaks_the_connection() {
     assert!(!conn.is_usable());
 }
 
-#[tokio::test]
-async fn declared_oversize_is_refused_before_reading() {
+async fn declared_oversize_is_refused_before_reading<C: HttpConn>() {
     let s = scripted(vec![Some(
         "HTTP/1.1 200 OK\r\ncontent-length: 1000000000000\r\n\r\nxx",
     )])
     .await;
-    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&s.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -145,14 +148,13 @@ async fn declared_oversize_is_refused_before_reading() {
     assert!(body.capacity() < 1 << 20);
 }
 
-#[tokio::test]
-async fn chunked_oversize_is_refused_while_streaming() {
+async fn chunked_oversize_is_refused_while_streaming<C: HttpConn>() {
     let s = scripted(vec![Some(
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3e8\r\n",
     )])
     .await;
     // 1000 bytes declared in the first chunk, then more: over the limit.
-    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&s.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -174,10 +176,9 @@ async fn chunked_oversize_is_refused_while_streaming() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn silent_body_hits_the_idle_timeout() {
+async fn silent_body_hits_the_idle_timeout<C: HttpConn>() {
     let s = scripted(vec![Some("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe")]).await;
-    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&s.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -189,10 +190,9 @@ async fn silent_body_hits_the_idle_timeout() {
     assert!(err.is_transient());
 }
 
-#[tokio::test(start_paused = true)]
-async fn silent_server_hits_the_first_byte_timeout() {
+async fn silent_server_hits_the_first_byte_timeout<C: HttpConn>() {
     let s = scripted(vec![None]).await;
-    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&s.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -203,8 +203,7 @@ async fn silent_server_hits_the_first_byte_timeout() {
     assert_eq!(err, FetchError::Timeout("first-byte"));
 }
 
-#[tokio::test]
-async fn statuses_are_classified_and_retry_after_read() {
+async fn statuses_are_classified_and_retry_after_read<C: HttpConn>() {
     let s = scripted(vec![
         Some("HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 4\r\n\r\nslow"),
         Some("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
@@ -212,7 +211,7 @@ async fn statuses_are_classified_and_retry_after_read() {
         Some(OK_HELLO),
     ])
     .await;
-    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&s.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -244,8 +243,7 @@ async fn statuses_are_classified_and_retry_after_read() {
     );
 }
 
-#[tokio::test]
-async fn redirects_same_host_followed_other_host_refused() {
+async fn redirects_same_host_followed_other_host_refused<C: HttpConn>() {
     let s = scripted(vec![
         Some("HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere/a\r\ncontent-length: 0\r\n\r\n"),
         Some(OK_HELLO),
@@ -255,7 +253,7 @@ async fn redirects_same_host_followed_other_host_refused() {
         Some("HTTP/1.1 302 Found\r\nlocation: /3\r\ncontent-length: 0\r\n\r\n"),
     ])
     .await;
-    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&s.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -269,7 +267,7 @@ async fn redirects_same_host_followed_other_host_refused() {
         .unwrap_err();
     assert!(matches!(e, FetchError::OffHostRedirect(_)), "{e:?}");
     assert!(!e.is_transient());
-    let mut conn = Conn::connect(&s.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&s.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let e = conn
@@ -279,16 +277,33 @@ async fn redirects_same_host_followed_other_host_refused() {
     assert!(matches!(e, FetchError::BadRedirect(_)), "{e:?}");
 }
 
-#[tokio::test]
-async fn connect_refused_is_transient() {
+async fn connect_refused_is_transient<C: HttpConn>() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let e = Endpoint::parse(&format!("http://{addr}")).unwrap();
-    let err = Conn::connect(&e, &Transport::plain(Duration::from_secs(1)))
-        .await
-        .err()
-        .unwrap();
+    let err = C::connect(&e, Duration::from_secs(1)).await.err().unwrap();
     assert!(matches!(err, FetchError::Connect(_)));
     assert!(err.is_transient());
+}
+
+against_both! {
+    #[tokio::test]
+    keep_alive_reuses_one_connection,
+    #[tokio::test]
+    short_body_is_a_transient_error_and_breaks_the_connection,
+    #[tokio::test]
+    declared_oversize_is_refused_before_reading,
+    #[tokio::test]
+    chunked_oversize_is_refused_while_streaming,
+    #[tokio::test(start_paused = true)]
+    silent_body_hits_the_idle_timeout,
+    #[tokio::test(start_paused = true)]
+    silent_server_hits_the_first_byte_timeout,
+    #[tokio::test]
+    statuses_are_classified_and_retry_after_read,
+    #[tokio::test]
+    redirects_same_host_followed_other_host_refused,
+    #[tokio::test]
+    connect_refused_is_transient,
 }

@@ -2,8 +2,14 @@
 //! a whole request, which share one re-armed timer per connection. Every test runs on tokio's paused clock:
 //! the scripted server's pauses and the client's deadlines are all virtual
 //! time, so the outcomes are exact and no test waits in real time.
+//!
+//! Every test runs twice (`against_both!`): on hyper's `Conn` and on the
+//! pipelining reader `PipeConn`, one request at a time, which must keep the
+//! same rules.
 
-use bulkget_http::{Conn, Endpoint, FetchError, Limits, Transport};
+mod common;
+use bulkget_http::{Endpoint, FetchError, Limits};
+use common::HttpConn;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -84,18 +90,16 @@ fn ms(n: u64) -> Duration {
 }
 
 /// A connection to a scripted server, and the buffer its bodies go into.
-struct Client {
+struct Client<C> {
     endpoint: Endpoint,
-    conn: Conn,
+    conn: C,
     body: Vec<u8>,
 }
 
-impl Client {
-    async fn start(script: Vec<Step>) -> Client {
+impl<C: HttpConn> Client<C> {
+    async fn start(script: Vec<Step>) -> Client<C> {
         let endpoint = server(script).await;
-        let conn = Conn::connect(&endpoint, &Transport::plain(ms(1000)))
-            .await
-            .unwrap();
+        let conn = C::connect(&endpoint, ms(1000)).await.unwrap();
         Client {
             endpoint,
             conn,
@@ -126,8 +130,7 @@ fn assert_about(d: Duration, want: Duration) {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_but_steady_body_rearms_the_idle_deadline_per_frame() {
+async fn a_slow_but_steady_body_rearms_the_idle_deadline_per_frame<C: HttpConn>() {
     // Five pieces 600 ms apart: 3 s in all, three times the idle limit, but
     // never a pause as long as it.
     let mut script = vec![
@@ -139,16 +142,15 @@ async fn a_slow_but_steady_body_rearms_the_idle_deadline_per_frame() {
         script.push(Step::Send(piece));
     }
     script.push(Step::Hang);
-    let mut c = Client::start(script).await;
+    let mut c = Client::<C>::start(script).await;
     c.get("/get/a", &limits(1000, 1000)).await.unwrap();
     assert_eq!(c.body, b"hello");
     assert!(c.conn.is_usable());
     assert_about(c.conn.last_latency(), ms(3000));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_pause_longer_than_idle_after_some_frames_is_an_idle_timeout() {
-    let mut c = Client::start(vec![
+async fn a_pause_longer_than_idle_after_some_frames_is_an_idle_timeout<C: HttpConn>() {
+    let mut c = Client::<C>::start(vec![
         Step::Head,
         Step::Send("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nh"),
         Step::Pause(ms(600)),
@@ -165,9 +167,8 @@ async fn a_pause_longer_than_idle_after_some_frames_is_an_idle_timeout() {
     assert_about(c.conn.last_latency(), ms(1600));
 }
 
-#[tokio::test(start_paused = true)]
-async fn headers_slower_than_idle_but_within_first_byte_are_fine() {
-    let mut c = Client::start(vec![
+async fn headers_slower_than_idle_but_within_first_byte_are_fine<C: HttpConn>() {
+    let mut c = Client::<C>::start(vec![
         Step::Head,
         Step::Pause(ms(3000)),
         Step::Send(OK_HELLO),
@@ -179,9 +180,10 @@ async fn headers_slower_than_idle_but_within_first_byte_are_fine() {
     assert_about(c.conn.last_latency(), ms(3000));
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_first_byte_timeout_still_fires_after_a_request_succeeded_on_the_same_conn() {
-    let mut c = Client::start(vec![
+async fn the_first_byte_timeout_still_fires_after_a_request_succeeded_on_the_same_conn<
+    C: HttpConn,
+>() {
+    let mut c = Client::<C>::start(vec![
         Step::Head,
         Step::Pause(ms(400)),
         Step::Send(OK_HELLO),
@@ -204,11 +206,10 @@ async fn the_first_byte_timeout_still_fires_after_a_request_succeeded_on_the_sam
     assert_about(c.conn.last_latency(), ms(1000));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_conn_left_idle_past_every_deadline_serves_the_next_request() {
+async fn a_conn_left_idle_past_every_deadline_serves_the_next_request<C: HttpConn>() {
     // The shared timer's last deadline passes (and fires) while no request
     // is running; the next request must re-arm it, not see it as expired.
-    let mut c = Client::start(vec![
+    let mut c = Client::<C>::start(vec![
         Step::Head,
         Step::Send(OK_HELLO),
         Step::Head,
@@ -227,11 +228,10 @@ async fn a_conn_left_idle_past_every_deadline_serves_the_next_request() {
     assert_about(c.conn.last_latency(), ms(500));
 }
 
-#[tokio::test(start_paused = true)]
-async fn each_redirect_gets_its_own_first_byte_deadline() {
+async fn each_redirect_gets_its_own_first_byte_deadline<C: HttpConn>() {
     // Two hops of 700 ms each: 1.4 s in all, over the 1 s first-byte
     // limit, but each hop within it, as before the timer was shared.
-    let mut c = Client::start(vec![
+    let mut c = Client::<C>::start(vec![
         Step::Head,
         Step::Pause(ms(700)),
         Step::Send("HTTP/1.1 302 Found\r\nlocation: /elsewhere/a\r\ncontent-length: 0\r\n\r\n"),
@@ -246,9 +246,8 @@ async fn each_redirect_gets_its_own_first_byte_deadline() {
     assert_about(c.conn.last_latency(), ms(1400));
 }
 
-#[tokio::test(start_paused = true)]
-async fn before_any_request_the_latency_is_zero() {
-    let c = Client::start(vec![Step::Hang]).await;
+async fn before_any_request_the_latency_is_zero<C: HttpConn>() {
+    let c = Client::<C>::start(vec![Step::Hang]).await;
     assert_eq!(c.conn.last_latency(), Duration::ZERO);
 }
 
@@ -260,8 +259,7 @@ fn trickle(script: &mut Vec<Step>, text: &'static str, gap: Duration) {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_body_trickled_within_the_idle_limit_ends_at_the_request_deadline() {
+async fn a_body_trickled_within_the_idle_limit_ends_at_the_request_deadline<C: HttpConn>() {
     // One byte every 2 s of a 100-byte body: 200 s, each gap well inside
     // the 30 s idle limit, which re-arms on every byte. Only the deadline
     // of the whole request ends it.
@@ -271,7 +269,7 @@ async fn a_body_trickled_within_the_idle_limit_ends_at_the_request_deadline() {
     ];
     trickle(&mut script, "x".repeat(100).leak(), ms(2000));
     script.push(Step::Hang);
-    let mut c = Client::start(script).await;
+    let mut c = Client::<C>::start(script).await;
     let err = c
         .get("/get/a", &with_deadline(30_000, 30_000, 10_000))
         .await
@@ -286,8 +284,7 @@ async fn a_body_trickled_within_the_idle_limit_ends_at_the_request_deadline() {
     assert_about(c.conn.last_latency(), ms(10_000));
 }
 
-#[tokio::test(start_paused = true)]
-async fn headers_trickled_within_the_first_byte_limit_end_at_the_request_deadline() {
+async fn headers_trickled_within_the_first_byte_limit_end_at_the_request_deadline<C: HttpConn>() {
     let mut script = vec![Step::Head];
     trickle(
         &mut script,
@@ -295,7 +292,7 @@ async fn headers_trickled_within_the_first_byte_limit_end_at_the_request_deadlin
         ms(500),
     );
     script.push(Step::Hang);
-    let mut c = Client::start(script).await;
+    let mut c = Client::<C>::start(script).await;
     let err = c
         .get("/get/a", &with_deadline(30_000, 30_000, 4_000))
         .await
@@ -305,11 +302,10 @@ async fn headers_trickled_within_the_first_byte_limit_end_at_the_request_deadlin
     assert_about(c.conn.last_latency(), ms(4_000));
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_earlier_of_a_wait_limit_and_the_deadline_names_the_timeout() {
+async fn the_earlier_of_a_wait_limit_and_the_deadline_names_the_timeout<C: HttpConn>() {
     // Headers never come: the first-byte limit (1 s) is before the
     // deadline (5 s), so it is the first-byte timeout, as before.
-    let mut c = Client::start(vec![Step::Head, Step::Hang]).await;
+    let mut c = Client::<C>::start(vec![Step::Head, Step::Hang]).await;
     let err = c
         .get("/get/a", &with_deadline(1_000, 1_000, 5_000))
         .await
@@ -319,7 +315,7 @@ async fn the_earlier_of_a_wait_limit_and_the_deadline_names_the_timeout() {
 
     // A body stalls at 4.5 s with an idle limit of 1 s: the idle limit
     // would end it at 5.5 s, the deadline ends it at 5 s.
-    let mut c = Client::start(vec![
+    let mut c = Client::<C>::start(vec![
         Step::Head,
         Step::Pause(ms(4_000)),
         Step::Send("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nh"),
@@ -336,11 +332,10 @@ async fn the_earlier_of_a_wait_limit_and_the_deadline_names_the_timeout() {
     assert_about(c.conn.last_latency(), ms(5_000));
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_deadline_covers_redirects_and_counts_from_each_request() {
+async fn the_deadline_covers_redirects_and_counts_from_each_request<C: HttpConn>() {
     // Two hops of 700 ms: each within the first-byte limit, together over
     // the 1.2 s deadline of the request.
-    let mut c = Client::start(vec![
+    let mut c = Client::<C>::start(vec![
         Step::Head,
         Step::Pause(ms(700)),
         Step::Send("HTTP/1.1 302 Found\r\nlocation: /elsewhere/a\r\ncontent-length: 0\r\n\r\n"),
@@ -360,7 +355,7 @@ async fn the_deadline_covers_redirects_and_counts_from_each_request() {
     // Requests one after another on one connection, each taking 800 ms of
     // a 1 s deadline: 2.4 s in all, and every one succeeds, because each
     // request's deadline counts from its own start.
-    let mut c = Client::start(vec![
+    let mut c = Client::<C>::start(vec![
         Step::Head,
         Step::Pause(ms(800)),
         Step::Send(OK_HELLO),
@@ -379,4 +374,29 @@ async fn the_deadline_covers_redirects_and_counts_from_each_request() {
         assert_eq!(c.body, b"hello");
         assert_about(c.conn.last_latency(), ms(800));
     }
+}
+
+against_both! {
+    #[tokio::test(start_paused = true)]
+    a_slow_but_steady_body_rearms_the_idle_deadline_per_frame,
+    #[tokio::test(start_paused = true)]
+    a_pause_longer_than_idle_after_some_frames_is_an_idle_timeout,
+    #[tokio::test(start_paused = true)]
+    headers_slower_than_idle_but_within_first_byte_are_fine,
+    #[tokio::test(start_paused = true)]
+    the_first_byte_timeout_still_fires_after_a_request_succeeded_on_the_same_conn,
+    #[tokio::test(start_paused = true)]
+    a_conn_left_idle_past_every_deadline_serves_the_next_request,
+    #[tokio::test(start_paused = true)]
+    each_redirect_gets_its_own_first_byte_deadline,
+    #[tokio::test(start_paused = true)]
+    before_any_request_the_latency_is_zero,
+    #[tokio::test(start_paused = true)]
+    a_body_trickled_within_the_idle_limit_ends_at_the_request_deadline,
+    #[tokio::test(start_paused = true)]
+    headers_trickled_within_the_first_byte_limit_end_at_the_request_deadline,
+    #[tokio::test(start_paused = true)]
+    the_earlier_of_a_wait_limit_and_the_deadline_names_the_timeout,
+    #[tokio::test(start_paused = true)]
+    the_deadline_covers_redirects_and_counts_from_each_request,
 }

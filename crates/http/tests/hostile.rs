@@ -2,11 +2,17 @@
 //! function on a raw socket, so it can do what no well-behaved HTTP server
 //! would (endless headers, endless bodies, lies about lengths, garbage).
 //!
+//! Every test runs twice (`against_both!`): on hyper's `Conn` and on the
+//! pipelining reader `PipeConn`, one request at a time, which must keep the
+//! same rules.
+//!
 //! What every test holds: the call returns (no hang) within a bound set by
 //! the limits, with an error that says what happened, classified as
 //! transient or not, and without buffering past a limit.
 
-use bulkget_http::{Conn, Endpoint, FetchError, Limits, Transport, MAX_RETRY_AFTER};
+mod common;
+use bulkget_http::{Endpoint, FetchError, Limits, MAX_RETRY_AFTER};
+use common::HttpConn;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -69,8 +75,11 @@ fn limits(max_body: u64) -> Limits {
     }
 }
 
-async fn get_once(h: &Hostile, limits: &Limits) -> (Result<u16, FetchError>, Conn, Vec<u8>) {
-    let mut conn = Conn::connect(&h.endpoint, &Transport::plain(Duration::from_secs(1)))
+async fn get_once<C: HttpConn>(
+    h: &Hostile,
+    limits: &Limits,
+) -> (Result<u16, FetchError>, C, Vec<u8>) {
+    let mut conn = C::connect(&h.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -81,8 +90,7 @@ async fn get_once(h: &Hostile, limits: &Limits) -> (Result<u16, FetchError>, Con
     (r, conn, body)
 }
 
-#[tokio::test]
-async fn an_endless_chunked_body_is_cut_at_the_limit_and_never_buffered_past_it() {
+async fn an_endless_chunked_body_is_cut_at_the_limit_and_never_buffered_past_it<C: HttpConn>() {
     let h = hostile(|mut sock| async move {
         read_head(&mut sock).await;
         let _ = sock
@@ -95,7 +103,7 @@ async fn an_endless_chunked_body_is_cut_at_the_limit_and_never_buffered_past_it(
     })
     .await;
     let started = Instant::now();
-    let (r, conn, body) = get_once(&h, &limits(100_000)).await;
+    let (r, conn, body) = get_once::<C>(&h, &limits(100_000)).await;
     let e = r.unwrap_err();
     assert_eq!(
         e,
@@ -116,8 +124,7 @@ async fn an_endless_chunked_body_is_cut_at_the_limit_and_never_buffered_past_it(
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-#[tokio::test]
-async fn a_liar_without_any_body_is_refused_at_once_not_after_a_timeout() {
+async fn a_liar_without_any_body_is_refused_at_once_not_after_a_timeout<C: HttpConn>() {
     let h = hostile(|mut sock| async move {
         read_head(&mut sock).await;
         let _ = sock
@@ -129,7 +136,7 @@ async fn a_liar_without_any_body_is_refused_at_once_not_after_a_timeout() {
     let mut l = limits(1 << 20);
     l.idle = Duration::from_secs(30);
     let started = Instant::now();
-    let (r, conn, body) = get_once(&h, &l).await;
+    let (r, conn, body) = get_once::<C>(&h, &l).await;
     assert!(
         matches!(
             r,
@@ -145,8 +152,7 @@ async fn a_liar_without_any_body_is_refused_at_once_not_after_a_timeout() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-#[tokio::test]
-async fn an_error_page_too_big_to_drain_keeps_its_status_and_drops_the_connection() {
+async fn an_error_page_too_big_to_drain_keeps_its_status_and_drops_the_connection<C: HttpConn>() {
     // Declared: refused from the headers.
     let h = hostile(|mut sock| async move {
         read_head(&mut sock).await;
@@ -156,7 +162,7 @@ async fn an_error_page_too_big_to_drain_keeps_its_status_and_drops_the_connectio
         forever(&mut sock, &[b'e'; 8192]).await;
     })
     .await;
-    let (r, conn, _) = get_once(&h, &limits(1000)).await;
+    let (r, conn, _) = get_once::<C>(&h, &limits(1000)).await;
     let e = r.unwrap_err();
     assert_eq!(e.status(), Some(503));
     assert!(e.is_transient());
@@ -176,7 +182,7 @@ async fn an_error_page_too_big_to_drain_keeps_its_status_and_drops_the_connectio
     })
     .await;
     let started = Instant::now();
-    let (r, conn, body) = get_once(&h, &limits(1000)).await;
+    let (r, conn, body) = get_once::<C>(&h, &limits(1000)).await;
     assert_eq!(r.unwrap_err().status(), Some(500));
     assert!(!conn.is_usable());
     assert!(
@@ -187,8 +193,7 @@ async fn an_error_page_too_big_to_drain_keeps_its_status_and_drops_the_connectio
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-#[tokio::test]
-async fn endless_headers_are_an_error_not_unbounded_memory() {
+async fn endless_headers_are_an_error_not_unbounded_memory<C: HttpConn>() {
     let h = hostile(|mut sock| async move {
         read_head(&mut sock).await;
         let _ = sock.write_all(b"HTTP/1.1 200 OK\r\n").await;
@@ -202,7 +207,7 @@ async fn endless_headers_are_an_error_not_unbounded_memory() {
     let mut l = limits(1000);
     l.first_byte = Duration::from_secs(10);
     let started = Instant::now();
-    let (r, conn, _) = get_once(&h, &l).await;
+    let (r, conn, _) = get_once::<C>(&h, &l).await;
     let e = r.unwrap_err();
     assert!(matches!(e, FetchError::Transport(_)), "{e:?}");
     assert!(!conn.is_usable());
@@ -210,8 +215,7 @@ async fn endless_headers_are_an_error_not_unbounded_memory() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-#[tokio::test]
-async fn headers_trickled_a_byte_at_a_time_hit_the_first_byte_timeout() {
+async fn headers_trickled_a_byte_at_a_time_hit_the_first_byte_timeout<C: HttpConn>() {
     let h = hostile(|mut sock| async move {
         read_head(&mut sock).await;
         for b in b"HTTP/1.1 200 OK\r\nx-slow: "
@@ -226,7 +230,7 @@ async fn headers_trickled_a_byte_at_a_time_hit_the_first_byte_timeout() {
     })
     .await;
     let started = Instant::now();
-    let (r, conn, _) = get_once(&h, &limits(1000)).await;
+    let (r, conn, _) = get_once::<C>(&h, &limits(1000)).await;
     let e = r.unwrap_err();
     assert_eq!(e, FetchError::Timeout("first-byte"));
     assert!(e.is_transient());
@@ -234,8 +238,7 @@ async fn headers_trickled_a_byte_at_a_time_hit_the_first_byte_timeout() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-#[tokio::test]
-async fn garbage_instead_of_http_is_a_transient_transport_error() {
+async fn garbage_instead_of_http_is_a_transient_transport_error<C: HttpConn>() {
     for reply in [
         &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
         b"HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\nhello",
@@ -250,7 +253,7 @@ async fn garbage_instead_of_http_is_a_transient_transport_error() {
             // Then hang up.
         })
         .await;
-        let (r, conn, _) = get_once(&h, &limits(1000)).await;
+        let (r, conn, _) = get_once::<C>(&h, &limits(1000)).await;
         let e = r.expect_err(&String::from_utf8_lossy(reply));
         assert!(
             matches!(e, FetchError::Transport(_) | FetchError::ShortBody { .. }),
@@ -261,14 +264,13 @@ async fn garbage_instead_of_http_is_a_transient_transport_error() {
     }
 }
 
-#[tokio::test]
-async fn a_body_until_close_without_a_length_is_accepted_within_the_limit() {
+async fn a_body_until_close_without_a_length_is_accepted_within_the_limit<C: HttpConn>() {
     let h = hostile(|mut sock| async move {
         read_head(&mut sock).await;
         let _ = sock.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil close").await;
     })
     .await;
-    let (r, conn, body) = get_once(&h, &limits(1000)).await;
+    let (r, conn, body) = get_once::<C>(&h, &limits(1000)).await;
     assert_eq!(r.unwrap(), 200);
     assert_eq!(body, b"until close");
     assert!(
@@ -277,8 +279,7 @@ async fn a_body_until_close_without_a_length_is_accepted_within_the_limit() {
     );
 }
 
-#[tokio::test]
-async fn an_interim_100_continue_is_skipped() {
+async fn an_interim_100_continue_is_skipped<C: HttpConn>() {
     let h = hostile(|mut sock| async move {
         read_head(&mut sock).await;
         let _ = sock
@@ -289,14 +290,13 @@ async fn an_interim_100_continue_is_skipped() {
         std::future::pending::<()>().await;
     })
     .await;
-    let (r, conn, body) = get_once(&h, &limits(1000)).await;
+    let (r, conn, body) = get_once::<C>(&h, &limits(1000)).await;
     assert_eq!(r.unwrap(), 200);
     assert_eq!(body, b"ok");
     assert!(conn.is_usable());
 }
 
-#[tokio::test]
-async fn retry_after_as_a_date_or_absurdly_long_is_read_and_capped() {
+async fn retry_after_as_a_date_or_absurdly_long_is_read_and_capped<C: HttpConn>() {
     let date = {
         // Ten seconds from now as an IMF-fixdate, computed independently of
         // the parser under test via the proleptic Gregorian calendar.
@@ -328,7 +328,7 @@ async fn retry_after_as_a_date_or_absurdly_long_is_read_and_capped() {
         }
     })
     .await;
-    let mut conn = Conn::connect(&h.endpoint, &Transport::plain(Duration::from_secs(1)))
+    let mut conn = C::connect(&h.endpoint, Duration::from_secs(1))
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -407,8 +407,7 @@ fn imf_fixdate(secs: u64) -> String {
     )
 }
 
-#[tokio::test]
-async fn redirects_off_host_are_refused_and_the_other_host_never_hears_from_us() {
+async fn redirects_off_host_are_refused_and_the_other_host_never_hears_from_us<C: HttpConn>() {
     // The "other host": same address, another port, so a different origin.
     let other = hostile(|_sock| async move {}).await;
     let other_authority = other.endpoint.authority.clone();
@@ -428,7 +427,7 @@ async fn redirects_off_host_are_refused_and_the_other_host_never_hears_from_us()
             }
         })
         .await;
-        let (r, _, _) = get_once(&h, &limits(1000)).await;
+        let (r, _, _) = get_once::<C>(&h, &limits(1000)).await;
         let e = r.unwrap_err();
         assert!(
             matches!(e, FetchError::OffHostRedirect(_)),
@@ -442,8 +441,7 @@ async fn redirects_off_host_are_refused_and_the_other_host_never_hears_from_us()
     assert_eq!(other.accepted.load(Ordering::SeqCst), 0);
 }
 
-#[tokio::test]
-async fn a_same_host_redirect_loop_ends_after_the_redirect_limit() {
+async fn a_same_host_redirect_loop_ends_after_the_redirect_limit<C: HttpConn>() {
     let h = hostile(|mut sock| async move {
         while read_head(&mut sock).await {
             let _ = sock
@@ -452,18 +450,44 @@ async fn a_same_host_redirect_loop_ends_after_the_redirect_limit() {
         }
     })
     .await;
-    let (r, _, _) = get_once(&h, &limits(1000)).await;
+    let (r, _, _) = get_once::<C>(&h, &limits(1000)).await;
     let e = r.unwrap_err();
     assert_eq!(e, FetchError::BadRedirect("more than 3 redirects".into()));
     assert!(!e.is_transient());
     assert_eq!(e.to_string(), "bad redirect: more than 3 redirects");
 }
 
-#[tokio::test]
-async fn a_server_that_hangs_up_at_once_is_transient() {
+async fn a_server_that_hangs_up_at_once_is_transient<C: HttpConn>() {
     let h = hostile(|sock| async move { drop(sock) }).await;
-    let (r, _, _) = get_once(&h, &limits(1000)).await;
+    let (r, _, _) = get_once::<C>(&h, &limits(1000)).await;
     let e = r.unwrap_err();
     assert!(matches!(e, FetchError::Transport(_)), "{e:?}");
     assert!(e.is_transient());
+}
+
+against_both! {
+    #[tokio::test]
+    an_endless_chunked_body_is_cut_at_the_limit_and_never_buffered_past_it,
+    #[tokio::test]
+    a_liar_without_any_body_is_refused_at_once_not_after_a_timeout,
+    #[tokio::test]
+    an_error_page_too_big_to_drain_keeps_its_status_and_drops_the_connection,
+    #[tokio::test]
+    endless_headers_are_an_error_not_unbounded_memory,
+    #[tokio::test]
+    headers_trickled_a_byte_at_a_time_hit_the_first_byte_timeout,
+    #[tokio::test]
+    garbage_instead_of_http_is_a_transient_transport_error,
+    #[tokio::test]
+    a_body_until_close_without_a_length_is_accepted_within_the_limit,
+    #[tokio::test]
+    an_interim_100_continue_is_skipped,
+    #[tokio::test]
+    retry_after_as_a_date_or_absurdly_long_is_read_and_capped,
+    #[tokio::test]
+    redirects_off_host_are_refused_and_the_other_host_never_hears_from_us,
+    #[tokio::test]
+    a_same_host_redirect_loop_ends_after_the_redirect_limit,
+    #[tokio::test]
+    a_server_that_hangs_up_at_once_is_transient,
 }

@@ -1,7 +1,13 @@
 //! Relative redirects against a scripted server that records the request
 //! line of every request, so the test sees exactly which path was asked for.
+//!
+//! Every test runs twice (`against_both!`): on hyper's `Conn` and on the
+//! pipelining reader `PipeConn`, one request at a time, which must keep the
+//! same rules.
 
-use bulkget_http::{Conn, Endpoint, Limits, Transport};
+mod common;
+use bulkget_http::{Endpoint, Limits};
+use common::HttpConn;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,8 +53,9 @@ async fn server(routes: Vec<(&'static str, &'static str)>) -> (Endpoint, Arc<Mut
     )
 }
 
-#[tokio::test]
-async fn relative_locations_with_dot_segments_are_resolved_before_they_are_requested() {
+async fn relative_locations_with_dot_segments_are_resolved_before_they_are_requested<
+    C: HttpConn,
+>() {
     let (endpoint, seen) = server(vec![
         (
             "/api/get/a",
@@ -64,9 +71,7 @@ async fn relative_locations_with_dot_segments_are_resolved_before_they_are_reque
         ),
     ])
     .await;
-    let mut conn = Conn::connect(&endpoint, &Transport::plain(Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let mut conn = C::connect(&endpoint, Duration::from_secs(5)).await.unwrap();
     let limits = Limits {
         first_byte: Duration::from_secs(5),
         idle: Duration::from_secs(5),
@@ -86,4 +91,9 @@ async fn relative_locations_with_dot_segments_are_resolved_before_they_are_reque
         *seen.lock().unwrap(),
         ["/api/get/a", "/api/blob/x", "/z?q=1"]
     );
+}
+
+against_both! {
+    #[tokio::test]
+    relative_locations_with_dot_segments_are_resolved_before_they_are_requested,
 }

@@ -304,6 +304,9 @@ pub struct WorkerSettings {
     /// each; over HTTP/2 streams that share a few connections.
     pub connections: u32,
     pub http_version: HttpVersion,
+    /// HTTP/1.1 pipelining: requests in flight per connection; 1 is off.
+    /// A worker falls back to 1 when its server mishandles pipelining.
+    pub pipeline: u32,
     /// Bodies larger than this are refused without being buffered.
     pub max_file_size: u64,
     pub connect_timeout_ms: u64,
@@ -397,6 +400,7 @@ impl WorkerSettings {
             resolve: Resolve::Openat2,
             connections: 8,
             http_version: HttpVersion::Auto,
+            pipeline: 16,
             max_file_size: 8 << 20,
             connect_timeout_ms: 5_000,
             first_byte_timeout_ms: 10_000,

@@ -195,6 +195,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "NAME", help_heading = "Per-name faults")]
     pub crash_name: Vec<String>,
 
+    /// Answer `Connection: close` on every connection's Nth response (then
+    /// close it), as nginx's `keepalive_requests` does; 0: never. Requests a
+    /// client pipelined behind that response go unanswered.
+    #[arg(long, default_value_t = 0, help_heading = "Connections")]
+    pub keepalive_requests: u64,
+
     /// Milliseconds every listing page except the first is delayed.
     #[arg(long, default_value_t = 0, help_heading = "Listing faults")]
     pub list_delay_ms: u64,

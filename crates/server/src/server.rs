@@ -294,6 +294,7 @@ async fn serve(
                 app: Arc::clone(&app),
                 reset_on_close: Arc::clone(&reset_on_close),
                 trickle_ms: Arc::clone(&trickle_ms),
+                responses: Default::default(),
             });
             let stream = ResettableStream {
                 stream,

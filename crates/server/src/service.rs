@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 
 use crate::args::{ListFault, RequiredHeader, ServerArgs};
@@ -41,6 +41,8 @@ pub(crate) struct App {
     trickle: Duration,
     required_headers: Vec<RequiredHeader>,
     location_bytes: usize,
+    /// `--keepalive-requests`: responses per connection, 0 for no limit.
+    keepalive_requests: u64,
 }
 
 /// Normalises `--prefix`: empty or `/x/y`, never a trailing slash.
@@ -70,6 +72,7 @@ impl App {
             trickle: Duration::from_millis(args.trickle_ms),
             required_headers: args.require_header.clone(),
             location_bytes: args.location_bytes,
+            keepalive_requests: args.keepalive_requests,
         }
     }
 
@@ -153,6 +156,8 @@ pub(crate) struct Connection {
     /// Set by `--trickle-head-rate`: from then on the socket writes a byte
     /// every this many milliseconds.
     pub(crate) trickle_ms: Arc<AtomicU64>,
+    /// Responses answered on this connection, for `--keepalive-requests`.
+    pub(crate) responses: AtomicU64,
 }
 
 /// The connection a request came on, as fault injection sees it.
@@ -192,6 +197,7 @@ pub(crate) async fn handle<B>(
     };
     app.stats.request(kind);
     app.stats.version(req.version());
+    let version = req.version();
     // Over HTTP/2 an injected reset ends only its stream (hyper answers a
     // failing body with RST_STREAM) and the connection, which carries other
     // streams, goes on; so the socket is not told to reset.
@@ -204,7 +210,7 @@ pub(crate) async fn handle<B>(
     let missing = needs_headers
         .then(|| app.missing_header(req.headers()))
         .flatten();
-    let resp = if let Some(missing) = missing {
+    let mut resp = if let Some(missing) = missing {
         // The answer names the header, never the value it should have.
         let message = format!("missing or wrong {} header", missing.name);
         json_error(StatusCode::UNAUTHORIZED, &message)
@@ -226,6 +232,17 @@ pub(crate) async fn handle<B>(
         }
     };
     app.stats.response(resp.status().as_u16());
+    // HTTP/2 has no `Connection` header (a connection's streams end
+    // otherwise), so the limit is HTTP/1's alone.
+    if app.keepalive_requests > 0
+        && version < Version::HTTP_2
+        && conn.responses.fetch_add(1, Ordering::Relaxed) + 1 >= app.keepalive_requests
+    {
+        // hyper closes the connection after a response that says so, and
+        // drops the requests read behind it.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(resp)
 }
 

@@ -451,3 +451,68 @@ fn dropping_the_handle_stops_the_server() {
     drop(server);
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// Writes `n` GETs in one write on a fresh connection and reads until the
+/// server closes it (or `n` answers came): the status lines, in order.
+async fn pipelined(addr: SocketAddr, n: u64) -> Vec<String> {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    let requests: String = (0..n)
+        .map(|i| format!("GET /get/file-{i:010} HTTP/1.1\r\nhost: localhost\r\n\r\n"))
+        .collect();
+    sock.write_all(requests.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut answers = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // Each answer is a head with a Content-Length and that many bytes.
+        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+            if got.len() < end + 4 + len {
+                break;
+            }
+            let name = format!("file-{:010}", answers.len());
+            assert_eq!(
+                got[end + 4..end + 4 + len],
+                content(&name, 100)[..],
+                "{name}"
+            );
+            got.drain(..end + 4 + len);
+            let close = header(&head, "connection") == Some("close");
+            answers.push(format!(
+                "{}{}",
+                head.lines().next().unwrap(),
+                if close { " (close)" } else { "" }
+            ));
+        }
+        if answers.len() as u64 == n {
+            return answers;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return answers,
+            Ok(Ok(k)) => got.extend_from_slice(&buf[..k]),
+            Err(_) => panic!("the server neither answered nor closed; got {answers:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_keepalive_requests_closes() {
+    let s = server(ServerArgs {
+        files: 10,
+        ..ServerArgs::default()
+    });
+    let ok = "HTTP/1.1 200 OK".to_string();
+    assert_eq!(pipelined(s.addr, 5).await, vec![ok.clone(); 5]);
+
+    // The third answer says close; the two requests behind it go unanswered.
+    let s = server(ServerArgs {
+        files: 10,
+        keepalive_requests: 3,
+        ..ServerArgs::default()
+    });
+    assert_eq!(
+        pipelined(s.addr, 5).await,
+        vec![ok.clone(), ok.clone(), format!("{ok} (close)")]
+    );
+}

@@ -188,6 +188,14 @@ pub struct ShardStats {
     pub bytes: u64,
     /// Request attempts that were retried (each retry counts once).
     pub retries: u64,
+    /// Requests sent again because the pipelined connection that carried
+    /// them ended before answering them (the server closed it, or a response
+    /// ahead of them broke). Not attempts: the server may never have seen
+    /// them. Always 0 without `--pipeline`.
+    pub pipeline_retries: u64,
+    /// Requests in flight per connection now: `--pipeline`, or 1 after this
+    /// worker found its server mishandling pipelining.
+    pub pipeline_depth: u32,
     /// Responses by HTTP status code (`"200"`, `"503"`, ...) plus `"error"`
     /// for attempts that got no status (connect error, reset, timeout). Only
     /// codes seen appear. Every attempt counts, retried ones included.

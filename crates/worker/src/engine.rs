@@ -2,7 +2,10 @@
 
 use crate::stats_file::Counters;
 use bulkget_console::errln;
-use bulkget_http::{Backoff, Conn, Endpoint, FetchError, Jitter, Limits, Proto, Transport};
+use bulkget_http::{
+    Backoff, Conn, Endpoint, FetchError, Jitter, Limits, PipeConn, PipelineFault, Proto, Response,
+    Transport,
+};
 use bulkget_protocol::{BatchId, Failure, FatalKind, HttpVersion, ToCoordinator, WorkerSettings};
 use bulkget_sink::{PutError, Sink};
 use std::cell::{Cell, RefCell};
@@ -127,7 +130,18 @@ pub struct Engine {
     /// Woken after each acknowledgement, so a drain can see when it is done.
     pub drain_progress: Notify,
     jitter: RefCell<Jitter>,
+    /// Requests each pipelined connection keeps in flight: `--pipeline`,
+    /// until a server shows it mishandles pipelining; then 1 for the rest of
+    /// this process (see [`Engine::fall_back`]).
+    depth: Cell<u32>,
     pub counters: Counters,
+}
+
+/// Whether a connection task goes on after a response was handled.
+enum Next {
+    Continue,
+    /// The sink failed fatally; the worker is about to exit.
+    Stop,
 }
 
 impl Engine {
@@ -148,6 +162,9 @@ impl Engine {
             base: Duration::from_millis(settings.backoff_base_ms),
             max: Duration::from_millis(settings.backoff_max_ms),
         };
+        let counters = Counters::default();
+        let depth = settings.pipeline.max(1);
+        counters.pipeline_depth.set(depth);
         let tasks = settings.connections.max(1);
         let shared = (0..tasks.div_ceil(H2_STREAMS_PER_CONNECTION))
             .map(|_| Shared::default())
@@ -172,16 +189,30 @@ impl Engine {
             fatal_ready: Notify::new(),
             drain_progress: Notify::new(),
             jitter: RefCell::new(Jitter::from_entropy()),
-            counters: Counters::default(),
+            depth: Cell::new(depth),
+            counters,
         })
     }
 
-    /// Starts the connection tasks on the current `LocalSet`.
+    /// Whether connection tasks pipeline: `--pipeline` above 1 on plain
+    /// HTTP/1.1. Over TLS the connection may turn out to be HTTP/2 (and its
+    /// streams already keep many requests in flight), so `Conn` serves it.
+    fn pipelined(&self) -> bool {
+        self.settings.pipeline > 1 && self.transport.tls.is_none() && self.proto() == Proto::Http1
+    }
+
+    /// Starts the connection tasks on the current `LocalSet`: hyper
+    /// connections one request at a time (or HTTP/2 streams), or, when
+    /// [`Engine::pipelined`], pipelined ones.
     pub fn start(self: &Rc<Self>) {
         for task in 0..self.settings.connections.max(1) {
             let engine = self.clone();
-            let slot = (task / H2_STREAMS_PER_CONNECTION) as usize;
-            tokio::task::spawn_local(async move { engine.connection_task(slot).await });
+            if self.pipelined() {
+                tokio::task::spawn_local(async move { engine.pipelined_task().await });
+            } else {
+                let slot = (task / H2_STREAMS_PER_CONNECTION) as usize;
+                tokio::task::spawn_local(async move { engine.connection_task(slot).await });
+            }
         }
     }
 
@@ -416,6 +447,217 @@ impl Engine {
         }
     }
 
+    /// The next name if one is queued now, without waiting.
+    fn try_next_item(&self) -> Option<Item> {
+        self.queue.borrow_mut().pop_front()
+    }
+
+    /// Opens a pipelined connection and counts it.
+    async fn open_pipelined(&self) -> Result<PipeConn, FetchError> {
+        let conn = PipeConn::connect(&self.endpoint, &self.transport).await?;
+        let c = &self.counters;
+        c.connections_opened.set(c.connections_opened.get() + 1);
+        c.open_connections.set(c.open_connections.get() + 1);
+        Ok(conn)
+    }
+
+    /// `/get/NAME` under the endpoint's prefix, percent-encoded, into `path`.
+    fn file_path(&self, item: &Item, path: &mut String) {
+        path.clear();
+        path.push_str(&self.endpoint.prefix);
+        path.push_str("/get/");
+        bulkget_names::push_url_encoded(path, &item.batch.names[item.idx as usize]);
+    }
+
+    /// What every connection task does with a finished request: count it,
+    /// put a success into the sink, retry or fail an error.
+    fn handled(
+        self: &Rc<Self>,
+        item: Item,
+        result: Result<Response, FetchError>,
+        body: &[u8],
+    ) -> Next {
+        let c = &self.counters;
+        match result {
+            Ok(response) => {
+                c.status.borrow_mut().record(response.status);
+                let name = &item.batch.names[item.idx as usize];
+                if response.test_abort && self.settings.test_hooks.abort_on_header {
+                    errln!("bulkget worker: test hook: aborting on {name:?}");
+                    std::process::abort();
+                }
+                let put = self.sink.borrow_mut().put(name, body);
+                match put {
+                    Ok(()) => self.succeed(item, body.len() as u64),
+                    Err(PutError::File(why)) => self.fail(item, why, None),
+                    Err(PutError::NoSpace(why)) => {
+                        self.set_fatal(FatalKind::NoSpace, why);
+                        return Next::Stop;
+                    }
+                    Err(PutError::Fatal(why)) => {
+                        self.set_fatal(FatalKind::Crash, why);
+                        return Next::Stop;
+                    }
+                }
+            }
+            Err(e) => {
+                match e.status() {
+                    Some(code) => c.status.borrow_mut().record(code),
+                    None => c.status.borrow_mut().record_error(),
+                }
+                self.retry_or_fail(item, e);
+            }
+        }
+        Next::Continue
+    }
+
+    /// A server mishandled pipelining: every pipelined connection of this
+    /// worker keeps one request in flight from now on. Said once, when the
+    /// depth drops.
+    fn fall_back(&self, fault: &PipelineFault) {
+        if self.depth.replace(1) > 1 {
+            self.counters.pipeline_depth.set(1);
+            tracing::warn!(
+                %fault,
+                "the server does not pipeline correctly; this worker sends one request \
+                 per connection at a time from now on"
+            );
+        }
+    }
+
+    /// One pipelined connection at a time: keeps up to the engine's depth of
+    /// requests in flight on it, reads the answers in order, and when the
+    /// connection ends sends the requests it did not answer again (first in
+    /// the queue, no attempt counted: GETs are idempotent, and the server
+    /// may never have seen them).
+    async fn pipelined_task(self: Rc<Self>) {
+        let mut conn: Option<PipeConn> = None;
+        let mut path = String::with_capacity(256);
+        let mut body = Vec::with_capacity(4096);
+        let mut connect_failures: u32 = 0;
+        // The items in flight on `conn`, by the token they were pushed with
+        // (an index here), and the free indices.
+        let mut slots: Vec<Option<Item>> = Vec::new();
+        let mut free: Vec<u32> = Vec::new();
+        let mut unanswered: Vec<u32> = Vec::new();
+        let c = &self.counters;
+        loop {
+            // Fill the pipeline: wait for work only when nothing is in
+            // flight, otherwise take what is queued now.
+            loop {
+                let in_flight = conn.as_ref().map_or(0, PipeConn::in_flight);
+                if in_flight >= self.depth.get() as usize {
+                    break;
+                }
+                let item = if in_flight == 0 {
+                    match self.next_item().await {
+                        Some(item) => item,
+                        None => {
+                            if conn.is_some() {
+                                self.closed();
+                            }
+                            return;
+                        }
+                    }
+                } else {
+                    match self.try_next_item() {
+                        Some(item) => item,
+                        None => break,
+                    }
+                };
+                if let Err(why) = bulkget_names::check(&item.batch.names[item.idx as usize]) {
+                    self.fail(item, why.to_string(), None);
+                    continue;
+                }
+                // A connection that ended gave its requests back below, so
+                // a new one is opened only with nothing in flight.
+                if conn.as_ref().is_none_or(|c| !c.is_usable()) {
+                    if conn.take().is_some() {
+                        self.closed();
+                    }
+                    match self.open_pipelined().await {
+                        Ok(new) => {
+                            connect_failures = 0;
+                            conn = Some(new);
+                        }
+                        Err(e) => {
+                            // Back off this connection slot too, so a server
+                            // that refuses connections is not hammered in a
+                            // hot loop.
+                            connect_failures += 1;
+                            c.status.borrow_mut().record_error();
+                            let delay = self.backoff.delay(
+                                connect_failures,
+                                None,
+                                &mut self.jitter.borrow_mut(),
+                            );
+                            self.retry_or_fail(item, e);
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                    }
+                }
+                self.file_path(&item, &mut path);
+                let token = free.pop().unwrap_or_else(|| {
+                    slots.push(None);
+                    slots.len() as u32 - 1
+                });
+                match conn.as_mut().expect("connected above").push(token, &path) {
+                    Ok(()) => {
+                        slots[token as usize] = Some(item);
+                        c.in_flight.set(c.in_flight.get() + 1);
+                    }
+                    Err(e) => {
+                        free.push(token);
+                        if let Next::Stop = self.handled(item, Err(e), &[]) {
+                            return;
+                        }
+                    }
+                }
+            }
+            let Some(live) = conn.as_mut() else {
+                continue;
+            };
+            if live.in_flight() == 0 {
+                continue;
+            }
+            if let Some(answer) = live.next(&self.endpoint, &self.limits, &mut body).await {
+                let item = slots[answer.token as usize]
+                    .take()
+                    .expect("an answer is for a request in flight");
+                free.push(answer.token);
+                c.in_flight.set(c.in_flight.get() - 1);
+                c.latency
+                    .borrow_mut()
+                    .record(answer.latency.as_micros() as u64);
+                if let Next::Stop = self.handled(item, answer.result, &body) {
+                    return;
+                }
+            }
+            if !live.is_usable() {
+                live.take_unanswered(|token| unanswered.push(token));
+                // Oldest first at the front of the queue, in their order.
+                let mut queue = self.queue.borrow_mut();
+                for token in unanswered.drain(..).rev() {
+                    let item = slots[token as usize]
+                        .take()
+                        .expect("an unanswered request is in flight");
+                    free.push(token);
+                    c.in_flight.set(c.in_flight.get() - 1);
+                    c.pipeline_retries.set(c.pipeline_retries.get() + 1);
+                    queue.push_front(item);
+                }
+                drop(queue);
+                self.work_ready.notify_waiters();
+                if let Some(fault) = live.fault() {
+                    self.fall_back(fault);
+                }
+                conn = None;
+                self.closed();
+            }
+        }
+    }
+
     async fn connection_task(self: Rc<Self>, slot: usize) {
         let mut conn: Option<Held> = None;
         let mut path = String::with_capacity(256);
@@ -452,11 +694,7 @@ impl Engine {
                 }
             }
             let live = &mut conn.as_mut().expect("connected above").conn;
-            let name = &item.batch.names[item.idx as usize];
-            path.clear();
-            path.push_str(&self.endpoint.prefix);
-            path.push_str("/get/");
-            bulkget_names::push_url_encoded(&mut path, name);
+            self.file_path(&item, &mut path);
 
             c.in_flight.set(c.in_flight.get() + 1);
             let result = live
@@ -470,34 +708,8 @@ impl Engine {
                 .borrow_mut()
                 .record(live.last_latency().as_micros() as u64);
 
-            match result {
-                Ok(response) => {
-                    c.status.borrow_mut().record(response.status);
-                    if response.test_abort && self.settings.test_hooks.abort_on_header {
-                        errln!("bulkget worker: test hook: aborting on {name:?}");
-                        std::process::abort();
-                    }
-                    let put = self.sink.borrow_mut().put(name, &body);
-                    match put {
-                        Ok(()) => self.succeed(item, body.len() as u64),
-                        Err(PutError::File(why)) => self.fail(item, why, None),
-                        Err(PutError::NoSpace(why)) => {
-                            self.set_fatal(FatalKind::NoSpace, why);
-                            return;
-                        }
-                        Err(PutError::Fatal(why)) => {
-                            self.set_fatal(FatalKind::Crash, why);
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    match e.status() {
-                        Some(code) => c.status.borrow_mut().record(code),
-                        None => c.status.borrow_mut().record_error(),
-                    }
-                    self.retry_or_fail(item, e);
-                }
+            if let Next::Stop = self.handled(item, result, &body) {
+                return;
             }
         }
         if let Some(Held {

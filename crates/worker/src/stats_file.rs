@@ -24,6 +24,12 @@ pub struct Counters {
     pub files_failed: Cell<u64>,
     pub bytes: Cell<u64>,
     pub retries: Cell<u64>,
+    /// Requests sent again after a pipelined connection ended without
+    /// answering them.
+    pub pipeline_retries: Cell<u64>,
+    /// Requests in flight per connection: `--pipeline`, or 1 after the
+    /// fallback.
+    pub pipeline_depth: Cell<u32>,
     pub in_flight: Cell<u64>,
     pub open_connections: Cell<u64>,
     pub connections_opened: Cell<u64>,
@@ -90,6 +96,8 @@ impl StatsFile {
             files_failed: c.files_failed.get(),
             bytes: c.bytes.get(),
             retries: c.retries.get(),
+            pipeline_retries: c.pipeline_retries.get(),
+            pipeline_depth: c.pipeline_depth.get(),
             http_status: c.status.borrow().to_map(),
             in_flight: c.in_flight.get(),
             open_connections: c.open_connections.get(),
