@@ -46,6 +46,10 @@ if [ -d /dev/shm ] && [ "$(free_mb /dev/shm || echo 0)" -ge 4096 ]; then
         scratch=""
     else
         rm -f "$scratch/probe"
+        # mktemp makes it 0700; nginx's workers (user nobody) must be able
+        # to reach the tree the nginx test serves from inside it, as they
+        # can under /tmp.
+        chmod 0755 "$scratch"
     fi
 fi
 if [ -n "$scratch" ]; then
