@@ -96,6 +96,12 @@ pub struct FetchArgs {
     /// Continue the unfinished run in the state directory from its checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// On a finished run: list the whole service again and fetch only the
+    /// names not in the sink yet (dir: no file of that name; sqlite: no
+    /// row). Checkpointed like any run: an interrupted refresh continues
+    /// with --resume, as a refresh.
+    #[arg(long)]
+    pub refresh: bool,
     /// Names per batch sent to a worker.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,

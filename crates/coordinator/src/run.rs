@@ -225,6 +225,8 @@ struct Run {
     sched: Scheduler,
     start_position: ListPosition,
     resumed_from: Totals,
+    /// A refresh: names already in the sink are counted, not fetched.
+    refresh: bool,
     state_tx: std::sync::mpsc::Sender<StateOp>,
     state_thread: Option<std::thread::JoinHandle<()>>,
     /// The state thread's first failure, taken by the run loop.
@@ -322,14 +324,15 @@ impl Run {
             created_at: bulkget_stats::now_rfc3339(),
             header_names: connection.header_names(),
         };
-        let (mut state, start) =
-            StateDir::open(&state_dir, &out, &info, args.resume).map_err(|e| {
+        let (mut state, start) = StateDir::open(&state_dir, &out, &info, args.resume, args.refresh)
+            .map_err(|e| {
                 let code = match e {
                     StateError::Io(_) => exit::ERROR,
                     _ => exit::STATE_CONFLICT,
                 };
                 (code, e.to_string())
             })?;
+        let refresh = start.is_refresh();
         let (start_position, totals, done_after) = match start {
             Start::Fresh => (ListPosition::Start, Totals::default(), DoneAfter::default()),
             Start::Resume(cp) => {
@@ -346,12 +349,24 @@ impl Run {
                 }
                 (cp.position, cp.totals, cp.done_after)
             }
+            Start::Refresh(cp) => {
+                if !args.quiet {
+                    errln!(
+                        "bulkget: refreshing the finished run ({} files ok, {} failed): listing \
+                         every page again and fetching the names not in the sink yet",
+                        cp.totals.files_ok + cp.totals.files_present,
+                        cp.totals.files_failed
+                    );
+                }
+                (ListPosition::Start, Totals::default(), DoneAfter::default())
+            }
             Start::AlreadyComplete(cp) => {
                 let t = cp.totals;
                 outln!(
-                    "bulkget: the run in {} is already complete: {} files ok, {} failed; nothing to do",
+                    "bulkget: the run in {} is already complete: {} files ok, {} failed; nothing to do \
+                     (--refresh fetches the names listed since)",
                     state_dir.display(),
-                    t.files_ok,
+                    t.files_ok + t.files_present,
                     t.files_failed
                 );
                 return Ok(Setup::Done(if t.files_failed > 0 {
@@ -385,6 +400,7 @@ impl Run {
             headers: connection.headers.clone(),
             tls: connection.tls.clone(),
             proxy: connection.proxy.clone(),
+            refresh,
             test_hooks: TestHooks {
                 abort_on_header: args.test_abort_on_header,
                 fail_start_shards: args.test_fail_start_shard.clone(),
@@ -441,6 +457,7 @@ impl Run {
             sched,
             start_position,
             resumed_from: totals,
+            refresh,
             state_tx,
             state_thread: Some(state_thread),
             state_failed: Some(state_failed),
@@ -763,8 +780,12 @@ impl Run {
                         ok,
                         bytes,
                         retries,
+                        present,
                         failures,
-                    } => match self.sched.batch_done(shard, id, ok, bytes, failures) {
+                    } => match self
+                        .sched
+                        .batch_done(shard, id, ok, present, bytes, failures)
+                    {
                         Some(done) => {
                             self.sched.add_retries(retries);
                             self.record_failures(done);
@@ -783,11 +804,12 @@ impl Run {
                         ok,
                         bytes,
                         retries,
+                        present,
                         failures,
                         waiting,
                     } => match self
                         .sched
-                        .batch_stalled(shard, id, ok, bytes, failures, &waiting)
+                        .batch_stalled(shard, id, ok, present, bytes, failures, &waiting)
                     {
                         Some(done) => {
                             self.sched.add_retries(retries);
@@ -1123,8 +1145,10 @@ impl Run {
     fn print_summary(&self, code: i32, durable: Totals) {
         let live = self.sched.live_totals();
         let elapsed = self.started.elapsed().as_secs_f64();
-        let this_run = (live.files_ok + live.files_failed)
-            - (self.resumed_from.files_ok + self.resumed_from.files_failed);
+        let this_run = (live.files_ok + live.files_failed + live.files_present)
+            - (self.resumed_from.files_ok
+                + self.resumed_from.files_failed
+                + self.resumed_from.files_present);
         let restarts: u32 = self.shards.iter().map(|s| s.life.restarts).sum();
         let parked = self
             .shards
@@ -1134,7 +1158,13 @@ impl Run {
         // Reported with each acknowledgement, so restarts lose none.
         let retries = live.retries;
         outln!("bulkget summary");
-        outln!("  files ok:       {}", live.files_ok);
+        if self.refresh {
+            outln!("  refresh:        fetched the names not in the sink yet");
+            outln!("  files new:      {}", live.files_ok);
+            outln!("  already there:  {}", live.files_present);
+        } else {
+            outln!("  files ok:       {}", live.files_ok);
+        }
         outln!("  files failed:   {}", live.files_failed);
         outln!("  retries:        {retries}");
         outln!(
@@ -1213,7 +1243,7 @@ impl Run {
                     ),
                     _ => outln!(
                         "  checkpoint:     {} files saved; continue with: {resume}",
-                        durable.files_ok + durable.files_failed
+                        durable.files_ok + durable.files_failed + durable.files_present
                     ),
                 }
             }
@@ -1222,8 +1252,10 @@ impl Run {
 
     fn update_progress(&mut self) {
         let live = self.sched.live_totals();
-        self.rate
-            .sample(Instant::now(), live.files_ok + live.files_failed);
+        self.rate.sample(
+            Instant::now(),
+            live.files_ok + live.files_failed + live.files_present,
+        );
     }
 
     /// Builds this tick's snapshot once, writes it to `coordinator.json`
@@ -1249,7 +1281,7 @@ impl Run {
             listing_done: self.listing_done,
             remaining: live
                 .names_listed
-                .saturating_sub(live.files_ok + live.files_failed),
+                .saturating_sub(live.files_ok + live.files_failed + live.files_present),
             files_per_sec: self.rate.rate(),
         });
         CoordinatorStats {
@@ -1268,6 +1300,8 @@ impl Run {
             batches_queued: self.sched.pending_len() as u64,
             files_ok: live.files_ok,
             files_failed: live.files_failed,
+            files_present: live.files_present,
+            refresh: self.refresh,
             bytes: live.bytes,
             retries: live.retries,
             files_per_sec: self.rate.rate(),

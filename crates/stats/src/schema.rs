@@ -184,6 +184,9 @@ pub struct ShardStats {
     pub files_ok: u64,
     /// Files that failed permanently (also written to `failed.jsonl`).
     pub files_failed: u64,
+    /// Names a refresh found in the sink already and did not fetch; 0
+    /// outside a refresh.
+    pub files_present: u64,
     /// Payload bytes written to the sink (bodies only, no headers).
     pub bytes: u64,
     /// Request attempts that were retried (each retry counts once).
@@ -347,6 +350,12 @@ pub struct CoordinatorStats {
     pub files_ok: u64,
     /// Files acknowledged as permanently failed.
     pub files_failed: u64,
+    /// Names a refresh found in the sink already and did not fetch; 0
+    /// outside a refresh. In a refresh, `files_ok` counts the new files.
+    pub files_present: u64,
+    /// This run is a refresh (`--refresh`, or the resume of one): it
+    /// fetches only the names not in the sink yet.
+    pub refresh: bool,
     /// Payload bytes acknowledged.
     pub bytes: u64,
     /// Request attempts retried for the files acknowledged (a file fetched
