@@ -8,6 +8,7 @@ mod hardening;
 mod hostile;
 mod http2;
 mod limits;
+mod metrics;
 mod nginx;
 mod output;
 mod pipeline;

@@ -12,6 +12,7 @@ use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
 use crate::failure_log::{self, FailureLog};
 use crate::lister::{ListError, ListerConfig, ListerThread, ListerWait, Page};
+use crate::metrics::Metrics;
 use crate::progress::{note, Progress};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
@@ -246,6 +247,8 @@ struct Run {
     /// The listing failed; the run stops once what was listed is done.
     listing_failed: Option<String>,
     progress: Progress,
+    /// `GET /metrics`, with `--metrics-addr`.
+    metrics: Option<Metrics>,
 }
 
 impl Run {
@@ -448,6 +451,20 @@ impl Run {
             })
             .collect();
         let progress = Progress::new(args.progress, args.quiet);
+        let metrics = match args.metrics_addr {
+            None => None,
+            Some(addr) => Some(
+                Metrics::start(addr, state_dir.clone(), workers).map_err(|e| {
+                    (
+                        exit::ERROR,
+                        format!("--metrics-addr: cannot serve metrics on {addr}: {e}"),
+                    )
+                })?,
+            ),
+        };
+        if let Some(m) = &metrics {
+            tracing::info!("serving metrics on http://{}/metrics", m.addr);
+        }
         Ok(Setup::Go(Box::new(Run {
             args,
             endpoint,
@@ -474,6 +491,7 @@ impl Run {
             stop: None,
             listing_failed: None,
             progress,
+            metrics,
         })))
     }
 
@@ -1139,6 +1157,10 @@ impl Run {
         if !self.args.quiet {
             self.print_summary(code, totals);
         }
+        if let Some(metrics) = self.metrics.take() {
+            let linger = self.args.metrics_linger;
+            let _ = tokio::task::spawn_blocking(move || metrics.finish(linger)).await;
+        }
         code
     }
 
@@ -1266,6 +1288,9 @@ impl Run {
         if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
             tracing::warn!("cannot write {}: {e}", path.display());
         }
+        if let Some(m) = &self.metrics {
+            m.publish(&stats);
+        }
         self.progress.update(&stats);
     }
 
@@ -1313,6 +1338,7 @@ impl Run {
             peak_rss_bytes: bulkget_stats::peak_rss_bytes().unwrap_or(0),
             batches_requeued: self.sched.requeued(),
             exit_code,
+            metrics_addr: self.metrics.as_ref().map(|m| m.addr.to_string()),
             shards: self
                 .shards
                 .iter()

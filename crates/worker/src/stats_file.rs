@@ -108,7 +108,12 @@ impl StatsFile {
             batches_done: c.batches_done.get(),
             batches_stalled: c.batches_stalled.get(),
             latency_ms: c.latency.borrow().latency(),
+            latency_buckets: c
+                .latency
+                .borrow()
+                .buckets(&bulkget_stats::schema::LATENCY_BOUNDS_SECONDS),
             files_per_sec: rate.rate(),
+            ..ShardStats::default()
         }
     }
 
@@ -178,6 +183,8 @@ mod tests {
         assert_eq!(s.http_status["200"], 1);
         assert_eq!(s.http_status["error"], 1);
         assert!(s.latency_ms.max >= 1.4, "{:?}", s.latency_ms);
+        assert_eq!(s.latency_buckets.count, 1);
+        assert_eq!(s.latency_buckets.counts.last(), Some(&1));
         assert!(s.files_per_sec > 0.0);
         assert_eq!(s.started_at, read().started_at);
 
