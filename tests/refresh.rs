@@ -110,11 +110,16 @@ fn a_refresh_fetches_exactly_the_new_names() {
         let status = bulkget(&["status", ws.state().to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(
-            text(&status.stdout).contains("700 new + 500 already there + 0 failed of 1,200"),
-            "{}",
-            text(&status.stdout)
-        );
+        for line in [
+            "700 new + 500 already there + 0 failed of 1,200",
+            "refresh: 700 new + 500 already there + 0 failed",
+        ] {
+            assert!(
+                text(&status.stdout).contains(line),
+                "{line:?} in\n{}",
+                text(&status.stdout)
+            );
+        }
         let cp = read_json(&ws.state().join("checkpoint.json")).unwrap();
         assert_eq!(
             (&cp["complete"], &cp["refresh"]),

@@ -349,12 +349,22 @@ fn render_checkpoint(out: &mut String, report: &StatusReport, now: SystemTime) {
     };
     header_line(out, "checkpoint", &format!("{saved}; {position}"));
     let t = &cp.totals;
-    let mut counts = format!(
-        "{} ok + {} failed, {}; ",
-        grouped(t.files_ok),
-        grouped(t.files_failed),
-        human_bytes(t.bytes),
-    );
+    let mut counts = if cp.refresh {
+        format!(
+            "refresh: {} new + {} already there + {} failed, {}; ",
+            grouped(t.files_ok),
+            grouped(t.files_present),
+            grouped(t.files_failed),
+            human_bytes(t.bytes),
+        )
+    } else {
+        format!(
+            "{} ok + {} failed, {}; ",
+            grouped(t.files_ok),
+            grouped(t.files_failed),
+            human_bytes(t.bytes),
+        )
+    };
     if cp.complete {
         counts.push_str(&plural(t.pages_done, "page", "pages"));
     } else {
