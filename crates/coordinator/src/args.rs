@@ -96,6 +96,12 @@ pub struct FetchArgs {
     /// Continue the unfinished run in the state directory from its checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// On a finished run: list the whole service again and fetch only the
+    /// names not in the sink yet (dir: no file of that name; sqlite: no
+    /// row). Checkpointed like any run: an interrupted refresh continues
+    /// with --resume, as a refresh.
+    #[arg(long)]
+    pub refresh: bool,
     /// Names per batch sent to a worker.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
@@ -172,6 +178,16 @@ pub struct FetchArgs {
     /// named on stderr, capped as without --quiet).
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Serve GET /metrics in the Prometheus text format on this address
+    /// (e.g. 127.0.0.1:9100; port 0 picks one, written to coordinator.json
+    /// as metrics_addr). See docs/STATS.md for the metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// With --metrics-addr: after the run ends, keep serving until a scrape
+    /// has seen the final numbers, at most this long (e.g. 30s; a scraper
+    /// that polls every 15 s needs 15s).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub metrics_linger: Duration,
     /// A header sent on every request, list and get: 'Name: value'
     /// (repeatable). '@FILE' reads 'Name: value' lines from FILE (blank lines
     /// and lines starting with # are skipped), so a secret stays out of the

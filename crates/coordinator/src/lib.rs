@@ -3,6 +3,7 @@ pub mod args;
 pub mod exit;
 pub mod failure_log;
 pub mod lister;
+pub mod metrics;
 pub mod progress;
 pub mod restart;
 pub mod run;

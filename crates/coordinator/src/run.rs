@@ -12,6 +12,7 @@ use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
 use crate::failure_log::{self, FailureLog};
 use crate::lister::{ListError, ListerConfig, ListerThread, ListerWait, Page};
+use crate::metrics::Metrics;
 use crate::progress::{note, Progress};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
@@ -225,6 +226,8 @@ struct Run {
     sched: Scheduler,
     start_position: ListPosition,
     resumed_from: Totals,
+    /// A refresh: names already in the sink are counted, not fetched.
+    refresh: bool,
     state_tx: std::sync::mpsc::Sender<StateOp>,
     state_thread: Option<std::thread::JoinHandle<()>>,
     /// The state thread's first failure, taken by the run loop.
@@ -244,6 +247,8 @@ struct Run {
     /// The listing failed; the run stops once what was listed is done.
     listing_failed: Option<String>,
     progress: Progress,
+    /// `GET /metrics`, with `--metrics-addr`.
+    metrics: Option<Metrics>,
 }
 
 impl Run {
@@ -322,14 +327,15 @@ impl Run {
             created_at: bulkget_stats::now_rfc3339(),
             header_names: connection.header_names(),
         };
-        let (mut state, start) =
-            StateDir::open(&state_dir, &out, &info, args.resume).map_err(|e| {
+        let (mut state, start) = StateDir::open(&state_dir, &out, &info, args.resume, args.refresh)
+            .map_err(|e| {
                 let code = match e {
                     StateError::Io(_) => exit::ERROR,
                     _ => exit::STATE_CONFLICT,
                 };
                 (code, e.to_string())
             })?;
+        let refresh = start.is_refresh();
         let (start_position, totals, done_after) = match start {
             Start::Fresh => (ListPosition::Start, Totals::default(), DoneAfter::default()),
             Start::Resume(cp) => {
@@ -346,12 +352,24 @@ impl Run {
                 }
                 (cp.position, cp.totals, cp.done_after)
             }
+            Start::Refresh(cp) => {
+                if !args.quiet {
+                    errln!(
+                        "bulkget: refreshing the finished run ({} files ok, {} failed): listing \
+                         every page again and fetching the names not in the sink yet",
+                        cp.totals.files_ok + cp.totals.files_present,
+                        cp.totals.files_failed
+                    );
+                }
+                (ListPosition::Start, Totals::default(), DoneAfter::default())
+            }
             Start::AlreadyComplete(cp) => {
                 let t = cp.totals;
                 outln!(
-                    "bulkget: the run in {} is already complete: {} files ok, {} failed; nothing to do",
+                    "bulkget: the run in {} is already complete: {} files ok, {} failed; nothing to do \
+                     (--refresh fetches the names listed since)",
                     state_dir.display(),
-                    t.files_ok,
+                    t.files_ok + t.files_present,
                     t.files_failed
                 );
                 return Ok(Setup::Done(if t.files_failed > 0 {
@@ -385,6 +403,7 @@ impl Run {
             headers: connection.headers.clone(),
             tls: connection.tls.clone(),
             proxy: connection.proxy.clone(),
+            refresh,
             test_hooks: TestHooks {
                 abort_on_header: args.test_abort_on_header,
                 fail_start_shards: args.test_fail_start_shard.clone(),
@@ -432,6 +451,20 @@ impl Run {
             })
             .collect();
         let progress = Progress::new(args.progress, args.quiet);
+        let metrics = match args.metrics_addr {
+            None => None,
+            Some(addr) => Some(
+                Metrics::start(addr, state_dir.clone(), workers).map_err(|e| {
+                    (
+                        exit::ERROR,
+                        format!("--metrics-addr: cannot serve metrics on {addr}: {e}"),
+                    )
+                })?,
+            ),
+        };
+        if let Some(m) = &metrics {
+            tracing::info!("serving metrics on http://{}/metrics", m.addr);
+        }
         Ok(Setup::Go(Box::new(Run {
             args,
             endpoint,
@@ -441,6 +474,7 @@ impl Run {
             sched,
             start_position,
             resumed_from: totals,
+            refresh,
             state_tx,
             state_thread: Some(state_thread),
             state_failed: Some(state_failed),
@@ -457,6 +491,7 @@ impl Run {
             stop: None,
             listing_failed: None,
             progress,
+            metrics,
         })))
     }
 
@@ -763,8 +798,12 @@ impl Run {
                         ok,
                         bytes,
                         retries,
+                        present,
                         failures,
-                    } => match self.sched.batch_done(shard, id, ok, bytes, failures) {
+                    } => match self
+                        .sched
+                        .batch_done(shard, id, ok, present, bytes, failures)
+                    {
                         Some(done) => {
                             self.sched.add_retries(retries);
                             self.record_failures(done);
@@ -783,11 +822,12 @@ impl Run {
                         ok,
                         bytes,
                         retries,
+                        present,
                         failures,
                         waiting,
                     } => match self
                         .sched
-                        .batch_stalled(shard, id, ok, bytes, failures, &waiting)
+                        .batch_stalled(shard, id, ok, present, bytes, failures, &waiting)
                     {
                         Some(done) => {
                             self.sched.add_retries(retries);
@@ -1117,14 +1157,20 @@ impl Run {
         if !self.args.quiet {
             self.print_summary(code, totals);
         }
+        if let Some(metrics) = self.metrics.take() {
+            let linger = self.args.metrics_linger;
+            let _ = tokio::task::spawn_blocking(move || metrics.finish(linger)).await;
+        }
         code
     }
 
     fn print_summary(&self, code: i32, durable: Totals) {
         let live = self.sched.live_totals();
         let elapsed = self.started.elapsed().as_secs_f64();
-        let this_run = (live.files_ok + live.files_failed)
-            - (self.resumed_from.files_ok + self.resumed_from.files_failed);
+        let this_run = (live.files_ok + live.files_failed + live.files_present)
+            - (self.resumed_from.files_ok
+                + self.resumed_from.files_failed
+                + self.resumed_from.files_present);
         let restarts: u32 = self.shards.iter().map(|s| s.life.restarts).sum();
         let parked = self
             .shards
@@ -1134,7 +1180,13 @@ impl Run {
         // Reported with each acknowledgement, so restarts lose none.
         let retries = live.retries;
         outln!("bulkget summary");
-        outln!("  files ok:       {}", live.files_ok);
+        if self.refresh {
+            outln!("  refresh:        fetched the names not in the sink yet");
+            outln!("  files new:      {}", live.files_ok);
+            outln!("  already there:  {}", live.files_present);
+        } else {
+            outln!("  files ok:       {}", live.files_ok);
+        }
         outln!("  files failed:   {}", live.files_failed);
         outln!("  retries:        {retries}");
         outln!(
@@ -1213,7 +1265,7 @@ impl Run {
                     ),
                     _ => outln!(
                         "  checkpoint:     {} files saved; continue with: {resume}",
-                        durable.files_ok + durable.files_failed
+                        durable.files_ok + durable.files_failed + durable.files_present
                     ),
                 }
             }
@@ -1222,8 +1274,10 @@ impl Run {
 
     fn update_progress(&mut self) {
         let live = self.sched.live_totals();
-        self.rate
-            .sample(Instant::now(), live.files_ok + live.files_failed);
+        self.rate.sample(
+            Instant::now(),
+            live.files_ok + live.files_failed + live.files_present,
+        );
     }
 
     /// Builds this tick's snapshot once, writes it to `coordinator.json`
@@ -1233,6 +1287,9 @@ impl Run {
         let path = bulkget_stats::schema::coordinator_path(&self.state_dir);
         if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
             tracing::warn!("cannot write {}: {e}", path.display());
+        }
+        if let Some(m) = &self.metrics {
+            m.publish(&stats);
         }
         self.progress.update(&stats);
     }
@@ -1249,7 +1306,7 @@ impl Run {
             listing_done: self.listing_done,
             remaining: live
                 .names_listed
-                .saturating_sub(live.files_ok + live.files_failed),
+                .saturating_sub(live.files_ok + live.files_failed + live.files_present),
             files_per_sec: self.rate.rate(),
         });
         CoordinatorStats {
@@ -1268,6 +1325,8 @@ impl Run {
             batches_queued: self.sched.pending_len() as u64,
             files_ok: live.files_ok,
             files_failed: live.files_failed,
+            files_present: live.files_present,
+            refresh: self.refresh,
             bytes: live.bytes,
             retries: live.retries,
             files_per_sec: self.rate.rate(),
@@ -1279,6 +1338,7 @@ impl Run {
             peak_rss_bytes: bulkget_stats::peak_rss_bytes().unwrap_or(0),
             batches_requeued: self.sched.requeued(),
             exit_code,
+            metrics_addr: self.metrics.as_ref().map(|m| m.addr.to_string()),
             shards: self
                 .shards
                 .iter()

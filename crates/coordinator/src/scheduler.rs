@@ -511,6 +511,7 @@ impl Scheduler {
         shard: usize,
         id: BatchId,
         ok: u32,
+        present: u32,
         bytes: u64,
         failures: Vec<Failure>,
     ) -> Option<Vec<Failure>> {
@@ -522,7 +523,7 @@ impl Scheduler {
         if s.outstanding.is_empty() {
             s.isolated = false;
         }
-        self.count_acknowledged(ok, bytes, &failures);
+        self.count_acknowledged(ok, present, bytes, &failures);
         let page = self.page_mut(batch.page_seq);
         page.unacked -= 1;
         for &i in &batch.idx {
@@ -533,17 +534,22 @@ impl Scheduler {
     }
 
     /// Records a stall report: the names of batch `id` outside `waiting`
-    /// are done (`ok` of them, `bytes` in all, and `failures`), and the
+    /// are done (`ok` of them, `bytes` in all, `present` found in the sink by
+    /// a refresh, and `failures`), and the
     /// batch shrinks to the names in `waiting`, which is all a crash would
     /// now put back. The batch leaves the window unless [`MAX_STALLED`] are
     /// stalled already. Returns `None` if the report does not fit the batch
     /// (unknown, already stalled, or `waiting` not increasing positions of
     /// it): a protocol error by the worker.
+    // The fields of the worker's `BatchStalled`, one argument each, as
+    // `batch_done` takes those of `BatchDone`.
+    #[allow(clippy::too_many_arguments)]
     pub fn batch_stalled(
         &mut self,
         shard: usize,
         id: BatchId,
         ok: u32,
+        present: u32,
         bytes: u64,
         failures: Vec<Failure>,
         waiting: &[u32],
@@ -559,7 +565,7 @@ impl Scheduler {
         }
         // Increasing positions in range: `waiting` is no longer than the batch.
         let finished = batch.names.len() - waiting.len();
-        if ok as usize + failures.len() != finished {
+        if ok as usize + present as usize + failures.len() != finished {
             return None;
         }
         let mut keep = waiting.iter().peekable();
@@ -581,7 +587,7 @@ impl Scheduler {
             s.stalled += 1;
         }
         let page_seq = batch.page_seq;
-        self.count_acknowledged(ok, bytes, &failures);
+        self.count_acknowledged(ok, present, bytes, &failures);
         let page = self.page_mut(page_seq);
         for i in done_idx {
             set(&mut page.done, i as usize);
@@ -590,8 +596,9 @@ impl Scheduler {
     }
 
     /// Counts what a `BatchDone` or a stall report says is done.
-    fn count_acknowledged(&mut self, ok: u32, bytes: u64, failures: &[Failure]) {
+    fn count_acknowledged(&mut self, ok: u32, present: u32, bytes: u64, failures: &[Failure]) {
         self.live.files_ok += u64::from(ok);
+        self.live.files_present += u64::from(present);
         self.live.files_failed += failures.len() as u64;
         self.live.bytes += bytes;
     }
@@ -715,6 +722,7 @@ impl Scheduler {
                 names_listed: self.durable.names_listed,
                 pages_done: self.durable.pages_done,
                 retries: self.live.retries,
+                files_present: self.live.files_present,
             },
             done_after,
         }

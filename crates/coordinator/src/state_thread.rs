@@ -127,7 +127,7 @@ mod tests {
             created_at: "now".into(),
             header_names: Vec::new(),
         };
-        let (state, start) = StateDir::open(&dir.join("state"), dir, &info, false).unwrap();
+        let (state, start) = StateDir::open(&dir.join("state"), dir, &info, false, false).unwrap();
         assert!(matches!(start, Start::Fresh));
         state
     }

@@ -29,7 +29,7 @@ use std::fmt;
 /// change to the layout of a message (a field added, removed or retyped, a
 /// variant added anywhere but last, reordered or removed), so that a peer
 /// of the old layout is told apart instead of misreading frames.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Who speaks on a worker's socket. It is the first frame each way: the
 /// coordinator sends its own before its [`ToWorker::Hello`], and a worker
@@ -99,11 +99,15 @@ pub enum ToCoordinator {
     /// `retries` counts the attempts of the batch's names that were retried
     /// (a name fetched at its third attempt counts 2), so the run's total
     /// survives worker restarts, which reset the worker's own counters.
+    /// `present` counts the names a refresh found already in the sink and
+    /// did not fetch (always 0 outside a refresh); they are in neither `ok`
+    /// nor `failures`.
     BatchDone {
         id: BatchId,
         ok: u32,
         bytes: u64,
         retries: u32,
+        present: u32,
         failures: Vec<Failure>,
     },
     /// The worker cannot go on and is about to exit. With
@@ -115,7 +119,7 @@ pub enum ToCoordinator {
     /// timer (a `Retry-After`, or backoff after an error), so the batch no
     /// longer needs a place in the shard's window. The names finished so far
     /// are durable in the sink, exactly as for [`ToCoordinator::BatchDone`],
-    /// and `ok`, `bytes`, `retries` and `failures` count them; `waiting`
+    /// and `ok`, `bytes`, `retries`, `present` and `failures` count them; `waiting`
     /// lists, in increasing order, the positions (in the batch as sent) of
     /// the names still to do. Sent at most once per batch, always before its
     /// `BatchDone`, which then counts only the names in `waiting`.
@@ -124,6 +128,7 @@ pub enum ToCoordinator {
         ok: u32,
         bytes: u64,
         retries: u32,
+        present: u32,
         failures: Vec<Failure>,
         waiting: Vec<u32>,
     },
@@ -336,6 +341,9 @@ pub struct WorkerSettings {
     /// its flags and environment (`NO_PROXY` applied); the worker's
     /// environment is cleared of the proxy variables.
     pub proxy: Option<ProxySettings>,
+    /// A refresh (`--refresh`): a name already in the sink is counted as
+    /// present and not fetched.
+    pub refresh: bool,
     /// Hooks that let tests make a worker misbehave on purpose.
     pub test_hooks: TestHooks,
 }
@@ -414,6 +422,7 @@ impl WorkerSettings {
             headers: Vec::new(),
             tls: TlsSettings::default(),
             proxy: None,
+            refresh: false,
             test_hooks: TestHooks::default(),
         }
     }

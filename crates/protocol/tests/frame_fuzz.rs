@@ -99,6 +99,7 @@ fn samples() -> Vec<Vec<u8>> {
             ok: 255,
             bytes: 1 << 40,
             retries: u32::MAX,
+            present: 7,
             failures: vec![
                 Failure::new("x", "HTTP 404 Not Found", Some(404)),
                 Failure::new("../y", "unsafe name", None),

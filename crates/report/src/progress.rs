@@ -11,9 +11,9 @@ use bulkget_stats::schema::{CoordinatorStats, SummaryState};
 use crate::eta::eta_words;
 use crate::format::{clock, grouped, human_bytes, plural};
 
-/// Files done, ok or failed.
+/// Names done: fetched, failed, or (in a refresh) found in the sink.
 fn done(c: &CoordinatorStats) -> u64 {
-    c.files_ok + c.files_failed
+    c.files_ok + c.files_failed + c.files_present
 }
 
 /// Names listed so far, never fewer than the files done (a resumed run
@@ -114,6 +114,7 @@ pub fn json_fields(
         "files_done": done(c),
         "files_ok": c.files_ok,
         "files_failed": c.files_failed,
+        "files_present": c.files_present,
         "names_listed": listed(c),
         "listing_done": c.listing_done,
         "files_per_sec": c.files_per_sec.round(),

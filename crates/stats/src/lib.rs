@@ -164,6 +164,7 @@ mod doc_tests {
             },
             failed_len: 0,
             complete: false,
+            refresh: false,
             updated_at: String::new(),
         };
         let cp = serde_json::to_value(cp).unwrap();

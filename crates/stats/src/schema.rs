@@ -145,6 +145,27 @@ impl RunState {
     }
 }
 
+/// The upper bounds, in seconds, of the latency buckets every shard file
+/// carries ([`LatencyBuckets`]), for Prometheus's histogram: fixed, so the
+/// coordinator can add the shards' buckets up.
+pub const LATENCY_BOUNDS_SECONDS: [f64; 16] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+];
+
+/// Request latencies counted in fixed buckets, as a Prometheus histogram
+/// wants them: `counts[i]` attempts took at most `le_seconds[i]`
+/// (cumulative, like Prometheus's `le`); `count` attempts in all, which took
+/// `sum_seconds` together.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct LatencyBuckets {
+    pub le_seconds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
 /// Request latency percentiles, in milliseconds.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq)]
 #[serde(default)]
@@ -184,6 +205,9 @@ pub struct ShardStats {
     pub files_ok: u64,
     /// Files that failed permanently (also written to `failed.jsonl`).
     pub files_failed: u64,
+    /// Names a refresh found in the sink already and did not fetch; 0
+    /// outside a refresh.
+    pub files_present: u64,
     /// Payload bytes written to the sink (bodies only, no headers).
     pub bytes: u64,
     /// Request attempts that were retried (each retry counts once).
@@ -215,6 +239,21 @@ pub struct ShardStats {
     /// Per attempt, from sending the request to the last byte of the body,
     /// over the life of this process.
     pub latency_ms: Latency,
+    /// The same attempts in the fixed buckets of
+    /// [`LATENCY_BOUNDS_SECONDS`], which can be added up across shards.
+    pub latency_buckets: LatencyBuckets,
+    /// The limit on requests in flight now, when the worker adapts it;
+    /// absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight_limit: Option<u64>,
+    /// The requests per second this shard may send now (its share of a
+    /// request budget), when it has one; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rps_budget: Option<f64>,
+    /// How long this shard holds off now because the server pushed back,
+    /// in seconds, when the worker backs off as a whole; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_seconds: Option<f64>,
     /// Files done (ok or failed) per second over the last ~5 s.
     pub files_per_sec: f64,
 }
@@ -347,6 +386,12 @@ pub struct CoordinatorStats {
     pub files_ok: u64,
     /// Files acknowledged as permanently failed.
     pub files_failed: u64,
+    /// Names a refresh found in the sink already and did not fetch; 0
+    /// outside a refresh. In a refresh, `files_ok` counts the new files.
+    pub files_present: u64,
+    /// This run is a refresh (`--refresh`, or the resume of one): it
+    /// fetches only the names not in the sink yet.
+    pub refresh: bool,
     /// Payload bytes acknowledged.
     pub bytes: u64,
     /// Request attempts retried for the files acknowledged (a file fetched
@@ -381,6 +426,9 @@ pub struct CoordinatorStats {
     pub peak_rss_bytes: u64,
     /// The process exit code, once `state` is final; `None` before.
     pub exit_code: Option<i32>,
+    /// Where `GET /metrics` is served (`--metrics-addr`, the port as
+    /// bound), or `None` without it.
+    pub metrics_addr: Option<String>,
     /// One entry per shard, in shard order.
     pub shards: Vec<ShardSummary>,
 }

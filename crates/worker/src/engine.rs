@@ -22,6 +22,8 @@ pub struct BatchState {
     pub names: Vec<String>,
     remaining: Cell<u32>,
     ok: Cell<u32>,
+    /// Names a refresh found already in the sink, not fetched.
+    present: Cell<u32>,
     bytes: Cell<u64>,
     /// Attempts of this batch's names that were retried.
     retries: Cell<u32>,
@@ -38,6 +40,9 @@ impl BatchState {
     }
     pub fn bytes(&self) -> u64 {
         self.bytes.get()
+    }
+    pub fn present(&self) -> u32 {
+        self.present.get()
     }
     pub fn retries(&self) -> u32 {
         self.retries.get()
@@ -217,7 +222,8 @@ impl Engine {
     }
 
     /// Queues a batch received from the coordinator. An empty batch is
-    /// complete at once.
+    /// complete at once, and so is a refresh's batch whose every name is in
+    /// the sink already.
     pub fn add_batch(&self, id: BatchId, names: Vec<String>) {
         let n = names.len() as u32;
         let batch = Rc::new(BatchState {
@@ -225,6 +231,7 @@ impl Engine {
             names,
             remaining: Cell::new(n),
             ok: Cell::new(0),
+            present: Cell::new(0),
             bytes: Cell::new(0),
             retries: Cell::new(0),
             failures: RefCell::new(Vec::new()),
@@ -238,6 +245,13 @@ impl Engine {
         }
         let mut queue = self.queue.borrow_mut();
         for idx in 0..n {
+            if self.settings.refresh && self.in_sink(&batch.names[idx as usize]) {
+                let c = &self.counters;
+                c.files_present.set(c.files_present.get() + 1);
+                batch.present.set(batch.present.get() + 1);
+                batch.remaining.set(batch.remaining.get() - 1);
+                continue;
+            }
             queue.push_back(Item {
                 batch: batch.clone(),
                 idx,
@@ -246,7 +260,26 @@ impl Engine {
             });
         }
         drop(queue);
+        if batch.remaining.get() == 0 {
+            self.complete(batch);
+            return;
+        }
         self.work_ready.notify_waiters();
+    }
+
+    /// Whether a refresh finds `name` in the sink already, so it is not
+    /// fetched. Asked here, as the batch arrives, rather than of a list of
+    /// the sink's names: one lookup per name, nothing held in memory. A
+    /// lookup that fails is no answer: the name is fetched, and storing it
+    /// reports whatever is wrong with the sink as a fetch always does.
+    fn in_sink(&self, name: &str) -> bool {
+        match self.sink.borrow_mut().contains(name) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!("cannot tell whether the sink has a file: {e}");
+                false
+            }
+        }
     }
 
     pub fn outstanding(&self) -> usize {
@@ -787,6 +820,7 @@ impl Engine {
             ok: batch.ok.replace(0),
             bytes: batch.bytes.replace(0),
             retries: batch.retries.replace(0),
+            present: batch.present.replace(0),
             failures: batch.failures.take(),
             waiting,
         });

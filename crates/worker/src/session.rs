@@ -176,6 +176,7 @@ async fn serve(stream: UnixStream) -> i32 {
         shard,
         &bulkget_sink::Reserved::new(settings.state_dir_in_out.as_deref()),
         settings.resolve,
+        settings.refresh,
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -307,6 +308,7 @@ async fn commit_loop(engine: Rc<Engine>, outbox: mpsc::UnboundedSender<ToCoordin
                 ok: b.ok(),
                 bytes: b.bytes(),
                 retries: b.retries(),
+                present: b.present(),
                 failures: b.take_failures(),
             });
             engine.acknowledged();
@@ -429,6 +431,7 @@ mod tests {
             ok: 0,
             bytes: 0,
             retries: 0,
+            present: 0,
             failures,
         })
         .unwrap();

@@ -22,6 +22,8 @@ pub struct Counters {
     pub state: Cell<ShardState>,
     pub files_ok: Cell<u64>,
     pub files_failed: Cell<u64>,
+    /// Names a refresh found in the sink already and did not fetch.
+    pub files_present: Cell<u64>,
     pub bytes: Cell<u64>,
     pub retries: Cell<u64>,
     /// Requests sent again after a pipelined connection ended without
@@ -81,7 +83,7 @@ impl StatsFile {
     /// The snapshot of `c` as of now. Feeds the rate window, so it is taken
     /// once per write, not to peek.
     pub fn snapshot(&self, c: &Counters) -> ShardStats {
-        let done = c.files_ok.get() + c.files_failed.get();
+        let done = c.files_ok.get() + c.files_failed.get() + c.files_present.get();
         let mut rate = self.rate.borrow_mut();
         rate.sample(Instant::now(), done);
         ShardStats {
@@ -94,6 +96,7 @@ impl StatsFile {
             updated_at: bulkget_stats::now_rfc3339(),
             files_ok: c.files_ok.get(),
             files_failed: c.files_failed.get(),
+            files_present: c.files_present.get(),
             bytes: c.bytes.get(),
             retries: c.retries.get(),
             pipeline_retries: c.pipeline_retries.get(),
@@ -105,7 +108,12 @@ impl StatsFile {
             batches_done: c.batches_done.get(),
             batches_stalled: c.batches_stalled.get(),
             latency_ms: c.latency.borrow().latency(),
+            latency_buckets: c
+                .latency
+                .borrow()
+                .buckets(&bulkget_stats::schema::LATENCY_BOUNDS_SECONDS),
             files_per_sec: rate.rate(),
+            ..ShardStats::default()
         }
     }
 
@@ -175,6 +183,8 @@ mod tests {
         assert_eq!(s.http_status["200"], 1);
         assert_eq!(s.http_status["error"], 1);
         assert!(s.latency_ms.max >= 1.4, "{:?}", s.latency_ms);
+        assert_eq!(s.latency_buckets.count, 1);
+        assert_eq!(s.latency_buckets.counts.last(), Some(&1));
         assert!(s.files_per_sec > 0.0);
         assert_eq!(s.started_at, read().started_at);
 

@@ -56,6 +56,7 @@ fn shard(n: u32, files_ok: u64, updated_secs_ago: u64) -> ShardStats {
             max: 120.0,
         },
         files_per_sec: 1000.0,
+        ..ShardStats::default()
     }
 }
 
@@ -96,6 +97,7 @@ fn coordinator(state: RunState, shards: u32) -> CoordinatorStats {
                 idle_ms: 300,
             })
             .collect(),
+        ..CoordinatorStats::default()
     }
 }
 
