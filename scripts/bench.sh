@@ -13,8 +13,9 @@
 #      of 100 bytes with openat/write/close, flat and fan-out;
 #   3. `bulkget fetch` with --sink null, dir (flat and fanout) and sqlite;
 #   4. sweeps of --connections, --batch-size and --window (null sink); the
-#      protocols: HTTP/1.1 against h2c (HTTP/2 with prior knowledge) at
-#      several --connections, in alternating rounds against one server; the
+#      protocols: plain HTTP/1.1 (unpipelined and pipelined), h2c (HTTP/2
+#      with prior knowledge) at several --connections, and over TLS HTTP/1.1
+#      and HTTP/2 by ALPN, in alternating rounds against two servers; the
 #      CPU split pinned vs shared; the lister (standalone and inside a run);
 #      --error-rate 0.2 vs clean (two servers side by side, runs alternating);
 #   5. a perf profile of the whole process tree (null sink), if perf works;
@@ -581,20 +582,31 @@ drop_other_server() {
 }
 
 if want protocols; then
-  # HTTP/1.1 at the default --connections against HTTP/2 (h2c with prior
-  # knowledge, 32 streams per connection) at several --connections, which
-  # over HTTP/2 is the number of concurrent streams. Same server, rounds
-  # alternating. TODO(https): rows over TLS (h1 and h2 by ALPN) once the
-  # client speaks https; the server takes --tls --cert-out already.
+  # The protocols, same dataset, rounds alternating, null sink:
+  #   http1      plain HTTP/1.1 unpipelined (--pipeline 1): the base row;
+  #   http1-pipe plain HTTP/1.1 at the default --pipeline;
+  #   h2c        HTTP/2 with prior knowledge (32 streams per connection)
+  #              at several --connections (concurrent streams over HTTP/2);
+  #   https1     TLS, --http-version 1.1 (ALPN offers http/1.1 only);
+  #   https-h2   TLS with the defaults: ALPN offers h2 and the server
+  #              takes it.
+  # Two servers, plain and TLS (--tls, its CA written to a file).
   n=$SWEEP_SIZE
-  start_server "$n"
+  start_server "$n" --tls --cert-out "$WORK/ca.pem"; keep_server; URL_TLS=$URL_OTHER
+  start_server "$n"; URL_PLAIN=$URL
   for r in $(seq "$RUNS"); do
-    run_fetch proto-http1 "$n" null - $CONNS $BATCH $WINDOW 0 1000 --http-version 1.1
+    URL=$URL_PLAIN
+    PIPE=1 run_fetch proto-http1 "$n" null - $CONNS $BATCH $WINDOW 0 1000 --http-version 1.1
+    run_fetch proto-http1-pipe "$n" null - $CONNS $BATCH $WINDOW 0 1000 --http-version 1.1
     for c in 32 64 128; do
       run_fetch proto-h2c "$n" null - "$c" $BATCH $WINDOW 0 1000 --http-version 2
     done
+    URL=$URL_TLS
+    run_fetch proto-https1 "$n" null - $CONNS $BATCH $WINDOW 0 1000 --http-version 1.1 --cacert "$WORK/ca.pem"
+    run_fetch proto-https-h2 "$n" null - $CONNS $BATCH $WINDOW 0 1000 --cacert "$WORK/ca.pem"
   done
-  stop_server
+  URL=$URL_PLAIN
+  stop_server; drop_other_server
 fi
 
 if want split && [[ $PIN == 1 && $NPROC -ge 2 ]]; then

@@ -502,8 +502,10 @@ def cmd_report(results, meta_path):
     # ---- protocols
     pr = [r for r in rows if r["kind"] == "fetch" and r.get("tag", "").startswith("proto-")]
     if pr:
-        w("## Protocols: HTTP/1.1 against HTTP/2 (null sink)\n")
-        w("Over HTTP/2, connections is the number of concurrent streams, 32 to a connection.\n")
+        w("## Protocols: HTTP/1.1, HTTP/2 and TLS (null sink)\n")
+        w("http1 is plain HTTP/1.1 unpipelined (--pipeline 1), the base of the CPU ratio; http1-pipe the same at the "
+          "default --pipeline; https1 TLS with --http-version 1.1; https-h2 TLS with the defaults (h2 by ALPN). "
+          "Over HTTP/2, connections is the number of concurrent streams, 32 to a connection.\n")
         base = _fetch_stats([r for r in pr if r["tag"] == "proto-http1"]) if any(r["tag"] == "proto-http1" for r in pr) else None
         w("| files | protocol | connections | runs | files/s | CPU µs/file | × HTTP/1.1 CPU | max worker RSS MB |")
         w("|---:|---|---:|---:|---:|---:|---:|---:|")

@@ -146,6 +146,9 @@ fn connection_setup(args: &FetchArgs, endpoint: &Endpoint) -> Result<Connection,
         client_cert: args.client_cert.clone(),
         client_key: args.client_key.clone(),
         insecure: args.insecure,
+        alpn: bulkget_http::tls::Alpn::offer(
+            bulkget_protocol::HttpVersion::from(args.http_version).allows_http2(),
+        ),
     };
     if args.insecure && endpoint.tls {
         // On every run that uses it, even with --quiet: it is the one

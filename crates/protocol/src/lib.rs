@@ -288,6 +288,14 @@ pub enum HttpVersion {
     Http2,
 }
 
+impl HttpVersion {
+    /// Whether a connection may speak HTTP/2: TLS's ALPN offers `h2` then,
+    /// and the server's choice decides.
+    pub fn allows_http2(self) -> bool {
+        self != HttpVersion::Http1
+    }
+}
+
 /// Everything a worker needs to know, chosen by the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSettings {

@@ -375,10 +375,11 @@ impl Engine {
 
     /// Whether a new connection may turn out to speak HTTP/2, so request
     /// tasks go through their slot to share it. Over TLS with `auto` this is
-    /// also true (ALPN decides); a slot whose server chose HTTP/1.1 stops
-    /// sharing at its first connection.
+    /// also true (ALPN offers `h2` and the server decides); a slot whose
+    /// server chose HTTP/1.1 stops sharing at its first connection.
     fn may_be_http2(&self) -> bool {
         self.proto() == Proto::Http2
+            || (self.transport.tls.is_some() && self.settings.http_version.allows_http2())
     }
 
     /// Opens a new connection and counts it.

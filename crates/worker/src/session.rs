@@ -4,7 +4,7 @@ use crate::engine::Engine;
 use crate::stats_file::StatsFile;
 use bulkget_console::errln;
 use bulkget_http::proxy::{Proxy, Secret};
-use bulkget_http::tls::TlsOptions;
+use bulkget_http::tls::{Alpn, TlsOptions};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::frame::{FrameError, FrameReader, FrameWriter};
 use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker, Version};
@@ -387,6 +387,7 @@ fn transport_for(
         client_cert: settings.tls.client_cert.as_ref().map(Into::into),
         client_key: settings.tls.client_key.as_ref().map(Into::into),
         insecure: settings.tls.insecure,
+        alpn: Alpn::offer(settings.http_version.allows_http2()),
     };
     let proxy = settings.proxy.as_ref().map(|p| Proxy {
         host: p.host.clone(),
