@@ -248,7 +248,6 @@ http {{
         format!("{scheme}://127.0.0.1:{}", self.process.port)
     }
 
-    #[allow(dead_code)]
     fn cert(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
     }
@@ -264,7 +263,7 @@ http {{
     }
 }
 
-/// A self-signed certificate for 127.0.0.1, by openssl.
+/// A self-signed leaf certificate for 127.0.0.1, by openssl.
 fn make_cert(dir: &Path) {
     let status = Command::new("openssl")
         .args([
@@ -279,6 +278,10 @@ fn make_cert(dir: &Path) {
             "2",
             "-subj",
             "/CN=127.0.0.1",
+            // A leaf certificate (CA:FALSE): by default `req -x509` makes
+            // a CA one, which rustls refuses as a server's certificate.
+            "-extensions",
+            "v3_req",
             "-addext",
             "subjectAltName=IP:127.0.0.1",
             "-keyout",
@@ -315,6 +318,38 @@ fn nginx_over_h2c_serves_every_byte_as_http2() {
         "2",
         "--http-version",
         "2",
+    ])
+    .output()
+    .unwrap();
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&out, &data), 3000);
+    let protocols = server.protocols();
+    assert_eq!(protocols.len(), 3000, "{protocols:?}");
+    assert!(
+        protocols.iter().all(|p| p == "HTTP/2.0"),
+        "{:?}",
+        protocols.iter().find(|p| *p != "HTTP/2.0")
+    );
+}
+
+/// On https:// the defaults offer `h2` by ALPN, and nginx takes it.
+#[test]
+fn nginx_over_tls_serves_every_byte_as_http2_by_alpn_with_the_defaults() {
+    let Some(nginx) = nginx() else { return };
+    let data = dataset(&["--files", "3000", "--page-size", "700"]);
+    let server = Nginx::start(nginx, &data, true);
+    let ws = Workspace::new();
+    let out = ws.out();
+    let output = bulkget(&[
+        "fetch",
+        &server.url("https"),
+        out.to_str().unwrap(),
+        "--progress",
+        "none",
+        "--workers",
+        "2",
+        "--cacert",
+        server.cert().to_str().unwrap(),
     ])
     .output()
     .unwrap();
