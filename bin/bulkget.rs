@@ -53,7 +53,7 @@ enum Command {
         name: String,
     },
     /// Internal: a worker process, started by `fetch`.
-    #[command(hide = true)]
+    #[command(name = bulkget_protocol::WORKER_SUBCOMMAND, hide = true)]
     Worker,
 }
 

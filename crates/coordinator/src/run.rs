@@ -1375,5 +1375,5 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 
 /// The state directory a run on `out` uses by default.
 pub fn default_state_dir(out: &Path) -> PathBuf {
-    out.join(".bulkget")
+    out.join(bulkget_protocol::STATE_DIR_NAME)
 }

@@ -25,6 +25,21 @@ pub use build_id::build_id;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+// The process contract: what the coordinator and a worker (or a reader of
+// the output directory) must agree on besides the frames. One constant
+// each, used by both sides.
+
+/// The hidden subcommand of the `bulkget` binary that runs a worker.
+pub const WORKER_SUBCOMMAND: &str = "worker";
+
+/// The file descriptor on which a worker finds its socket. The coordinator
+/// puts it there with `dup2` between `fork` and `exec`.
+pub const WORKER_FD: i32 = 3;
+
+/// The name of the default state directory inside the output directory. No
+/// sink writes a name whose first component is this.
+pub const STATE_DIR_NAME: &str = ".bulkget";
+
 /// The version of the conversation on the socket. Raise it with every
 /// change to the layout of a message (a field added, removed or retyped, a
 /// variant added anywhere but last, reordered or removed), so that a peer

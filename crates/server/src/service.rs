@@ -17,8 +17,9 @@ use crate::faults::{Attempt, Attempts, FaultKind, Transient};
 use crate::listing::ListFaults;
 use crate::stats::{PathKind, Stats};
 
-/// The header that tells a test build of the client to abort.
-pub const CRASH_HEADER: &str = "x-bulkget-test-abort";
+/// The header that tells a client run with its test hook to abort: the
+/// client's own constant, so the two cannot drift apart.
+pub use bulkget_http::TEST_ABORT_HEADER as CRASH_HEADER;
 
 /// Where `--offhost-redirect-name` points: another host, on the discard
 /// port, that a correct client never contacts.

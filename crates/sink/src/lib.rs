@@ -84,7 +84,7 @@ pub use sqlite::{shard_db_path, SqliteSink, SCHEMA_VERSION};
 
 /// The name of the default state directory inside the output directory. No
 /// sink writes a name whose first component is this (see [`Reserved`]).
-pub const STATE_DIR_NAME: &str = ".bulkget";
+pub use bulkget_protocol::STATE_DIR_NAME;
 
 /// The paths inside the output directory that no sink writes under: the
 /// state directory's. The one place that decides whether a name would land

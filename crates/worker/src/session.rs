@@ -13,9 +13,7 @@ use std::rc::Rc;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Notify};
 
-/// The file descriptor on which a worker finds its socket. The coordinator
-/// puts it there with `dup2` between `fork` and `exec`.
-pub const WORKER_FD: RawFd = 3;
+pub use bulkget_protocol::WORKER_FD;
 
 /// Exit codes of a worker process (the coordinator reads them; users never
 /// should need to).
