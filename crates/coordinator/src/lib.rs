@@ -2,11 +2,13 @@
 pub mod args;
 pub mod exit;
 pub mod failure_log;
+pub mod filter;
 pub mod lister;
 pub mod progress;
 pub mod restart;
 pub mod run;
 pub mod scheduler;
+pub mod service;
 pub mod state;
 pub mod state_thread;
 pub mod supervisor;

@@ -59,6 +59,28 @@ pub struct RunInfo {
     /// that a resume without them can say which it needs.
     #[serde(default)]
     pub header_names: Vec<String>,
+    /// The `--include` and `--exclude` globs, in order. A resume must give
+    /// the same: the checkpoint calls the names they left out done.
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl RunInfo {
+    /// The filters as a command line says them: `--include 'a*' --exclude
+    /// 'b'`, or `no --include or --exclude`.
+    pub fn filters(&self) -> String {
+        let flags: Vec<String> = (self.include.iter().map(|g| ("--include", g)))
+            .chain(self.exclude.iter().map(|g| ("--exclude", g)))
+            .map(|(flag, glob)| format!("{flag} {glob:?}"))
+            .collect();
+        if flags.is_empty() {
+            "no --include or --exclude".into()
+        } else {
+            flags.join(" ")
+        }
+    }
 }
 
 /// Why the state directory cannot be used.
@@ -231,6 +253,16 @@ impl StateDir {
                         dir.display(),
                         prev.shards,
                         prev.shards
+                    )));
+                }
+                if prev.include != info.include || prev.exclude != info.exclude {
+                    return Err(StateError::Mismatch(format!(
+                        "{} belongs to a run with {}, and this one has {}; the checkpoint \
+                         calls the names those filters left out done, so give the same \
+                         filters, or use another --state-dir",
+                        dir.display(),
+                        prev.filters(),
+                        info.filters()
                     )));
                 }
                 let missing: Vec<&str> = prev
@@ -529,6 +561,8 @@ mod tests {
             shards: 2,
             created_at: "now".into(),
             header_names: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
         }
     }
 
@@ -579,6 +613,19 @@ mod tests {
             StateDir::open(&state, tmp.path(), &info("http://b"), true).map(|_| ()),
             Err(StateError::Mismatch(_))
         ));
+        let filtered = RunInfo {
+            exclude: vec!["*.tmp".into()],
+            ..info("http://a")
+        };
+        match StateDir::open(&state, tmp.path(), &filtered, true).map(|_| ()) {
+            Err(StateError::Mismatch(why)) => assert!(
+                why.contains(
+                    "with no --include or --exclude, and this one has --exclude \"*.tmp\""
+                ),
+                "{why}"
+            ),
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
         let (s, start) = StateDir::open(&state, tmp.path(), &info("http://a"), true).unwrap();
         match start {
             Start::Resume(cp) => assert_eq!(cp.position, ListPosition::Marker("m".into())),
