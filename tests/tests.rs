@@ -8,6 +8,7 @@ mod hardening;
 mod hostile;
 mod http2;
 mod limits;
+mod list;
 mod nginx;
 mod output;
 mod pipeline;
