@@ -4,6 +4,7 @@
 mod util;
 
 mod fetch;
+mod filters;
 mod hardening;
 mod hostile;
 mod http2;
@@ -14,6 +15,7 @@ mod output;
 mod pipeline;
 mod server;
 mod services;
+mod shell;
 mod space;
 mod sqlite;
 mod stats;

@@ -255,7 +255,9 @@ impl StateDir {
                         prev.shards
                     )));
                 }
-                if prev.include != info.include || prev.exclude != info.exclude {
+                if !same_globs(&prev.include, &info.include)
+                    || !same_globs(&prev.exclude, &info.exclude)
+                {
                     return Err(StateError::Mismatch(format!(
                         "{} belongs to a run with {}, and this one has {}; the checkpoint \
                          calls the names those filters left out done, so give the same \
@@ -536,6 +538,13 @@ fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, StateError> {
     }
 }
 
+/// Whether two lists of globs are the same filter: the order of the flags
+/// and repeats do not matter.
+fn same_globs(a: &[String], b: &[String]) -> bool {
+    use std::collections::BTreeSet;
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+}
+
 fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -626,6 +635,11 @@ mod tests {
             ),
             other => panic!("expected a mismatch, got {other:?}"),
         }
+        assert!(same_globs(
+            &["a".into(), "b".into(), "a".into()],
+            &["b".into(), "a".into()]
+        ));
+        assert!(!same_globs(&["a".into()], &["a".into(), "b".into()]));
         let (s, start) = StateDir::open(&state, tmp.path(), &info("http://a"), true).unwrap();
         match start {
             Start::Resume(cp) => assert_eq!(cp.position, ListPosition::Marker("m".into())),
