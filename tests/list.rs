@@ -160,3 +160,31 @@ fn list_sends_the_same_headers_as_fetch_and_says_when_they_are_refused() {
     assert_code(&output, 0);
     assert_eq!(text(&output.stdout).lines().count(), 20);
 }
+
+#[test]
+fn a_closed_stdout_ends_the_listing_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // More names than any pipe buffer holds, so that the writes after the
+    // reader has gone fail.
+    let server = Server::start(&["--files", "100000", "--page-size", "1000"]);
+    let mut child = bulkget(&["list", &server.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader was dropped: `bulkget list URL | head -1`.
+    assert_eq!(first, "file-0000000000\n");
+    let output = child.wait_with_output().unwrap();
+    assert_code(&output, 0);
+    let stderr = text(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        server.stats()["requests"]["list"].as_u64().unwrap() < 100,
+        "the listing stopped early"
+    );
+}
