@@ -4,17 +4,20 @@
 mod util;
 
 mod fetch;
+mod filters;
 mod hardening;
 mod hostile;
 mod http2;
 mod limits;
 mod metrics;
+mod list;
 mod nginx;
 mod output;
 mod pipeline;
 mod refresh;
 mod server;
 mod services;
+mod shell;
 mod space;
 mod sqlite;
 mod stats;

@@ -2,13 +2,17 @@
 pub mod args;
 pub mod exit;
 pub mod failure_log;
+pub mod filter;
+pub mod list;
 pub mod lister;
 pub mod metrics;
 pub mod progress;
 pub mod restart;
 pub mod run;
 pub mod scheduler;
+pub mod service;
 pub mod state;
 pub mod state_thread;
 pub mod supervisor;
+pub use list::list;
 pub use run::fetch;

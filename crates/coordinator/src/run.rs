@@ -11,7 +11,7 @@
 use crate::args::{FetchArgs, LayoutArg, SinkArg};
 use crate::exit;
 use crate::failure_log::{self, FailureLog};
-use crate::lister::{ListError, ListerConfig, ListerThread, ListerWait, Page};
+use crate::lister::{ListError, ListerThread, ListerWait, Page};
 use crate::metrics::Metrics;
 use crate::progress::{note, Progress};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
@@ -20,10 +20,10 @@ use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::{self, StateOp};
 use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
 use bulkget_console::{errln, outln};
-use bulkget_http::{Backoff, Endpoint, Limits, Transport};
+use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, ProxySettings, Resolve, Secret, SinkKind, TestHooks, TlsSettings,
-    ToCoordinator, ToWorker, Version, WorkerSettings,
+    Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker, Version,
+    WorkerSettings,
 };
 use bulkget_report::format::{grouped, human_bytes};
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};
@@ -113,83 +113,6 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// How every connection of the run is made, from the command line and the
-/// environment: the lister's transport, and the same for the workers'
-/// settings. Header values and proxy credentials live only here, in memory.
-struct Connection {
-    transport: Transport,
-    headers: Vec<(String, Secret)>,
-    tls: TlsSettings,
-    proxy: Option<ProxySettings>,
-}
-
-impl Connection {
-    /// The names of the headers given with `-H`, for run.json and messages.
-    fn header_names(&self) -> Vec<String> {
-        self.headers.iter().map(|(n, _)| n.clone()).collect()
-    }
-}
-
-/// Reads `-H`, the TLS options and the proxy, and builds the lister's
-/// transport, so that an unreadable CA file or header file stops the run
-/// before anything starts.
-fn connection_setup(args: &FetchArgs, endpoint: &Endpoint) -> Result<Connection, (i32, String)> {
-    let headers = crate::args::read_headers(&args.header).map_err(|e| (exit::USAGE, e))?;
-    let tls = TlsSettings {
-        cacert: args.cacert.as_ref().map(|p| p.display().to_string()),
-        client_cert: args.client_cert.as_ref().map(|p| p.display().to_string()),
-        client_key: args.client_key.as_ref().map(|p| p.display().to_string()),
-        insecure: args.insecure,
-    };
-    let tls_options = bulkget_http::tls::TlsOptions {
-        cacert: args.cacert.clone(),
-        client_cert: args.client_cert.clone(),
-        client_key: args.client_key.clone(),
-        insecure: args.insecure,
-        alpn: bulkget_http::tls::Alpn::offer(
-            bulkget_protocol::HttpVersion::from(args.http_version).allows_http2(),
-        ),
-    };
-    if args.insecure && endpoint.tls {
-        // On every run that uses it, even with --quiet: it is the one
-        // thing about the run a user must not miss.
-        errln!("bulkget: warning: {}", bulkget_http::tls::INSECURE_WARNING);
-    }
-    let proxy = bulkget_http::proxy::choose(
-        endpoint,
-        args.proxy.as_deref(),
-        args.noproxy.as_deref(),
-        |name| std::env::var(name).ok(),
-    )
-    .map_err(|e| (exit::USAGE, format!("proxy: {e}")))?;
-    let transport = Transport::new(
-        endpoint,
-        Duration::from_millis(args.connect_timeout_ms),
-        &tls_options,
-        proxy.clone(),
-        headers.clone(),
-    )
-    .map_err(|e| (exit::USAGE, e.to_string()))?;
-    let headers = headers
-        .into_iter()
-        .map(|(name, value)| {
-            let value = value.to_str().map(str::to_string).unwrap_or_default();
-            (name.as_str().to_string(), Secret(value))
-        })
-        .collect();
-    let proxy = proxy.map(|p| ProxySettings {
-        host: p.host,
-        port: p.port,
-        authorization: p.authorization.map(|a| Secret(a.expose().to_string())),
-    });
-    Ok(Connection {
-        transport,
-        headers,
-        tls,
-        proxy,
-    })
-}
-
 /// Runs `bulkget fetch` and returns the process exit code.
 pub fn fetch(args: FetchArgs) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -267,13 +190,14 @@ impl Run {
                 "--workers, --connections, --batch-size and --window must be at least 1".into(),
             ));
         }
-        if duration_ms(args.request_timeout) == 0 || duration_ms(args.list_timeout) == 0 {
+        if duration_ms(args.request_timeout) == 0 || duration_ms(args.service.list_timeout) == 0 {
             return Err((
                 exit::USAGE,
                 "--request-timeout and --list-timeout must be at least 1ms".into(),
             ));
         }
-        let connection = connection_setup(&args, &endpoint)?;
+        let filter = crate::filter::NameFilter::new(&args.filter).map_err(|e| (exit::USAGE, e))?;
+        let connection = crate::service::connection_setup(&args.service, &endpoint)?;
         std::fs::create_dir_all(&args.out).map_err(|e| {
             (
                 exit::ERROR,
@@ -329,6 +253,8 @@ impl Run {
             shards: workers,
             created_at: bulkget_stats::now_rfc3339(),
             header_names: connection.header_names(),
+            include: args.filter.include.clone(),
+            exclude: args.filter.exclude.clone(),
         };
         let (mut state, start) = StateDir::open(&state_dir, &out, &info, args.resume, args.refresh)
             .map_err(|e| {
@@ -391,16 +317,16 @@ impl Run {
             layout,
             resolve,
             connections: args.connections,
-            http_version: args.http_version.into(),
+            http_version: args.service.http_version.into(),
             pipeline: args.pipeline,
             max_file_size: args.max_file_size,
-            connect_timeout_ms: args.connect_timeout_ms,
-            first_byte_timeout_ms: args.first_byte_timeout_ms,
-            idle_timeout_ms: args.idle_timeout_ms,
+            connect_timeout_ms: args.service.connect_timeout_ms,
+            first_byte_timeout_ms: args.service.first_byte_timeout_ms,
+            idle_timeout_ms: args.service.idle_timeout_ms,
             request_timeout_ms: duration_ms(args.request_timeout),
-            max_attempts: args.max_attempts.max(1),
-            backoff_base_ms: args.retry_base_ms,
-            backoff_max_ms: args.retry_max_ms,
+            max_attempts: args.service.max_attempts.max(1),
+            backoff_base_ms: args.service.retry_base_ms,
+            backoff_max_ms: args.service.retry_max_ms,
             max_redirects: 5,
             stats_interval_ms: 1_000,
             headers: connection.headers.clone(),
@@ -441,7 +367,9 @@ impl Run {
             start_position.clone(),
         )
         .resume(totals, done_after)
-        .with_affinity(sink == SinkKind::Sqlite);
+        .with_affinity(sink == SinkKind::Sqlite)
+        // No glob, no filter: the scheduler then tests nothing per name.
+        .with_filter((!filter.is_empty()).then_some(filter));
         let shards = (0..workers)
             .map(|_| ShardSlot {
                 worker: None,
@@ -516,25 +444,7 @@ impl Run {
             self.listing_done = true;
             None
         } else {
-            let config = ListerConfig {
-                transport: self.transport.clone(),
-                proto: match self.args.http_version {
-                    crate::args::HttpVersionArg::Http2 => bulkget_http::Proto::Http2,
-                    _ => bulkget_http::Proto::Http1,
-                },
-                limits: Limits {
-                    first_byte: Duration::from_millis(self.args.first_byte_timeout_ms),
-                    idle: Duration::from_millis(self.args.idle_timeout_ms),
-                    max_body: self.args.max_page_size,
-                    max_redirects: 5,
-                    deadline: self.args.list_timeout,
-                },
-                max_attempts: self.args.max_attempts.max(1),
-                backoff: Backoff {
-                    base: Duration::from_millis(self.args.retry_base_ms.max(1)),
-                    max: Duration::from_millis(self.args.retry_max_ms),
-                },
-            };
+            let config = crate::service::lister_config(&self.args.service, self.transport.clone());
             match ListerThread::spawn(
                 self.endpoint.clone(),
                 self.start_position.clone(),
@@ -1203,6 +1113,12 @@ impl Run {
             this_run as f64 / elapsed.max(1e-9)
         );
         outln!("  restarts:       {restarts}");
+        if !self.args.filter.include.is_empty() || !self.args.filter.exclude.is_empty() {
+            outln!(
+                "  excluded:       {} names left out by --include/--exclude",
+                live.names_excluded
+            );
+        }
         if parked > 0 {
             outln!("  parked shards:  {parked}");
         }
@@ -1307,9 +1223,9 @@ impl Run {
         let (eta_seconds, eta_method) = bulkget_report::eta::eta(bulkget_report::eta::EtaInput {
             over: exit_code.is_some(),
             listing_done: self.listing_done,
-            remaining: live
-                .names_listed
-                .saturating_sub(live.files_ok + live.files_failed + live.files_present),
+            listed: live.names_listed,
+            done: live.files_ok + live.files_failed + live.files_present,
+            expected: self.args.expected_files,
             files_per_sec: self.rate.rate(),
         });
         CoordinatorStats {
@@ -1323,6 +1239,8 @@ impl Run {
             // checkpoint covered, then this process's.
             pages_listed: self.resumed_from.pages_done + self.pages_listed,
             names_listed: live.names_listed,
+            names_excluded: live.names_excluded,
+            expected_files: self.args.expected_files,
             current_marker: self.current_marker.clone(),
             listing_done: self.listing_done,
             batches_queued: self.sched.pending_len() as u64,

@@ -59,6 +59,28 @@ pub struct RunInfo {
     /// that a resume without them can say which it needs.
     #[serde(default)]
     pub header_names: Vec<String>,
+    /// The `--include` and `--exclude` globs, in order. A resume must give
+    /// the same: the checkpoint calls the names they left out done.
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl RunInfo {
+    /// The filters as a command line says them: `--include 'a*' --exclude
+    /// 'b'`, or `no --include or --exclude`.
+    pub fn filters(&self) -> String {
+        let flags: Vec<String> = (self.include.iter().map(|g| ("--include", g)))
+            .chain(self.exclude.iter().map(|g| ("--exclude", g)))
+            .map(|(flag, glob)| format!("{flag} {glob:?}"))
+            .collect();
+        if flags.is_empty() {
+            "no --include or --exclude".into()
+        } else {
+            flags.join(" ")
+        }
+    }
 }
 
 /// Why the state directory cannot be used.
@@ -278,6 +300,18 @@ impl StateDir {
                         dir.display(),
                         prev.shards,
                         prev.shards
+                    )));
+                }
+                if !same_globs(&prev.include, &info.include)
+                    || !same_globs(&prev.exclude, &info.exclude)
+                {
+                    return Err(StateError::Mismatch(format!(
+                        "{} belongs to a run with {}, and this one has {}; the checkpoint \
+                         calls the names those filters left out done, so give the same \
+                         filters, or use another --state-dir",
+                        dir.display(),
+                        prev.filters(),
+                        info.filters()
                     )));
                 }
                 let missing: Vec<&str> = prev
@@ -579,6 +613,13 @@ fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, StateError> {
     }
 }
 
+/// Whether two lists of globs are the same filter: the order of the flags
+/// and repeats do not matter.
+fn same_globs(a: &[String], b: &[String]) -> bool {
+    use std::collections::BTreeSet;
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+}
+
 fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -604,6 +645,8 @@ mod tests {
             shards: 2,
             created_at: "now".into(),
             header_names: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
         }
     }
 
@@ -656,8 +699,25 @@ mod tests {
             StateDir::open(&state, tmp.path(), &info("http://b"), true, false).map(|_| ()),
             Err(StateError::Mismatch(_))
         ));
-        let (s, start) =
-            StateDir::open(&state, tmp.path(), &info("http://a"), true, false).unwrap();
+        let filtered = RunInfo {
+            exclude: vec!["*.tmp".into()],
+            ..info("http://a")
+        };
+        match StateDir::open(&state, tmp.path(), &filtered, true, false).map(|_| ()) {
+            Err(StateError::Mismatch(why)) => assert!(
+                why.contains(
+                    "with no --include or --exclude, and this one has --exclude \"*.tmp\""
+                ),
+                "{why}"
+            ),
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        assert!(same_globs(
+            &["a".into(), "b".into(), "a".into()],
+            &["b".into(), "a".into()]
+        ));
+        assert!(!same_globs(&["a".into()], &["a".into(), "b".into()]));
+        let (s, start) = StateDir::open(&state, tmp.path(), &info("http://a"), true, false).unwrap();
         match start {
             Start::Resume(cp) => assert_eq!(cp.position, ListPosition::Marker("m".into())),
             _ => panic!("expected resume"),

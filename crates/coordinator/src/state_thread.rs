@@ -126,6 +126,8 @@ mod tests {
             shards: 1,
             created_at: "now".into(),
             header_names: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
         };
         let (state, start) = StateDir::open(&dir.join("state"), dir, &info, false, false).unwrap();
         assert!(matches!(start, Start::Fresh));

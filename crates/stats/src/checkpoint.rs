@@ -39,8 +39,8 @@ pub enum ListPosition {
 
 /// Counters. `files_ok`, `files_failed` and `bytes` count every
 /// acknowledgement up to the checkpoint, wherever its page is;
-/// `names_listed` and `pages_done` count the pages completed before the
-/// position.
+/// `names_listed`, `names_excluded` and `pages_done` count the pages
+/// completed before the position.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub files_ok: u64,
@@ -57,6 +57,10 @@ pub struct Totals {
     /// checkpoints.
     #[serde(default)]
     pub files_present: u64,
+    /// Names the `--include` and `--exclude` filters left out (not in
+    /// `names_listed`). Absent from older checkpoints.
+    #[serde(default)]
+    pub names_excluded: u64,
 }
 
 /// Which names of the pages from a checkpoint's position on are done, so a

@@ -326,6 +326,10 @@ pub enum EtaMethod {
     /// After the listing: names listed and not yet done, over the recent rate.
     #[serde(rename = "remaining listed names / recent rate")]
     RemainingOverRate,
+    /// Still listing, with `--expected-files`: the expected number of files
+    /// (or the number listed, if larger) not yet done, over the recent rate.
+    #[serde(rename = "expected files not yet done / recent rate")]
+    ExpectedOverRate,
     /// After the listing, but no file finished recently.
     #[serde(rename = "none: no recent progress")]
     NoneNoProgress,
@@ -345,6 +349,7 @@ impl EtaMethod {
         match self {
             EtaMethod::NoneListing => "none: total unknown until the listing ends",
             EtaMethod::RemainingOverRate => "remaining listed names / recent rate",
+            EtaMethod::ExpectedOverRate => "expected files not yet done / recent rate",
             EtaMethod::NoneNoProgress => "none: no recent progress",
             EtaMethod::Done => "none: run over",
             EtaMethod::Unknown => "unknown",
@@ -373,8 +378,16 @@ pub struct CoordinatorStats {
     pub updated_at: String,
     /// List pages received.
     pub pages_listed: u64,
-    /// Names received from the listing (before the unsafe-name check).
+    /// Names received from the listing to be fetched (before the unsafe-name
+    /// check); names repeated on consecutive pages and names left out by
+    /// `--include` / `--exclude` are not counted.
     pub names_listed: u64,
+    /// Names the `--include` and `--exclude` filters left out: listed, not
+    /// fetched, not in `names_listed`. 0 without filters.
+    pub names_excluded: u64,
+    /// `--expected-files`: the number of files the run expects to fetch,
+    /// which gives an ETA before the listing ends; `None` when not given.
+    pub expected_files: Option<u64>,
     /// The marker of the last page asked for; `None` before the second page
     /// (the first page has no marker) and after the last one.
     pub current_marker: Option<String>,
@@ -477,6 +490,10 @@ mod tests {
             (
                 EtaMethod::RemainingOverRate,
                 "remaining listed names / recent rate",
+            ),
+            (
+                EtaMethod::ExpectedOverRate,
+                "expected files not yet done / recent rate",
             ),
             (EtaMethod::NoneNoProgress, "none: no recent progress"),
             (EtaMethod::Done, "none: run over"),

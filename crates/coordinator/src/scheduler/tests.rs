@@ -788,3 +788,82 @@ fn a_poison_name_costs_its_shard_one_unblamed_crash() {
     assert!(s.is_finished());
     assert_eq!((unblamed, blamed), (1, 4));
 }
+
+fn filter(include: &[&str], exclude: &[&str]) -> Option<NameFilter> {
+    Some(
+        NameFilter::new(&crate::args::FilterArgs {
+            include: include.iter().map(|s| s.to_string()).collect(),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        })
+        .unwrap(),
+    )
+}
+
+#[test]
+fn excluded_names_are_never_sent_and_counted_once_across_a_resume() {
+    // Page 0: a0..a19; page 1: b0..b19. Keep the a's and b's ending in 1..4,
+    // drop a13 and the unsafe "../x" (excluded, so not failed).
+    let f = || filter(&["a*", "b[1-4]"], &["a13", "../*"]);
+    let mut page0 = names("a", 20);
+    page0.push("../x");
+    let page1 = names("b", 20);
+    let mut s = Scheduler::new(1, 100, 10, ListPosition::Start).with_filter(f());
+    s.set_available(0, true);
+    assert!(s.add_page(page0.clone(), Some("m1".into())).is_empty());
+    s.add_page(page1.clone(), None);
+    assert_eq!(s.live_totals().names_excluded, 2 + 16);
+    assert_eq!(s.live_totals().names_listed, 19 + 4);
+    // Acknowledge page 1's batch only: page 0 stays the position.
+    let mut sent = Vec::new();
+    let mut page0_batches = Vec::new();
+    while let Some((_, b)) = s.assign() {
+        sent.extend(owned(&b.names));
+        if b.names[0].starts_with('a') {
+            page0_batches.push(b.id);
+        }
+    }
+    let mut expected: Vec<String> = (0..20)
+        .filter(|&i| i != 13)
+        .map(|i| format!("a{i}"))
+        .collect();
+    expected.extend((1..5).map(|i| format!("b{i}")));
+    sent.sort();
+    expected.sort();
+    assert_eq!(sent, expected);
+    let b_batch = *s.shards[0]
+        .outstanding
+        .keys()
+        .find(|id| !page0_batches.contains(id))
+        .unwrap();
+    s.batch_done(0, b_batch, 4, 0, 4, vec![]).unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.position, ListPosition::Start);
+    // Like `names_listed`, the checkpoint counts the exclusions of the
+    // pages before its position only: page 1 is after it, and is counted
+    // again when the resume lists it.
+    assert_eq!(snap.totals.names_excluded, 0);
+    assert_eq!(snap.done_after.complete_pages(), 1);
+
+    // The resume lists both pages again; page 1 is skipped whole, and the
+    // exclusions of each page end up counted exactly once.
+    let mut r = Scheduler::new(1, 100, 10, snap.position.clone())
+        .resume(snap.totals, snap.done_after.clone())
+        .with_filter(f());
+    r.set_available(0, true);
+    r.add_page(page0, Some("m1".into()));
+    r.add_page(page1, None);
+    let mut again = drain(&mut r);
+    again.sort();
+    let only_a: Vec<String> = expected
+        .into_iter()
+        .filter(|n| n.starts_with('a'))
+        .collect();
+    assert_eq!(again, only_a);
+    assert!(r.is_finished());
+    let t = r.snapshot().totals;
+    assert_eq!((t.names_excluded, t.names_listed, t.files_ok), (18, 23, 23));
+    assert_eq!(
+        t.files_failed, 0,
+        "an excluded unsafe name is not a failure"
+    );
+}

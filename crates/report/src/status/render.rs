@@ -180,6 +180,9 @@ fn render_header(out: &mut String, report: &StatusReport, now: SystemTime) {
             show_marker(c.current_marker.as_deref())
         )
     };
+    if c.names_excluded > 0 {
+        let _ = write!(listing, "; {} excluded", grouped(c.names_excluded));
+    }
     if c.pages_changed > 0 {
         let _ = write!(
             listing,
