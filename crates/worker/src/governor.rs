@@ -1,0 +1,571 @@
+//! How fast a worker sends: the rules, apart from the engine that obeys
+//! them, so that each is unit-tested on tokio's paused clock.
+//!
+//! - [`TokenBucket`]: paces GETs to a rate (the coordinator's share of
+//!   `--max-rps` and of a run-wide slow-down, and this worker's own cap).
+//! - [`Aimd`]: the limit on requests in flight (`--adaptive on`): additive
+//!   increase while answers are clean and latency stays near its floor,
+//!   multiplicative decrease on pushback (429, 503).
+//! - [`RateCap`]: this worker's own cap on its send rate, set from its
+//!   goodput at the first pushback. An in-flight limit cannot slow a worker
+//!   below one request a round trip, which on a fast network is far above
+//!   what a rate-limited service serves, so pushback must cut a rate too.
+//!
+//! Why AIMD and not a latency gradient (Vegas, Netflix's gradient limit):
+//! the signal the issue is about, a service that says "too many", is
+//! explicit, and AIMD answers it directly and provably converges to a fair
+//! share among independent senders. Latency alone is a poor signal here:
+//! on loopback it is dominated by the client's own CPU, and against a server
+//! that answers pipelined requests one after another it rises with depth
+//! while throughput still grows. So latency only *holds* the increase (no
+//! growth while the smoothed latency is above twice its floor plus a
+//! millisecond), and never cuts the limit by itself.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The burst a bucket allows, in seconds of its rate: small, so that the
+/// rate over any 10 s window stays within 1 % of the cap (at least one
+/// token, so a rate under 20 a second still sends).
+const BURST_SECONDS: f64 = 0.05;
+
+/// Paces requests to a rate. Unlimited until a rate is set.
+///
+/// [`TokenBucket::reserve`] never refuses: it takes a token, going into
+/// debt if there is none, and says how long to wait before sending, so
+/// waiting callers are served in order, one slot each, with no herd of
+/// sleepers waking at once to race for one token.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: Option<f64>,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate: None,
+            tokens: 0.0,
+            last: now,
+        }
+    }
+
+    /// The rate in requests a second, `None` when unlimited.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    fn burst(rate: f64) -> f64 {
+        (rate * BURST_SECONDS).max(1.0)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(rate) = self.rate {
+            let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * rate).min(Self::burst(rate));
+        }
+        self.last = now.max(self.last);
+    }
+
+    /// Changes the rate from `now` on. Tokens saved up at the old rate are
+    /// kept up to the new burst; a debt is kept whole.
+    pub fn set_rate(&mut self, rate: Option<f64>, now: Instant) {
+        self.refill(now);
+        let rate = rate.filter(|r| r.is_finite() && *r > 0.0);
+        if self.rate.is_none() {
+            // Leaving "unlimited": start with one burst, not with a hoard.
+            if let Some(r) = rate {
+                self.tokens = Self::burst(r);
+            }
+        }
+        self.rate = rate;
+        if let Some(r) = rate {
+            self.tokens = self.tokens.min(Self::burst(r));
+        }
+    }
+
+    /// Takes a token if one is there now.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        if self.rate.is_none() {
+            return true;
+        }
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes a token, in debt if need be: the time to wait before sending.
+    pub fn reserve(&mut self, now: Instant) -> Duration {
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
+        };
+        self.refill(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
+}
+
+/// The time after a decrease during which further pushback does not cut
+/// again: answers to requests sent before the cut are still arriving, and
+/// counting each would cut the limit to its floor on one burst of 429s.
+pub const DECREASE_GAP: Duration = Duration::from_millis(200);
+
+/// The multiplicative decrease of [`Aimd`] on pushback.
+pub const AIMD_DECREASE: f64 = 0.5;
+
+/// The in-flight limit a worker starts at: one pipelined connection's
+/// worth; slow start doubles it every round trip.
+pub const INITIAL_IN_FLIGHT: u32 = 16;
+
+/// The adaptive limit on a worker's requests in flight.
+#[derive(Debug)]
+pub struct Aimd {
+    limit: f64,
+    max: f64,
+    /// Until the first pushback or latency hold the limit grows by one per
+    /// clean answer (doubling per round trip), as TCP's slow start does.
+    slow_start: bool,
+    floor: Option<Duration>,
+    smoothed: Option<Duration>,
+    hold_until: Option<Instant>,
+    last_decrease: Option<Instant>,
+}
+
+impl Aimd {
+    pub fn new(initial: u32, max: u32) -> Aimd {
+        let max = f64::from(max.max(1));
+        Aimd {
+            limit: f64::from(initial.max(1)).min(max),
+            max,
+            slow_start: true,
+            floor: None,
+            smoothed: None,
+            hold_until: None,
+            last_decrease: None,
+        }
+    }
+
+    /// The requests that may be in flight now.
+    pub fn limit(&self) -> u32 {
+        self.limit as u32
+    }
+
+    /// Whether the limit is held after pushback (`Retry-After`, or the gap
+    /// after a decrease).
+    pub fn holding(&self, now: Instant) -> bool {
+        self.hold_until.is_some_and(|t| now < t)
+    }
+
+    /// Whether latency has climbed well above its floor: the service (or
+    /// this client) is queueing, and more requests in flight would only
+    /// wait longer.
+    fn latency_high(&self) -> bool {
+        match (self.floor, self.smoothed) {
+            (Some(floor), Some(smoothed)) => smoothed > floor * 2 + Duration::from_millis(1),
+            _ => false,
+        }
+    }
+
+    /// A clean answer (anything but pushback) that took `latency`.
+    pub fn on_clean(&mut self, now: Instant, latency: Duration) {
+        self.floor = Some(self.floor.map_or(latency, |f| f.min(latency)));
+        self.smoothed = Some(match self.smoothed {
+            None => latency,
+            // An exponential average over about 16 answers.
+            Some(s) => (s * 15 + latency) / 16,
+        });
+        if self.holding(now) {
+            return;
+        }
+        if self.latency_high() {
+            self.slow_start = false;
+            return;
+        }
+        self.limit += if self.slow_start {
+            1.0
+        } else {
+            1.0 / self.limit
+        };
+        self.limit = self.limit.min(self.max);
+    }
+
+    /// Pushback (429 or 503), with the server's `Retry-After` if it sent
+    /// one: halves the limit, at most once per [`DECREASE_GAP`], and holds
+    /// it there for the `Retry-After` (the gap at least). Returns whether
+    /// the limit was cut.
+    pub fn on_pushback(&mut self, now: Instant, retry_after: Option<Duration>) -> bool {
+        let hold = retry_after.unwrap_or(Duration::ZERO).max(DECREASE_GAP);
+        self.hold_until = Some(self.hold_until.map_or(now + hold, |t| t.max(now + hold)));
+        if self
+            .last_decrease
+            .is_some_and(|t| now.saturating_duration_since(t) < DECREASE_GAP)
+        {
+            return false;
+        }
+        self.last_decrease = Some(now);
+        self.slow_start = false;
+        self.limit = (self.limit * AIMD_DECREASE).max(1.0);
+        true
+    }
+}
+
+/// The lowest rate cap, in requests a second: a service that refuses
+/// everything still sees this worker try now and then.
+pub const MIN_RATE: f64 = 1.0;
+
+/// The share of its goodput a worker keeps sending at after pushback.
+pub const RATE_DECREASE: f64 = 0.9;
+
+/// How fast a cap grows back while answers are clean: this share of the
+/// cap a second (at least [`MIN_RATE`] a second).
+pub const RATE_INCREASE_PER_SECOND: f64 = 0.05;
+
+/// The slots of the goodput window, each [`SLOT`] long: the rates are over
+/// the last second.
+const SLOTS: usize = 10;
+const SLOT: Duration = Duration::from_millis(100);
+
+/// A worker's own cap on its send rate, from pushback.
+///
+/// At the first pushback the cap is set to [`RATE_DECREASE`] × the rate of
+/// answers that were *not* pushback over the last second: when a service
+/// rations requests, what it serves is the best measure of what it allows.
+/// Further pushback cuts the cap again (once per [`DECREASE_GAP`]); clean
+/// answers let it grow by [`RATE_INCREASE_PER_SECOND`], after any
+/// `Retry-After` has passed. A cap twice the rate actually answered holds
+/// nothing back and is dropped.
+#[derive(Debug)]
+pub struct RateCap {
+    cap: Option<f64>,
+    /// Answers per slot: (clean, all), the newest last.
+    slots: [(u32, u32); SLOTS],
+    slot_start: Instant,
+    hold_until: Option<Instant>,
+    last_decrease: Option<Instant>,
+    last_increase: Instant,
+}
+
+impl RateCap {
+    pub fn new(now: Instant) -> RateCap {
+        RateCap {
+            cap: None,
+            slots: [(0, 0); SLOTS],
+            slot_start: now,
+            hold_until: None,
+            last_decrease: None,
+            last_increase: now,
+        }
+    }
+
+    pub fn cap(&self) -> Option<f64> {
+        self.cap
+    }
+
+    /// Moves the window on to `now`.
+    fn advance(&mut self, now: Instant) {
+        while now.saturating_duration_since(self.slot_start) >= SLOT {
+            self.slots.rotate_left(1);
+            self.slots[SLOTS - 1] = (0, 0);
+            self.slot_start += SLOT;
+            if now.saturating_duration_since(self.slot_start) >= SLOT * SLOTS as u32 {
+                // Long idle: skip ahead instead of rotating slot by slot.
+                self.slots = [(0, 0); SLOTS];
+                self.slot_start = now;
+            }
+        }
+    }
+
+    /// (clean, all) answers a second over the window.
+    fn rates(&self, now: Instant) -> (f64, f64) {
+        let (clean, all) = self
+            .slots
+            .iter()
+            .fold((0u64, 0u64), |(c, a), &(sc, sa)| {
+                (c + u64::from(sc), a + u64::from(sa))
+            });
+        // The current slot is only partly over.
+        let span = SLOT * (SLOTS as u32 - 1) + now.saturating_duration_since(self.slot_start);
+        let secs = span.as_secs_f64().max(SLOT.as_secs_f64());
+        (clean as f64 / secs, all as f64 / secs)
+    }
+
+    pub fn on_clean(&mut self, now: Instant) {
+        self.advance(now);
+        let slot = &mut self.slots[SLOTS - 1];
+        slot.0 += 1;
+        slot.1 += 1;
+        self.grow(now);
+    }
+
+    fn grow(&mut self, now: Instant) {
+        let Some(cap) = self.cap else {
+            self.last_increase = now;
+            return;
+        };
+        if self.hold_until.is_some_and(|t| now < t) {
+            self.last_increase = now;
+            return;
+        }
+        let elapsed = now.saturating_duration_since(self.last_increase);
+        if elapsed < SLOT {
+            return;
+        }
+        self.last_increase = now;
+        let grown = cap + (cap * RATE_INCREASE_PER_SECOND).max(MIN_RATE) * elapsed.as_secs_f64();
+        let (_, all) = self.rates(now);
+        self.cap = if grown > 2.0 * all && all > 0.0 {
+            None
+        } else {
+            Some(grown)
+        };
+    }
+
+    /// Pushback, with its `Retry-After`: cuts the cap (once per
+    /// [`DECREASE_GAP`]) and holds it for the `Retry-After`. Returns
+    /// whether the cap was cut.
+    pub fn on_pushback(&mut self, now: Instant, retry_after: Option<Duration>) -> bool {
+        self.advance(now);
+        self.slots[SLOTS - 1].1 += 1;
+        let hold = retry_after.unwrap_or(Duration::ZERO).max(DECREASE_GAP);
+        self.hold_until = Some(self.hold_until.map_or(now + hold, |t| t.max(now + hold)));
+        if self
+            .last_decrease
+            .is_some_and(|t| now.saturating_duration_since(t) < DECREASE_GAP)
+        {
+            return false;
+        }
+        self.last_decrease = Some(now);
+        let (clean, _) = self.rates(now);
+        let measured = clean * RATE_DECREASE;
+        let cut = match self.cap {
+            Some(cap) => measured.min(cap * RATE_DECREASE),
+            None => measured,
+        };
+        self.cap = Some(cut.max(MIN_RATE));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends as fast as the bucket allows for `window` and counts.
+    async fn sent_in(bucket: &mut TokenBucket, window: Duration) -> u64 {
+        let end = Instant::now() + window;
+        let mut sent = 0;
+        loop {
+            let wait = bucket.reserve(Instant::now());
+            tokio::time::sleep(wait).await;
+            if Instant::now() >= end {
+                return sent;
+            }
+            sent += 1;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_keeps_within_five_percent_over_ten_seconds() {
+        for rate in [0.7, 5.0, 333.0, 4_000.0, 100_000.0] {
+            let mut bucket = TokenBucket::new(Instant::now());
+            bucket.set_rate(Some(rate), Instant::now());
+            let sent = sent_in(&mut bucket, Duration::from_secs(10)).await as f64;
+            let ideal = rate * 10.0;
+            assert!(
+                (sent - ideal).abs() <= (ideal * 0.05).max(1.0),
+                "rate {rate}: {sent} sent in 10 s"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_senders_share_the_rate_and_a_new_rate_applies_at_once() {
+        let bucket = std::rc::Rc::new(std::cell::RefCell::new(TokenBucket::new(Instant::now())));
+        bucket.borrow_mut().set_rate(Some(1_000.0), Instant::now());
+        let sent = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let local = tokio::task::LocalSet::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        for _ in 0..50 {
+            let (bucket, sent) = (bucket.clone(), sent.clone());
+            local.spawn_local(async move {
+                loop {
+                    let wait = bucket.borrow_mut().reserve(Instant::now());
+                    tokio::time::sleep(wait).await;
+                    if Instant::now() >= end {
+                        return;
+                    }
+                    sent.set(sent.get() + 1);
+                }
+            });
+        }
+        local.await;
+        let n = sent.get() as f64;
+        assert!((n - 10_000.0).abs() <= 500.0, "{n}");
+
+        // Half the rate from now on: the next 10 s send half as much.
+        let mut b = bucket.borrow_mut();
+        b.set_rate(Some(500.0), Instant::now());
+        let n = sent_in(&mut b, Duration::from_secs(10)).await as f64;
+        assert!((n - 5_000.0).abs() <= 250.0, "{n}");
+        // Unlimited again: no wait at all.
+        b.set_rate(None, Instant::now());
+        assert_eq!(b.reserve(Instant::now()), Duration::ZERO);
+        assert!(b.try_take(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_take_refuses_when_a_token_is_not_there_yet() {
+        let mut bucket = TokenBucket::new(Instant::now());
+        bucket.set_rate(Some(10.0), Instant::now());
+        assert!(bucket.try_take(Instant::now()));
+        assert!(!bucket.try_take(Instant::now()));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(bucket.try_take(Instant::now()));
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_doubles_then_pushback_halves_and_growth_is_additive() {
+        let mut aimd = Aimd::new(16, 10_000);
+        // One round trip of clean answers: each adds one.
+        for _ in 0..16 {
+            aimd.on_clean(Instant::now(), 10 * MS);
+        }
+        assert_eq!(aimd.limit(), 32);
+        // 429s in a burst: one cut, not one per answer.
+        assert!(aimd.on_pushback(Instant::now(), None));
+        for _ in 0..20 {
+            assert!(!aimd.on_pushback(Instant::now(), None));
+        }
+        assert_eq!(aimd.limit(), 16);
+        // Held through the gap after the cut...
+        aimd.on_clean(Instant::now(), 10 * MS);
+        assert_eq!(aimd.limit(), 16);
+        tokio::time::advance(DECREASE_GAP).await;
+        // ... then one per round trip (limit answers), no longer doubling.
+        for _ in 0..16 {
+            aimd.on_clean(Instant::now(), 10 * MS);
+        }
+        assert_eq!(aimd.limit(), 16);
+        for _ in 0..16 {
+            aimd.on_clean(Instant::now(), 10 * MS);
+        }
+        assert_eq!(aimd.limit(), 17);
+        // Pushback after the gap cuts again; never below one.
+        for _ in 0..10 {
+            tokio::time::advance(DECREASE_GAP).await;
+            aimd.on_pushback(Instant::now(), None);
+        }
+        assert_eq!(aimd.limit(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_holds_the_limit_for_its_length() {
+        let mut aimd = Aimd::new(64, 10_000);
+        aimd.on_pushback(Instant::now(), Some(Duration::from_secs(2)));
+        assert_eq!(aimd.limit(), 32);
+        tokio::time::advance(Duration::from_millis(1_900)).await;
+        for _ in 0..100 {
+            aimd.on_clean(Instant::now(), 10 * MS);
+        }
+        assert_eq!(aimd.limit(), 32);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        for _ in 0..34 {
+            aimd.on_clean(Instant::now(), 10 * MS);
+        }
+        assert_eq!(aimd.limit(), 33);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growth_stops_at_the_bound_and_while_latency_is_far_above_its_floor() {
+        let mut aimd = Aimd::new(16, 40);
+        for _ in 0..100 {
+            aimd.on_clean(Instant::now(), 10 * MS);
+        }
+        assert_eq!(aimd.limit(), 40);
+
+        let mut aimd = Aimd::new(16, 10_000);
+        aimd.on_clean(Instant::now(), 10 * MS);
+        assert_eq!(aimd.limit(), 17);
+        // Queueing: latency climbs to several times its floor.
+        for _ in 0..200 {
+            aimd.on_clean(Instant::now(), 40 * MS);
+        }
+        let held = aimd.limit();
+        assert!(held < 40, "{held}");
+        for _ in 0..200 {
+            aimd.on_clean(Instant::now(), 40 * MS);
+        }
+        assert_eq!(aimd.limit(), held);
+        // Latency back near its floor: growth resumes, additively.
+        for _ in 0..200 {
+            aimd.on_clean(Instant::now(), 10 * MS);
+        }
+        assert!(aimd.limit() > held, "{} <= {held}", aimd.limit());
+    }
+
+    /// Answers `clean` requests a second, the rest of `sent` pushback, for
+    /// `ms` milliseconds, spread evenly.
+    async fn answer(cap: &mut RateCap, sent: u32, clean: u32, ms: u32) {
+        let step = Duration::from_secs(1) / sent;
+        for i in 0..(u64::from(sent) * u64::from(ms) / 1000) as u32 {
+            let i = i % sent;
+            if i * clean / sent != (i + 1) * clean / sent {
+                cap.on_clean(Instant::now());
+            } else {
+                cap.on_pushback(Instant::now(), Some(Duration::from_secs(1)));
+            }
+            tokio::time::advance(step).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_cap_is_set_from_goodput_and_grows_back_after_retry_after() {
+        let mut cap = RateCap::new(Instant::now());
+        answer(&mut cap, 2_000, 2_000, 1_000).await;
+        assert_eq!(cap.cap(), None);
+        // A burst at 10,000 a second of which the service serves 1,500:
+        // the cap comes down below what was served, whatever was sent, and
+        // the burst of 429s cuts it once, not once per answer.
+        answer(&mut cap, 10_000, 1_500, 150).await;
+        let c = cap.cap().expect("a cap");
+        assert!((1_500.0..=1_800.0).contains(&c), "{c}");
+        // Clean answers at the cap: held for the Retry-After, then growing
+        // by 5 % of the cap a second.
+        let served = c as u32;
+        answer(&mut cap, served, served, 900).await;
+        assert_eq!(cap.cap(), Some(c));
+        answer(&mut cap, served, served, 2_000).await;
+        let grown = cap.cap().unwrap();
+        assert!(grown > c * 1.05 && grown < c * 1.15, "{c} -> {grown}");
+        // More pushback cuts it again, by at least a tenth.
+        answer(&mut cap, 10_000, 1_000, 10).await;
+        assert!(cap.cap().unwrap() <= grown * RATE_DECREASE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cap_never_drops_below_its_floor_and_is_dropped_once_it_holds_nothing_back() {
+        let mut cap = RateCap::new(Instant::now());
+        // Everything refused: the floor.
+        answer(&mut cap, 100, 0, 1_000).await;
+        assert_eq!(cap.cap(), Some(MIN_RATE));
+        // The service comes back; the cap grows, and once it is twice what
+        // is sent (here a steady 2 a second) it is dropped.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for _ in 0..120 {
+            cap.on_clean(Instant::now());
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        assert_eq!(cap.cap(), None);
+    }
+}
