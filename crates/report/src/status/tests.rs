@@ -56,6 +56,7 @@ fn shard(n: u32, files_ok: u64, updated_secs_ago: u64) -> ShardStats {
             max: 120.0,
         },
         files_per_sec: 1000.0,
+        pace: Default::default(),
     }
 }
 
