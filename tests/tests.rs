@@ -11,6 +11,7 @@ mod limits;
 mod nginx;
 mod output;
 mod pipeline;
+mod politeness;
 mod server;
 mod services;
 mod space;

@@ -80,10 +80,10 @@ impl TokenBucket {
         self.refill(now);
         let rate = rate.filter(|r| r.is_finite() && *r > 0.0);
         if self.rate.is_none() {
-            // Leaving "unlimited": start with one burst, not with a hoard.
-            if let Some(r) = rate {
-                self.tokens = Self::burst(r);
-            }
+            // Leaving "unlimited": no tokens saved up. A rate comes after
+            // pushback (a refusal says there is no room now) or before the
+            // first request, and a burst at once was most of a run's 429s.
+            self.tokens = 0.0;
         }
         self.rate = rate;
         if let Some(r) = rate {
@@ -700,11 +700,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn try_take_refuses_when_a_token_is_not_there_yet() {
         let mut bucket = TokenBucket::new(Instant::now());
+        assert!(bucket.try_take(Instant::now()), "unlimited");
+        // A new rate starts with nothing saved up.
         bucket.set_rate(Some(10.0), Instant::now());
-        assert!(bucket.try_take(Instant::now()));
         assert!(!bucket.try_take(Instant::now()));
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(bucket.try_take(Instant::now()));
+        assert!(!bucket.try_take(Instant::now()));
     }
 
     const MS: Duration = Duration::from_millis(1);
