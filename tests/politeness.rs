@@ -40,7 +40,10 @@ fn max_rps_caps_the_gets_of_all_workers_together() {
             let secs = (t1 - t0).as_secs_f64();
             if secs >= 2.0 {
                 let rate = (n1 - n0) as f64 / secs;
-                assert!(rate <= 400.0 * 1.1 + 40.0 / secs, "{rate:.0}/s over {secs:.1} s");
+                assert!(
+                    rate <= 400.0 * 1.1 + 40.0 / secs,
+                    "{rate:.0}/s over {secs:.1} s"
+                );
             }
         }
     }

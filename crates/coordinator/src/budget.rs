@@ -29,6 +29,9 @@ const INCREASE_PER_SECOND: f64 = 0.05;
 /// so a new cut is decided on answers sent under the old one.
 const HOLD: Duration = Duration::from_secs(1);
 
+/// How long pushback that does not answer to cuts is left alone.
+const INSENSITIVE_FOR: Duration = Duration::from_secs(10);
+
 /// The lowest run-wide cap, in requests a second per shard.
 const MIN_PER_SHARD: f64 = 1.0;
 
@@ -61,6 +64,9 @@ pub struct Budget {
     slowdown: Option<Slowdown>,
     reports: Vec<Reports>,
     last_tick: Instant,
+    /// The run's share of pushback when the slow-down was last cut.
+    cut_share: Option<f64>,
+    insensitive_until: Option<Instant>,
 }
 
 impl Budget {
@@ -71,6 +77,8 @@ impl Budget {
             slowdown: None,
             reports: vec![Reports::default(); shards],
             last_tick: now,
+            cut_share: None,
+            insensitive_until: None,
         }
     }
 
@@ -124,7 +132,26 @@ impl Budget {
         // "Several" shards: two, or the only one working.
         let several = working.clamp(1, 2);
         let floor = MIN_PER_SHARD * working.max(1) as f64;
+        let share = if all > 0.0 { (all - clean) / all } else { 0.0 };
+        if self.insensitive_until.is_some_and(|t| now < t) {
+            return;
+        }
         if pushed >= several {
+            // A cut that did not at least halve the share of pushback a
+            // second later was not about the rate (names refused whatever
+            // the rate): end the slow-down and leave such pushback to the
+            // per-name retries for a while, as each worker does.
+            if let (Some(s), Some(before)) = (self.slowdown, self.cut_share) {
+                if now >= s.hold_until && share >= before / 2.0 {
+                    self.slowdown = None;
+                    self.cut_share = None;
+                    self.insensitive_until = Some(now + INSENSITIVE_FOR);
+                    return;
+                }
+            }
+            if self.slowdown.is_none_or(|s| now >= s.hold_until) {
+                self.cut_share = Some(share);
+            }
             let served = clean * DECREASE;
             let rate = match self.slowdown {
                 Some(s) if now < s.hold_until => s.rate,
@@ -224,6 +251,25 @@ mod tests {
             b.tick(t, 4);
         }
         assert_eq!(b.share(4), (None, false));
+    }
+
+    #[test]
+    fn pushback_that_a_cut_does_not_reduce_ends_the_slow_down() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(2, None, true, t0);
+        // A tenth of every shard's answers refused, second after second,
+        // whatever the rate.
+        let mut t = t0;
+        let mut slowed = 0;
+        for _ in 0..5 {
+            t += SEC;
+            b.report(0, 900, 100, t - MS10);
+            b.report(1, 900, 100, t - MS10);
+            b.tick(t, 2);
+            slowed += usize::from(b.slowing());
+        }
+        assert_eq!(b.share(2), (None, false));
+        assert!(slowed <= 2, "{slowed}");
     }
 
     #[test]

@@ -120,16 +120,17 @@ impl TokenBucket {
     }
 }
 
-/// The shortest time between two cuts: a cut must have time to show in
-/// what is served before the next (the rate cap measures the goodput it is
-/// cut to over the last second), and on loopback a round trip is so short
+/// The shortest time between two multiplicative cuts: a cut must have a
+/// second to show in what is served before the next ([`Sensitivity`]
+/// judges it over that second), and on loopback a round trip is so short
 /// that a cut per round trip took the in-flight limit to 1 on one burst.
+/// The fast correction is the rate cap's: down to the goodput at once.
 ///
 /// Both rules also cut only for requests *sent* after their last cut: the
 /// answers to requests sent before it are still arriving, and counting each
 /// would cut to the floor on one burst of 429s (TCP cuts once per window
 /// for the same reason). Each cut holds growth for at least this long.
-pub const DECREASE_GAP: Duration = Duration::from_millis(100);
+pub const DECREASE_GAP: Duration = Duration::from_secs(1);
 
 /// The multiplicative decrease of [`Aimd`] on pushback.
 pub const AIMD_DECREASE: f64 = 0.5;
@@ -419,6 +420,103 @@ impl RateCap {
     }
 }
 
+/// How long pushback that does not answer to cuts is taken for what it is
+/// (names the service refuses whatever the rate) before it is tested again.
+pub const INSENSITIVE_FOR: Duration = Duration::from_secs(10);
+
+/// Whether pushback answers to the rate.
+///
+/// A rate limiter's refusals fall away once a client slows below its rate;
+/// a service that refuses some names whatever the rate (a hot name, a
+/// per-name `Retry-After`) refuses the same share however slowly it is
+/// asked. Cutting on the second kind only compounds: 10 % of names refused
+/// once drove a run to a request a second. So after a cut, a second of
+/// answers is the test: if the share of pushback has not at least halved,
+/// the cuts did not help, and pushback is left to the per-name retries
+/// (it neither cuts nor holds the limits) for [`INSENSITIVE_FOR`].
+#[derive(Debug)]
+pub struct Sensitivity {
+    /// Answers per slot: (pushback, all), the newest last.
+    slots: [(u32, u32); SLOTS],
+    slot_start: Instant,
+    /// The last cut, and the share of pushback in the second before it.
+    last_cut: Option<(Instant, f64)>,
+    insensitive_until: Option<Instant>,
+}
+
+impl Sensitivity {
+    pub fn new(now: Instant) -> Sensitivity {
+        Sensitivity {
+            slots: [(0, 0); SLOTS],
+            slot_start: now,
+            last_cut: None,
+            insensitive_until: None,
+        }
+    }
+
+    fn advance(&mut self, now: Instant) {
+        while now.saturating_duration_since(self.slot_start) >= SLOT {
+            self.slots.rotate_left(1);
+            self.slots[SLOTS - 1] = (0, 0);
+            self.slot_start += SLOT;
+            if now.saturating_duration_since(self.slot_start) >= SLOT * SLOTS as u32 {
+                self.slots = [(0, 0); SLOTS];
+                self.slot_start = now;
+            }
+        }
+    }
+
+    /// The share of pushback among the answers of the last second.
+    fn share(&self) -> f64 {
+        let (p, a) = self.slots.iter().fold((0u64, 0u64), |(p, a), &(sp, sa)| {
+            (p + u64::from(sp), a + u64::from(sa))
+        });
+        if a == 0 {
+            0.0
+        } else {
+            p as f64 / a as f64
+        }
+    }
+
+    pub fn record(&mut self, now: Instant, pushback: bool) {
+        self.advance(now);
+        let slot = &mut self.slots[SLOTS - 1];
+        slot.0 += u32::from(pushback);
+        slot.1 += 1;
+    }
+
+    /// Whether the limits may act on pushback now.
+    pub fn acts(&mut self, now: Instant) -> bool {
+        self.advance(now);
+        if self.insensitive_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        if let Some((at, before)) = self.last_cut {
+            if now.saturating_duration_since(at) >= DECREASE_GAP {
+                if self.share() >= before / 2.0 {
+                    self.insensitive_until = Some(now + INSENSITIVE_FOR);
+                    self.last_cut = None;
+                    return false;
+                }
+                self.last_cut = None;
+            }
+        }
+        true
+    }
+
+    /// A limit was cut at `now`.
+    pub fn cut(&mut self, now: Instant) {
+        self.advance(now);
+        if self.last_cut.is_none() {
+            self.last_cut = Some((now, self.share()));
+        }
+    }
+
+    pub fn insensitive(&self, now: Instant) -> bool {
+        self.insensitive_until.is_some_and(|t| now < t)
+    }
+}
+
 /// What an answer says about the service's load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -445,6 +543,7 @@ pub struct Governor {
     admitted: Cell<u32>,
     aimd: RefCell<Aimd>,
     cap: RefCell<RateCap>,
+    sensitivity: RefCell<Sensitivity>,
     bucket: RefCell<TokenBucket>,
     share: Cell<Option<f64>>,
     slowdown: Cell<bool>,
@@ -469,6 +568,7 @@ impl Governor {
             admitted: Cell::new(0),
             aimd: RefCell::new(Aimd::new(initial, max_in_flight)),
             cap: RefCell::new(RateCap::new(now)),
+            sensitivity: RefCell::new(Sensitivity::new(now)),
             bucket: RefCell::new(TokenBucket::new(now)),
             share: Cell::new(None),
             slowdown: Cell::new(false),
@@ -555,6 +655,7 @@ impl Governor {
             Outcome::Clean(latency) => {
                 self.pressure.set((clean.saturating_add(1), pushback));
                 if self.adaptive {
+                    self.sensitivity.borrow_mut().record(now, false);
                     self.aimd.borrow_mut().on_clean(now, latency);
                     let sent = now.checked_sub(latency).unwrap_or(now);
                     self.cap.borrow_mut().on_clean(now, sent);
@@ -565,8 +666,20 @@ impl Governor {
                 self.pressure.set((clean, pushback.saturating_add(1)));
                 self.pushback_total.set(self.pushback_total.get() + 1);
                 if self.adaptive {
-                    self.aimd.borrow_mut().on_pushback(now, sent, retry_after);
-                    self.cap.borrow_mut().on_pushback(now, sent, retry_after);
+                    let mut sensitivity = self.sensitivity.borrow_mut();
+                    sensitivity.record(now, true);
+                    if sensitivity.acts(now) {
+                        let a = self.aimd.borrow_mut().on_pushback(now, sent, retry_after);
+                        let r = self.cap.borrow_mut().on_pushback(now, sent, retry_after);
+                        if a || r {
+                            sensitivity.cut(now);
+                        }
+                    } else if self.cap.borrow().cap().is_some() {
+                        // The cuts did not help: this pushback is not about
+                        // the rate. Let the cap go; per-name retries
+                        // handle the refused names.
+                        self.cap.borrow_mut().reset();
+                    }
                 }
             }
             Outcome::Silent => {}
@@ -777,6 +890,53 @@ mod tests {
         assert_eq!(aimd.floor(), Some(10 * MS));
         // A limit never starts above its bound.
         assert_eq!(Aimd::new(16, 4).limit(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pushback_that_does_not_fall_after_a_cut_stops_cutting_for_a_while() {
+        // A tenth of the answers refused, whatever the rate.
+        let mut s = Sensitivity::new(Instant::now());
+        let mut cuts = 0;
+        let mut last: Option<Instant> = None;
+        for i in 0..3_000u32 {
+            let pushback = i % 10 == 0;
+            let now = Instant::now();
+            s.record(now, pushback);
+            // The limits cut at most once per DECREASE_GAP.
+            if pushback && s.acts(now) && last.is_none_or(|t| now - t >= DECREASE_GAP) {
+                s.cut(now);
+                last = Some(now);
+                cuts += 1;
+            }
+            tokio::time::advance(MS).await;
+        }
+        // The first cut comes on the very first answer (all pushback, so
+        // the share "fell" after it); the second shows the share does not
+        // move, and no cut follows.
+        assert_eq!(cuts, 2);
+        assert!(s.insensitive(Instant::now()));
+        tokio::time::advance(INSENSITIVE_FOR).await;
+        assert!(s.acts(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pushback_that_falls_after_a_cut_keeps_the_rules_acting() {
+        // Half refused until the cut, then none for a while, then a few
+        // again (a rate limiter crossed once more).
+        let mut s = Sensitivity::new(Instant::now());
+        for i in 0..500u32 {
+            s.record(Instant::now(), i % 2 == 0);
+            tokio::time::advance(MS).await;
+        }
+        assert!(s.acts(Instant::now()));
+        s.cut(Instant::now());
+        for _ in 0..3_000 {
+            s.record(Instant::now(), false);
+            tokio::time::advance(MS).await;
+        }
+        s.record(Instant::now(), true);
+        assert!(s.acts(Instant::now()));
+        assert!(!s.insensitive(Instant::now()));
     }
 
     /// Answers `clean` requests a second, the rest of `sent` pushback, for
