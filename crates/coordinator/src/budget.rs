@@ -64,8 +64,9 @@ pub struct Budget {
     slowdown: Option<Slowdown>,
     reports: Vec<Reports>,
     last_tick: Instant,
-    /// The run's share of pushback when the slow-down was last cut.
-    cut_share: Option<f64>,
+    /// The first cut being judged, and the run's share of pushback a tick
+    /// after it.
+    cut_share: Option<(Instant, Option<f64>)>,
     insensitive_until: Option<Instant>,
 }
 
@@ -137,20 +138,25 @@ impl Budget {
             return;
         }
         if pushed >= several {
-            // A cut that did not at least halve the share of pushback a
-            // second later was not about the rate (names refused whatever
-            // the rate): end the slow-down and leave such pushback to the
-            // per-name retries for a while, as each worker does.
-            if let (Some(s), Some(before)) = (self.slowdown, self.cut_share) {
-                if now >= s.hold_until && share >= before / 2.0 {
-                    self.slowdown = None;
-                    self.cut_share = None;
-                    self.insensitive_until = Some(now + INSENSITIVE_FOR);
-                    return;
+            // Judged as each worker judges its cuts (the worker's
+            // `Sensitivity`): pushback still at 2 % or more two ticks after
+            // the first cut, and not under half its share one tick after,
+            // is not about the rate (names refused whatever the rate). End
+            // the slow-down and leave it to the per-name retries a while.
+            match self.cut_share {
+                None if self.slowdown.is_none() => self.cut_share = Some((now, None)),
+                Some((at, None)) if now.saturating_duration_since(at) >= HOLD => {
+                    self.cut_share = Some((at, Some(share)));
                 }
-            }
-            if self.slowdown.is_none_or(|s| now >= s.hold_until) {
-                self.cut_share = Some(share);
+                Some((at, Some(first))) if now.saturating_duration_since(at) >= HOLD * 2 => {
+                    self.cut_share = None;
+                    if share >= 0.02 && share >= first / 2.0 {
+                        self.slowdown = None;
+                        self.insensitive_until = Some(now + INSENSITIVE_FOR);
+                        return;
+                    }
+                }
+                _ => {}
             }
             let served = clean * DECREASE;
             let rate = match self.slowdown {

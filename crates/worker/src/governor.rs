@@ -424,23 +424,32 @@ impl RateCap {
 /// (names the service refuses whatever the rate) before it is tested again.
 pub const INSENSITIVE_FOR: Duration = Duration::from_secs(10);
 
+/// The least share of pushback, after cuts, that makes it "not about the
+/// rate": below it, the few refusals of a rate limiter crossed again.
+pub const INSENSITIVE_SHARE: f64 = 0.02;
+
 /// Whether pushback answers to the rate.
 ///
 /// A rate limiter's refusals fall away once a client slows below its rate;
 /// a service that refuses some names whatever the rate (a hot name, a
 /// per-name `Retry-After`) refuses the same share however slowly it is
 /// asked. Cutting on the second kind only compounds: 10 % of names refused
-/// once drove a run to a request a second. So after a cut, a second of
-/// answers is the test: if the share of pushback has not at least halved,
-/// the cuts did not help, and pushback is left to the per-name retries
-/// (it neither cuts nor holds the limits) for [`INSENSITIVE_FOR`].
+/// once drove a run to a request a second. So a cut is judged over the two
+/// seconds after it: the first still holds the refusals of the requests
+/// sent before the cut took hold, the second shows whether it helped. If
+/// the share of pushback in the second is at least [`INSENSITIVE_SHARE`]
+/// and not under half the share in the first, the cuts did not help, and
+/// pushback is left to the per-name retries (it neither cuts nor holds the
+/// limits) for [`INSENSITIVE_FOR`]. (Comparing with the second *before*
+/// the cut misjudged a rate limiter: refusals have only just begun then.)
 #[derive(Debug)]
 pub struct Sensitivity {
     /// Answers per slot: (pushback, all), the newest last.
     slots: [(u32, u32); SLOTS],
     slot_start: Instant,
-    /// The last cut, and the share of pushback in the second before it.
-    last_cut: Option<(Instant, f64)>,
+    /// The cut being judged, and the share of pushback in the second after
+    /// it, once that second is over.
+    last_cut: Option<(Instant, Option<f64>)>,
     insensitive_until: Option<Instant>,
 }
 
@@ -491,14 +500,21 @@ impl Sensitivity {
         if self.insensitive_until.is_some_and(|t| now < t) {
             return false;
         }
-        if let Some((at, before)) = self.last_cut {
-            if now.saturating_duration_since(at) >= DECREASE_GAP {
-                if self.share() >= before / 2.0 {
-                    self.insensitive_until = Some(now + INSENSITIVE_FOR);
-                    self.last_cut = None;
-                    return false;
+        if let Some((at, first)) = self.last_cut {
+            let since = now.saturating_duration_since(at);
+            match first {
+                None if since >= DECREASE_GAP => {
+                    self.last_cut = Some((at, Some(self.share())));
                 }
-                self.last_cut = None;
+                Some(first) if since >= DECREASE_GAP * 2 => {
+                    let second = self.share();
+                    self.last_cut = None;
+                    if second >= INSENSITIVE_SHARE && second >= first / 2.0 {
+                        self.insensitive_until = Some(now + INSENSITIVE_FOR);
+                        return false;
+                    }
+                }
+                _ => {}
             }
         }
         true
@@ -508,7 +524,7 @@ impl Sensitivity {
     pub fn cut(&mut self, now: Instant) {
         self.advance(now);
         if self.last_cut.is_none() {
-            self.last_cut = Some((now, self.share()));
+            self.last_cut = Some((now, None));
         }
     }
 
@@ -911,9 +927,8 @@ mod tests {
             }
             tokio::time::advance(MS).await;
         }
-        // The first cut comes on the very first answer (all pushback, so
-        // the share "fell" after it); the second shows the share does not
-        // move, and no cut follows.
+        // A cut on the first refusal and one a second later; two seconds
+        // after the first, the share has not moved, and no cut follows.
         assert_eq!(cuts, 2);
         assert!(s.insensitive(Instant::now()));
         tokio::time::advance(INSENSITIVE_FOR).await;
@@ -922,21 +937,27 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pushback_that_falls_after_a_cut_keeps_the_rules_acting() {
-        // Half refused until the cut, then none for a while, then a few
-        // again (a rate limiter crossed once more).
+        // A rate limiter: refusals begin, the cut comes on the first, the
+        // second after it still has many (sent before it took hold), the
+        // next has a few; much later a few again (crossed once more).
         let mut s = Sensitivity::new(Instant::now());
-        for i in 0..500u32 {
-            s.record(Instant::now(), i % 2 == 0);
-            tokio::time::advance(MS).await;
-        }
-        assert!(s.acts(Instant::now()));
-        s.cut(Instant::now());
-        for _ in 0..3_000 {
+        for _ in 0..500 {
             s.record(Instant::now(), false);
             tokio::time::advance(MS).await;
         }
         s.record(Instant::now(), true);
         assert!(s.acts(Instant::now()));
+        s.cut(Instant::now());
+        for i in 0..1_000u32 {
+            s.record(Instant::now(), i % 3 == 0);
+            assert!(i % 3 != 0 || s.acts(Instant::now()));
+            tokio::time::advance(MS).await;
+        }
+        for i in 0..3_000u32 {
+            s.record(Instant::now(), i % 200 == 0);
+            assert!(i % 200 != 0 || s.acts(Instant::now()), "{i}");
+            tokio::time::advance(MS).await;
+        }
         assert!(!s.insensitive(Instant::now()));
     }
 
