@@ -20,12 +20,6 @@
 #   5. a perf profile of the whole process tree (null sink), if perf works;
 #   6. with --baseline DIR: this build against an older `bulkget` binary,
 #      clean and at --error-rate 0.2, alternating in every round;
-#   8. latency (block `latency`): bulkget-server --latency-ms 1, 10 and 50,
-#      files/s with the defaults (adaptive) against fixed --connections
-#      (--adaptive off) at several counts, so "defaults ÷ best fixed" reads
-#      off one table; throttling (block `throttle`): --rate-limit R, the
-#      share of GETs answered 429 and the time against R's ideal (N / R),
-#      with --adaptive on (the default) and off;
 #   7. reference servers and pipelining (block `refs`): nginx (Debian's
 #      nginx-light, one worker) serving the same API from static files
 #      beside bulkget-server; against each, in the same rounds: wrk without
@@ -33,6 +27,12 @@
 #      h2load over h2c at 4 and 16 streams per connection, and
 #      `bulkget fetch --sink null --pipeline 1, 4 and 16`; then the dir and
 #      sqlite sinks at those depths (and the default's), bulkget-server only;
+#   8. latency (block `latency`): bulkget-server --latency-ms 1, 10 and 50,
+#      files/s with the defaults (adaptive) against fixed --connections
+#      (--adaptive off) at several counts, so "defaults ÷ best fixed" reads
+#      off one table; throttling (block `throttle`): --rate-limit R, the
+#      share of GETs answered 429 and the time against R's ideal (N / R),
+#      with --adaptive on (the default) and off;
 # and writes the run's Markdown page to a new file,
 # docs/benchmarks/YYYY-MM-DD-HHMM-<slug>.md (UTC start time; never an
 # existing file). docs/BENCHMARKS.md is the summary people read: it is
