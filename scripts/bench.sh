@@ -28,6 +28,12 @@
 #      h2load over h2c at 4 and 16 streams per connection, and
 #      `bulkget fetch --sink null --pipeline 1, 4 and 16`; then the dir and
 #      sqlite sinks at those depths (and the default's), bulkget-server only;
+#   8. latency (block `latency`): bulkget-server --latency-ms 1, 10 and 50,
+#      files/s with the defaults (adaptive) against fixed --connections
+#      (--adaptive off) at several counts, so "defaults ÷ best fixed" reads
+#      off one table; throttling (block `throttle`): --rate-limit R, the
+#      share of GETs answered 429 and the time against R's ideal (N / R),
+#      with --adaptive on (the default) and off;
 # and writes the run's Markdown page to a new file,
 # docs/benchmarks/YYYY-MM-DD-HHMM-<slug>.md (UTC start time; never an
 # existing file). docs/BENCHMARKS.md is the summary people read: it is
@@ -44,7 +50,7 @@
 #                    instead of a fresh scratch ext4 per run (see below)
 #   --no-pin         do not split the CPUs between server and client
 #   --no-build       use the binaries already in target/release
-#   --only LIST      comma-separated subset of: main,sweeps,protocols,split,errors,lister,profile,refs,baseline
+#   --only LIST      comma-separated subset of: main,sweeps,protocols,split,errors,lister,profile,refs,latency,throttle,baseline
 #   --ref-size N     files for the refs block (default 200000; nginx serves them
 #                    from a tree of small files on /dev/shm: ~4 KiB of RAM each)
 #   --baseline DIR   DIR/bulkget is an older build (e.g. copied from
@@ -93,7 +99,7 @@ ORIG_ARGS="$*"
 ORIG_ARGV=("$@")
 
 QUICK=0 BIG=0 RUNS=3 BIG_RUNS=1 SIZES="100000 1000000" OUT_BASE="" PIN=1 BUILD=1
-DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,protocols,split,errors,lister,profile,refs"
+DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,protocols,split,errors,lister,profile,refs,latency,throttle"
 ONLY=$ONLY_ALL SIZES_SET=0 RUNS_SET=0 NICE="" BASELINE="" REF_SIZE=200000
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -484,9 +490,12 @@ run_fetch() {
   wait "$poller" || true
   local wall
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  # ROW_EXTRA="k=v ..." (environment) adds fields to the row; STATS_URL
+  # adds the server's GET and 429 counts (reset by a fresh server per run).
+  # shellcheck disable=SC2086
   python3 "$TOOL" fetchrow kind=fetch tag="$tag" size="$n" sink="$sink" layout="$layout" \
     conns="$conns" batch="$batch" window="$window" workers="$WORKERS" err="$err" page="$page" \
-    pipeline="$pipe" -- "$WORK/fetch.time" "$WORK/poll.json" "$out/.bulkget" "$wall" >>"$RESULTS"
+    pipeline="$pipe" ${ROW_EXTRA:-} -- "$WORK/fetch.time" "$WORK/poll.json" "$out/.bulkget" "$wall" >>"$RESULTS"
   local row
   row=$(tail -1 "$RESULTS")
   log "fetch [$tag] N=$n sink=$sink${args[*]:+ ${args[*]}} c=$conns b=$batch w=$window err=$err page=$page: wall ${wall}s ($(awk -v n="$n" -v w="$wall" 'BEGIN{printf "%.0f", n/w}') files/s) rc=$rc"
@@ -625,6 +634,39 @@ if want split && [[ $PIN == 1 && $NPROC -ge 2 ]]; then
   done
   set_split pinned; URL=$URL_PINNED; WRK_TAG=main
   stop_server; drop_other_server
+fi
+
+# ---------------------------------------------------------------- 8: latency and throttling
+# A fresh server per run, so its counters are the run's own. Sizes are
+# small enough for a 2-core machine; the default's in-flight limit starts
+# at 16 and doubles per round trip, which the larger latencies make visible.
+if want latency; then
+  for lat in 1 10 50; do
+    n=20000
+    [[ $lat == 50 ]] && n=5000
+    [[ $QUICK == 1 ]] && n=$((n / 4))
+    for r in $(seq "$RUNS"); do
+      start_server "$n" --latency-ms "$lat"
+      ROW_EXTRA="latency=$lat mode=default" STATS_URL=$URL run_fetch latency "$n" null - "$CONNS" $BATCH $WINDOW 0 1000
+      for c in 32 128 512; do
+        start_server "$n" --latency-ms "$lat"
+        ROW_EXTRA="latency=$lat mode=fixed" STATS_URL=$URL run_fetch latency "$n" null - "$c" $BATCH $WINDOW 0 1000 --adaptive off
+      done
+    done
+    stop_server
+  done
+fi
+
+if want throttle; then
+  n=50000 rate=4000
+  [[ $QUICK == 1 ]] && n=20000
+  for r in $(seq "$RUNS"); do
+    for adaptive in on off; do
+      start_server "$n" --rate-limit "$rate"
+      ROW_EXTRA="rate_limit=$rate adaptive=$adaptive" STATS_URL=$URL run_fetch throttle "$n" null - "$CONNS" $BATCH $WINDOW 0 1000 --adaptive "$adaptive"
+    done
+  done
+  stop_server
 fi
 
 if want errors; then

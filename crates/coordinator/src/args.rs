@@ -52,6 +52,12 @@ impl From<HttpVersionArg> for bulkget_protocol::HttpVersion {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -67,10 +73,26 @@ pub struct FetchArgs {
     /// Worker processes (shards). Default: the number of CPUs.
     #[arg(long, short = 'w')]
     pub workers: Option<usize>,
-    /// Concurrent requests per worker: keep-alive connections over
-    /// HTTP/1.1; over HTTP/2, streams multiplexed on a few connections.
-    #[arg(long, short = 'c', default_value_t = 32)]
+    /// Request tasks per worker, the upper bound on its sockets: keep-alive
+    /// connections over HTTP/1.1 (each carrying up to --pipeline requests
+    /// on plain http); over HTTP/2, streams multiplexed on a few
+    /// connections. With --adaptive on, connections are opened only as the
+    /// in-flight limit grows into them, so this is a ceiling, not a count
+    /// (high enough for a service tens of milliseconds away); with
+    /// --adaptive off, every one of them is used.
+    #[arg(long, short = 'c', default_value_t = 256)]
     pub connections: u32,
+    /// A cap on GET requests a second across all workers together, retries
+    /// included; each working shard gets an equal share. Default: no cap.
+    #[arg(long, value_name = "N", value_parser = parse_rps, help_heading = "Politeness")]
+    pub max_rps: Option<f64>,
+    /// on: each worker's requests in flight adapt (AIMD: grow while answers
+    /// are clean and latency stays near its floor, halve on 429 or 503) and
+    /// its send rate is cut to what the service serves when it pushes back;
+    /// several shards refused in one second slow the whole run. off: every
+    /// request task sends as fast as answers come, as before adaptation.
+    #[arg(long, value_enum, default_value_t = Toggle::On, help_heading = "Politeness")]
+    pub adaptive: Toggle,
     /// HTTP/1.1 pipelining: requests in flight on each connection (1: off),
     /// on plain http:// over HTTP/1.1 (over TLS or HTTP/2 it does not
     /// apply). A server that mishandles pipelining (closes connections
@@ -335,4 +357,14 @@ pub fn read_headers(args: &[String]) -> Result<Vec<(HeaderName, HeaderValue)>, S
         }
     }
     Ok(headers)
+}
+
+/// `--max-rps`: a positive, finite number of requests a second.
+fn parse_rps(s: &str) -> Result<f64, String> {
+    let rps: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if rps.is_finite() && rps > 0.0 {
+        Ok(rps)
+    } else {
+        Err(format!("{s} is not a positive number of requests a second"))
+    }
 }

@@ -1,5 +1,6 @@
 //! The coordinator.
 pub mod args;
+pub mod budget;
 pub mod exit;
 pub mod failure_log;
 pub mod filter;

@@ -18,7 +18,7 @@
 //! coordinator's, which count acknowledgements).
 
 use bulkget_stats::schema::{
-    shard_path, CoordinatorStats, RunState, ShardState, ShardStats, SummaryState,
+    shard_path, Backoff, CoordinatorStats, RunState, ShardState, ShardStats, SummaryState,
     LATENCY_BOUNDS_SECONDS,
 };
 use prometheus_client::collector::Collector;
@@ -288,8 +288,9 @@ struct Snapshot {
     in_flight: u64,
     open_connections: u64,
     in_flight_limit: Option<u64>,
-    rps_budget: Option<f64>,
-    backoff_seconds: Option<f64>,
+    rps_limit: Option<f64>,
+    backing_off_own: u64,
+    backing_off_run_wide: u64,
 }
 
 impl Snapshot {
@@ -326,15 +327,18 @@ impl Snapshot {
             if let Some(live) = t.live() {
                 snap.in_flight += live.in_flight;
                 snap.open_connections += live.open_connections;
-                if let Some(l) = live.in_flight_limit {
-                    *snap.in_flight_limit.get_or_insert(0) += l;
+                // A worker that has not yet written its pace (a limit of
+                // 0) is left out rather than shown as stopped.
+                if live.pace.in_flight_limit > 0 {
+                    *snap.in_flight_limit.get_or_insert(0) += live.pace.in_flight_limit;
                 }
-                if let Some(r) = live.rps_budget {
-                    *snap.rps_budget.get_or_insert(0.0) += r;
+                if let Some(r) = live.pace.rps_limit {
+                    *snap.rps_limit.get_or_insert(0.0) += r;
                 }
-                if let Some(b) = live.backoff_seconds {
-                    let max = snap.backoff_seconds.get_or_insert(0.0);
-                    *max = max.max(b);
+                match live.pace.backoff {
+                    Backoff::Own => snap.backing_off_own += 1,
+                    Backoff::RunWide => snap.backing_off_run_wide += 1,
+                    Backoff::None | Backoff::Unknown => {}
                 }
             }
         }
@@ -493,26 +497,30 @@ impl Collector for Snapshot {
             one(
                 &mut e,
                 "bulkget_requests_in_flight_limit",
-                "The limit on file requests in flight, summed over the shards that adapt it.",
+                "The limit on file requests in flight now, summed over the shards.",
                 &gauge(int(limit)),
             )?;
         }
-        if let Some(budget) = self.rps_budget {
+        if let Some(budget) = self.rps_limit {
             one(
                 &mut e,
                 "bulkget_request_budget_per_second",
-                "File requests per second the shards may send now, summed.",
+                "File requests per second the shards may send now (--max-rps and back-off), summed.",
                 &ConstGauge::new(budget),
             )?;
         }
-        if let Some(backoff) = self.backoff_seconds {
-            one(
-                &mut e,
-                "bulkget_backoff_seconds",
-                "The longest hold-off of a shard after pushback from the server, now.",
-                &ConstGauge::new(backoff),
-            )?;
-        }
+        // Always shown: 0 is the news that nothing is backing off.
+        family(
+            &mut e,
+            "bulkget_shards_backing_off",
+            "Shards slowed by pushback from the server (429, 503) now: on their own, or by the run-wide slow-down.",
+            MetricType::Gauge,
+            "by",
+            [
+                ("own".to_string(), gauge(int(self.backing_off_own))),
+                ("run_wide".to_string(), gauge(int(self.backing_off_run_wide))),
+            ],
+        )?;
         // Per-bucket (not cumulative) counts, as the encoder wants them,
         // ending with +Inf for the attempts slower than the last bound.
         let mut buckets = Vec::with_capacity(self.buckets.len() + 1);

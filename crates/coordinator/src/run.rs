@@ -8,7 +8,8 @@
 //! order through a channel, so a slow disk never stalls dispatch
 //! ([`crate::state_thread`]); its first failure stops the run at once.
 
-use crate::args::{FetchArgs, LayoutArg, SinkArg};
+use crate::args::{FetchArgs, LayoutArg, SinkArg, Toggle};
+use crate::budget::Budget;
 use crate::exit;
 use crate::failure_log::{self, FailureLog};
 use crate::lister::{ListError, ListerThread, ListerWait, Page};
@@ -83,6 +84,9 @@ struct ShardSlot {
     life: ShardLife,
     idle_since: Option<Instant>,
     idle_total: Duration,
+    /// The share of the request budget last sent to the current worker, as
+    /// `(rps_milli, slowdown)`; `None` until one is sent.
+    paced: Option<(u64, bool)>,
 }
 
 /// Finds out, once and before any worker starts, how the dir sink can
@@ -175,6 +179,8 @@ struct Run {
     progress: Progress,
     /// `GET /metrics`, with `--metrics-addr`.
     metrics: Option<Metrics>,
+    /// The request budget: `--max-rps` and the run-wide slow-down.
+    budget: Budget,
 }
 
 impl Run {
@@ -338,6 +344,7 @@ impl Run {
                 fail_start_shards: args.test_fail_start_shard.clone(),
                 linger_shards: args.test_linger_shard.clone(),
             },
+            adaptive: args.adaptive == Toggle::On,
         };
         // Stats files of an earlier run or of more shards would mislead
         // `bulkget status`; each worker writes its own afresh.
@@ -379,6 +386,7 @@ impl Run {
                 life: ShardLife::default(),
                 idle_since: Some(Instant::now()),
                 idle_total: Duration::ZERO,
+                paced: None,
             })
             .collect();
         let progress = Progress::new(args.progress, args.quiet);
@@ -396,6 +404,12 @@ impl Run {
         if let Some(m) = &metrics {
             tracing::info!("serving metrics on http://{}/metrics", m.addr);
         }
+        let budget = Budget::new(
+            workers,
+            args.max_rps,
+            args.adaptive == Toggle::On,
+            Instant::now(),
+        );
         Ok(Setup::Go(Box::new(Run {
             args,
             endpoint,
@@ -423,6 +437,7 @@ impl Run {
             listing_failed: None,
             progress,
             metrics,
+            budget,
         })))
     }
 
@@ -535,6 +550,8 @@ impl Run {
                     if let Some(line) = self.failure_log.tick(Instant::now()) {
                         note!(self.progress, "{line}");
                     }
+                    let working = self.working_shards().len();
+                    self.budget.tick(Instant::now(), working);
                     // Progress first: it samples the rate the stats file shows.
                     self.update_progress();
                     self.write_stats(RunState::Listing, None);
@@ -546,6 +563,7 @@ impl Run {
             }
 
             self.dispatch();
+            self.pace_workers();
 
             if self.stop.is_none()
                 && self.sched.pending_len() == 0
@@ -615,7 +633,58 @@ impl Run {
         slot.generation = generation;
         slot.phase = Phase::Starting;
         slot.down = false;
+        slot.paced = None;
+        // Its share before any batch: frames arrive in order.
+        self.pace_workers();
         Ok(())
+    }
+
+    /// The shards that count in dividing the request budget: a live worker
+    /// that has work or may get some. A parked, restarting or stopped
+    /// shard, and once the listing is over one with nothing in flight,
+    /// leave their share to the others.
+    fn working_shards(&self) -> Vec<usize> {
+        let no_more_work = self.listing_done && self.sched.pending_len() == 0;
+        (0..self.shards.len())
+            .filter(|&i| {
+                let s = &self.shards[i];
+                s.worker.is_some()
+                    && !s.down
+                    && matches!(s.phase, Phase::Starting | Phase::Running)
+                    && !(no_more_work && self.sched.in_flight(i) == 0)
+            })
+            .collect()
+    }
+
+    /// Sends each live worker its share of the request budget, if it
+    /// changed. Idle workers get the same share as working ones (they
+    /// send nothing with it), so a batch that reaches one is paced at once.
+    fn pace_workers(&mut self) {
+        let working = self.working_shards().len();
+        let (share, slowdown) = self.budget.share(working);
+        // 0 means no limit on the wire, so a limit rounds up to 1.
+        let rps_milli = share.map_or(0, |r| ((r * 1000.0).round() as u64).max(1));
+        for slot in &mut self.shards {
+            let Some(worker) = &slot.worker else { continue };
+            if slot.down {
+                continue;
+            }
+            let changed = match slot.paced {
+                None => true,
+                Some((old, old_slowdown)) => {
+                    old_slowdown != slowdown
+                        || (old == 0) != (rps_milli == 0)
+                        || old.abs_diff(rps_milli) * 100 > old.max(1)
+                }
+            };
+            if changed {
+                worker.send(&ToWorker::Pace {
+                    rps_milli,
+                    slowdown,
+                });
+                slot.paced = Some((rps_milli, slowdown));
+            }
+        }
     }
 
     /// The version the coordinator announces to its workers: its own, or
@@ -755,6 +824,9 @@ impl Run {
                             );
                         }
                     },
+                    ToCoordinator::Pressure { clean, pushback } => {
+                        self.budget.report(shard, clean, pushback, Instant::now());
+                    }
                     ToCoordinator::Fatal { kind, reason } => {
                         note!(self.progress, "bulkget: worker {shard}: {reason}");
                         if kind == FatalKind::NoSpace && self.stop.is_none() {

@@ -717,7 +717,8 @@ mod tests {
             &["b".into(), "a".into()]
         ));
         assert!(!same_globs(&["a".into()], &["a".into(), "b".into()]));
-        let (s, start) = StateDir::open(&state, tmp.path(), &info("http://a"), true, false).unwrap();
+        let (s, start) =
+            StateDir::open(&state, tmp.path(), &info("http://a"), true, false).unwrap();
         match start {
             Start::Resume(cp) => assert_eq!(cp.position, ListPosition::Marker("m".into())),
             _ => panic!("expected resume"),

@@ -44,7 +44,7 @@ pub const STATE_DIR_NAME: &str = ".bulkget";
 /// change to the layout of a message (a field added, removed or retyped, a
 /// variant added anywhere but last, reordered or removed), so that a peer
 /// of the old layout is told apart instead of misreading frames.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Who speaks on a worker's socket. It is the first frame each way: the
 /// coordinator sends its own before its [`ToWorker::Hello`], and a worker
@@ -100,6 +100,13 @@ pub enum ToWorker {
     /// Stop. With `drain`, finish the batches already received first;
     /// without, exit at once.
     Shutdown { drain: bool },
+    /// The worker's share of the run's request budget: at most `rps_milli`
+    /// / 1000 GET requests a second, retries included (0: no limit). Sent
+    /// after the hello, before any batch, and again whenever the share
+    /// changes (`--max-rps` divided among the working shards, a run-wide
+    /// slow-down after pushback). `slowdown` says that a run-wide
+    /// slow-down is part of the share, for the stats file.
+    Pace { rps_milli: u64, slowdown: bool },
 }
 
 /// A message from a worker to the coordinator.
@@ -147,6 +154,11 @@ pub enum ToCoordinator {
         failures: Vec<Failure>,
         waiting: Vec<u32>,
     },
+    /// What the worker's requests met since its last report, sent once a
+    /// stats interval while it works: `clean` answers (anything but
+    /// pushback, errors included) and `pushback` answers (429 and 503).
+    /// The coordinator decides a run-wide slow-down from these.
+    Pressure { clean: u32, pushback: u32 },
 }
 
 /// Why a worker gave up.
@@ -369,6 +381,10 @@ pub struct WorkerSettings {
     pub refresh: bool,
     /// Hooks that let tests make a worker misbehave on purpose.
     pub test_hooks: TestHooks,
+    /// `--adaptive on`: the in-flight limit and the rate adapt to the
+    /// service (see the worker's governor); off, every request task sends
+    /// as fast as answers come, as before.
+    pub adaptive: bool,
 }
 
 /// A value that must never be written anywhere (a header value, proxy
@@ -447,6 +463,7 @@ impl WorkerSettings {
             proxy: None,
             refresh: false,
             test_hooks: TestHooks::default(),
+            adaptive: true,
         }
     }
 }

@@ -210,7 +210,10 @@ fn the_fuzz_seed_corpus_still_decodes() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
-        let to_worker = matches!(name.as_str(), "hello" | "batch" | "shutdown" | "two");
+        let to_worker = matches!(
+            name.as_str(),
+            "hello" | "batch" | "shutdown" | "two" | "pace"
+        );
         let ok = if name == "version" {
             check::<Version>(&bytes)
         } else if to_worker {
@@ -221,5 +224,5 @@ fn the_fuzz_seed_corpus_still_decodes() {
         assert!(ok, "{name} does not decode");
         seen += 1;
     }
-    assert_eq!(seen, 9);
+    assert_eq!(seen, 11);
 }

@@ -42,8 +42,8 @@ pub use histogram::LatencyHistogram;
 pub use http_status::StatusCounts;
 pub use rate::{eta_seconds, RateWindow};
 pub use schema::{
-    CoordinatorStats, EtaMethod, Latency, RunState, ShardState, ShardStats, ShardSummary,
-    SummaryState, SCHEMA_VERSION,
+    Backoff, CoordinatorStats, EtaMethod, Latency, Pace, RunState, ShardState, ShardStats,
+    ShardSummary, SummaryState, SCHEMA_VERSION,
 };
 pub use time::{format_rfc3339, now_rfc3339, parse_rfc3339};
 
@@ -140,6 +140,11 @@ mod doc_tests {
             keys_of(&shard["latency_ms"])
                 .into_iter()
                 .map(|k| format!("latency_ms.{k}")),
+        );
+        assert_documented(
+            keys_of(&shard["pace"])
+                .into_iter()
+                .map(|k| format!("pace.{k}")),
         );
         let mut c = CoordinatorStats::default();
         c.shards.push(ShardSummary::default());

@@ -242,20 +242,62 @@ pub struct ShardStats {
     /// The same attempts in the fixed buckets of
     /// [`LATENCY_BOUNDS_SECONDS`], which can be added up across shards.
     pub latency_buckets: LatencyBuckets,
-    /// The limit on requests in flight now, when the worker adapts it;
-    /// absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub in_flight_limit: Option<u64>,
-    /// The requests per second this shard may send now (its share of a
-    /// request budget), when it has one; absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rps_budget: Option<f64>,
-    /// How long this shard holds off now because the server pushed back,
-    /// in seconds, when the worker backs off as a whole; absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff_seconds: Option<f64>,
     /// Files done (ok or failed) per second over the last ~5 s.
     pub files_per_sec: f64,
+    /// How fast this worker may send now: its limits and why.
+    pub pace: Pace,
+}
+
+/// A worker's limits on how fast it sends, in its stats file
+/// ([`ShardStats::pace`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct Pace {
+    /// Whether the limits adapt to the service (`--adaptive on`).
+    pub adaptive: bool,
+    /// Requests this worker may have in flight now: the adaptive limit, or
+    /// with `--adaptive off` its connections times their pipeline depth.
+    pub in_flight_limit: u64,
+    /// GET requests a second this worker may send now (the lower of
+    /// `rps_share` and its own cap after pushback); `None` for no limit.
+    pub rps_limit: Option<f64>,
+    /// The coordinator's share for this worker of `--max-rps` and of any
+    /// run-wide slow-down; `None` for no limit.
+    pub rps_share: Option<f64>,
+    /// What holds the worker back: see [`Backoff`].
+    pub backoff: Backoff,
+    /// Answers that were pushback (429, 503) since the worker started.
+    pub pushback_total: u64,
+}
+
+/// Whether pushback is slowing a worker down ([`Pace::backoff`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backoff {
+    /// No pushback is holding the worker back.
+    #[default]
+    None,
+    /// This worker saw pushback: its own limits were cut and have not yet
+    /// grown back.
+    Own,
+    /// The coordinator ordered a run-wide slow-down (several shards saw
+    /// pushback); it may also be cut on its own.
+    RunWide,
+    /// A value this reader does not know, written by a newer bulkget.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Backoff {
+    /// The spelling used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backoff::None => "none",
+            Backoff::Own => "own",
+            Backoff::RunWide => "run-wide",
+            Backoff::Unknown => "unknown",
+        }
+    }
 }
 
 /// The coordinator's view of one shard, inside [`CoordinatorStats`].

@@ -1,5 +1,6 @@
 //! The fetch engine: a queue of names and the connection tasks that drain it.
 
+use crate::governor::{Governor, Outcome};
 use crate::stats_file::Counters;
 use bulkget_console::errln;
 use bulkget_http::{
@@ -70,6 +71,11 @@ struct Item {
 /// until one frees up.
 pub const H2_STREAMS_PER_CONNECTION: u32 = 32;
 
+/// The service latency floor above which pipelined requests are spread
+/// over more connections instead of queued deeper on few (see
+/// [`Engine::connection_depth`]).
+const SPREAD_ABOVE: Duration = Duration::from_millis(1);
+
 /// Resends of one name that the server did not process, before such a
 /// refusal counts as a failed attempt: a server that refuses everything
 /// must still end in a failure, not a loop.
@@ -139,6 +145,8 @@ pub struct Engine {
     /// until a server shows it mishandles pipelining; then 1 for the rest of
     /// this process (see [`Engine::fall_back`]).
     depth: Cell<u32>,
+    /// The in-flight limit and the pacing every request goes through.
+    pub governor: Governor,
     pub counters: Counters,
 }
 
@@ -174,6 +182,17 @@ impl Engine {
         let shared = (0..tasks.div_ceil(H2_STREAMS_PER_CONNECTION))
             .map(|_| Shared::default())
             .collect();
+        let pipelined = settings.pipeline > 1
+            && transport.tls.is_none()
+            && settings.http_version != HttpVersion::Http2;
+        // The most requests the tasks can keep in flight: the bound of the
+        // adaptive limit.
+        let max_in_flight = if pipelined {
+            tasks.saturating_mul(depth)
+        } else {
+            tasks
+        };
+        let governor = Governor::new(settings.adaptive, max_in_flight);
         Rc::new(Engine {
             settings,
             shared,
@@ -195,6 +214,7 @@ impl Engine {
             drain_progress: Notify::new(),
             jitter: RefCell::new(Jitter::from_entropy()),
             depth: Cell::new(depth),
+            governor,
             counters,
         })
     }
@@ -481,6 +501,32 @@ impl Engine {
         }
     }
 
+    /// Requests a pipelined connection keeps in flight now.
+    ///
+    /// A server answers a connection's pipelined requests one after another
+    /// (nginx and hyper both do), so against a service whose answers take
+    /// milliseconds, depth only makes requests wait behind each other: the
+    /// in-flight limit is spread over the connections before any is
+    /// pipelined deeper. Against one that answers in well under
+    /// [`SPREAD_ABOVE`] (loopback, the same rack), the client's CPU is
+    /// the bottleneck and deep pipelines on few connections cost the least
+    /// per request, so connections fill to `--pipeline` first.
+    fn connection_depth(&self) -> u32 {
+        let depth = self.depth.get();
+        if !self.settings.adaptive
+            || self
+                .governor
+                .latency_floor()
+                .is_none_or(|floor| floor < SPREAD_ABOVE)
+        {
+            return depth;
+        }
+        self.governor
+            .limit()
+            .div_ceil(self.settings.connections.max(1))
+            .clamp(1, depth)
+    }
+
     /// The next name if one is queued now, without waiting.
     fn try_next_item(&self) -> Option<Item> {
         self.queue.borrow_mut().pop_front()
@@ -574,19 +620,28 @@ impl Engine {
         let mut slots: Vec<Option<Item>> = Vec::new();
         let mut free: Vec<u32> = Vec::new();
         let mut unanswered: Vec<u32> = Vec::new();
+        // The permit of the request answered last, kept for the next one
+        // this connection sends.
+        let mut spare = false;
         let c = &self.counters;
         loop {
             // Fill the pipeline: wait for work only when nothing is in
             // flight, otherwise take what is queued now.
             loop {
                 let in_flight = conn.as_ref().map_or(0, PipeConn::in_flight);
-                if in_flight >= self.depth.get() as usize {
+                if in_flight >= self.connection_depth() as usize {
                     break;
                 }
+                // A permit first, so no more names than the in-flight
+                // limit are ever held by tasks.
                 let item = if in_flight == 0 {
+                    if !std::mem::take(&mut spare) {
+                        self.governor.acquire().await;
+                    }
                     match self.next_item().await {
                         Some(item) => item,
                         None => {
+                            self.governor.release();
                             if conn.is_some() {
                                 self.closed();
                             }
@@ -594,12 +649,19 @@ impl Engine {
                         }
                     }
                 } else {
+                    if !(std::mem::take(&mut spare) || self.governor.try_acquire()) {
+                        break;
+                    }
                     match self.try_next_item() {
                         Some(item) => item,
-                        None => break,
+                        None => {
+                            self.governor.release();
+                            break;
+                        }
                     }
                 };
                 if let Err(why) = bulkget_names::check(&item.batch.names[item.idx as usize]) {
+                    self.governor.release();
                     self.fail(item, why.to_string(), None);
                     continue;
                 }
@@ -625,11 +687,23 @@ impl Engine {
                                 None,
                                 &mut self.jitter.borrow_mut(),
                             );
+                            self.governor.answered(Outcome::Silent);
                             self.retry_or_fail(item, e);
                             tokio::time::sleep(delay).await;
                             continue;
                         }
                     }
+                }
+                // The rate: with nothing in flight, wait for this request's
+                // slot; otherwise send only if a slot is free now, and read
+                // answers instead of waiting with requests outstanding.
+                if in_flight == 0 {
+                    self.governor.pace().await;
+                } else if !self.governor.try_pace() {
+                    self.governor.release();
+                    self.queue.borrow_mut().push_front(item);
+                    self.work_ready.notify_waiters();
+                    break;
                 }
                 self.file_path(&item, &mut path);
                 let token = free.pop().unwrap_or_else(|| {
@@ -643,11 +717,15 @@ impl Engine {
                     }
                     Err(e) => {
                         free.push(token);
+                        self.governor.answered(Outcome::Silent);
                         if let Next::Stop = self.handled(item, Err(e), &[]) {
                             return;
                         }
                     }
                 }
+            }
+            if std::mem::take(&mut spare) {
+                self.governor.release();
             }
             let Some(live) = conn.as_mut() else {
                 continue;
@@ -664,6 +742,8 @@ impl Engine {
                 c.latency
                     .borrow_mut()
                     .record(answer.latency.as_micros() as u64);
+                self.governor.judge(outcome(&answer.result, answer.latency));
+                spare = true;
                 if let Next::Stop = self.handled(item, answer.result, &body) {
                     return;
                 }
@@ -679,6 +759,7 @@ impl Engine {
                     free.push(token);
                     c.in_flight.set(c.in_flight.get() - 1);
                     c.pipeline_retries.set(c.pipeline_retries.get() + 1);
+                    self.governor.release();
                     queue.push_front(item);
                 }
                 drop(queue);
@@ -698,10 +779,18 @@ impl Engine {
         let mut body = Vec::with_capacity(4096);
         let mut connect_failures: u32 = 0;
         let c = &self.counters;
-        while let Some(item) = self.next_item().await {
+        loop {
+            // A permit first, so no more names than the in-flight limit are
+            // ever held by tasks, and a task connects only once it may send.
+            self.governor.acquire().await;
+            let Some(item) = self.next_item().await else {
+                self.governor.release();
+                break;
+            };
             if let Err(why) = bulkget_names::check(&item.batch.names[item.idx as usize]) {
                 // The coordinator filters unsafe names; this is the second
                 // line of defence, and the sink's RESOLVE_BENEATH the third.
+                self.governor.release();
                 self.fail(item, why.to_string(), None);
                 continue;
             }
@@ -721,12 +810,14 @@ impl Engine {
                             None,
                             &mut self.jitter.borrow_mut(),
                         );
+                        self.governor.answered(Outcome::Silent);
                         self.retry_or_fail(item, e);
                         tokio::time::sleep(delay).await;
                         continue;
                     }
                 }
             }
+            self.governor.pace().await;
             let live = &mut conn.as_mut().expect("connected above").conn;
             self.file_path(&item, &mut path);
 
@@ -741,6 +832,8 @@ impl Engine {
             c.latency
                 .borrow_mut()
                 .record(live.last_latency().as_micros() as u64);
+            self.governor
+                .answered(outcome(&result, live.last_latency()));
 
             if let Next::Stop = self.handled(item, result, &body) {
                 return;
@@ -861,5 +954,18 @@ impl Engine {
     fn complete(&self, batch: Rc<BatchState>) {
         self.completed.borrow_mut().push(batch);
         self.completed_ready.notify_one();
+    }
+}
+
+/// What an answer says to the governor: 429 and 503 are pushback, any
+/// other answer is clean, and no answer says nothing.
+fn outcome(result: &Result<Response, FetchError>, latency: Duration) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Clean(latency),
+        Err(e) => match e.status() {
+            Some(429 | 503) => Outcome::Pushback(latency, e.retry_after()),
+            Some(_) => Outcome::Clean(latency),
+            None => Outcome::Silent,
+        },
     }
 }

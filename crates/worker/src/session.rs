@@ -195,12 +195,18 @@ async fn serve(stream: UnixStream) -> i32 {
     engine.start();
     let committer = tokio::task::spawn_local(commit_loop(engine.clone(), outbox.clone()));
     let stats_task = {
-        let (engine, stats) = (engine.clone(), stats.clone());
+        let (engine, stats, outbox) = (engine.clone(), stats.clone(), outbox.clone());
         tokio::task::spawn_local(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                stats.write(&engine.counters);
+                stats.write(&engine.counters, engine.governor.snapshot());
+                // What the service said since the last tick, for the
+                // coordinator's run-wide decision; nothing when idle.
+                let (clean, pushback) = engine.governor.take_pressure();
+                if clean + pushback > 0 {
+                    let _ = outbox.send(ToCoordinator::Pressure { clean, pushback });
+                }
             }
         })
     };
@@ -220,6 +226,10 @@ async fn serve(stream: UnixStream) -> i32 {
                     }
                 }
                 Ok(Some(ToWorker::Shutdown { drain: false })) => break exit::OK,
+                Ok(Some(ToWorker::Pace { rps_milli, slowdown })) => {
+                    let share = (rps_milli > 0).then(|| rps_milli as f64 / 1000.0);
+                    engine.governor.set_share(share, slowdown);
+                }
                 Ok(Some(ToWorker::Hello { .. })) => {
                     errln!("bulkget worker {shard}: unexpected second hello");
                     break exit::USAGE;
@@ -254,7 +264,7 @@ async fn serve(stream: UnixStream) -> i32 {
     // acknowledged, so the rollback of an open transaction loses nothing.
     engine.close_sink();
     engine.counters.state.set(bulkget_stats::ShardState::Exited);
-    stats.write(&engine.counters);
+    stats.write(&engine.counters, engine.governor.snapshot());
     drop(outbox);
     // Give the outbox a bounded moment to deliver the last frames; the
     // coordinator may already be gone.
@@ -366,6 +376,7 @@ fn describe(msg: &ToCoordinator) -> String {
             waiting.len()
         ),
         ToCoordinator::Fatal { .. } => "a fatal error report".into(),
+        ToCoordinator::Pressure { .. } => "a pressure report".into(),
     }
 }
 

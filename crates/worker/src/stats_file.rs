@@ -7,7 +7,7 @@
 //! by temporary file and rename, so a reader never sees half of it.
 
 use bulkget_console::errln;
-use bulkget_stats::{LatencyHistogram, RateWindow, ShardState, ShardStats, StatusCounts};
+use bulkget_stats::{LatencyHistogram, Pace, RateWindow, ShardState, ShardStats, StatusCounts};
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ impl StatsFile {
 
     /// The snapshot of `c` as of now. Feeds the rate window, so it is taken
     /// once per write, not to peek.
-    pub fn snapshot(&self, c: &Counters) -> ShardStats {
+    pub fn snapshot(&self, c: &Counters, pace: Pace) -> ShardStats {
         let done = c.files_ok.get() + c.files_failed.get() + c.files_present.get();
         let mut rate = self.rate.borrow_mut();
         rate.sample(Instant::now(), done);
@@ -113,15 +113,15 @@ impl StatsFile {
                 .borrow()
                 .buckets(&bulkget_stats::schema::LATENCY_BOUNDS_SECONDS),
             files_per_sec: rate.rate(),
-            ..ShardStats::default()
+            pace,
         }
     }
 
     /// Takes a snapshot of `c` and replaces the file atomically (temporary
     /// file and rename). Called once a second and at exit, so the JSON
     /// formatting here is off the per-file path.
-    pub fn write(&self, c: &Counters) {
-        let snapshot = self.snapshot(c);
+    pub fn write(&self, c: &Counters, pace: Pace) {
+        let snapshot = self.snapshot(c, pace);
         if let Err(e) = bulkget_stats::write_json_atomic(&self.path, &snapshot) {
             // Stats are advisory: a full disk or a removed state directory
             // must not stop the downloads. Say so once.
@@ -163,7 +163,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
-        stats.write(&c);
+        stats.write(&c, Pace::default());
         let s = read();
         assert_eq!((s.shard, s.generation, s.pid), (3, 2, std::process::id()));
         assert_eq!(s.state, ShardState::Starting);
@@ -176,7 +176,7 @@ mod tests {
         c.status.borrow_mut().record(200);
         c.status.borrow_mut().record_error();
         c.latency.borrow_mut().record(1_500);
-        stats.write(&c);
+        stats.write(&c, Pace::default());
         let s = read();
         assert_eq!(s.state, ShardState::Running);
         assert_eq!((s.files_ok, s.bytes, s.retries), (7, 700, 2));
@@ -192,7 +192,7 @@ mod tests {
         c.batch_received();
         assert_eq!(c.state.get(), ShardState::Draining);
         c.state.set(ShardState::Exited);
-        stats.write(&c);
+        stats.write(&c, Pace::default());
         assert_eq!(read().state, ShardState::Exited);
         // Only the file itself: the temporary file was renamed over it.
         let names: Vec<_> = std::fs::read_dir(root.join("shards"))
