@@ -105,6 +105,22 @@ impl TokenBucket {
         }
     }
 
+    /// Takes a token if one is there now (`Duration::ZERO`), else says how
+    /// long until one will be, taking nothing: a waiter asks again then,
+    /// at whatever rate holds by that time.
+    pub fn take_or_wait(&mut self, now: Instant) -> Duration {
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
+        };
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / rate)
+        }
+    }
+
     /// Takes a token, in debt if need be: the time to wait before sending.
     pub fn reserve(&mut self, now: Instant) -> Duration {
         let Some(rate) = self.rate else {
@@ -564,6 +580,9 @@ pub struct Governor {
     share: Cell<Option<f64>>,
     slowdown: Cell<bool>,
     permit_ready: Notify,
+    /// Wakes the requests waiting in [`Governor::pace`] when the rate
+    /// changes, so a raised or lifted limit applies to them at once.
+    rate_changed: Notify,
     /// Answers since the last pressure report: (clean, pushback).
     pressure: Cell<(u32, u32)>,
     pushback_total: Cell<u64>,
@@ -589,6 +608,7 @@ impl Governor {
             share: Cell::new(None),
             slowdown: Cell::new(false),
             permit_ready: Notify::new(),
+            rate_changed: Notify::new(),
             pressure: Cell::new((0, 0)),
             pushback_total: Cell::new(0),
         }
@@ -640,10 +660,24 @@ impl Governor {
     }
 
     /// Waits for this request's slot under the rate, if there is one.
+    ///
+    /// A waiter takes no token in advance: with hundreds of requests
+    /// waiting, tokens reserved in debt at a low rate (a cap cut to the
+    /// goodput of a throttled second) held the last of them for minutes
+    /// after the rate was raised or lifted, one request a second. It waits
+    /// until a token is due or the rate changes, and asks again.
     pub async fn pace(&self) {
-        let wait = self.bucket.borrow_mut().reserve(Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        loop {
+            // Created before the check, so a change in between is seen.
+            let changed = self.rate_changed.notified();
+            let wait = self.bucket.borrow_mut().take_or_wait(Instant::now());
+            if wait.is_zero() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed => {}
+            }
         }
     }
 
@@ -730,6 +764,7 @@ impl Governor {
         let mut bucket = self.bucket.borrow_mut();
         if bucket.rate() != rate {
             bucket.set_rate(rate, now);
+            self.rate_changed.notify_waiters();
         }
     }
 
@@ -789,6 +824,41 @@ mod tests {
                 "rate {rate}: {sent} sent in 10 s"
             );
         }
+    }
+
+    /// Requests waiting at a low rate go at once when the rate is lifted,
+    /// and at the new rate when it is raised: none waits out a slot it was
+    /// given at the old one.
+    #[tokio::test(start_paused = true)]
+    async fn waiters_at_a_low_rate_follow_a_raised_or_lifted_rate_at_once() {
+        let governor = std::rc::Rc::new(Governor::new(true, 1_000));
+        governor.set_share(Some(1.0), false);
+        let sent = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let local = tokio::task::LocalSet::new();
+        for _ in 0..200 {
+            let (governor, sent) = (governor.clone(), sent.clone());
+            local.spawn_local(async move {
+                governor.pace().await;
+                sent.set(sent.get() + 1);
+            });
+        }
+        local
+            .run_until(async {
+                tokio::time::sleep(Duration::from_millis(2_500)).await;
+                // At 1 a second (nothing saved up), two or three went.
+                assert!(sent.get() <= 3, "{}", sent.get());
+                // Raised to 100 a second: the next second sends about 100,
+                // not the one a second the old slots would have allowed.
+                governor.set_share(Some(100.0), false);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let after_raise = sent.get();
+                assert!((95..=110).contains(&after_raise), "{after_raise}");
+                // Lifted: everyone left goes at once.
+                governor.set_share(None, false);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                assert_eq!(sent.get(), 200);
+            })
+            .await;
     }
 
     #[tokio::test(start_paused = true)]
