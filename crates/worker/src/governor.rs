@@ -410,7 +410,13 @@ impl RateCap {
         // it at once. Not a multiplicative cut, so it does not compound: at
         // a cap the service fully serves, it is the cap itself.
         if let (Some(cap), Some((start, clean))) = (self.cap, self.episode) {
-            let span = now.saturating_duration_since(start);
+            // Answers to the requests sent since the episode began come a
+            // round trip later (behind a pipeline, many milliseconds), so
+            // the span they cover ends when this refused request was sent,
+            // not now. Measured up to now, the first tens of milliseconds
+            // held almost no answers and the cap fell to its floor of one
+            // request a second, which then took minutes to grow back.
+            let span = sent.saturating_duration_since(start);
             if span >= EPISODE_MIN_SPAN {
                 let served = clean as f64 / span.as_secs_f64();
                 self.cap = Some(cap.min(served).max(MIN_RATE));
@@ -1054,6 +1060,34 @@ mod tests {
         answer(&mut cap, 10_000, 1_000, 100).await;
         let c = cap.cap().expect("a cap");
         assert!((900.0..=1_100.0).contains(&c), "{c}");
+    }
+
+    /// Pipelined answers come a round trip after their requests were sent:
+    /// the refusals that open an episode arrive before any answer to a
+    /// request sent after it, and that must not read as "nothing served".
+    #[tokio::test(start_paused = true)]
+    async fn answers_a_round_trip_late_do_not_take_the_cap_to_its_floor() {
+        let mut cap = RateCap::new(Instant::now());
+        let rtt = Duration::from_millis(100);
+        // A second at 2,000 clean answers a second.
+        for _ in 0..2_000 {
+            let now = Instant::now();
+            cap.on_clean(now, now - rtt);
+            tokio::time::advance(Duration::from_micros(500)).await;
+        }
+        // Then half a second in which the service refuses one request a
+        // millisecond and serves one, every answer a round trip late.
+        for _ in 0..500 {
+            let now = Instant::now();
+            cap.on_pushback(now, now - rtt, Some(Duration::from_secs(1)));
+            cap.on_clean(now, now - rtt);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let c = cap.cap().expect("a cap");
+        assert!(
+            c >= 500.0,
+            "the cap fell to {c} while 1,000 a second were served"
+        );
     }
 
     #[tokio::test(start_paused = true)]
