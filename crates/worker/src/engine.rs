@@ -677,19 +677,7 @@ impl Engine {
                             conn = Some(new);
                         }
                         Err(e) => {
-                            // Back off this connection slot too, so a server
-                            // that refuses connections is not hammered in a
-                            // hot loop.
-                            connect_failures += 1;
-                            c.status.borrow_mut().record_error();
-                            let delay = self.backoff.delay(
-                                connect_failures,
-                                None,
-                                &mut self.jitter.borrow_mut(),
-                            );
-                            self.governor.answered(Outcome::Silent);
-                            self.retry_or_fail(item, e);
-                            tokio::time::sleep(delay).await;
+                            self.connect_failed(item, e, &mut connect_failures).await;
                             continue;
                         }
                     }
@@ -801,18 +789,7 @@ impl Engine {
                         conn = Some(new);
                     }
                     Err(e) => {
-                        // Back off this connection slot too, so a server that
-                        // refuses connections is not hammered in a hot loop.
-                        connect_failures += 1;
-                        c.status.borrow_mut().record_error();
-                        let delay = self.backoff.delay(
-                            connect_failures,
-                            None,
-                            &mut self.jitter.borrow_mut(),
-                        );
-                        self.governor.answered(Outcome::Silent);
-                        self.retry_or_fail(item, e);
-                        tokio::time::sleep(delay).await;
+                        self.connect_failed(item, e, &mut connect_failures).await;
                         continue;
                     }
                 }
@@ -845,6 +822,22 @@ impl Engine {
         {
             self.closed();
         }
+    }
+
+    /// A connection for `item` could not be made: the item is retried or
+    /// failed, its permit is given back, and the task backs off its
+    /// connection slot too, so a server that refuses connections is not
+    /// hammered in a hot loop. `failures` counts the slot's failures in a
+    /// row (the caller resets it on success).
+    async fn connect_failed(self: &Rc<Self>, item: Item, e: FetchError, failures: &mut u32) {
+        *failures += 1;
+        self.counters.status.borrow_mut().record_error();
+        let delay = self
+            .backoff
+            .delay(*failures, None, &mut self.jitter.borrow_mut());
+        self.governor.answered(Outcome::Silent);
+        self.retry_or_fail(item, e);
+        tokio::time::sleep(delay).await;
     }
 
     fn retry_or_fail(self: &Rc<Self>, mut item: Item, error: FetchError) {

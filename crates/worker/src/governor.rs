@@ -148,6 +148,39 @@ impl TokenBucket {
 /// for the same reason). Each cut holds growth for at least this long.
 pub const DECREASE_GAP: Duration = Duration::from_secs(1);
 
+/// When pushback may cut a limit, and how long growth is held after it:
+/// the one rule [`Aimd`] and [`RateCap`] share. Every pushback holds growth
+/// for its `Retry-After` ([`DECREASE_GAP`] at least); a cut is allowed only
+/// for a request sent after the last cut, and at most once per
+/// [`DECREASE_GAP`].
+#[derive(Debug, Default)]
+struct CutGate {
+    hold_until: Option<Instant>,
+    last_decrease: Option<Instant>,
+}
+
+impl CutGate {
+    /// Whether growth is held now.
+    fn holding(&self, now: Instant) -> bool {
+        self.hold_until.is_some_and(|t| now < t)
+    }
+
+    /// Pushback to a request sent at `sent`: extends the hold, and returns
+    /// whether the caller may cut now (and records the cut if so).
+    fn pushback(&mut self, now: Instant, sent: Instant, retry_after: Option<Duration>) -> bool {
+        let hold = retry_after.unwrap_or(Duration::ZERO).max(DECREASE_GAP);
+        self.hold_until = Some(self.hold_until.map_or(now + hold, |t| t.max(now + hold)));
+        if self
+            .last_decrease
+            .is_some_and(|t| sent < t || now.saturating_duration_since(t) < DECREASE_GAP)
+        {
+            return false;
+        }
+        self.last_decrease = Some(now);
+        true
+    }
+}
+
 /// The multiplicative decrease of [`Aimd`] on pushback.
 pub const AIMD_DECREASE: f64 = 0.5;
 
@@ -164,8 +197,7 @@ pub struct Aimd {
     /// (doubling per round trip), as TCP's slow start does.
     slow_start: bool,
     floor: Option<Duration>,
-    hold_until: Option<Instant>,
-    last_decrease: Option<Instant>,
+    gate: CutGate,
 }
 
 impl Aimd {
@@ -176,8 +208,7 @@ impl Aimd {
             max,
             slow_start: true,
             floor: None,
-            hold_until: None,
-            last_decrease: None,
+            gate: CutGate::default(),
         }
     }
 
@@ -194,7 +225,7 @@ impl Aimd {
     /// Whether the limit is held after pushback (`Retry-After`, or the gap
     /// after a decrease).
     pub fn holding(&self, now: Instant) -> bool {
-        self.hold_until.is_some_and(|t| now < t)
+        self.gate.holding(now)
     }
 
     /// A clean answer (anything but pushback) that took `latency`.
@@ -223,15 +254,9 @@ impl Aimd {
         sent: Instant,
         retry_after: Option<Duration>,
     ) -> bool {
-        let hold = retry_after.unwrap_or(Duration::ZERO).max(DECREASE_GAP);
-        self.hold_until = Some(self.hold_until.map_or(now + hold, |t| t.max(now + hold)));
-        if self
-            .last_decrease
-            .is_some_and(|t| sent < t || now.saturating_duration_since(t) < DECREASE_GAP)
-        {
+        if !self.gate.pushback(now, sent, retry_after) {
             return false;
         }
-        self.last_decrease = Some(now);
         self.slow_start = false;
         self.limit = (self.limit * AIMD_DECREASE).max(1.0);
         true
@@ -280,8 +305,7 @@ pub struct RateCap {
     /// The first answer: a window that began before it would count time
     /// when nothing was sent and understate the rate.
     first: Option<Instant>,
-    hold_until: Option<Instant>,
-    last_decrease: Option<Instant>,
+    gate: CutGate,
     last_increase: Instant,
     /// The current episode of pushback: when its first pushback came, and
     /// the clean answers to requests sent since. Once a rate limiter
@@ -299,8 +323,7 @@ impl RateCap {
             slots: [(0, 0); SLOTS],
             slot_start: now,
             first: None,
-            hold_until: None,
-            last_decrease: None,
+            gate: CutGate::default(),
             last_increase: now,
             episode: None,
             last_pushback: None,
@@ -368,7 +391,7 @@ impl RateCap {
             self.last_increase = now;
             return;
         };
-        if self.hold_until.is_some_and(|t| now < t) {
+        if self.gate.holding(now) {
             self.last_increase = now;
             return;
         }
@@ -422,15 +445,9 @@ impl RateCap {
                 self.cap = Some(cap.min(served).max(MIN_RATE));
             }
         }
-        let hold = retry_after.unwrap_or(Duration::ZERO).max(DECREASE_GAP);
-        self.hold_until = Some(self.hold_until.map_or(now + hold, |t| t.max(now + hold)));
-        if self
-            .last_decrease
-            .is_some_and(|t| sent < t || now.saturating_duration_since(t) < DECREASE_GAP)
-        {
+        if !self.gate.pushback(now, sent, retry_after) {
             return false;
         }
-        self.last_decrease = Some(now);
         let (clean, _) = self.rates(now);
         let measured = clean * RATE_DECREASE;
         let cut = match self.cap {
