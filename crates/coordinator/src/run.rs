@@ -23,7 +23,7 @@ use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
 use bulkget_console::{errln, outln};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker, Version,
+    Failure, FatalKind, Layout, Resolve, SinkKind, ToCoordinator, ToWorker, Version,
     WorkerSettings,
 };
 use bulkget_report::format::{grouped, human_bytes};
@@ -339,11 +339,7 @@ impl Run {
             tls: connection.tls.clone(),
             proxy: connection.proxy.clone(),
             refresh,
-            test_hooks: TestHooks {
-                abort_on_header: args.test_abort_on_header,
-                fail_start_shards: args.test_fail_start_shard.clone(),
-                linger_shards: args.test_linger_shard.clone(),
-            },
+            test_hooks: args.test.worker_hooks(),
             adaptive: args.adaptive == Toggle::On,
         };
         // Stats files of an earlier run or of more shards would mislead
@@ -354,7 +350,7 @@ impl Run {
             }
         }
 
-        if let Some(n) = args.test_fail_sync_after {
+        if let Some(n) = args.test.fail_sync_after() {
             state.fail_sync_after(n);
         }
         let failure_log = FailureLog::new(&state.failed_path());
@@ -691,8 +687,8 @@ impl Run {
     /// another build under the `--test-announce-build` hook.
     fn announced_version(&self) -> Version {
         let mut version = Version::current();
-        if let Some(build) = &self.args.test_announce_build {
-            version.build = build.clone();
+        if let Some(build) = self.args.test.announced_build() {
+            version.build = build.to_string();
         }
         version
     }
