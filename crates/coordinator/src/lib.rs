@@ -12,6 +12,7 @@ pub mod restart;
 pub mod run;
 pub mod scheduler;
 pub mod service;
+pub mod shutdown;
 pub mod state;
 pub mod state_thread;
 pub mod supervisor;

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::progress::{note, Progress};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
+use crate::shutdown::{OnSignal, Reason, Shutdown, StopSignal};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::{self, StateOp};
 use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
@@ -34,36 +35,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-
-/// Why the run is stopping early, if it is.
-#[derive(Debug, Clone, PartialEq)]
-enum Stop {
-    Signal {
-        code: i32,
-        name: &'static str,
-    },
-    ListingFailed(String),
-    AllParked,
-    NoSpace(String),
-    // Writing or syncing the state directory or the output failed: the run
-    // stops at once and writes no further checkpoint.
-    StateFailed(String),
-    /// A worker is another build than the coordinator.
-    Incompatible(String),
-}
-
-impl Stop {
-    fn code(&self) -> i32 {
-        match self {
-            Stop::Signal { code, .. } => *code,
-            Stop::ListingFailed(_) => exit::LISTING_FAILED,
-            Stop::AllParked => exit::ALL_PARKED,
-            Stop::NoSpace(_) => exit::NO_SPACE,
-            Stop::StateFailed(_) => exit::ERROR,
-            Stop::Incompatible(_) => exit::ERROR,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -173,7 +144,8 @@ struct Run {
     listing_done: bool,
     lister_wait: Arc<ListerWait>,
     rate: RateWindow,
-    stop: Option<Stop>,
+    /// Whether and why the run is ending, and until when workers may take.
+    shutdown: Shutdown,
     /// The listing failed; the run stops once what was listed is done.
     listing_failed: Option<String>,
     progress: Progress,
@@ -411,6 +383,7 @@ impl Run {
             Instant::now(),
         );
         Ok(Setup::Go(Box::new(Run {
+            shutdown: Shutdown::new(Duration::from_secs(args.grace)),
             args,
             endpoint,
             transport: connection.transport,
@@ -433,7 +406,6 @@ impl Run {
             listing_done: false,
             lister_wait: Arc::new(ListerWait::default()),
             rate: RateWindow::new(Duration::from_secs(5)),
-            stop: None,
             listing_failed: None,
             progress,
             metrics,
@@ -484,10 +456,7 @@ impl Run {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_checkpoint = Instant::now();
         let checkpoint_every = Duration::from_secs(self.args.checkpoint_interval.max(1));
-        let mut grace_deadline: Option<tokio::time::Instant> = None;
         let mut state_failed = self.state_failed.take().expect("taken once");
-        let mut signals_seen = 0;
-        let mut finishing = false;
         // The pending queue may hold this many batches before the lister is
         // asked for more. It only needs to refill windows between two pages, so it
         // is not as deep as the windows; twice that, because with affinity
@@ -495,7 +464,7 @@ impl Run {
         let max_pending = 2 * self.shards.len() * self.args.window.min(8);
 
         loop {
-            let accepting = self.stop.is_none()
+            let accepting = !self.shutdown.stopping()
                 && !self.listing_done
                 && self.listing_failed.is_none()
                 && self.sched.pending_len() < max_pending;
@@ -515,37 +484,29 @@ impl Run {
                         }
                     }
                 },
-                Some(ev) = events.recv() => self.on_event(ev, &restart_tx, &mut grace_deadline),
-                Some(why) = state_failed.recv() => self.on_state_failure(why, &mut grace_deadline),
+                Some(ev) = events.recv() => self.on_event(ev, &restart_tx),
+                Some(why) = state_failed.recv() => self.on_state_failure(why),
                 Some(shard) = restarts.recv() => {
-                    if self.stop.is_none() && !finishing && self.shards[shard].phase == Phase::Backoff {
+                    if !self.shutdown.ending() && self.shards[shard].phase == Phase::Backoff {
                         if let Err(e) = self.spawn(shard, &events_tx) {
                             note!(self.progress, "bulkget: cannot restart worker {shard}: {e}");
-                            self.park(shard, &mut grace_deadline);
+                            self.park(shard);
                         }
                     }
                 }
-                _ = sigint.recv() => {
-                    signals_seen += 1;
-                    self.on_signal(signals_seen, Stop::Signal { code: exit::INTERRUPTED, name: "SIGINT" }, &mut grace_deadline);
-                }
-                _ = sigterm.recv() => {
-                    signals_seen += 1;
-                    self.on_signal(signals_seen, Stop::Signal { code: exit::TERMINATED, name: "SIGTERM" }, &mut grace_deadline);
-                }
-                _ = sighup.recv() => {
-                    signals_seen += 1;
-                    self.on_signal(signals_seen, Stop::Signal { code: exit::HANGUP, name: "SIGHUP" }, &mut grace_deadline);
-                }
-                () = sleep_until_opt(grace_deadline) => {
-                    note!(self.progress, "bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
-                    grace_deadline = None;
-                    self.stop_workers_now();
+                _ = sigint.recv() => self.on_signal(StopSignal::Interrupt),
+                _ = sigterm.recv() => self.on_signal(StopSignal::Terminate),
+                _ = sighup.recv() => self.on_signal(StopSignal::Hangup),
+                () = sleep_until_opt(self.shutdown.deadline()) => {
+                    if self.shutdown.deadline_passed(Instant::now()) {
+                        note!(self.progress, "bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
+                        self.stop_workers_now();
+                    }
                 }
                 _ = tick.tick() => {
                     if let Some(why) = self.space_problem() {
                         note!(self.progress, "bulkget: {why}; stopping with the checkpoint saved");
-                        self.begin_stop(Stop::NoSpace(why), &mut grace_deadline);
+                        self.begin_stop(Reason::NoSpace(why));
                     }
                     if let Some(line) = self.failure_log.tick(Instant::now()) {
                         note!(self.progress, "{line}");
@@ -565,38 +526,36 @@ impl Run {
             self.dispatch();
             self.pace_workers();
 
-            if self.stop.is_none()
+            if !self.shutdown.stopping()
                 && self.sched.pending_len() == 0
                 && self.sched.nothing_in_flight()
             {
                 if let Some(why) = self.listing_failed.clone() {
-                    self.begin_stop(Stop::ListingFailed(why), &mut grace_deadline);
+                    self.begin_stop(Reason::ListingFailed(why));
                 }
             }
-            if self.stop.is_none() && !finishing && self.sched.is_finished() {
+            if self.sched.is_finished() && self.shutdown.finish(Instant::now()) {
                 // Every file is acknowledged: let the workers write their
                 // last stats and exit.
-                finishing = true;
                 for s in &self.shards {
                     if let Some(w) = &s.worker {
                         w.send(&ToWorker::Shutdown { drain: true });
                     }
                 }
-                grace_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(10));
             }
-            if (finishing || self.stop.is_some()) && self.stop_ready() {
+            if self.shutdown.ending() && self.stop_ready() {
                 break;
             }
         }
         drop(lister);
-        self.finish(finishing).await
+        self.finish().await
     }
 
     /// Whether OUT's file system is about to run out of space or inodes.
     /// Checked once a second: stopping before the disk is full means no
     /// worker ever hits ENOSPC halfway through a file or a transaction.
     fn space_problem(&self) -> Option<String> {
-        if self.stop.is_some() || self.settings.sink == SinkKind::Null {
+        if self.shutdown.stopping() || self.settings.sink == SinkKind::Null {
             return None;
         }
         let space = bulkget_sink::free_space(Path::new(&self.settings.out_dir)).ok()?;
@@ -729,7 +688,7 @@ impl Run {
     }
 
     fn dispatch(&mut self) {
-        if self.stop.is_some() {
+        if self.shutdown.stopping() {
             return;
         }
         while let Some((shard, batch)) = self.sched.assign() {
@@ -753,12 +712,7 @@ impl Run {
         }
     }
 
-    fn on_event(
-        &mut self,
-        ev: Event,
-        restart_tx: &mpsc::UnboundedSender<usize>,
-        grace_deadline: &mut Option<tokio::time::Instant>,
-    ) {
+    fn on_event(&mut self, ev: Event, restart_tx: &mpsc::UnboundedSender<usize>) {
         match ev {
             Event::Message {
                 shard,
@@ -771,7 +725,7 @@ impl Run {
                 match msg {
                     ToCoordinator::Ready => {
                         self.shards[shard].phase = Phase::Running;
-                        if self.stop.is_none() {
+                        if !self.shutdown.stopping() {
                             self.sched.set_available(shard, true);
                         }
                     }
@@ -829,7 +783,7 @@ impl Run {
                     }
                     ToCoordinator::Fatal { kind, reason } => {
                         note!(self.progress, "bulkget: worker {shard}: {reason}");
-                        if kind == FatalKind::NoSpace && self.stop.is_none() {
+                        if kind == FatalKind::NoSpace && !self.shutdown.stopping() {
                             let why =
                                 format!("the file system of {} is full", self.settings.out_dir);
                             note!(
@@ -837,7 +791,7 @@ impl Run {
                                 "bulkget: {why}; stopping with the checkpoint saved"
                             );
                             let why = format!("{why} (worker {shard}: {reason})");
-                            self.begin_stop(Stop::NoSpace(why), grace_deadline);
+                            self.begin_stop(Reason::NoSpace(why));
                         }
                     }
                 }
@@ -881,7 +835,7 @@ impl Run {
                 }
                 // The worker exits by itself; nothing was sent to it.
                 self.shard_down(shard);
-                if self.stop.is_none() {
+                if !self.shutdown.stopping() {
                     let why = format!(
                         "worker {shard} is another build of bulkget ({theirs}) than this coordinator ({ours})"
                     );
@@ -889,7 +843,7 @@ impl Run {
                         self.progress,
                         "bulkget: {why}; stopping with the checkpoint saved"
                     );
-                    self.begin_stop(Stop::Incompatible(why), grace_deadline);
+                    self.begin_stop(Reason::Incompatible(why));
                 }
             }
             Event::Exited {
@@ -903,7 +857,7 @@ impl Run {
                     return;
                 }
                 let expected = self.shards[shard].phase == Phase::Stopped
-                    || self.stop.is_some()
+                    || self.shutdown.stopping()
                     || self.sched.is_finished();
                 if !self.shards[shard].down {
                     self.shard_down(shard);
@@ -944,14 +898,14 @@ impl Run {
                             "bulkget: worker {shard} {what}; its workers crashed more than {} times in {:?} without acknowledging anything; shard {shard} is parked, the run goes on without it",
                             self.policy.burst, self.policy.interval
                         );
-                        self.park(shard, grace_deadline);
+                        self.park(shard);
                     }
                 }
             }
         }
     }
 
-    fn park(&mut self, shard: usize, grace_deadline: &mut Option<tokio::time::Instant>) {
+    fn park(&mut self, shard: usize) {
         self.sched.park(shard);
         self.shards[shard].phase = Phase::Parked;
         if self.shards.iter().all(|s| s.phase == Phase::Parked) {
@@ -959,7 +913,7 @@ impl Run {
                 self.progress,
                 "bulkget: every shard is parked; stopping the run"
             );
-            self.begin_stop(Stop::AllParked, grace_deadline);
+            self.begin_stop(Reason::AllParked);
         }
     }
 
@@ -985,27 +939,26 @@ impl Run {
         }
     }
 
-    fn on_signal(
-        &mut self,
-        count: u32,
-        stop: Stop,
-        grace_deadline: &mut Option<tokio::time::Instant>,
-    ) {
-        if count == 1 {
-            if let Stop::Signal { name, .. } = &stop {
+    fn on_signal(&mut self, signal: StopSignal) {
+        match self.shutdown.on_signal(signal, Instant::now()) {
+            OnSignal::Graceful { began } => {
                 note!(
                     self.progress,
-                    "bulkget: {name}: stopping; letting in-flight batches finish for up to {}s (press Ctrl-C again to stop at once)",
+                    "bulkget: {}: stopping; letting in-flight batches finish for up to {}s (press Ctrl-C again to stop at once)",
+                    signal.name(),
                     self.args.grace
                 );
+                if began {
+                    self.stop_began();
+                }
             }
-            self.begin_stop(stop, grace_deadline);
-        } else {
-            note!(
-                self.progress,
-                "bulkget: second signal: stopping workers now"
-            );
-            self.stop_workers_now();
+            OnSignal::Now => {
+                note!(
+                    self.progress,
+                    "bulkget: second signal: stopping workers now"
+                );
+                self.stop_workers_now();
+            }
         }
     }
 
@@ -1013,31 +966,31 @@ impl Run {
     /// [`crate::state_thread`]). Nothing acknowledged from now on could be
     /// saved, so the run stops at once: no grace for in-flight batches
     /// (they are fetched again on resume), whatever stop was under way.
-    fn on_state_failure(&mut self, why: String, grace_deadline: &mut Option<tokio::time::Instant>) {
-        if matches!(self.stop, Some(Stop::StateFailed(_))) {
+    fn on_state_failure(&mut self, why: String) {
+        let message = format!("bulkget: {why}; stopping the run now, without a further checkpoint");
+        if !self.shutdown.state_failed(why) {
             return;
         }
-        note!(
-            self.progress,
-            "bulkget: {why}; stopping the run now, without a further checkpoint"
-        );
-        self.stop = Some(Stop::StateFailed(why));
+        note!(self.progress, "{message}");
         for shard in 0..self.shards.len() {
             self.sched.set_available(shard, false);
         }
-        *grace_deadline = None;
         self.stop_workers_now();
     }
 
-    fn begin_stop(&mut self, stop: Stop, grace_deadline: &mut Option<tokio::time::Instant>) {
-        if self.stop.is_some() {
-            return;
+    /// Begins a graceful stop for `reason`, unless one is under way.
+    fn begin_stop(&mut self, reason: Reason) {
+        if self.shutdown.begin(reason, Instant::now()) {
+            self.stop_began();
         }
-        self.stop = Some(stop);
+    }
+
+    /// A graceful stop began: no shard gets new work, and idle workers are
+    /// told to exit.
+    fn stop_began(&mut self) {
         for shard in 0..self.shards.len() {
             self.sched.set_available(shard, false);
         }
-        *grace_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(self.args.grace));
         self.ask_idle_workers_to_exit();
     }
 
@@ -1075,7 +1028,7 @@ impl Run {
 
     /// Whether every worker process has exited (after a stop or the end).
     fn stop_ready(&mut self) -> bool {
-        if self.stop.is_some() {
+        if self.shutdown.stopping() {
             self.ask_idle_workers_to_exit();
         }
         self.shards.iter().all(|s| s.worker.is_none())
@@ -1091,13 +1044,13 @@ impl Run {
         });
     }
 
-    async fn finish(mut self: Box<Self>, finished: bool) -> i32 {
-        let complete = finished && self.stop.is_none() && self.sched.is_finished();
+    async fn finish(mut self: Box<Self>) -> i32 {
+        let complete = self.shutdown.complete(self.sched.is_finished());
         let snapshot = self.sched.snapshot();
         let totals = snapshot.totals;
         // After a failure of the state thread there is no last checkpoint:
         // the one saved before the failure is the one to resume from.
-        let checkpoint_result = if matches!(self.stop, Some(Stop::StateFailed(_))) {
+        let checkpoint_result = if !self.shutdown.last_checkpoint_allowed() {
             None
         } else {
             let (done, done_rx) = std::sync::mpsc::channel();
@@ -1117,21 +1070,12 @@ impl Run {
         if let Some(t) = self.state_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        let mut code = match &self.stop {
-            Some(s) => s.code(),
-            None if totals.files_failed > 0 => exit::FILES_FAILED,
-            None => exit::OK,
-        };
+        let mut code = self.shutdown.exit_code(totals.files_failed);
         if let Some(Err(e)) = &checkpoint_result {
             errln!("bulkget: cannot save the checkpoint: {e}");
             code = exit::ERROR;
         }
-        let state = match (&self.stop, complete) {
-            (Some(Stop::Signal { .. }), _) => RunState::Interrupted,
-            (Some(_), _) => RunState::Failed,
-            (None, true) => RunState::Finished,
-            (None, false) => RunState::Failed,
-        };
+        let state = self.shutdown.final_state(complete);
         // The final numbers, for a plain log's last line and the stats file.
         self.update_progress();
         self.write_stats(state, Some(code));
@@ -1219,7 +1163,7 @@ impl Run {
             }
         }
         outln!("  state:          {}", self.state_dir.display());
-        match &self.stop {
+        match self.shutdown.reason() {
             None if code == exit::OK => {
                 outln!("  result:         complete: every listed file is in the sink")
             }
@@ -1227,16 +1171,11 @@ impl Run {
                 "  result:         complete, with {} failed files (exit {code})",
                 live.files_failed
             ),
-            Some(stop) => {
-                let why = match stop {
-                    Stop::Signal { name, .. } => format!("interrupted by {name}"),
-                    Stop::ListingFailed(e) => e.clone(),
-                    Stop::AllParked => "every shard was parked".into(),
-                    Stop::NoSpace(e) => format!("out of space: {e}"),
-                    Stop::StateFailed(e) => e.clone(),
-                    Stop::Incompatible(e) => e.clone(),
-                };
-                outln!("  result:         stopped: {why} (exit {code})");
+            Some(reason) => {
+                outln!(
+                    "  result:         stopped: {} (exit {code})",
+                    reason.describe()
+                );
                 let resume = format!(
                     "bulkget fetch {} {} --resume{}",
                     self.args.url,
@@ -1247,11 +1186,11 @@ impl Run {
                     }
                 );
                 let saved = bulkget_stats::schema::checkpoint_path(&self.state_dir).exists();
-                match stop {
-                    Stop::StateFailed(_) if saved => outln!(
+                match reason {
+                    Reason::StateFailed(_) if saved => outln!(
                         "  checkpoint:     not written after the failure; the one saved before it is exact: fix the cause, then continue with: {resume}"
                     ),
-                    Stop::StateFailed(_) => outln!(
+                    Reason::StateFailed(_) => outln!(
                         "  checkpoint:     none was saved: fix the cause, then run again without --resume"
                     ),
                     _ => outln!(
@@ -1287,7 +1226,7 @@ impl Run {
 
     fn coordinator_stats(&self, state: RunState, exit_code: Option<i32>) -> CoordinatorStats {
         let live = self.sched.live_totals();
-        let state = if exit_code.is_none() && (self.stop.is_some() || self.listing_done) {
+        let state = if exit_code.is_none() && (self.shutdown.stopping() || self.listing_done) {
             RunState::Draining
         } else {
             state
@@ -1356,9 +1295,9 @@ impl Run {
     }
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
 }
