@@ -21,7 +21,7 @@ use crate::shutdown::{OnSignal, Reason, Shutdown, StopSignal};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::{self, StateOp};
 use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
-use bulkget_console::{errln, outln};
+use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{
     Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker, Version,
@@ -76,7 +76,7 @@ fn probe_resolve(out: &Path, quiet: bool) -> Result<Resolve, (i32, String)> {
                 out.display()
             );
             if !quiet {
-                errln!("bulkget: note: {msg}");
+                tracing::warn!(target: MESSAGES, "bulkget: note: {msg}");
             }
         }
     }
@@ -96,7 +96,7 @@ pub fn fetch(args: FetchArgs) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            errln!("bulkget: cannot start runtime: {e}");
+            tracing::error!(target: MESSAGES, "bulkget: cannot start runtime: {e}");
             return exit::ERROR;
         }
     };
@@ -105,7 +105,7 @@ pub fn fetch(args: FetchArgs) -> i32 {
             Ok(Setup::Go(run)) => run.main().await,
             Ok(Setup::Done(code)) => code,
             Err((code, msg)) => {
-                errln!("bulkget: {msg}");
+                tracing::error!(target: MESSAGES, "bulkget: {msg}");
                 code
             }
         }
@@ -247,7 +247,8 @@ impl Run {
             Start::Fresh => (ListPosition::Start, Totals::default(), DoneAfter::default()),
             Start::Resume(cp) => {
                 if !args.quiet {
-                    errln!(
+                    tracing::info!(
+                        target: MESSAGES,
                         "bulkget: resuming from the checkpoint: {} files done before it, listing from {}",
                         cp.totals.files_ok + cp.totals.files_failed,
                         match &cp.position {
@@ -261,7 +262,8 @@ impl Run {
             }
             Start::Refresh(cp) => {
                 if !args.quiet {
-                    errln!(
+                    tracing::info!(
+                        target: MESSAGES,
                         "bulkget: refreshing the finished run ({} files ok, {} failed): listing \
                          every page again and fetching the names not in the sink yet",
                         cp.totals.files_ok + cp.totals.files_present,
@@ -418,7 +420,7 @@ impl Run {
         let (restart_tx, mut restarts) = mpsc::unbounded_channel::<usize>();
         for shard in 0..self.shards.len() {
             if let Err(e) = self.spawn(shard, &events_tx) {
-                errln!("bulkget: cannot start worker: {e}");
+                tracing::error!(target: MESSAGES, "bulkget: cannot start worker: {e}");
                 return exit::ERROR;
             }
         }
@@ -441,7 +443,7 @@ impl Run {
             ) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    errln!("bulkget: cannot start the lister: {e}");
+                    tracing::error!(target: MESSAGES, "bulkget: cannot start the lister: {e}");
                     return exit::ERROR;
                 }
             }
@@ -1072,7 +1074,7 @@ impl Run {
         }
         let mut code = self.shutdown.exit_code(totals.files_failed);
         if let Some(Err(e)) = &checkpoint_result {
-            errln!("bulkget: cannot save the checkpoint: {e}");
+            tracing::error!(target: MESSAGES, "bulkget: cannot save the checkpoint: {e}");
             code = exit::ERROR;
         }
         let state = self.shutdown.final_state(complete);

@@ -180,6 +180,11 @@ pub fn spawn(
     .stdout(Stdio::null())
     .stderr(Stdio::inherit())
     .process_group(0);
+    // A worker logs in the coordinator's format: they share stderr, which
+    // with `--log-format json` must hold nothing but JSON lines.
+    if bulkget_console::json_logs() {
+        cmd.args(["--log-format", "json"]);
+    }
     // The proxy, with its credentials, reaches the worker in its settings;
     // the environment that carried them is not passed on.
     for name in bulkget_http::proxy::ENV_VARS {
