@@ -15,12 +15,12 @@ use crate::failure_log::{self, FailureLog};
 use crate::lister::{ListError, ListerThread, ListerWait, Page};
 use crate::metrics::Metrics;
 use crate::progress::{note, Progress};
-use crate::restart::{Decision, RestartPolicy, ShardLife};
+use crate::restart::RestartPolicy;
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::shutdown::{OnSignal, Reason, Shutdown, StopSignal};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::{self, StateOp};
-use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
+use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards, SocketEnd};
 use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{
@@ -29,36 +29,11 @@ use bulkget_protocol::{
 };
 use bulkget_report::format::{grouped, human_bytes};
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};
-use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Starting,
-    Running,
-    Backoff,
-    Parked,
-    Stopped,
-}
-
-struct ShardSlot {
-    worker: Option<Worker>,
-    generation: u32,
-    phase: Phase,
-    /// The current worker's socket or process has gone; its batches were
-    /// put back. The slot waits for the exit before a restart.
-    down: bool,
-    life: ShardLife,
-    idle_since: Option<Instant>,
-    idle_total: Duration,
-    /// The share of the request budget last sent to the current worker, as
-    /// `(rps_milli, slowdown)`; `None` until one is sent.
-    paced: Option<(u64, bool)>,
-}
 
 /// Finds out, once and before any worker starts, how the dir sink can
 /// resolve paths beneath OUT, and says so once: in the log when `openat2`
@@ -135,8 +110,8 @@ struct Run {
     state_failed: Option<mpsc::UnboundedReceiver<String>>,
     /// What has been shown of the failed files.
     failure_log: FailureLog,
-    shards: Vec<ShardSlot>,
-    policy: RestartPolicy,
+    /// The shards' slots, which own the workers' handles.
+    shards: Shards,
     started: Instant,
     started_at: String,
     pages_listed: u64,
@@ -351,18 +326,7 @@ impl Run {
         .with_affinity(sink == SinkKind::Sqlite)
         // No glob, no filter: the scheduler then tests nothing per name.
         .with_filter((!filter.is_empty()).then_some(filter));
-        let shards = (0..workers)
-            .map(|_| ShardSlot {
-                worker: None,
-                generation: 0,
-                phase: Phase::Starting,
-                down: false,
-                life: ShardLife::default(),
-                idle_since: Some(Instant::now()),
-                idle_total: Duration::ZERO,
-                paced: None,
-            })
-            .collect();
+        let shards = Shards::new(workers, policy, Instant::now());
         let progress = Progress::new(args.progress, args.quiet);
         let metrics = match args.metrics_addr {
             None => None,
@@ -400,7 +364,6 @@ impl Run {
             state_failed: Some(state_failed),
             failure_log,
             shards,
-            policy,
             started: Instant::now(),
             started_at: bulkget_stats::now_rfc3339(),
             pages_listed: 0,
@@ -539,11 +502,7 @@ impl Run {
             if self.sched.is_finished() && self.shutdown.finish(Instant::now()) {
                 // Every file is acknowledged: let the workers write their
                 // last stats and exit.
-                for s in &self.shards {
-                    if let Some(w) = &s.worker {
-                        w.send(&ToWorker::Shutdown { drain: true });
-                    }
-                }
+                self.shards.drain_all();
             }
             if self.shutdown.ending() && self.stop_ready() {
                 break;
@@ -585,16 +544,7 @@ impl Run {
         events: &mpsc::UnboundedSender<Event>,
     ) -> std::io::Result<()> {
         let version = self.announced_version();
-        let slot = &mut self.shards[shard];
-        let generation = slot.life.restarts;
-        let worker =
-            supervisor::spawn(shard, generation, &version, &self.settings, events.clone())?;
-        slot.life.on_start();
-        slot.worker = Some(worker);
-        slot.generation = generation;
-        slot.phase = Phase::Starting;
-        slot.down = false;
-        slot.paced = None;
+        self.shards.spawn(shard, &version, &self.settings, events)?;
         // Its share before any batch: frames arrive in order.
         self.pace_workers();
         Ok(())
@@ -625,7 +575,7 @@ impl Run {
         let (share, slowdown) = self.budget.share(working);
         // 0 means no limit on the wire, so a limit rounds up to 1.
         let rps_milli = share.map_or(0, |r| ((r * 1000.0).round() as u64).max(1));
-        for slot in &mut self.shards {
+        for slot in self.shards.iter_mut() {
             let Some(worker) = &slot.worker else { continue };
             if slot.down {
                 continue;
@@ -721,7 +671,7 @@ impl Run {
                 generation,
                 msg,
             } => {
-                if generation != self.shards[shard].generation || self.shards[shard].down {
+                if !self.shards.is_current(shard, generation) {
                     return;
                 }
                 match msg {
@@ -804,7 +754,7 @@ impl Run {
                 end,
             } => {
                 tracing::debug!(shard, generation, ?end, "disconnected");
-                if generation == self.shards[shard].generation && !self.shards[shard].down {
+                if self.shards.is_current(shard, generation) {
                     self.shard_down(shard);
                     let closed = match end {
                         SocketEnd::Invalid(e) => {
@@ -832,7 +782,7 @@ impl Run {
                 ours,
                 theirs,
             } => {
-                if generation != self.shards[shard].generation || self.shards[shard].down {
+                if !self.shards.is_current(shard, generation) {
                     return;
                 }
                 // The worker exits by itself; nothing was sent to it.
@@ -858,28 +808,24 @@ impl Run {
                 if generation != self.shards[shard].generation {
                     return;
                 }
-                let expected = self.shards[shard].phase == Phase::Stopped
-                    || self.shutdown.stopping()
-                    || self.sched.is_finished();
+                // Decided before the shard's batches are put back, which
+                // may fail the last names and finish the run.
+                let ending = self.shutdown.stopping() || self.sched.is_finished();
                 if !self.shards[shard].down {
                     self.shard_down(shard);
                 }
-                self.shards[shard].worker = None;
                 let what = describe_end(&status, killed.as_deref());
-                if expected {
-                    if self.shards[shard].phase != Phase::Parked {
-                        self.shards[shard].phase = Phase::Stopped;
-                    }
-                    if killed.is_some() {
-                        note!(self.progress, "bulkget: worker {shard} {what}");
-                    }
-                    return;
-                }
-                match self.shards[shard]
-                    .life
-                    .on_crash(Instant::now(), &self.policy)
+                match self
+                    .shards
+                    .on_exit(shard, generation, ending, Instant::now())
                 {
-                    Decision::RestartAfter(delay) => {
+                    OnExit::Stale => {}
+                    OnExit::Expected => {
+                        if killed.is_some() {
+                            note!(self.progress, "bulkget: worker {shard} {what}");
+                        }
+                    }
+                    OnExit::RestartAfter(delay) => {
                         tracing::warn!(shard, %what, ?delay, "worker ended; restarting");
                         if !self.args.quiet {
                             note!(
@@ -887,18 +833,18 @@ impl Run {
                                 "bulkget: worker {shard} {what}; restarting in {delay:?}"
                             );
                         }
-                        self.shards[shard].phase = Phase::Backoff;
                         let tx = restart_tx.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(delay).await;
                             let _ = tx.send(shard);
                         });
                     }
-                    Decision::Park => {
+                    OnExit::Park => {
+                        let policy = self.shards.policy();
                         note!(
                             self.progress,
                             "bulkget: worker {shard} {what}; its workers crashed more than {} times in {:?} without acknowledging anything; shard {shard} is parked, the run goes on without it",
-                            self.policy.burst, self.policy.interval
+                            policy.burst, policy.interval
                         );
                         self.park(shard);
                     }
@@ -909,8 +855,7 @@ impl Run {
 
     fn park(&mut self, shard: usize) {
         self.sched.park(shard);
-        self.shards[shard].phase = Phase::Parked;
-        if self.shards.iter().all(|s| s.phase == Phase::Parked) {
+        if self.shards.park(shard) {
             note!(
                 self.progress,
                 "bulkget: every shard is parked; stopping the run"
@@ -936,9 +881,7 @@ impl Run {
     /// Kills the shard's worker; `why` completes "the coordinator killed it
     /// because ..." in the exit message.
     fn kill_worker(&mut self, shard: usize, why: String) {
-        if let Some(w) = &self.shards[shard].worker {
-            w.kill(why);
-        }
+        self.shards.kill(shard, why);
     }
 
     fn on_signal(&mut self, signal: StopSignal) {
@@ -998,34 +941,13 @@ impl Run {
 
     /// While stopping, a worker with nothing in flight is told to exit.
     fn ask_idle_workers_to_exit(&mut self) {
-        for shard in 0..self.shards.len() {
-            let idle = self.sched.in_flight(shard) == 0;
-            let slot = &mut self.shards[shard];
-            if idle && slot.phase != Phase::Stopped {
-                if let Some(w) = &slot.worker {
-                    w.send(&ToWorker::Shutdown { drain: false });
-                }
-                if slot.phase != Phase::Parked {
-                    slot.phase = Phase::Stopped;
-                }
-            }
-        }
+        let sched = &self.sched;
+        self.shards.ask_idle_to_exit(|shard| sched.in_flight(shard));
     }
 
     /// SIGTERM to every worker, SIGKILL to any still there a second later.
     fn stop_workers_now(&mut self) {
-        for s in &mut self.shards {
-            if s.phase != Phase::Parked {
-                s.phase = Phase::Stopped;
-            }
-            if let Some(w) = &s.worker {
-                w.signal(Signal::SIGTERM);
-                w.kill_unless_exited_within(
-                    Duration::from_secs(1),
-                    "it had not stopped 1s after SIGTERM".into(),
-                );
-            }
-        }
+        self.shards.stop_all_now();
     }
 
     /// Whether every worker process has exited (after a stop or the end).
@@ -1033,7 +955,7 @@ impl Run {
         if self.shutdown.stopping() {
             self.ask_idle_workers_to_exit();
         }
-        self.shards.iter().all(|s| s.worker.is_none())
+        self.shards.all_exited()
     }
 
     fn checkpoint_async(&mut self) {
