@@ -8,6 +8,7 @@ pub mod list;
 pub mod lister;
 pub mod metrics;
 pub mod progress;
+pub mod report;
 pub mod restart;
 pub mod run;
 pub mod scheduler;

@@ -11,10 +11,11 @@
 use crate::args::{FetchArgs, LayoutArg, SinkArg, Toggle};
 use crate::budget::Budget;
 use crate::exit;
-use crate::failure_log::{self, FailureLog};
+use crate::failure_log::FailureLog;
 use crate::lister::{ListError, ListerThread, ListerWait, Page};
 use crate::metrics::Metrics;
 use crate::progress::{note, Progress};
+use crate::report;
 use crate::restart::RestartPolicy;
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::shutdown::{OnSignal, Reason, Shutdown, StopSignal};
@@ -27,7 +28,7 @@ use bulkget_protocol::{
     Failure, FatalKind, Layout, Resolve, SinkKind, TestHooks, ToCoordinator, ToWorker, Version,
     WorkerSettings,
 };
-use bulkget_report::format::{grouped, human_bytes};
+use bulkget_report::format::human_bytes;
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1018,112 +1019,38 @@ impl Run {
     }
 
     fn print_summary(&self, code: i32, durable: Totals) {
-        let live = self.sched.live_totals();
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let this_run = (live.files_ok + live.files_failed + live.files_present)
-            - (self.resumed_from.files_ok
-                + self.resumed_from.files_failed
-                + self.resumed_from.files_present);
-        let restarts: u32 = self.shards.iter().map(|s| s.life.restarts).sum();
-        let parked = self
-            .shards
-            .iter()
-            .filter(|s| s.phase == Phase::Parked)
-            .count();
-        // Reported with each acknowledgement, so restarts lose none.
-        let retries = live.retries;
-        outln!("bulkget summary");
-        if self.refresh {
-            outln!("  refresh:        fetched the names not in the sink yet");
-            outln!("  files new:      {}", live.files_ok);
-            outln!("  already there:  {}", live.files_present);
-        } else {
-            outln!("  files ok:       {}", live.files_ok);
-        }
-        outln!("  files failed:   {}", live.files_failed);
-        outln!("  retries:        {retries}");
-        outln!(
-            "  bytes:          {} ({})",
-            live.bytes,
-            human_bytes(live.bytes)
-        );
-        outln!("  wall time:      {elapsed:.2}s");
-        outln!(
-            "  files/s:        {:.0}",
-            this_run as f64 / elapsed.max(1e-9)
-        );
-        outln!("  restarts:       {restarts}");
-        if !self.args.filter.include.is_empty() || !self.args.filter.exclude.is_empty() {
-            outln!(
-                "  excluded:       {} names left out by --include/--exclude",
-                live.names_excluded
-            );
-        }
-        if parked > 0 {
-            outln!("  parked shards:  {parked}");
-        }
-        let changed = self.sched.pages_changed();
-        if changed > 0 {
-            outln!("  pages changed:  {changed} listed differently than before the resume, fetched whole");
-        }
-        if live.files_failed > 0 {
-            let failed_path = self.state_dir.join("failed.jsonl");
-            outln!(
-                "  failures:       every one is in {}",
-                failed_path.display()
-            );
-            let first = self.failure_log.first();
-            for f in first {
-                outln!("    {}", failure_log::name_and_reason(f));
-            }
-            let rest = live.files_failed.saturating_sub(first.len() as u64);
-            if rest > 0 {
-                outln!(
-                    "    {}{} more in {}",
-                    if first.is_empty() { "" } else { "and " },
-                    grouped(rest),
-                    failed_path.display()
-                );
-            }
-        }
-        outln!("  state:          {}", self.state_dir.display());
-        match self.shutdown.reason() {
-            None if code == exit::OK => {
-                outln!("  result:         complete: every listed file is in the sink")
-            }
-            None => outln!(
-                "  result:         complete, with {} failed files (exit {code})",
-                live.files_failed
-            ),
-            Some(reason) => {
-                outln!(
-                    "  result:         stopped: {} (exit {code})",
-                    reason.describe()
-                );
-                let resume = format!(
-                    "bulkget fetch {} {} --resume{}",
-                    self.args.url,
-                    self.args.out.display(),
-                    match &self.args.state_dir {
-                        Some(d) => format!(" --state-dir {}", d.display()),
-                        None => String::new(),
-                    }
-                );
-                let saved = bulkget_stats::schema::checkpoint_path(&self.state_dir).exists();
-                match reason {
-                    Reason::StateFailed(_) if saved => outln!(
-                        "  checkpoint:     not written after the failure; the one saved before it is exact: fix the cause, then continue with: {resume}"
-                    ),
-                    Reason::StateFailed(_) => outln!(
-                        "  checkpoint:     none was saved: fix the cause, then run again without --resume"
-                    ),
-                    _ => outln!(
-                        "  checkpoint:     {} files saved; continue with: {resume}",
-                        durable.files_ok + durable.files_failed + durable.files_present
-                    ),
+        let summary = report::Summary {
+            refresh: self.refresh,
+            live: self.sched.live_totals(),
+            durable,
+            resumed_from: self.resumed_from,
+            elapsed_secs: self.started.elapsed().as_secs_f64(),
+            restarts: self.shards.iter().map(|s| s.life.restarts).sum(),
+            parked: self
+                .shards
+                .iter()
+                .filter(|s| s.phase == Phase::Parked)
+                .count(),
+            filtered: !self.args.filter.include.is_empty() || !self.args.filter.exclude.is_empty(),
+            pages_changed: self.sched.pages_changed(),
+            first_failures: self.failure_log.first(),
+            state_dir: &self.state_dir,
+            reason: self.shutdown.reason(),
+            code,
+            resume_command: format!(
+                "bulkget fetch {} {} --resume{}",
+                self.args.url,
+                self.args.out.display(),
+                match &self.args.state_dir {
+                    Some(d) => format!(" --state-dir {}", d.display()),
+                    None => String::new(),
                 }
-            }
-        }
+            ),
+            checkpoint_saved: bulkget_stats::schema::checkpoint_path(&self.state_dir).exists(),
+        };
+        // One write: the summary is the run's last word on stdout.
+        let text = report::render_summary(&summary);
+        outln!("{}", text.trim_end_matches('\n'));
     }
 
     fn update_progress(&mut self) {
@@ -1138,14 +1065,12 @@ impl Run {
     /// and shows it as progress: the file and the display never disagree.
     fn write_stats(&mut self, state: RunState, exit_code: Option<i32>) {
         let stats = self.coordinator_stats(state, exit_code);
-        let path = bulkget_stats::schema::coordinator_path(&self.state_dir);
-        if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
-            tracing::warn!("cannot write {}: {e}", path.display());
-        }
-        if let Some(m) = &self.metrics {
-            m.publish(&stats);
-        }
-        self.progress.update(&stats);
+        report::publish(
+            &stats,
+            &self.state_dir,
+            self.metrics.as_ref(),
+            &mut self.progress,
+        );
     }
 
     fn coordinator_stats(&self, state: RunState, exit_code: Option<i32>) -> CoordinatorStats {
