@@ -1,9 +1,13 @@
 //! `bulkget fetch`: the run loop.
 //!
 //! One task owns every decision, as nextest's dispatcher does: it
-//! `select!`s over list pages, worker events, restart timers, signals and a
-//! one-second tick, and updates the [`Scheduler`], the workers and the
-//! state directory. Blocking work on the state directory (appending
+//! `select!`s over list pages, worker events, restart timers, signals, the
+//! shutdown deadline and a one-second tick, and turns what arrived into an
+//! `Input`; `Run::handle` then decides, with the rules of how the run
+//! ends in [`Shutdown`] and those of a shard's life in
+//! [`supervisor::Shards`], and updates the [`Scheduler`], the workers and
+//! the state directory. What the run reports is rendered in
+//! [`crate::report`]. Blocking work on the state directory (appending
 //! failures, syncing, writing checkpoints) runs on a separate thread fed in
 //! order through a channel, so a slow disk never stalls dispatch
 //! ([`crate::state_thread`]); its first failure stops the run at once.
@@ -420,8 +424,12 @@ impl Run {
         let mut sighup = signal(SignalKind::hangup()).expect("signal handler");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last_checkpoint = Instant::now();
-        let checkpoint_every = Duration::from_secs(self.args.checkpoint_interval.max(1));
+        let mut cx = LoopContext {
+            events: events_tx,
+            restarts: restart_tx,
+            last_checkpoint: Instant::now(),
+            checkpoint_every: Duration::from_secs(self.args.checkpoint_interval.max(1)),
+        };
         let mut state_failed = self.state_failed.take().expect("taken once");
         // The pending queue may hold this many batches before the lister is
         // asked for more. It only needs to refill windows between two pages, so it
@@ -434,60 +442,20 @@ impl Run {
                 && !self.listing_done
                 && self.listing_failed.is_none()
                 && self.sched.pending_len() < max_pending;
-            tokio::select! {
-                page = pages.recv(), if accepting => match page {
-                    Some(Ok(page)) => self.on_page(page),
-                    Some(Err(e)) => {
-                        // The pages already listed are still fetched; the
-                        // run stops once they are done (below), so the
-                        // checkpoint ends at the failed page.
-                        note!(self.progress, "bulkget: {e}; finishing the pages already listed");
-                        self.listing_failed = Some(e.to_string());
-                    }
-                    None => {
-                        if !self.listing_done && self.listing_failed.is_none() {
-                            self.listing_failed = Some("the lister stopped unexpectedly".into());
-                        }
-                    }
-                },
-                Some(ev) = events.recv() => self.on_event(ev, &restart_tx),
-                Some(why) = state_failed.recv() => self.on_state_failure(why),
-                Some(shard) = restarts.recv() => {
-                    if !self.shutdown.ending() && self.shards[shard].phase == Phase::Backoff {
-                        if let Err(e) = self.spawn(shard, &events_tx) {
-                            note!(self.progress, "bulkget: cannot restart worker {shard}: {e}");
-                            self.park(shard);
-                        }
-                    }
-                }
-                _ = sigint.recv() => self.on_signal(StopSignal::Interrupt),
-                _ = sigterm.recv() => self.on_signal(StopSignal::Terminate),
-                _ = sighup.recv() => self.on_signal(StopSignal::Hangup),
-                () = sleep_until_opt(self.shutdown.deadline()) => {
-                    if self.shutdown.deadline_passed(Instant::now()) {
-                        note!(self.progress, "bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
-                        self.stop_workers_now();
-                    }
-                }
-                _ = tick.tick() => {
-                    if let Some(why) = self.space_problem() {
-                        note!(self.progress, "bulkget: {why}; stopping with the checkpoint saved");
-                        self.begin_stop(Reason::NoSpace(why));
-                    }
-                    if let Some(line) = self.failure_log.tick(Instant::now()) {
-                        note!(self.progress, "{line}");
-                    }
-                    let working = self.working_shards().len();
-                    self.budget.tick(Instant::now(), working);
-                    // Progress first: it samples the rate the stats file shows.
-                    self.update_progress();
-                    self.write_stats(RunState::Listing, None);
-                    if last_checkpoint.elapsed() >= checkpoint_every {
-                        last_checkpoint = Instant::now();
-                        self.checkpoint_async();
-                    }
-                }
-            }
+            // `select!` only turns what arrived into an input; `handle`
+            // decides what it means.
+            let input = tokio::select! {
+                page = pages.recv(), if accepting => Input::Page(page),
+                Some(ev) = events.recv() => Input::Worker(ev),
+                Some(why) = state_failed.recv() => Input::StateFailed(why),
+                Some(shard) = restarts.recv() => Input::Restart(shard),
+                _ = sigint.recv() => Input::Signal(StopSignal::Interrupt),
+                _ = sigterm.recv() => Input::Signal(StopSignal::Terminate),
+                _ = sighup.recv() => Input::Signal(StopSignal::Hangup),
+                () = sleep_until_opt(self.shutdown.deadline()) => Input::Deadline,
+                _ = tick.tick() => Input::Tick,
+            };
+            self.handle(input, &mut cx);
 
             self.dispatch();
             self.pace_workers();
@@ -511,6 +479,66 @@ impl Run {
         }
         drop(lister);
         self.finish().await
+    }
+
+    /// Acts on one input of the run loop.
+    fn handle(&mut self, input: Input, cx: &mut LoopContext) {
+        match input {
+            Input::Page(Some(Ok(page))) => self.on_page(page),
+            Input::Page(Some(Err(e))) => {
+                // The pages already listed are still fetched; the run stops
+                // once they are done (see the loop), so the checkpoint ends
+                // at the failed page.
+                note!(
+                    self.progress,
+                    "bulkget: {e}; finishing the pages already listed"
+                );
+                self.listing_failed = Some(e.to_string());
+            }
+            Input::Page(None) => {
+                if !self.listing_done && self.listing_failed.is_none() {
+                    self.listing_failed = Some("the lister stopped unexpectedly".into());
+                }
+            }
+            Input::Worker(ev) => self.on_event(ev, &cx.restarts),
+            Input::StateFailed(why) => self.on_state_failure(why),
+            Input::Restart(shard) => {
+                if !self.shutdown.ending() && self.shards[shard].phase == Phase::Backoff {
+                    if let Err(e) = self.spawn(shard, &cx.events) {
+                        note!(self.progress, "bulkget: cannot restart worker {shard}: {e}");
+                        self.park(shard);
+                    }
+                }
+            }
+            Input::Signal(signal) => self.on_signal(signal),
+            Input::Deadline => {
+                if self.shutdown.deadline_passed(Instant::now()) {
+                    note!(self.progress, "bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
+                    self.stop_workers_now();
+                }
+            }
+            Input::Tick => {
+                if let Some(why) = self.space_problem() {
+                    note!(
+                        self.progress,
+                        "bulkget: {why}; stopping with the checkpoint saved"
+                    );
+                    self.begin_stop(Reason::NoSpace(why));
+                }
+                if let Some(line) = self.failure_log.tick(Instant::now()) {
+                    note!(self.progress, "{line}");
+                }
+                let working = self.working_shards().len();
+                self.budget.tick(Instant::now(), working);
+                // Progress first: it samples the rate the stats file shows.
+                self.update_progress();
+                self.write_stats(RunState::Listing, None);
+                if cx.last_checkpoint.elapsed() >= cx.checkpoint_every {
+                    cx.last_checkpoint = Instant::now();
+                    self.checkpoint_async();
+                }
+            }
+        }
     }
 
     /// Whether OUT's file system is about to run out of space or inodes.
@@ -1142,6 +1170,32 @@ impl Run {
                 .collect(),
         }
     }
+}
+
+/// One thing the run loop waits for, as `select!` received it.
+enum Input {
+    /// A page from the lister, its failure, or `None` once it has stopped.
+    Page(Option<Result<Page, ListError>>),
+    Worker(Event),
+    /// The state thread's first failure.
+    StateFailed(String),
+    /// A shard's backoff is over.
+    Restart(usize),
+    Signal(StopSignal),
+    /// The shutdown deadline ([`Shutdown::deadline`]) may have passed.
+    Deadline,
+    /// The one-second tick: space check, stats, progress, checkpoint.
+    Tick,
+}
+
+/// What the loop's inputs need beyond the run itself.
+struct LoopContext {
+    /// Where a restarted worker reports.
+    events: mpsc::UnboundedSender<Event>,
+    /// Where a shard's backoff timer says it is over.
+    restarts: mpsc::UnboundedSender<usize>,
+    last_checkpoint: Instant,
+    checkpoint_every: Duration,
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
