@@ -24,7 +24,7 @@ use crate::restart::RestartPolicy;
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::shutdown::{OnSignal, Reason, Shutdown, StopSignal};
 use crate::state::{RunInfo, Start, StateDir, StateError};
-use crate::state_thread::{self, StateOp};
+use crate::state_thread::StateHandle;
 use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards, SocketEnd};
 use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
@@ -109,8 +109,8 @@ struct Run {
     resumed_from: Totals,
     /// A refresh: names already in the sink are counted, not fetched.
     refresh: bool,
-    state_tx: std::sync::mpsc::Sender<StateOp>,
-    state_thread: Option<std::thread::JoinHandle<()>>,
+    /// The state directory, written in order on a thread of its own.
+    state: StateHandle,
     /// The state thread's first failure, taken by the run loop.
     state_failed: Option<mpsc::UnboundedReceiver<String>>,
     /// What has been shown of the failed files.
@@ -312,8 +312,7 @@ impl Run {
             state.fail_sync_after(n);
         }
         let failure_log = FailureLog::new(&state.failed_path());
-        let (failed_tx, state_failed) = mpsc::unbounded_channel();
-        let (state_tx, state_thread) = state_thread::spawn(state, failed_tx)
+        let (state, state_failed) = StateHandle::spawn(state)
             .map_err(|e| (exit::ERROR, format!("cannot start state thread: {e}")))?;
 
         let policy = RestartPolicy {
@@ -364,8 +363,7 @@ impl Run {
             start_position,
             resumed_from: totals,
             refresh,
-            state_tx,
-            state_thread: Some(state_thread),
+            state,
             state_failed: Some(state_failed),
             failure_log,
             shards,
@@ -665,7 +663,7 @@ impl Run {
         for line in self.failure_log.record(&failures, Instant::now()) {
             note!(self.progress, "{line}");
         }
-        let _ = self.state_tx.send(StateOp::Failures(failures));
+        self.state.record_failures(failures);
     }
 
     fn dispatch(&mut self) {
@@ -988,13 +986,7 @@ impl Run {
     }
 
     fn checkpoint_async(&mut self) {
-        let (done, _rx) = std::sync::mpsc::channel();
-        let _ = self.state_tx.send(StateOp::Checkpoint {
-            snapshot: self.sched.snapshot(),
-            complete: false,
-            last: false,
-            done,
-        });
+        self.state.checkpoint(self.sched.snapshot());
     }
 
     async fn finish(mut self: Box<Self>) -> i32 {
@@ -1003,26 +995,11 @@ impl Run {
         let totals = snapshot.totals;
         // After a failure of the state thread there is no last checkpoint:
         // the one saved before the failure is the one to resume from.
-        let checkpoint_result = if !self.shutdown.last_checkpoint_allowed() {
-            None
-        } else {
-            let (done, done_rx) = std::sync::mpsc::channel();
-            let _ = self.state_tx.send(StateOp::Checkpoint {
-                snapshot,
-                complete,
-                last: true,
-                done,
-            });
-            tokio::task::spawn_blocking(move || done_rx.recv())
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-        };
-        let (state_tx, _) = std::sync::mpsc::channel();
-        drop(std::mem::replace(&mut self.state_tx, state_tx));
-        if let Some(t) = self.state_thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        let last = self
+            .shutdown
+            .last_checkpoint_allowed()
+            .then_some((snapshot, complete));
+        let checkpoint_result = self.state.finish(last).await;
         let mut code = self.shutdown.exit_code(totals.files_failed);
         if let Some(Err(e)) = &checkpoint_result {
             tracing::error!(target: MESSAGES, "bulkget: cannot save the checkpoint: {e}");
