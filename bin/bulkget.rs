@@ -165,16 +165,5 @@ fn main() {
 }
 
 fn init_logging(format: LogFormat) {
-    bulkget_coordinator::progress::set_json_logs(format == LogFormat::Json);
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    // A log line that cannot be written (stderr closed) is dropped: the
-    // subscriber's own fallback would be an `eprintln!`, which panics.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(bulkget_console::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    bulkget_console::log::init(format == LogFormat::Json);
 }

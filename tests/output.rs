@@ -195,3 +195,58 @@ fn a_closed_pipe_on_stdout_and_stderr_is_not_a_crash() {
         .sum();
     assert_eq!(restarts, 0, "no worker died of a closed stderr: {c}");
 }
+
+/// With `--log-format json`, stderr holds one JSON object per line and
+/// nothing else, whoever wrote it: the coordinator's notes and progress,
+/// failed names, and the workers' own messages (a worker that crashes on a
+/// name says so before it aborts), with the default display flags.
+#[test]
+fn with_json_logs_every_line_on_stderr_is_json_workers_included() {
+    let crash = "file-0000000777";
+    let server = Server::start(&[
+        "--files",
+        "2000",
+        "--gone-rate",
+        "0.01",
+        "--crash-name",
+        crash,
+    ]);
+    let ws = Workspace::new();
+    let out = ws.out();
+    let output = bulkget(&["--log-format", "json"])
+        .args([
+            "fetch",
+            &server.url,
+            out.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--test-abort-on-header",
+        ])
+        .output()
+        .expect("run bulkget fetch");
+    assert_code(&output, 3);
+    let stderr = text(&output.stderr);
+    let messages: Vec<String> = stderr
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{stderr}"));
+            assert!(v["level"].is_string(), "{line}");
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no message: {line}"))
+                .to_string()
+        })
+        .collect();
+    let has = |what: &str| messages.iter().any(|m| m.contains(what));
+    assert!(
+        has(&format!("bulkget worker: test hook: aborting on {crash:?}")),
+        "the worker's own line: {stderr}"
+    );
+    assert!(has("restarting in"), "the crash, noted: {stderr}");
+    assert!(has("bulkget: failed: \""), "failed names: {stderr}");
+    assert!(messages.iter().any(|m| m == "progress"), "{stderr}");
+    let failed = failed_map(&ws.state());
+    assert!(failed.contains_key(crash), "{failed:?}");
+    assert!(failed.len() > 1, "404s fail too: {failed:?}");
+}

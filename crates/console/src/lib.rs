@@ -10,10 +10,14 @@
 //! [`outln!`] and [`errln!`] replace `println!` and `eprintln!` in the
 //! coordinator, the workers and the `bulkget` binary (clippy refuses the
 //! std macros there, see `clippy.toml` in those crates); [`Stderr`] is the
-//! writer behind the `tracing` logs.
+//! writer behind the `tracing` logs, which [`log`] sets up: the one channel
+//! for messages on stderr during a fetch.
 
 use std::fmt;
 use std::io::{self, Write};
+
+pub mod log;
+pub use log::{json_logs, MESSAGES};
 
 /// Like `println!`, but a failed write is ignored.
 #[macro_export]

@@ -17,9 +17,11 @@
 //!   a log of a run that takes hours reads as a history:
 //!   `bulkget: 0:01:05 123,456/200,000+ files (61.7 %), 2,102 files/s, 12.3 MB,
 //!   0 failed, 3 retries, 0 restarts, no ETA while listing`.
-//! - With `--log-format json` ([`set_json_logs`]), `auto` means plain, and
-//!   plain lines and messages are JSON objects shaped like the `tracing`
-//!   JSON log lines, so stderr stays one JSON object per line.
+//! - With `--log-format json` ([`bulkget_console::json_logs`]), `auto`
+//!   means plain, messages are `tracing` events (see
+//!   [`bulkget_console::log`]) and plain lines are JSON objects shaped like
+//!   them, so stderr stays one JSON object per line, the workers' lines
+//!   included.
 //! - `--progress none` and `--quiet`: no progress; messages still print.
 //!
 //! Messages printed while the run goes on ("worker 3 died; restarting",
@@ -34,18 +36,10 @@ use bulkget_report::progress;
 use bulkget_stats::CoordinatorStats;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a plain progress line is printed.
 pub const PLAIN_EVERY: Duration = Duration::from_secs(5);
-
-static JSON_LOGS: AtomicBool = AtomicBool::new(false);
-
-/// Called once at start-up with whether `--log-format json` was given.
-pub fn set_json_logs(on: bool) {
-    JSON_LOGS.store(on, Ordering::Relaxed);
-}
 
 /// Prints a message for the person watching: above the bar if one is drawn,
 /// else on stderr (as a JSON line with `--log-format json`).
@@ -78,7 +72,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(mode: ProgressArg, quiet: bool) -> Progress {
-        let json = JSON_LOGS.load(Ordering::Relaxed);
+        let json = bulkget_console::json_logs();
         let mode = match (mode, quiet) {
             (_, true) => ProgressArg::None,
             (ProgressArg::Auto, _) if !json && std::io::stderr().is_terminal() => ProgressArg::Bar,
@@ -144,7 +138,7 @@ impl Progress {
     /// Prints a message for the person watching (see [`note!`]).
     pub fn note(&self, msg: &str) {
         if self.json {
-            errln!("{}", json_line("WARN", msg, serde_json::Map::new()));
+            tracing::warn!(target: bulkget_console::MESSAGES, "{msg}");
             return;
         }
         match &self.bar {

@@ -1,9 +1,13 @@
 //! `bulkget fetch`: the run loop.
 //!
 //! One task owns every decision, as nextest's dispatcher does: it
-//! `select!`s over list pages, worker events, restart timers, signals and a
-//! one-second tick, and updates the [`Scheduler`], the workers and the
-//! state directory. Blocking work on the state directory (appending
+//! `select!`s over list pages, worker events, restart timers, signals, the
+//! shutdown deadline and a one-second tick, and turns what arrived into an
+//! `Input`; `Run::handle` then decides, with the rules of how the run
+//! ends in [`Shutdown`] and those of a shard's life in
+//! [`supervisor::Shards`], and updates the [`Scheduler`], the workers and
+//! the state directory. What the run reports is rendered in
+//! [`crate::report`]. Blocking work on the state directory (appending
 //! failures, syncing, writing checkpoints) runs on a separate thread fed in
 //! order through a channel, so a slow disk never stalls dispatch
 //! ([`crate::state_thread`]); its first failure stops the run at once.
@@ -11,83 +15,30 @@
 use crate::args::{FetchArgs, LayoutArg, SinkArg, Toggle};
 use crate::budget::Budget;
 use crate::exit;
-use crate::failure_log::{self, FailureLog};
+use crate::failure_log::FailureLog;
 use crate::lister::{ListError, ListerThread, ListerWait, Page};
 use crate::metrics::Metrics;
 use crate::progress::{note, Progress};
-use crate::restart::{Decision, RestartPolicy, ShardLife};
+use crate::report;
+use crate::restart::RestartPolicy;
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
+use crate::shutdown::{OnSignal, Reason, Shutdown, StopSignal};
 use crate::state::{RunInfo, Start, StateDir, StateError};
-use crate::state_thread::{self, StateOp};
-use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
-use bulkget_console::{errln, outln};
+use crate::state_thread::StateHandle;
+use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards, SocketEnd};
+use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{
     Failure, FatalKind, Layout, Resolve, SinkKind, ToCoordinator, ToWorker, Version,
     WorkerSettings,
 };
-use bulkget_report::format::{grouped, human_bytes};
+use bulkget_report::format::human_bytes;
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};
-use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-
-/// Why the run is stopping early, if it is.
-#[derive(Debug, Clone, PartialEq)]
-enum Stop {
-    Signal {
-        code: i32,
-        name: &'static str,
-    },
-    ListingFailed(String),
-    AllParked,
-    NoSpace(String),
-    // Writing or syncing the state directory or the output failed: the run
-    // stops at once and writes no further checkpoint.
-    StateFailed(String),
-    /// A worker is another build than the coordinator.
-    Incompatible(String),
-}
-
-impl Stop {
-    fn code(&self) -> i32 {
-        match self {
-            Stop::Signal { code, .. } => *code,
-            Stop::ListingFailed(_) => exit::LISTING_FAILED,
-            Stop::AllParked => exit::ALL_PARKED,
-            Stop::NoSpace(_) => exit::NO_SPACE,
-            Stop::StateFailed(_) => exit::ERROR,
-            Stop::Incompatible(_) => exit::ERROR,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Starting,
-    Running,
-    Backoff,
-    Parked,
-    Stopped,
-}
-
-struct ShardSlot {
-    worker: Option<Worker>,
-    generation: u32,
-    phase: Phase,
-    /// The current worker's socket or process has gone; its batches were
-    /// put back. The slot waits for the exit before a restart.
-    down: bool,
-    life: ShardLife,
-    idle_since: Option<Instant>,
-    idle_total: Duration,
-    /// The share of the request budget last sent to the current worker, as
-    /// `(rps_milli, slowdown)`; `None` until one is sent.
-    paced: Option<(u64, bool)>,
-}
 
 /// Finds out, once and before any worker starts, how the dir sink can
 /// resolve paths beneath OUT, and says so once: in the log when `openat2`
@@ -105,7 +56,7 @@ fn probe_resolve(out: &Path, quiet: bool) -> Result<Resolve, (i32, String)> {
                 out.display()
             );
             if !quiet {
-                errln!("bulkget: note: {msg}");
+                tracing::warn!(target: MESSAGES, "bulkget: note: {msg}");
             }
         }
     }
@@ -125,7 +76,7 @@ pub fn fetch(args: FetchArgs) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            errln!("bulkget: cannot start runtime: {e}");
+            tracing::error!(target: MESSAGES, "bulkget: cannot start runtime: {e}");
             return exit::ERROR;
         }
     };
@@ -134,7 +85,7 @@ pub fn fetch(args: FetchArgs) -> i32 {
             Ok(Setup::Go(run)) => run.main().await,
             Ok(Setup::Done(code)) => code,
             Err((code, msg)) => {
-                errln!("bulkget: {msg}");
+                tracing::error!(target: MESSAGES, "bulkget: {msg}");
                 code
             }
         }
@@ -158,14 +109,14 @@ struct Run {
     resumed_from: Totals,
     /// A refresh: names already in the sink are counted, not fetched.
     refresh: bool,
-    state_tx: std::sync::mpsc::Sender<StateOp>,
-    state_thread: Option<std::thread::JoinHandle<()>>,
+    /// The state directory, written in order on a thread of its own.
+    state: StateHandle,
     /// The state thread's first failure, taken by the run loop.
     state_failed: Option<mpsc::UnboundedReceiver<String>>,
     /// What has been shown of the failed files.
     failure_log: FailureLog,
-    shards: Vec<ShardSlot>,
-    policy: RestartPolicy,
+    /// The shards' slots, which own the workers' handles.
+    shards: Shards,
     started: Instant,
     started_at: String,
     pages_listed: u64,
@@ -173,7 +124,8 @@ struct Run {
     listing_done: bool,
     lister_wait: Arc<ListerWait>,
     rate: RateWindow,
-    stop: Option<Stop>,
+    /// Whether and why the run is ending, and until when workers may take.
+    shutdown: Shutdown,
     /// The listing failed; the run stops once what was listed is done.
     listing_failed: Option<String>,
     progress: Progress,
@@ -275,7 +227,8 @@ impl Run {
             Start::Fresh => (ListPosition::Start, Totals::default(), DoneAfter::default()),
             Start::Resume(cp) => {
                 if !args.quiet {
-                    errln!(
+                    tracing::info!(
+                        target: MESSAGES,
                         "bulkget: resuming from the checkpoint: {} files done before it, listing from {}",
                         cp.totals.files_ok + cp.totals.files_failed,
                         match &cp.position {
@@ -289,7 +242,8 @@ impl Run {
             }
             Start::Refresh(cp) => {
                 if !args.quiet {
-                    errln!(
+                    tracing::info!(
+                        target: MESSAGES,
                         "bulkget: refreshing the finished run ({} files ok, {} failed): listing \
                          every page again and fetching the names not in the sink yet",
                         cp.totals.files_ok + cp.totals.files_present,
@@ -354,8 +308,7 @@ impl Run {
             state.fail_sync_after(n);
         }
         let failure_log = FailureLog::new(&state.failed_path());
-        let (failed_tx, state_failed) = mpsc::unbounded_channel();
-        let (state_tx, state_thread) = state_thread::spawn(state, failed_tx)
+        let (state, state_failed) = StateHandle::spawn(state)
             .map_err(|e| (exit::ERROR, format!("cannot start state thread: {e}")))?;
 
         let policy = RestartPolicy {
@@ -373,18 +326,7 @@ impl Run {
         .with_affinity(sink == SinkKind::Sqlite)
         // No glob, no filter: the scheduler then tests nothing per name.
         .with_filter((!filter.is_empty()).then_some(filter));
-        let shards = (0..workers)
-            .map(|_| ShardSlot {
-                worker: None,
-                generation: 0,
-                phase: Phase::Starting,
-                down: false,
-                life: ShardLife::default(),
-                idle_since: Some(Instant::now()),
-                idle_total: Duration::ZERO,
-                paced: None,
-            })
-            .collect();
+        let shards = Shards::new(workers, policy, Instant::now());
         let progress = Progress::new(args.progress, args.quiet);
         let metrics = match args.metrics_addr {
             None => None,
@@ -407,6 +349,7 @@ impl Run {
             Instant::now(),
         );
         Ok(Setup::Go(Box::new(Run {
+            shutdown: Shutdown::new(Duration::from_secs(args.grace)),
             args,
             endpoint,
             transport: connection.transport,
@@ -416,12 +359,10 @@ impl Run {
             start_position,
             resumed_from: totals,
             refresh,
-            state_tx,
-            state_thread: Some(state_thread),
+            state,
             state_failed: Some(state_failed),
             failure_log,
             shards,
-            policy,
             started: Instant::now(),
             started_at: bulkget_stats::now_rfc3339(),
             pages_listed: 0,
@@ -429,7 +370,6 @@ impl Run {
             listing_done: false,
             lister_wait: Arc::new(ListerWait::default()),
             rate: RateWindow::new(Duration::from_secs(5)),
-            stop: None,
             listing_failed: None,
             progress,
             metrics,
@@ -442,7 +382,7 @@ impl Run {
         let (restart_tx, mut restarts) = mpsc::unbounded_channel::<usize>();
         for shard in 0..self.shards.len() {
             if let Err(e) = self.spawn(shard, &events_tx) {
-                errln!("bulkget: cannot start worker: {e}");
+                tracing::error!(target: MESSAGES, "bulkget: cannot start worker: {e}");
                 return exit::ERROR;
             }
         }
@@ -465,7 +405,7 @@ impl Run {
             ) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    errln!("bulkget: cannot start the lister: {e}");
+                    tracing::error!(target: MESSAGES, "bulkget: cannot start the lister: {e}");
                     return exit::ERROR;
                 }
             }
@@ -478,12 +418,13 @@ impl Run {
         let mut sighup = signal(SignalKind::hangup()).expect("signal handler");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last_checkpoint = Instant::now();
-        let checkpoint_every = Duration::from_secs(self.args.checkpoint_interval.max(1));
-        let mut grace_deadline: Option<tokio::time::Instant> = None;
+        let mut cx = LoopContext {
+            events: events_tx,
+            restarts: restart_tx,
+            last_checkpoint: Instant::now(),
+            checkpoint_every: Duration::from_secs(self.args.checkpoint_interval.max(1)),
+        };
         let mut state_failed = self.state_failed.take().expect("taken once");
-        let mut signals_seen = 0;
-        let mut finishing = false;
         // The pending queue may hold this many batches before the lister is
         // asked for more. It only needs to refill windows between two pages, so it
         // is not as deep as the windows; twice that, because with affinity
@@ -491,108 +432,114 @@ impl Run {
         let max_pending = 2 * self.shards.len() * self.args.window.min(8);
 
         loop {
-            let accepting = self.stop.is_none()
+            let accepting = !self.shutdown.stopping()
                 && !self.listing_done
                 && self.listing_failed.is_none()
                 && self.sched.pending_len() < max_pending;
-            tokio::select! {
-                page = pages.recv(), if accepting => match page {
-                    Some(Ok(page)) => self.on_page(page),
-                    Some(Err(e)) => {
-                        // The pages already listed are still fetched; the
-                        // run stops once they are done (below), so the
-                        // checkpoint ends at the failed page.
-                        note!(self.progress, "bulkget: {e}; finishing the pages already listed");
-                        self.listing_failed = Some(e.to_string());
-                    }
-                    None => {
-                        if !self.listing_done && self.listing_failed.is_none() {
-                            self.listing_failed = Some("the lister stopped unexpectedly".into());
-                        }
-                    }
-                },
-                Some(ev) = events.recv() => self.on_event(ev, &restart_tx, &mut grace_deadline),
-                Some(why) = state_failed.recv() => self.on_state_failure(why, &mut grace_deadline),
-                Some(shard) = restarts.recv() => {
-                    if self.stop.is_none() && !finishing && self.shards[shard].phase == Phase::Backoff {
-                        if let Err(e) = self.spawn(shard, &events_tx) {
-                            note!(self.progress, "bulkget: cannot restart worker {shard}: {e}");
-                            self.park(shard, &mut grace_deadline);
-                        }
-                    }
-                }
-                _ = sigint.recv() => {
-                    signals_seen += 1;
-                    self.on_signal(signals_seen, Stop::Signal { code: exit::INTERRUPTED, name: "SIGINT" }, &mut grace_deadline);
-                }
-                _ = sigterm.recv() => {
-                    signals_seen += 1;
-                    self.on_signal(signals_seen, Stop::Signal { code: exit::TERMINATED, name: "SIGTERM" }, &mut grace_deadline);
-                }
-                _ = sighup.recv() => {
-                    signals_seen += 1;
-                    self.on_signal(signals_seen, Stop::Signal { code: exit::HANGUP, name: "SIGHUP" }, &mut grace_deadline);
-                }
-                () = sleep_until_opt(grace_deadline) => {
-                    note!(self.progress, "bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
-                    grace_deadline = None;
-                    self.stop_workers_now();
-                }
-                _ = tick.tick() => {
-                    if let Some(why) = self.space_problem() {
-                        note!(self.progress, "bulkget: {why}; stopping with the checkpoint saved");
-                        self.begin_stop(Stop::NoSpace(why), &mut grace_deadline);
-                    }
-                    if let Some(line) = self.failure_log.tick(Instant::now()) {
-                        note!(self.progress, "{line}");
-                    }
-                    let working = self.working_shards().len();
-                    self.budget.tick(Instant::now(), working);
-                    // Progress first: it samples the rate the stats file shows.
-                    self.update_progress();
-                    self.write_stats(RunState::Listing, None);
-                    if last_checkpoint.elapsed() >= checkpoint_every {
-                        last_checkpoint = Instant::now();
-                        self.checkpoint_async();
-                    }
-                }
-            }
+            // `select!` only turns what arrived into an input; `handle`
+            // decides what it means.
+            let input = tokio::select! {
+                page = pages.recv(), if accepting => Input::Page(page),
+                Some(ev) = events.recv() => Input::Worker(ev),
+                Some(why) = state_failed.recv() => Input::StateFailed(why),
+                Some(shard) = restarts.recv() => Input::Restart(shard),
+                _ = sigint.recv() => Input::Signal(StopSignal::Interrupt),
+                _ = sigterm.recv() => Input::Signal(StopSignal::Terminate),
+                _ = sighup.recv() => Input::Signal(StopSignal::Hangup),
+                () = sleep_until_opt(self.shutdown.deadline()) => Input::Deadline,
+                _ = tick.tick() => Input::Tick,
+            };
+            self.handle(input, &mut cx);
 
             self.dispatch();
             self.pace_workers();
 
-            if self.stop.is_none()
+            if !self.shutdown.stopping()
                 && self.sched.pending_len() == 0
                 && self.sched.nothing_in_flight()
             {
                 if let Some(why) = self.listing_failed.clone() {
-                    self.begin_stop(Stop::ListingFailed(why), &mut grace_deadline);
+                    self.begin_stop(Reason::ListingFailed(why));
                 }
             }
-            if self.stop.is_none() && !finishing && self.sched.is_finished() {
+            if self.sched.is_finished() && self.shutdown.finish(Instant::now()) {
                 // Every file is acknowledged: let the workers write their
                 // last stats and exit.
-                finishing = true;
-                for s in &self.shards {
-                    if let Some(w) = &s.worker {
-                        w.send(&ToWorker::Shutdown { drain: true });
-                    }
-                }
-                grace_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(10));
+                self.shards.drain_all();
             }
-            if (finishing || self.stop.is_some()) && self.stop_ready() {
+            if self.shutdown.ending() && self.stop_ready() {
                 break;
             }
         }
         drop(lister);
-        self.finish(finishing).await
+        self.finish().await
+    }
+
+    /// Acts on one input of the run loop.
+    fn handle(&mut self, input: Input, cx: &mut LoopContext) {
+        match input {
+            Input::Page(Some(Ok(page))) => self.on_page(page),
+            Input::Page(Some(Err(e))) => {
+                // The pages already listed are still fetched; the run stops
+                // once they are done (see the loop), so the checkpoint ends
+                // at the failed page.
+                note!(
+                    self.progress,
+                    "bulkget: {e}; finishing the pages already listed"
+                );
+                self.listing_failed = Some(e.to_string());
+            }
+            Input::Page(None) => {
+                if !self.listing_done && self.listing_failed.is_none() {
+                    self.listing_failed = Some("the lister stopped unexpectedly".into());
+                }
+            }
+            Input::Worker(ev) => self.on_event(ev, &cx.restarts),
+            Input::StateFailed(why) => self.on_state_failure(why),
+            Input::Restart(shard) => {
+                if !self.shutdown.ending() && self.shards[shard].phase == Phase::Backoff {
+                    if let Err(e) = self.spawn(shard, &cx.events) {
+                        note!(self.progress, "bulkget: cannot restart worker {shard}: {e}");
+                        self.park(shard);
+                    }
+                }
+            }
+            Input::Signal(signal) => self.on_signal(signal),
+            Input::Deadline => {
+                if self.shutdown.deadline_passed(Instant::now()) {
+                    note!(self.progress, "bulkget: grace period over; stopping workers with batches still in flight (they will be fetched again on resume)");
+                    self.stop_workers_now();
+                }
+            }
+            Input::Tick => {
+                if let Some(why) = self.space_problem() {
+                    note!(
+                        self.progress,
+                        "bulkget: {why}; stopping with the checkpoint saved"
+                    );
+                    self.begin_stop(Reason::NoSpace(why));
+                }
+                if let Some(line) = self.failure_log.tick(Instant::now()) {
+                    note!(self.progress, "{line}");
+                }
+                let working = self.working_shards().len();
+                self.budget.tick(Instant::now(), working);
+                // Progress first: it samples the rate the stats file shows.
+                self.update_progress();
+                self.write_stats(RunState::Listing, None);
+                if cx.last_checkpoint.elapsed() >= cx.checkpoint_every {
+                    cx.last_checkpoint = Instant::now();
+                    self.checkpoint_async();
+                }
+            }
+        }
     }
 
     /// Whether OUT's file system is about to run out of space or inodes.
     /// Checked once a second: stopping before the disk is full means no
     /// worker ever hits ENOSPC halfway through a file or a transaction.
     fn space_problem(&self) -> Option<String> {
-        if self.stop.is_some() || self.settings.sink == SinkKind::Null {
+        if self.shutdown.stopping() || self.settings.sink == SinkKind::Null {
             return None;
         }
         let space = bulkget_sink::free_space(Path::new(&self.settings.out_dir)).ok()?;
@@ -620,16 +567,7 @@ impl Run {
         events: &mpsc::UnboundedSender<Event>,
     ) -> std::io::Result<()> {
         let version = self.announced_version();
-        let slot = &mut self.shards[shard];
-        let generation = slot.life.restarts;
-        let worker =
-            supervisor::spawn(shard, generation, &version, &self.settings, events.clone())?;
-        slot.life.on_start();
-        slot.worker = Some(worker);
-        slot.generation = generation;
-        slot.phase = Phase::Starting;
-        slot.down = false;
-        slot.paced = None;
+        self.shards.spawn(shard, &version, &self.settings, events)?;
         // Its share before any batch: frames arrive in order.
         self.pace_workers();
         Ok(())
@@ -660,7 +598,7 @@ impl Run {
         let (share, slowdown) = self.budget.share(working);
         // 0 means no limit on the wire, so a limit rounds up to 1.
         let rps_milli = share.map_or(0, |r| ((r * 1000.0).round() as u64).max(1));
-        for slot in &mut self.shards {
+        for slot in self.shards.iter_mut() {
             let Some(worker) = &slot.worker else { continue };
             if slot.down {
                 continue;
@@ -721,11 +659,11 @@ impl Run {
         for line in self.failure_log.record(&failures, Instant::now()) {
             note!(self.progress, "{line}");
         }
-        let _ = self.state_tx.send(StateOp::Failures(failures));
+        self.state.record_failures(failures);
     }
 
     fn dispatch(&mut self) {
-        if self.stop.is_some() {
+        if self.shutdown.stopping() {
             return;
         }
         while let Some((shard, batch)) = self.sched.assign() {
@@ -749,25 +687,20 @@ impl Run {
         }
     }
 
-    fn on_event(
-        &mut self,
-        ev: Event,
-        restart_tx: &mpsc::UnboundedSender<usize>,
-        grace_deadline: &mut Option<tokio::time::Instant>,
-    ) {
+    fn on_event(&mut self, ev: Event, restart_tx: &mpsc::UnboundedSender<usize>) {
         match ev {
             Event::Message {
                 shard,
                 generation,
                 msg,
             } => {
-                if generation != self.shards[shard].generation || self.shards[shard].down {
+                if !self.shards.is_current(shard, generation) {
                     return;
                 }
                 match msg {
                     ToCoordinator::Ready => {
                         self.shards[shard].phase = Phase::Running;
-                        if self.stop.is_none() {
+                        if !self.shutdown.stopping() {
                             self.sched.set_available(shard, true);
                         }
                     }
@@ -825,7 +758,7 @@ impl Run {
                     }
                     ToCoordinator::Fatal { kind, reason } => {
                         note!(self.progress, "bulkget: worker {shard}: {reason}");
-                        if kind == FatalKind::NoSpace && self.stop.is_none() {
+                        if kind == FatalKind::NoSpace && !self.shutdown.stopping() {
                             let why =
                                 format!("the file system of {} is full", self.settings.out_dir);
                             note!(
@@ -833,7 +766,7 @@ impl Run {
                                 "bulkget: {why}; stopping with the checkpoint saved"
                             );
                             let why = format!("{why} (worker {shard}: {reason})");
-                            self.begin_stop(Stop::NoSpace(why), grace_deadline);
+                            self.begin_stop(Reason::NoSpace(why));
                         }
                     }
                 }
@@ -844,7 +777,7 @@ impl Run {
                 end,
             } => {
                 tracing::debug!(shard, generation, ?end, "disconnected");
-                if generation == self.shards[shard].generation && !self.shards[shard].down {
+                if self.shards.is_current(shard, generation) {
                     self.shard_down(shard);
                     let closed = match end {
                         SocketEnd::Invalid(e) => {
@@ -872,12 +805,12 @@ impl Run {
                 ours,
                 theirs,
             } => {
-                if generation != self.shards[shard].generation || self.shards[shard].down {
+                if !self.shards.is_current(shard, generation) {
                     return;
                 }
                 // The worker exits by itself; nothing was sent to it.
                 self.shard_down(shard);
-                if self.stop.is_none() {
+                if !self.shutdown.stopping() {
                     let why = format!(
                         "worker {shard} is another build of bulkget ({theirs}) than this coordinator ({ours})"
                     );
@@ -885,7 +818,7 @@ impl Run {
                         self.progress,
                         "bulkget: {why}; stopping with the checkpoint saved"
                     );
-                    self.begin_stop(Stop::Incompatible(why), grace_deadline);
+                    self.begin_stop(Reason::Incompatible(why));
                 }
             }
             Event::Exited {
@@ -898,28 +831,24 @@ impl Run {
                 if generation != self.shards[shard].generation {
                     return;
                 }
-                let expected = self.shards[shard].phase == Phase::Stopped
-                    || self.stop.is_some()
-                    || self.sched.is_finished();
+                // Decided before the shard's batches are put back, which
+                // may fail the last names and finish the run.
+                let ending = self.shutdown.stopping() || self.sched.is_finished();
                 if !self.shards[shard].down {
                     self.shard_down(shard);
                 }
-                self.shards[shard].worker = None;
                 let what = describe_end(&status, killed.as_deref());
-                if expected {
-                    if self.shards[shard].phase != Phase::Parked {
-                        self.shards[shard].phase = Phase::Stopped;
-                    }
-                    if killed.is_some() {
-                        note!(self.progress, "bulkget: worker {shard} {what}");
-                    }
-                    return;
-                }
-                match self.shards[shard]
-                    .life
-                    .on_crash(Instant::now(), &self.policy)
+                match self
+                    .shards
+                    .on_exit(shard, generation, ending, Instant::now())
                 {
-                    Decision::RestartAfter(delay) => {
+                    OnExit::Stale => {}
+                    OnExit::Expected => {
+                        if killed.is_some() {
+                            note!(self.progress, "bulkget: worker {shard} {what}");
+                        }
+                    }
+                    OnExit::RestartAfter(delay) => {
                         tracing::warn!(shard, %what, ?delay, "worker ended; restarting");
                         if !self.args.quiet {
                             note!(
@@ -927,35 +856,34 @@ impl Run {
                                 "bulkget: worker {shard} {what}; restarting in {delay:?}"
                             );
                         }
-                        self.shards[shard].phase = Phase::Backoff;
                         let tx = restart_tx.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(delay).await;
                             let _ = tx.send(shard);
                         });
                     }
-                    Decision::Park => {
+                    OnExit::Park => {
+                        let policy = self.shards.policy();
                         note!(
                             self.progress,
                             "bulkget: worker {shard} {what}; its workers crashed more than {} times in {:?} without acknowledging anything; shard {shard} is parked, the run goes on without it",
-                            self.policy.burst, self.policy.interval
+                            policy.burst, policy.interval
                         );
-                        self.park(shard, grace_deadline);
+                        self.park(shard);
                     }
                 }
             }
         }
     }
 
-    fn park(&mut self, shard: usize, grace_deadline: &mut Option<tokio::time::Instant>) {
+    fn park(&mut self, shard: usize) {
         self.sched.park(shard);
-        self.shards[shard].phase = Phase::Parked;
-        if self.shards.iter().all(|s| s.phase == Phase::Parked) {
+        if self.shards.park(shard) {
             note!(
                 self.progress,
                 "bulkget: every shard is parked; stopping the run"
             );
-            self.begin_stop(Stop::AllParked, grace_deadline);
+            self.begin_stop(Reason::AllParked);
         }
     }
 
@@ -976,32 +904,29 @@ impl Run {
     /// Kills the shard's worker; `why` completes "the coordinator killed it
     /// because ..." in the exit message.
     fn kill_worker(&mut self, shard: usize, why: String) {
-        if let Some(w) = &self.shards[shard].worker {
-            w.kill(why);
-        }
+        self.shards.kill(shard, why);
     }
 
-    fn on_signal(
-        &mut self,
-        count: u32,
-        stop: Stop,
-        grace_deadline: &mut Option<tokio::time::Instant>,
-    ) {
-        if count == 1 {
-            if let Stop::Signal { name, .. } = &stop {
+    fn on_signal(&mut self, signal: StopSignal) {
+        match self.shutdown.on_signal(signal, Instant::now()) {
+            OnSignal::Graceful { began } => {
                 note!(
                     self.progress,
-                    "bulkget: {name}: stopping; letting in-flight batches finish for up to {}s (press Ctrl-C again to stop at once)",
+                    "bulkget: {}: stopping; letting in-flight batches finish for up to {}s (press Ctrl-C again to stop at once)",
+                    signal.name(),
                     self.args.grace
                 );
+                if began {
+                    self.stop_began();
+                }
             }
-            self.begin_stop(stop, grace_deadline);
-        } else {
-            note!(
-                self.progress,
-                "bulkget: second signal: stopping workers now"
-            );
-            self.stop_workers_now();
+            OnSignal::Now => {
+                note!(
+                    self.progress,
+                    "bulkget: second signal: stopping workers now"
+                );
+                self.stop_workers_now();
+            }
         }
     }
 
@@ -1009,125 +934,74 @@ impl Run {
     /// [`crate::state_thread`]). Nothing acknowledged from now on could be
     /// saved, so the run stops at once: no grace for in-flight batches
     /// (they are fetched again on resume), whatever stop was under way.
-    fn on_state_failure(&mut self, why: String, grace_deadline: &mut Option<tokio::time::Instant>) {
-        if matches!(self.stop, Some(Stop::StateFailed(_))) {
+    fn on_state_failure(&mut self, why: String) {
+        let message = format!("bulkget: {why}; stopping the run now, without a further checkpoint");
+        if !self.shutdown.state_failed(why) {
             return;
         }
-        note!(
-            self.progress,
-            "bulkget: {why}; stopping the run now, without a further checkpoint"
-        );
-        self.stop = Some(Stop::StateFailed(why));
+        note!(self.progress, "{message}");
         for shard in 0..self.shards.len() {
             self.sched.set_available(shard, false);
         }
-        *grace_deadline = None;
         self.stop_workers_now();
     }
 
-    fn begin_stop(&mut self, stop: Stop, grace_deadline: &mut Option<tokio::time::Instant>) {
-        if self.stop.is_some() {
-            return;
+    /// Begins a graceful stop for `reason`, unless one is under way.
+    fn begin_stop(&mut self, reason: Reason) {
+        if self.shutdown.begin(reason, Instant::now()) {
+            self.stop_began();
         }
-        self.stop = Some(stop);
+    }
+
+    /// A graceful stop began: no shard gets new work, and idle workers are
+    /// told to exit.
+    fn stop_began(&mut self) {
         for shard in 0..self.shards.len() {
             self.sched.set_available(shard, false);
         }
-        *grace_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(self.args.grace));
         self.ask_idle_workers_to_exit();
     }
 
     /// While stopping, a worker with nothing in flight is told to exit.
     fn ask_idle_workers_to_exit(&mut self) {
-        for shard in 0..self.shards.len() {
-            let idle = self.sched.in_flight(shard) == 0;
-            let slot = &mut self.shards[shard];
-            if idle && slot.phase != Phase::Stopped {
-                if let Some(w) = &slot.worker {
-                    w.send(&ToWorker::Shutdown { drain: false });
-                }
-                if slot.phase != Phase::Parked {
-                    slot.phase = Phase::Stopped;
-                }
-            }
-        }
+        let sched = &self.sched;
+        self.shards.ask_idle_to_exit(|shard| sched.in_flight(shard));
     }
 
     /// SIGTERM to every worker, SIGKILL to any still there a second later.
     fn stop_workers_now(&mut self) {
-        for s in &mut self.shards {
-            if s.phase != Phase::Parked {
-                s.phase = Phase::Stopped;
-            }
-            if let Some(w) = &s.worker {
-                w.signal(Signal::SIGTERM);
-                w.kill_unless_exited_within(
-                    Duration::from_secs(1),
-                    "it had not stopped 1s after SIGTERM".into(),
-                );
-            }
-        }
+        self.shards.stop_all_now();
     }
 
     /// Whether every worker process has exited (after a stop or the end).
     fn stop_ready(&mut self) -> bool {
-        if self.stop.is_some() {
+        if self.shutdown.stopping() {
             self.ask_idle_workers_to_exit();
         }
-        self.shards.iter().all(|s| s.worker.is_none())
+        self.shards.all_exited()
     }
 
     fn checkpoint_async(&mut self) {
-        let (done, _rx) = std::sync::mpsc::channel();
-        let _ = self.state_tx.send(StateOp::Checkpoint {
-            snapshot: self.sched.snapshot(),
-            complete: false,
-            last: false,
-            done,
-        });
+        self.state.checkpoint(self.sched.snapshot());
     }
 
-    async fn finish(mut self: Box<Self>, finished: bool) -> i32 {
-        let complete = finished && self.stop.is_none() && self.sched.is_finished();
+    async fn finish(mut self: Box<Self>) -> i32 {
+        let complete = self.shutdown.complete(self.sched.is_finished());
         let snapshot = self.sched.snapshot();
         let totals = snapshot.totals;
         // After a failure of the state thread there is no last checkpoint:
         // the one saved before the failure is the one to resume from.
-        let checkpoint_result = if matches!(self.stop, Some(Stop::StateFailed(_))) {
-            None
-        } else {
-            let (done, done_rx) = std::sync::mpsc::channel();
-            let _ = self.state_tx.send(StateOp::Checkpoint {
-                snapshot,
-                complete,
-                last: true,
-                done,
-            });
-            tokio::task::spawn_blocking(move || done_rx.recv())
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-        };
-        let (state_tx, _) = std::sync::mpsc::channel();
-        drop(std::mem::replace(&mut self.state_tx, state_tx));
-        if let Some(t) = self.state_thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-        let mut code = match &self.stop {
-            Some(s) => s.code(),
-            None if totals.files_failed > 0 => exit::FILES_FAILED,
-            None => exit::OK,
-        };
+        let last = self
+            .shutdown
+            .last_checkpoint_allowed()
+            .then_some((snapshot, complete));
+        let checkpoint_result = self.state.finish(last).await;
+        let mut code = self.shutdown.exit_code(totals.files_failed);
         if let Some(Err(e)) = &checkpoint_result {
-            errln!("bulkget: cannot save the checkpoint: {e}");
+            tracing::error!(target: MESSAGES, "bulkget: cannot save the checkpoint: {e}");
             code = exit::ERROR;
         }
-        let state = match (&self.stop, complete) {
-            (Some(Stop::Signal { .. }), _) => RunState::Interrupted,
-            (Some(_), _) => RunState::Failed,
-            (None, true) => RunState::Finished,
-            (None, false) => RunState::Failed,
-        };
+        let state = self.shutdown.final_state(complete);
         // The final numbers, for a plain log's last line and the stats file.
         self.update_progress();
         self.write_stats(state, Some(code));
@@ -1146,117 +1020,38 @@ impl Run {
     }
 
     fn print_summary(&self, code: i32, durable: Totals) {
-        let live = self.sched.live_totals();
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let this_run = (live.files_ok + live.files_failed + live.files_present)
-            - (self.resumed_from.files_ok
-                + self.resumed_from.files_failed
-                + self.resumed_from.files_present);
-        let restarts: u32 = self.shards.iter().map(|s| s.life.restarts).sum();
-        let parked = self
-            .shards
-            .iter()
-            .filter(|s| s.phase == Phase::Parked)
-            .count();
-        // Reported with each acknowledgement, so restarts lose none.
-        let retries = live.retries;
-        outln!("bulkget summary");
-        if self.refresh {
-            outln!("  refresh:        fetched the names not in the sink yet");
-            outln!("  files new:      {}", live.files_ok);
-            outln!("  already there:  {}", live.files_present);
-        } else {
-            outln!("  files ok:       {}", live.files_ok);
-        }
-        outln!("  files failed:   {}", live.files_failed);
-        outln!("  retries:        {retries}");
-        outln!(
-            "  bytes:          {} ({})",
-            live.bytes,
-            human_bytes(live.bytes)
-        );
-        outln!("  wall time:      {elapsed:.2}s");
-        outln!(
-            "  files/s:        {:.0}",
-            this_run as f64 / elapsed.max(1e-9)
-        );
-        outln!("  restarts:       {restarts}");
-        if !self.args.filter.include.is_empty() || !self.args.filter.exclude.is_empty() {
-            outln!(
-                "  excluded:       {} names left out by --include/--exclude",
-                live.names_excluded
-            );
-        }
-        if parked > 0 {
-            outln!("  parked shards:  {parked}");
-        }
-        let changed = self.sched.pages_changed();
-        if changed > 0 {
-            outln!("  pages changed:  {changed} listed differently than before the resume, fetched whole");
-        }
-        if live.files_failed > 0 {
-            let failed_path = self.state_dir.join("failed.jsonl");
-            outln!(
-                "  failures:       every one is in {}",
-                failed_path.display()
-            );
-            let first = self.failure_log.first();
-            for f in first {
-                outln!("    {}", failure_log::name_and_reason(f));
-            }
-            let rest = live.files_failed.saturating_sub(first.len() as u64);
-            if rest > 0 {
-                outln!(
-                    "    {}{} more in {}",
-                    if first.is_empty() { "" } else { "and " },
-                    grouped(rest),
-                    failed_path.display()
-                );
-            }
-        }
-        outln!("  state:          {}", self.state_dir.display());
-        match &self.stop {
-            None if code == exit::OK => {
-                outln!("  result:         complete: every listed file is in the sink")
-            }
-            None => outln!(
-                "  result:         complete, with {} failed files (exit {code})",
-                live.files_failed
-            ),
-            Some(stop) => {
-                let why = match stop {
-                    Stop::Signal { name, .. } => format!("interrupted by {name}"),
-                    Stop::ListingFailed(e) => e.clone(),
-                    Stop::AllParked => "every shard was parked".into(),
-                    Stop::NoSpace(e) => format!("out of space: {e}"),
-                    Stop::StateFailed(e) => e.clone(),
-                    Stop::Incompatible(e) => e.clone(),
-                };
-                outln!("  result:         stopped: {why} (exit {code})");
-                let resume = format!(
-                    "bulkget fetch {} {} --resume{}",
-                    self.args.url,
-                    self.args.out.display(),
-                    match &self.args.state_dir {
-                        Some(d) => format!(" --state-dir {}", d.display()),
-                        None => String::new(),
-                    }
-                );
-                let saved = bulkget_stats::schema::checkpoint_path(&self.state_dir).exists();
-                match stop {
-                    Stop::StateFailed(_) if saved => outln!(
-                        "  checkpoint:     not written after the failure; the one saved before it is exact: fix the cause, then continue with: {resume}"
-                    ),
-                    Stop::StateFailed(_) => outln!(
-                        "  checkpoint:     none was saved: fix the cause, then run again without --resume"
-                    ),
-                    _ => outln!(
-                        "  checkpoint:     {} files saved; continue with: {resume}",
-                        durable.files_ok + durable.files_failed + durable.files_present
-                    ),
+        let summary = report::Summary {
+            refresh: self.refresh,
+            live: self.sched.live_totals(),
+            durable,
+            resumed_from: self.resumed_from,
+            elapsed_secs: self.started.elapsed().as_secs_f64(),
+            restarts: self.shards.iter().map(|s| s.life.restarts).sum(),
+            parked: self
+                .shards
+                .iter()
+                .filter(|s| s.phase == Phase::Parked)
+                .count(),
+            filtered: !self.args.filter.include.is_empty() || !self.args.filter.exclude.is_empty(),
+            pages_changed: self.sched.pages_changed(),
+            first_failures: self.failure_log.first(),
+            state_dir: &self.state_dir,
+            reason: self.shutdown.reason(),
+            code,
+            resume_command: format!(
+                "bulkget fetch {} {} --resume{}",
+                self.args.url,
+                self.args.out.display(),
+                match &self.args.state_dir {
+                    Some(d) => format!(" --state-dir {}", d.display()),
+                    None => String::new(),
                 }
-            }
-        }
+            ),
+            checkpoint_saved: bulkget_stats::schema::checkpoint_path(&self.state_dir).exists(),
+        };
+        // One write: the summary is the run's last word on stdout.
+        let text = report::render_summary(&summary);
+        outln!("{}", text.trim_end_matches('\n'));
     }
 
     fn update_progress(&mut self) {
@@ -1271,19 +1066,17 @@ impl Run {
     /// and shows it as progress: the file and the display never disagree.
     fn write_stats(&mut self, state: RunState, exit_code: Option<i32>) {
         let stats = self.coordinator_stats(state, exit_code);
-        let path = bulkget_stats::schema::coordinator_path(&self.state_dir);
-        if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
-            tracing::warn!("cannot write {}: {e}", path.display());
-        }
-        if let Some(m) = &self.metrics {
-            m.publish(&stats);
-        }
-        self.progress.update(&stats);
+        report::publish(
+            &stats,
+            &self.state_dir,
+            self.metrics.as_ref(),
+            &mut self.progress,
+        );
     }
 
     fn coordinator_stats(&self, state: RunState, exit_code: Option<i32>) -> CoordinatorStats {
         let live = self.sched.live_totals();
-        let state = if exit_code.is_none() && (self.stop.is_some() || self.listing_done) {
+        let state = if exit_code.is_none() && (self.shutdown.stopping() || self.listing_done) {
             RunState::Draining
         } else {
             state
@@ -1352,9 +1145,35 @@ impl Run {
     }
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+/// One thing the run loop waits for, as `select!` received it.
+enum Input {
+    /// A page from the lister, its failure, or `None` once it has stopped.
+    Page(Option<Result<Page, ListError>>),
+    Worker(Event),
+    /// The state thread's first failure.
+    StateFailed(String),
+    /// A shard's backoff is over.
+    Restart(usize),
+    Signal(StopSignal),
+    /// The shutdown deadline ([`Shutdown::deadline`]) may have passed.
+    Deadline,
+    /// The one-second tick: space check, stats, progress, checkpoint.
+    Tick,
+}
+
+/// What the loop's inputs need beyond the run itself.
+struct LoopContext {
+    /// Where a restarted worker reports.
+    events: mpsc::UnboundedSender<Event>,
+    /// Where a shard's backoff timer says it is over.
+    restarts: mpsc::UnboundedSender<usize>,
+    last_checkpoint: Instant,
+    checkpoint_every: Duration,
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
 }

@@ -5,7 +5,7 @@
 use crate::args::{HttpVersionArg, ServiceArgs};
 use crate::exit;
 use crate::lister::ListerConfig;
-use bulkget_console::errln;
+use bulkget_console::MESSAGES;
 use bulkget_http::{Backoff, Endpoint, Limits, Proto, Transport};
 use bulkget_protocol::{ProxySettings, Secret, TlsSettings};
 use std::time::Duration;
@@ -53,7 +53,11 @@ pub fn connection_setup(
     if args.insecure && endpoint.tls {
         // On every run that uses it, even with --quiet: it is the one
         // thing about the run a user must not miss.
-        errln!("bulkget: warning: {}", bulkget_http::tls::INSECURE_WARNING);
+        tracing::warn!(
+            target: MESSAGES,
+            "bulkget: warning: {}",
+            bulkget_http::tls::INSECURE_WARNING
+        );
     }
     let proxy = bulkget_http::proxy::choose(
         endpoint,

@@ -28,7 +28,7 @@
 //! complete run removes it.
 
 use crate::scheduler::{DoneAfter, ListPosition, Snapshot, Totals};
-use bulkget_console::errln;
+use bulkget_console::MESSAGES;
 use bulkget_protocol::Failure;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -386,7 +386,8 @@ impl StateDir {
             Ok(()) => Some(reserve_path),
             Err(e) => {
                 let _ = std::fs::remove_file(&reserve_path);
-                errln!(
+                tracing::warn!(
+                    target: MESSAGES,
                     "bulkget: cannot set aside {} KiB in {} ({e}); if the disk fills up, the last checkpoint may not be saved",
                     RESERVE_BYTES >> 10,
                     reserve_path.display()
@@ -525,7 +526,8 @@ impl StateDir {
     ) -> Result<(), DurabilityError> {
         let result = match self.write_checkpoint(snapshot.clone(), complete) {
             Err(e) if is_no_space(&e.source) && self.release_reserve() => {
-                errln!(
+                tracing::warn!(
+                    target: MESSAGES,
                     "bulkget: the disk is full; using the space set aside in {} for the checkpoint",
                     self.dir.join("reserve").display()
                 );
@@ -594,7 +596,8 @@ fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, StateError> {
         Ok(parsed) => {
             let pages = parsed.pages_dropped;
             if pages > 0 {
-                bulkget_console::errln!(
+                tracing::warn!(
+                    target: MESSAGES,
                     "bulkget: {} was written by an older bulkget (checkpoint version {}) that did not record what the {pages} pages done after its position listed; they are fetched again (their files may be counted twice)",
                     path.display(),
                     parsed.checkpoint.schema_version

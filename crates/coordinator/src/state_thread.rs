@@ -18,7 +18,7 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
 
 /// What the state thread does, in order.
-pub enum StateOp {
+enum StateOp {
     Failures(Vec<Failure>),
     Checkpoint {
         snapshot: Snapshot,
@@ -30,22 +30,84 @@ pub enum StateOp {
     },
 }
 
-/// Starts the thread. It runs until every sender of ops is dropped; the
-/// first failure is sent on `failed`.
-pub fn spawn(
-    state: StateDir,
-    failed: mpsc::UnboundedSender<String>,
-) -> std::io::Result<(std_mpsc::Sender<StateOp>, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std_mpsc::channel::<StateOp>();
-    let mut writer = StateWriter::new(state, failed);
-    let handle = std::thread::Builder::new()
-        .name("bulkget-state".into())
-        .spawn(move || {
-            for op in rx {
-                writer.handle(op);
+/// The run's handle on the state thread, the one way to the state
+/// directory once the run has started: failures and periodic checkpoints go
+/// out in order without waiting; [`StateHandle::finish`] writes the last
+/// checkpoint, waits for it and stops the thread.
+pub struct StateHandle {
+    ops: std_mpsc::Sender<StateOp>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StateHandle {
+    /// Starts the thread. The receiver gets the thread's first failure,
+    /// which must stop the run at once (see the module documentation).
+    pub fn spawn(
+        state: StateDir,
+    ) -> std::io::Result<(StateHandle, mpsc::UnboundedReceiver<String>)> {
+        let (failed_tx, failed) = mpsc::unbounded_channel();
+        let (ops, rx) = std_mpsc::channel::<StateOp>();
+        let mut writer = StateWriter::new(state, failed_tx);
+        let thread = std::thread::Builder::new()
+            .name("bulkget-state".into())
+            .spawn(move || {
+                for op in rx {
+                    writer.handle(op);
+                }
+            })?;
+        let handle = StateHandle {
+            ops,
+            thread: Some(thread),
+        };
+        Ok((handle, failed))
+    }
+
+    /// Appends `failures` to `failed.jsonl` (and syncs it before the next
+    /// checkpoint).
+    pub fn record_failures(&self, failures: Vec<Failure>) {
+        let _ = self.ops.send(StateOp::Failures(failures));
+    }
+
+    /// Writes a periodic checkpoint. Nothing waits for it: its failure
+    /// reaches the run loop as the thread's first failure.
+    pub fn checkpoint(&self, snapshot: Snapshot) {
+        let (done, _) = std_mpsc::channel();
+        let _ = self.ops.send(StateOp::Checkpoint {
+            snapshot,
+            complete: false,
+            last: false,
+            done,
+        });
+    }
+
+    /// Writes the run's last checkpoint, if `last` holds one (`complete`
+    /// says whether the run is), then stops the thread and waits for it.
+    /// Returns the checkpoint's result, if one was asked for and answered.
+    pub async fn finish(&mut self, last: Option<(Snapshot, bool)>) -> Option<Result<(), String>> {
+        let result = match last {
+            None => None,
+            Some((snapshot, complete)) => {
+                let (done, answer) = std_mpsc::channel();
+                let _ = self.ops.send(StateOp::Checkpoint {
+                    snapshot,
+                    complete,
+                    last: true,
+                    done,
+                });
+                tokio::task::spawn_blocking(move || answer.recv())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
             }
-        })?;
-    Ok((tx, handle))
+        };
+        // The thread ends once its channel closes: drop the only sender.
+        let (closed, _) = std_mpsc::channel();
+        drop(std::mem::replace(&mut self.ops, closed));
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        result
+    }
 }
 
 /// The state directory and whether writing it has failed.
@@ -209,5 +271,35 @@ mod tests {
         assert!(err.contains("failed.jsonl"), "{err}");
         assert!(checkpoint(&mut w, 10, true).is_err());
         assert!(!checkpoint_path.exists(), "no checkpoint after the failure");
+    }
+
+    #[tokio::test]
+    async fn the_handle_writes_in_order_and_finish_saves_the_last_checkpoint_then_stops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = open(tmp.path());
+        let failed_path = state.failed_path();
+        let checkpoint_path = bulkget_stats::schema::checkpoint_path(&tmp.path().join("state"));
+        let (mut handle, mut failed) = StateHandle::spawn(state).unwrap();
+        handle.record_failures(vec![Failure::new("gone", "HTTP 404", Some(404))]);
+        handle.checkpoint(snapshot(10));
+        let result = handle.finish(Some((snapshot(20), false))).await;
+        assert_eq!(result, Some(Ok(())));
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&checkpoint_path).unwrap()).unwrap();
+        assert_eq!(saved["totals"]["files_ok"], 20, "{saved}");
+        assert!(std::fs::read_to_string(failed_path)
+            .unwrap()
+            .contains("\"gone\""));
+        // The thread has stopped: its failure channel is closed, unused.
+        assert!(failed.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn finish_without_a_last_checkpoint_writes_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkpoint_path = bulkget_stats::schema::checkpoint_path(&tmp.path().join("state"));
+        let (mut handle, _failed) = StateHandle::spawn(open(tmp.path())).unwrap();
+        assert_eq!(handle.finish(None).await, None);
+        assert!(!checkpoint_path.exists());
     }
 }

@@ -21,11 +21,20 @@
 //! All events go to the run loop on one channel; the run loop is the single
 //! owner of every decision.
 //!
+//! [`Shards`] holds every shard's slot and is the only owner of the
+//! [`Worker`] handles: it spawns, signals, parks and stops workers, and
+//! says what an exit means ([`OnExit`]); the run loop decides what the run
+//! does about it. No code signals a worker by its pid: the pid in a slot is
+//! for display only, since once the waiter has reaped the process the kernel
+//! may give that pid to another process; a signal or kill sent after the
+//! reap goes to a closed channel and is dropped.
+//!
 //! Workers never outlive the coordinator: every socket end the coordinator
 //! holds is close-on-exec and private to it, so when the coordinator dies
 //! (even by SIGKILL) the kernel closes them, each worker reads end-of-stream
 //! and exits.
 
+use crate::restart::{Decision, RestartPolicy, ShardLife};
 use bulkget_protocol::frame::{self, FrameError, FrameReader};
 use bulkget_protocol::{ToCoordinator, ToWorker, Version, WorkerSettings};
 use nix::sys::signal::Signal;
@@ -33,7 +42,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -180,6 +189,11 @@ pub fn spawn(
     .stdout(Stdio::null())
     .stderr(Stdio::inherit())
     .process_group(0);
+    // A worker logs in the coordinator's format: they share stderr, which
+    // with `--log-format json` must hold nothing but JSON lines.
+    if bulkget_console::json_logs() {
+        cmd.args(["--log-format", "json"]);
+    }
     // The proxy, with its credentials, reaches the worker in its settings;
     // the environment that carried them is not passed on.
     for name in bulkget_http::proxy::ENV_VARS {
@@ -352,6 +366,217 @@ pub fn describe_end(status: &ExitStatus, killed: Option<&str>) -> String {
     }
 }
 
+/// A shard's place in the run, as the coordinator tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Running,
+    Backoff,
+    Parked,
+    Stopped,
+}
+
+/// One shard: its current worker, if any, and its history.
+pub struct ShardSlot {
+    /// The current worker. This handle is the only way to reach its
+    /// process: signals go through the task that reaps it (see the module
+    /// documentation), never to a pid.
+    pub worker: Option<Worker>,
+    pub generation: u32,
+    pub phase: Phase,
+    /// The current worker's socket or process has gone; its batches were
+    /// put back. The slot waits for the exit before a restart.
+    pub down: bool,
+    pub life: ShardLife,
+    pub idle_since: Option<Instant>,
+    pub idle_total: Duration,
+    /// The share of the request budget last sent to the current worker, as
+    /// `(rps_milli, slowdown)`; `None` until one is sent.
+    pub paced: Option<(u64, bool)>,
+}
+
+/// What to do about a worker's exit ([`Shards::on_exit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExit {
+    /// The exit of an earlier generation, already dealt with.
+    Stale,
+    /// The run was stopping the worker, or is ending: nothing to restart.
+    Expected,
+    /// A crash: restart the shard after this delay (it is in backoff).
+    RestartAfter(Duration),
+    /// A crash too many: park the shard ([`Shards::park`]).
+    Park,
+}
+
+/// Every shard's slot: the one owner of the workers' handles. It spawns,
+/// signals, parks and stops workers, and says what an exit means; the run
+/// loop decides what the run does about it.
+pub struct Shards {
+    slots: Vec<ShardSlot>,
+    policy: RestartPolicy,
+}
+
+impl std::ops::Index<usize> for Shards {
+    type Output = ShardSlot;
+    fn index(&self, shard: usize) -> &ShardSlot {
+        &self.slots[shard]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Shards {
+    fn index_mut(&mut self, shard: usize) -> &mut ShardSlot {
+        &mut self.slots[shard]
+    }
+}
+
+impl Shards {
+    /// `count` shards, none started yet, all idle from `now`.
+    pub fn new(count: usize, policy: RestartPolicy, now: Instant) -> Shards {
+        let slots = (0..count)
+            .map(|_| ShardSlot {
+                worker: None,
+                generation: 0,
+                phase: Phase::Starting,
+                down: false,
+                life: ShardLife::default(),
+                idle_since: Some(now),
+                idle_total: Duration::ZERO,
+                paced: None,
+            })
+            .collect();
+        Shards { slots, policy }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, ShardSlot> {
+        self.slots.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, ShardSlot> {
+        self.slots.iter_mut()
+    }
+
+    pub fn policy(&self) -> &RestartPolicy {
+        &self.policy
+    }
+
+    /// Starts the shard's next worker generation.
+    pub fn spawn(
+        &mut self,
+        shard: usize,
+        version: &Version,
+        settings: &WorkerSettings,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> io::Result<()> {
+        let slot = &mut self.slots[shard];
+        let generation = slot.life.restarts;
+        let worker = spawn(shard, generation, version, settings, events.clone())?;
+        slot.life.on_start();
+        slot.worker = Some(worker);
+        slot.generation = generation;
+        slot.phase = Phase::Starting;
+        slot.down = false;
+        slot.paced = None;
+        Ok(())
+    }
+
+    /// Whether an event of `generation` is about the shard's current worker
+    /// and that worker is still up.
+    pub fn is_current(&self, shard: usize, generation: u32) -> bool {
+        generation == self.slots[shard].generation && !self.slots[shard].down
+    }
+
+    /// Kills the shard's worker, if it has one; `why` completes "the
+    /// coordinator killed it because ..." in the exit message.
+    pub fn kill(&self, shard: usize, why: String) {
+        if let Some(w) = &self.slots[shard].worker {
+            w.kill(why);
+        }
+    }
+
+    /// The shard's worker exited. `ending` says whether the run is stopping
+    /// or every file is done, so that no exit is a crash. The slot has no
+    /// worker afterwards; a crash moves it to backoff or says to park it.
+    pub fn on_exit(&mut self, shard: usize, generation: u32, ending: bool, now: Instant) -> OnExit {
+        let slot = &mut self.slots[shard];
+        if generation != slot.generation {
+            return OnExit::Stale;
+        }
+        slot.worker = None;
+        if ending || slot.phase == Phase::Stopped {
+            if slot.phase != Phase::Parked {
+                slot.phase = Phase::Stopped;
+            }
+            return OnExit::Expected;
+        }
+        match slot.life.on_crash(now, &self.policy) {
+            Decision::RestartAfter(delay) => {
+                slot.phase = Phase::Backoff;
+                OnExit::RestartAfter(delay)
+            }
+            Decision::Park => OnExit::Park,
+        }
+    }
+
+    /// Parks the shard. Returns whether every shard is now parked.
+    pub fn park(&mut self, shard: usize) -> bool {
+        self.slots[shard].phase = Phase::Parked;
+        self.slots.iter().all(|s| s.phase == Phase::Parked)
+    }
+
+    /// While stopping, each shard whose worker has nothing in flight is
+    /// told to exit.
+    pub fn ask_idle_to_exit(&mut self, in_flight: impl Fn(usize) -> usize) {
+        for (shard, slot) in self.slots.iter_mut().enumerate() {
+            if in_flight(shard) == 0 && slot.phase != Phase::Stopped {
+                if let Some(w) = &slot.worker {
+                    w.send(&ToWorker::Shutdown { drain: false });
+                }
+                if slot.phase != Phase::Parked {
+                    slot.phase = Phase::Stopped;
+                }
+            }
+        }
+    }
+
+    /// Every file is done: each worker writes its last stats and exits.
+    pub fn drain_all(&self) {
+        for slot in &self.slots {
+            if let Some(w) = &slot.worker {
+                w.send(&ToWorker::Shutdown { drain: true });
+            }
+        }
+    }
+
+    /// SIGTERM to every worker, SIGKILL to any still there a second later.
+    pub fn stop_all_now(&mut self) {
+        for slot in &mut self.slots {
+            if slot.phase != Phase::Parked {
+                slot.phase = Phase::Stopped;
+            }
+            if let Some(w) = &slot.worker {
+                w.signal(Signal::SIGTERM);
+                w.kill_unless_exited_within(
+                    Duration::from_secs(1),
+                    "it had not stopped 1s after SIGTERM".into(),
+                );
+            }
+        }
+    }
+
+    /// Whether every worker process has exited.
+    pub fn all_exited(&self) -> bool {
+        self.slots.iter().all(|s| s.worker.is_none())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,5 +597,79 @@ mod tests {
             describe_end(&sigabrt, Some("it acknowledged unknown batch 7")),
             "died (killed by SIGABRT) as the coordinator was killing it because it acknowledged unknown batch 7"
         );
+    }
+
+    fn shards(count: usize) -> Shards {
+        let policy = RestartPolicy {
+            burst: 2,
+            interval: Duration::from_secs(10),
+            ..RestartPolicy::default()
+        };
+        Shards::new(count, policy, Instant::now())
+    }
+
+    #[test]
+    fn a_crash_backs_off_and_too_many_without_progress_park_the_shard() {
+        let t0 = Instant::now();
+        let mut s = shards(2);
+        s[0].phase = Phase::Running;
+        let first = s.on_exit(0, 0, false, t0);
+        assert!(matches!(first, OnExit::RestartAfter(_)), "{first:?}");
+        assert_eq!(s[0].phase, Phase::Backoff);
+        // More than `burst` crashes without progress within the interval.
+        let mut last = first;
+        for _ in 0..3 {
+            last = s.on_exit(0, 0, false, t0);
+        }
+        assert_eq!(last, OnExit::Park);
+        assert!(!s.park(0), "shard 1 still works");
+        assert_eq!(s[0].phase, Phase::Parked);
+        assert!(s.park(1), "now every shard is parked");
+    }
+
+    #[test]
+    fn an_exit_while_the_run_ends_or_of_a_stopped_worker_is_no_crash() {
+        let t0 = Instant::now();
+        let mut s = shards(3);
+        s[0].phase = Phase::Running;
+        assert_eq!(s.on_exit(0, 0, true, t0), OnExit::Expected);
+        assert_eq!(s[0].phase, Phase::Stopped);
+        s[1].phase = Phase::Stopped;
+        assert_eq!(s.on_exit(1, 0, false, t0), OnExit::Expected);
+        // A parked shard stays parked.
+        s.park(2);
+        assert_eq!(s.on_exit(2, 0, true, t0), OnExit::Expected);
+        assert_eq!(s[2].phase, Phase::Parked);
+        assert_eq!(s.iter().map(|x| x.life.restarts).sum::<u32>(), 0);
+    }
+
+    #[test]
+    fn the_exit_of_an_earlier_generation_is_stale() {
+        let mut s = shards(1);
+        s[0].generation = 3;
+        s[0].phase = Phase::Running;
+        assert_eq!(s.on_exit(0, 2, false, Instant::now()), OnExit::Stale);
+        assert_eq!(s[0].phase, Phase::Running);
+        assert!(!s.is_current(0, 2) && s.is_current(0, 3));
+        s[0].down = true;
+        assert!(!s.is_current(0, 3), "a shard that is down is not current");
+    }
+
+    #[test]
+    fn stopping_asks_idle_shards_to_exit_and_keeps_parked_ones_parked() {
+        let mut s = shards(3);
+        for k in 0..3 {
+            s[k].phase = Phase::Running;
+        }
+        s.park(2);
+        // Shard 1 still has a batch in flight: it may finish it.
+        s.ask_idle_to_exit(|k| usize::from(k == 1));
+        assert_eq!(s[0].phase, Phase::Stopped);
+        assert_eq!(s[1].phase, Phase::Running);
+        assert_eq!(s[2].phase, Phase::Parked);
+        s.stop_all_now();
+        assert_eq!(s[1].phase, Phase::Stopped);
+        assert_eq!(s[2].phase, Phase::Parked);
+        assert!(s.all_exited(), "no worker was started");
     }
 }

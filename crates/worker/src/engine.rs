@@ -2,7 +2,7 @@
 
 use crate::governor::{Governor, Outcome};
 use crate::stats_file::Counters;
-use bulkget_console::errln;
+use bulkget_console::MESSAGES;
 use bulkget_http::{
     Backoff, Conn, Endpoint, FetchError, Jitter, Limits, PipeConn, PipelineFault, Proto, Response,
     Transport,
@@ -563,7 +563,7 @@ impl Engine {
                 c.status.borrow_mut().record(response.status);
                 let name = &item.batch.names[item.idx as usize];
                 if response.test_abort && crate::test_hooks(&self.settings).abort_on_header {
-                    errln!("bulkget worker: test hook: aborting on {name:?}");
+                    tracing::error!(target: MESSAGES, "bulkget worker: test hook: aborting on {name:?}");
                     std::process::abort();
                 }
                 let put = self.sink.borrow_mut().put(name, body);

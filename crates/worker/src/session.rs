@@ -2,7 +2,7 @@
 
 use crate::engine::Engine;
 use crate::stats_file::StatsFile;
-use bulkget_console::errln;
+use bulkget_console::MESSAGES;
 use bulkget_http::proxy::{Proxy, Secret};
 use bulkget_http::tls::{Alpn, TlsOptions};
 use bulkget_http::{Endpoint, Transport};
@@ -35,7 +35,8 @@ pub fn run_on_fd(fd: RawFd) -> i32 {
         .map(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK)
         .unwrap_or(false);
     if !is_socket {
-        errln!(
+        tracing::error!(
+            target: MESSAGES,
             "bulkget worker: file descriptor {fd} is not a socket; this subcommand is started by `bulkget fetch`, not by hand"
         );
         return exit::USAGE;
@@ -44,7 +45,7 @@ pub fn run_on_fd(fd: RawFd) -> i32 {
     // the coordinator passed it to us and nothing else in the process uses it.
     let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
     if let Err(e) = std_stream.set_nonblocking(true) {
-        errln!("bulkget worker: cannot use socket: {e}");
+        tracing::error!(target: MESSAGES, "bulkget worker: cannot use socket: {e}");
         return exit::USAGE;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -53,7 +54,7 @@ pub fn run_on_fd(fd: RawFd) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            errln!("bulkget worker: cannot start runtime: {e}");
+            tracing::error!(target: MESSAGES, "bulkget worker: cannot start runtime: {e}");
             return exit::FATAL;
         }
     };
@@ -62,7 +63,7 @@ pub fn run_on_fd(fd: RawFd) -> i32 {
         match UnixStream::from_std(std_stream) {
             Ok(stream) => serve(stream).await,
             Err(e) => {
-                errln!("bulkget worker: cannot use socket: {e}");
+                tracing::error!(target: MESSAGES, "bulkget worker: cannot use socket: {e}");
                 exit::USAGE
             }
         }
@@ -94,7 +95,7 @@ async fn serve(stream: UnixStream) -> i32 {
         Ok(Some(v)) => v,
         Ok(None) => return exit::OK,
         Err(e) => {
-            errln!("bulkget worker: {e}");
+            tracing::error!(target: MESSAGES, "bulkget worker: {e}");
             return exit::USAGE;
         }
     };
@@ -119,11 +120,11 @@ async fn serve(stream: UnixStream) -> i32 {
         })) => (shard, generation, *settings),
         Ok(None) => return exit::OK,
         Ok(Some(other)) => {
-            errln!("bulkget worker: expected hello, got {other:?}");
+            tracing::error!(target: MESSAGES, "bulkget worker: expected hello, got {other:?}");
             return exit::USAGE;
         }
         Err(e) => {
-            errln!("bulkget worker: {e}");
+            tracing::error!(target: MESSAGES, "bulkget worker: {e}");
             return exit::USAGE;
         }
     };
@@ -136,7 +137,7 @@ async fn serve(stream: UnixStream) -> i32 {
         return std::future::pending().await;
     }
     let fatal = |kind: FatalKind, reason: String| {
-        errln!("bulkget worker {shard}: {reason}");
+        tracing::error!(target: MESSAGES, "bulkget worker {shard}: {reason}");
         let _ = outbox.send(ToCoordinator::Fatal { kind, reason });
     };
 
@@ -231,14 +232,14 @@ async fn serve(stream: UnixStream) -> i32 {
                     engine.governor.set_share(share, slowdown);
                 }
                 Ok(Some(ToWorker::Hello { .. })) => {
-                    errln!("bulkget worker {shard}: unexpected second hello");
+                    tracing::error!(target: MESSAGES, "bulkget worker {shard}: unexpected second hello");
                     break exit::USAGE;
                 }
                 // End of stream: the coordinator is gone (exited or killed).
                 // Nobody can acknowledge further work, so stop at once.
                 Ok(None) => break exit::OK,
                 Err(e) => {
-                    errln!("bulkget worker {shard}: {e}");
+                    tracing::error!(target: MESSAGES, "bulkget worker {shard}: {e}");
                     break exit::USAGE;
                 }
             },
@@ -343,7 +344,7 @@ async fn write_outbox<W: tokio::io::AsyncWrite + Unpin>(
             Ok(()) => {}
             Err(e @ (FrameError::TooLarge(_) | FrameError::Encode(_))) => {
                 let reason = format!("cannot send {}: {e}", describe(&msg));
-                errln!("bulkget worker: {reason}");
+                tracing::error!(target: MESSAGES, "bulkget worker: {reason}");
                 let fatal = ToCoordinator::Fatal {
                     kind: FatalKind::Crash,
                     reason,

@@ -6,7 +6,7 @@
 //! [`StatsFile::write`] turns them into a [`ShardStats`] and replaces the file
 //! by temporary file and rename, so a reader never sees half of it.
 
-use bulkget_console::errln;
+use bulkget_console::MESSAGES;
 use bulkget_stats::{LatencyHistogram, Pace, RateWindow, ShardState, ShardStats, StatusCounts};
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -126,7 +126,8 @@ impl StatsFile {
             // Stats are advisory: a full disk or a removed state directory
             // must not stop the downloads. Say so once.
             if !self.warned.replace(true) {
-                errln!(
+                tracing::warn!(
+                    target: MESSAGES,
                     "bulkget worker {}: cannot write {}: {e}",
                     self.shard,
                     self.path.display()
