@@ -29,8 +29,7 @@ use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards, Socket
 use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, Resolve, SinkKind, ToCoordinator, ToWorker, Version,
-    WorkerSettings,
+    Failure, FatalKind, Layout, Resolve, SinkKind, ToCoordinator, ToWorker, Version, WorkerSettings,
 };
 use bulkget_report::format::human_bytes;
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};

@@ -141,7 +141,10 @@ async fn serve(stream: UnixStream) -> i32 {
         let _ = outbox.send(ToCoordinator::Fatal { kind, reason });
     };
 
-    if crate::test_hooks(&settings).fail_start_shards.contains(&shard) {
+    if crate::test_hooks(&settings)
+        .fail_start_shards
+        .contains(&shard)
+    {
         fatal(
             FatalKind::Crash,
             "test hook: start-up fails on this shard".into(),
