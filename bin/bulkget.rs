@@ -52,6 +52,10 @@ enum Command {
         /// The file's name as the service lists it.
         name: String,
     },
+    /// Many hosts on one job, over NATS JetStream: `list`, `work`, `status`
+    /// (docs/CLUSTER.md).
+    #[command(subcommand)]
+    Cluster(bulkget_cluster::args::ClusterCommand),
     /// Internal: a worker process, started by `fetch`.
     #[command(hide = true)]
     Worker,
@@ -62,6 +66,7 @@ fn main() {
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::Fetch(args) => bulkget_coordinator::fetch(*args),
+        Command::Cluster(command) => bulkget_cluster::run(command),
         Command::Worker => bulkget_worker::run_on_fd(bulkget_worker::WORKER_FD),
         Command::Status(args) => {
             let stdout = std::io::stdout();

@@ -115,7 +115,7 @@ fn duration_ms(d: Duration) -> u64 {
 /// How every connection of the run is made, from the command line and the
 /// environment: the lister's transport, and the same for the workers'
 /// settings. Header values and proxy credentials live only here, in memory.
-struct Connection {
+pub struct Connection {
     transport: Transport,
     headers: Vec<(String, Secret)>,
     tls: TlsSettings,
@@ -186,6 +186,127 @@ fn connection_setup(args: &FetchArgs, endpoint: &Endpoint) -> Result<Connection,
     })
 }
 
+/// What a host needs to run workers for `args`: the output directory made
+/// and resolved, the state directory made, and the workers' settings. Both
+/// `bulkget fetch` and `bulkget cluster work` start from here, so a host of
+/// a cluster runs its workers exactly as `fetch` does.
+pub struct HostSetup {
+    pub endpoint: Endpoint,
+    pub connection: Connection,
+    pub out: PathBuf,
+    pub state_dir: PathBuf,
+    pub workers: usize,
+    pub settings: WorkerSettings,
+    pub sink_name: &'static str,
+    pub layout_name: &'static str,
+}
+
+/// Checks `args`, makes OUT and the state directory, and builds the
+/// workers' settings (see [`HostSetup`]).
+pub fn host_setup(args: &FetchArgs) -> Result<HostSetup, (i32, String)> {
+    let endpoint = Endpoint::parse(&args.url).map_err(|e| (exit::USAGE, e.to_string()))?;
+    if args.workers == Some(0) || args.connections == 0 || args.batch_size == 0 || args.window == 0
+    {
+        return Err((
+            exit::USAGE,
+            "--workers, --connections, --batch-size and --window must be at least 1".into(),
+        ));
+    }
+    if duration_ms(args.request_timeout) == 0 || duration_ms(args.list_timeout) == 0 {
+        return Err((
+            exit::USAGE,
+            "--request-timeout and --list-timeout must be at least 1ms".into(),
+        ));
+    }
+    let connection = connection_setup(args, &endpoint)?;
+    std::fs::create_dir_all(&args.out).map_err(|e| {
+        (
+            exit::ERROR,
+            format!("cannot create {}: {e}", args.out.display()),
+        )
+    })?;
+    let out = std::fs::canonicalize(&args.out).map_err(|e| {
+        (
+            exit::ERROR,
+            format!("cannot resolve {}: {e}", args.out.display()),
+        )
+    })?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_state_dir(&out));
+    // Where the state directory is inside OUT, so that no server name
+    // lands there, whatever the directory is called.
+    std::fs::create_dir_all(&state_dir).map_err(|e| {
+        (
+            exit::ERROR,
+            format!("cannot create {}: {e}", state_dir.display()),
+        )
+    })?;
+    let state_dir_in_out =
+        bulkget_sink::state_dir_within(&out, &state_dir).map_err(|e| (exit::USAGE, e))?;
+    let resolve = if args.sink == SinkArg::Dir {
+        probe_resolve(&out, args.quiet)?
+    } else {
+        // Only the dir sink resolves paths beneath OUT.
+        Resolve::Openat2
+    };
+    let (sink, sink_name) = match args.sink {
+        SinkArg::Dir => (SinkKind::Dir, "dir"),
+        SinkArg::Sqlite => (SinkKind::Sqlite, "sqlite"),
+        SinkArg::Null => (SinkKind::Null, "null"),
+    };
+    let (layout, layout_name) = match args.layout {
+        LayoutArg::Flat => (Layout::Flat, "flat"),
+        LayoutArg::Fanout => (Layout::Fanout, "fanout"),
+    };
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let settings = WorkerSettings {
+        base_url: endpoint.url(),
+        out_dir: out.display().to_string(),
+        state_dir: state_dir.display().to_string(),
+        state_dir_in_out,
+        sink,
+        layout,
+        resolve,
+        connections: args.connections,
+        http_version: args.http_version.into(),
+        pipeline: args.pipeline,
+        max_file_size: args.max_file_size,
+        connect_timeout_ms: args.connect_timeout_ms,
+        first_byte_timeout_ms: args.first_byte_timeout_ms,
+        idle_timeout_ms: args.idle_timeout_ms,
+        request_timeout_ms: duration_ms(args.request_timeout),
+        max_attempts: args.max_attempts.max(1),
+        backoff_base_ms: args.retry_base_ms,
+        backoff_max_ms: args.retry_max_ms,
+        max_redirects: 5,
+        stats_interval_ms: 1_000,
+        headers: connection.headers.clone(),
+        tls: connection.tls.clone(),
+        proxy: connection.proxy.clone(),
+        test_hooks: TestHooks {
+            abort_on_header: args.test_abort_on_header,
+            fail_start_shards: args.test_fail_start_shard.clone(),
+            linger_shards: args.test_linger_shard.clone(),
+        },
+    };
+    Ok(HostSetup {
+        endpoint,
+        connection,
+        out,
+        state_dir,
+        workers,
+        settings,
+        sink_name,
+        layout_name,
+    })
+}
+
 /// Runs `bulkget fetch` and returns the process exit code.
 pub fn fetch(args: FetchArgs) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -248,70 +369,17 @@ struct Run {
 
 impl Run {
     fn setup(args: FetchArgs) -> Result<Setup, (i32, String)> {
-        let endpoint = Endpoint::parse(&args.url).map_err(|e| (exit::USAGE, e.to_string()))?;
-        if args.workers == Some(0)
-            || args.connections == 0
-            || args.batch_size == 0
-            || args.window == 0
-        {
-            return Err((
-                exit::USAGE,
-                "--workers, --connections, --batch-size and --window must be at least 1".into(),
-            ));
-        }
-        if duration_ms(args.request_timeout) == 0 || duration_ms(args.list_timeout) == 0 {
-            return Err((
-                exit::USAGE,
-                "--request-timeout and --list-timeout must be at least 1ms".into(),
-            ));
-        }
-        let connection = connection_setup(&args, &endpoint)?;
-        std::fs::create_dir_all(&args.out).map_err(|e| {
-            (
-                exit::ERROR,
-                format!("cannot create {}: {e}", args.out.display()),
-            )
-        })?;
-        let out = std::fs::canonicalize(&args.out).map_err(|e| {
-            (
-                exit::ERROR,
-                format!("cannot resolve {}: {e}", args.out.display()),
-            )
-        })?;
-        let state_dir = args
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| default_state_dir(&out));
-        // Where the state directory is inside OUT, so that no server name
-        // lands there, whatever the directory is called.
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
-            (
-                exit::ERROR,
-                format!("cannot create {}: {e}", state_dir.display()),
-            )
-        })?;
-        let state_dir_in_out =
-            bulkget_sink::state_dir_within(&out, &state_dir).map_err(|e| (exit::USAGE, e))?;
-        let resolve = if args.sink == SinkArg::Dir {
-            probe_resolve(&out, args.quiet)?
-        } else {
-            // Only the dir sink resolves paths beneath OUT.
-            Resolve::Openat2
-        };
-        let (sink, sink_name) = match args.sink {
-            SinkArg::Dir => (SinkKind::Dir, "dir"),
-            SinkArg::Sqlite => (SinkKind::Sqlite, "sqlite"),
-            SinkArg::Null => (SinkKind::Null, "null"),
-        };
-        let (layout, layout_name) = match args.layout {
-            LayoutArg::Flat => (Layout::Flat, "flat"),
-            LayoutArg::Fanout => (Layout::Fanout, "fanout"),
-        };
-        let workers = args.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+        let HostSetup {
+            endpoint,
+            connection,
+            out,
+            state_dir,
+            workers,
+            settings,
+            sink_name,
+            layout_name,
+        } = host_setup(&args)?;
+        let sink = settings.sink;
         let info = RunInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             url: endpoint.url(),
@@ -360,36 +428,6 @@ impl Run {
                     exit::OK
                 }));
             }
-        };
-        let settings = WorkerSettings {
-            base_url: endpoint.url(),
-            out_dir: out.display().to_string(),
-            state_dir: state_dir.display().to_string(),
-            state_dir_in_out,
-            sink,
-            layout,
-            resolve,
-            connections: args.connections,
-            http_version: args.http_version.into(),
-            pipeline: args.pipeline,
-            max_file_size: args.max_file_size,
-            connect_timeout_ms: args.connect_timeout_ms,
-            first_byte_timeout_ms: args.first_byte_timeout_ms,
-            idle_timeout_ms: args.idle_timeout_ms,
-            request_timeout_ms: duration_ms(args.request_timeout),
-            max_attempts: args.max_attempts.max(1),
-            backoff_base_ms: args.retry_base_ms,
-            backoff_max_ms: args.retry_max_ms,
-            max_redirects: 5,
-            stats_interval_ms: 1_000,
-            headers: connection.headers.clone(),
-            tls: connection.tls.clone(),
-            proxy: connection.proxy.clone(),
-            test_hooks: TestHooks {
-                abort_on_header: args.test_abort_on_header,
-                fail_start_shards: args.test_fail_start_shard.clone(),
-                linger_shards: args.test_linger_shard.clone(),
-            },
         };
         // Stats files of an earlier run or of more shards would mislead
         // `bulkget status`; each worker writes its own afresh.
