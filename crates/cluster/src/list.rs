@@ -388,6 +388,11 @@ async fn list(args: ListArgs) -> Result<i32, (i32, String)> {
     // Every batch is acknowledged: the job is finished.
     lease.record.finished = true;
     lease.save(&store).await?;
+    // Messages a killed server failed to remove after their acks (see
+    // `JobStore::unfinished`) would stay in the stream for good.
+    if let Err(e) = store.batches.purge().await {
+        tracing::warn!("purging the finished job's stream: {e}");
+    }
     let failed = store.failed_count().await.map_err(|e| (exit::ERROR, e))?;
     say(format!(
         "job {} finished: {} names in {} batches; {failed} failed",

@@ -186,14 +186,19 @@ impl JobStore {
         }
     }
 
-    /// Batches in the stream: queued or delivered, not yet acknowledged.
+    /// Batches not yet acknowledged: queued, or delivered and not yet
+    /// acknowledged, as the consumer counts them. Not the stream's message
+    /// count: a server killed with SIGKILL may come back with a few messages
+    /// whose acknowledgement its consumer had recorded but whose removal
+    /// from the work-queue stream was lost; they are done, and the consumer
+    /// never delivers them again.
     pub async fn unfinished(&mut self) -> Result<u64, String> {
         let info = self
-            .batches
+            .consumer
             .info()
             .await
-            .map_err(|e| format!("cannot read the stream {}: {e}", self.job.stream()))?;
-        Ok(info.state.messages)
+            .map_err(|e| format!("cannot read the consumer {CONSUMER}: {e}"))?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
     }
 
     /// Names recorded as failed.

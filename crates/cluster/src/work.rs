@@ -153,6 +153,15 @@ impl Host {
             ));
         }
         let setup = bulkget_coordinator::run::host_setup(&args.fetch)?;
+        // Where the workers write their stats files (`fetch` makes it with
+        // the rest of its state directory).
+        let shards_dir = bulkget_stats::schema::shards_dir(&setup.state_dir);
+        std::fs::create_dir_all(&shards_dir).map_err(|e| {
+            (
+                exit::ERROR,
+                format!("cannot create {}: {e}", shards_dir.display()),
+            )
+        })?;
         let client = store::connect(&args.job.nats)
             .await
             .map_err(|e| (exit::ERROR, e))?;
@@ -508,6 +517,7 @@ impl Host {
             Ok(info) => (info.delivered, info.stream_sequence),
             Err(_) => (1, 0),
         };
+        tracing::debug!(seq, delivered, "batch received");
         let batch: BatchMsg = match serde_json::from_slice(&msg.payload) {
             Ok(b) => b,
             Err(e) => {
@@ -665,8 +675,9 @@ impl Host {
             {
                 return;
             }
-            if let Err(e) = h.msg.double_ack().await {
-                tracing::warn!("acknowledging a batch: {e}");
+            match h.msg.double_ack().await {
+                Ok(()) => tracing::debug!("acknowledged"),
+                Err(e) => tracing::warn!("acknowledging a batch: {e}"),
             }
         });
     }
