@@ -125,7 +125,7 @@ fn cluster(args: &[&str]) -> Command {
     cmd
 }
 
-fn lister(server: &Server, nats: &Nats, job: &str, args: &[&str]) -> Command {
+fn lister_command(server: &Server, nats: &Nats, job: &str, args: &[&str]) -> Command {
     let mut cmd = cluster(&["list", &server.url, "--nats", &nats.url(), "--job", job]);
     cmd.args(args);
     cmd
@@ -232,7 +232,7 @@ fn three_hosts_fetch_the_union_of_every_file() {
     let outs: Vec<PathBuf> = (0..3)
         .map(|k| ws.root.path().join(format!("host{k}")))
         .collect();
-    let mut lister = Running::spawn(lister(&server, &nats, "union", &[]));
+    let mut lister = Running::spawn(lister_command(&server, &nats, "union", &[]));
     let mut hosts: Vec<Running> = outs
         .iter()
         .map(|o| host(&server, &nats, "union", o, &["--workers", "1"]))
@@ -259,6 +259,16 @@ fn three_hosts_fetch_the_union_of_every_file() {
     }
     assert_eq!(hosts_sum(&st, "files_ok"), copies);
     assert_eq!(copies, 100_000);
+    // The job's name is spent: a new run needs a new one.
+    let again = lister_command(&server, &nats, "union", &[])
+        .output()
+        .unwrap();
+    assert_code(&again, 6);
+    assert!(
+        text(&again.stderr).contains("is finished"),
+        "{}",
+        text(&again.stderr)
+    );
 }
 
 #[test]
@@ -275,7 +285,7 @@ fn a_killed_host_started_again_loses_nothing() {
     let ws = Workspace::new();
     let a = ws.root.path().join("a");
     let b = ws.root.path().join("b");
-    let mut lister = Running::spawn(lister(
+    let mut lister = Running::spawn(lister_command(
         &server,
         &nats,
         "kill",
@@ -323,7 +333,7 @@ fn a_killed_lister_resumes_and_a_second_one_is_refused() {
     ]);
     let ws = Workspace::new();
     let out = ws.out();
-    let mut first = Running::spawn(lister(&server, &nats, "relist", &[]));
+    let mut first = Running::spawn(lister_command(&server, &nats, "relist", &[]));
     let mut host_a = host(&server, &nats, "relist", &out, &["--workers", "1"]);
     wait_for(
         Duration::from_secs(60),
@@ -337,7 +347,9 @@ fn a_killed_lister_resumes_and_a_second_one_is_refused() {
                     .is_some_and(|p| p >= 20)
         },
     );
-    let second = lister(&server, &nats, "relist", &[]).output().unwrap();
+    let second = lister_command(&server, &nats, "relist", &[])
+        .output()
+        .unwrap();
     assert_code(&second, 6);
     assert!(
         text(&second.stderr).contains("is being listed by"),
@@ -352,7 +364,7 @@ fn a_killed_lister_resumes_and_a_second_one_is_refused() {
     // Started again, it is refused while the dead one's lease runs (10 s by
     // default), then takes over from the position in the bucket.
     let mut restarted = loop {
-        let mut r = Running::spawn(lister(&server, &nats, "relist", &[]));
+        let mut r = Running::spawn(lister_command(&server, &nats, "relist", &[]));
         std::thread::sleep(Duration::from_millis(500));
         match r.try_exit() {
             Some(out) => {
@@ -396,7 +408,12 @@ fn the_job_completes_across_a_nats_server_restart() {
     ]);
     let ws = Workspace::new();
     let out = ws.out();
-    let mut lister = Running::spawn(lister(&server, &nats, "restart", &["--batch-size", "100"]));
+    let mut lister = Running::spawn(lister_command(
+        &server,
+        &nats,
+        "restart",
+        &["--batch-size", "100"],
+    ));
     let mut h = host(
         &server,
         &nats,
@@ -431,7 +448,12 @@ fn a_name_that_kills_its_worker_is_failed_alone() {
     ]);
     let ws = Workspace::new();
     let out = ws.out();
-    let mut lister = Running::spawn(lister(&server, &nats, "poison", &["--batch-size", "50"]));
+    let mut lister = Running::spawn(lister_command(
+        &server,
+        &nats,
+        "poison",
+        &["--batch-size", "50"],
+    ));
     let mut h = host(
         &server,
         &nats,
@@ -481,7 +503,12 @@ fn a_retry_after_longer_than_ack_wait_is_not_redelivered() {
     ]);
     let ws = Workspace::new();
     let out = ws.out();
-    let mut lister = Running::spawn(lister(&server, &nats, "throttle", &["--ack-wait", "2s"]));
+    let mut lister = Running::spawn(lister_command(
+        &server,
+        &nats,
+        "throttle",
+        &["--ack-wait", "2s"],
+    ));
     let mut h = host(&server, &nats, "throttle", &out, &["--workers", "1"]);
     assert_code(&lister.wait_within(Duration::from_secs(120)), 0);
     assert_code(&h.wait_within(Duration::from_secs(60)), 0);
@@ -489,4 +516,56 @@ fn a_retry_after_longer_than_ack_wait_is_not_redelivered() {
     let st = status_json(&nats, "throttle");
     assert_eq!(hosts_sum(&st, "batches_redelivered"), 0, "{st}");
     assert!(hosts_sum(&st, "retries") >= 1, "{st}");
+}
+
+#[test]
+fn a_host_stopped_by_sigterm_gives_its_unfinished_batches_back() {
+    let nats = Nats::start();
+    // Every answer takes 3 s: the batches cannot finish within --grace 1.
+    let server = Server::start(&["--files", "2000", "--latency-ms", "3000"]);
+    let ws = Workspace::new();
+    // AckWait far longer than the test: a batch that reaches the second
+    // host in time was given back, not left to run out.
+    let _lister = Running::spawn(lister_command(
+        &server,
+        &nats,
+        "term",
+        &["--ack-wait", "120s"],
+    ));
+    let a = ws.root.path().join("a");
+    let mut host_a = host(
+        &server,
+        &nats,
+        "term",
+        &a,
+        &["--workers", "1", "--grace", "1"],
+    );
+    wait_for(Duration::from_secs(30), "both batches in flight", || {
+        let out = status(&nats, "term", &["--json"]);
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|v| v["batches_in_flight"].as_u64() == Some(2))
+    });
+    kill(Pid::from_raw(host_a.pid() as i32), Signal::SIGTERM).unwrap();
+    assert_code(&host_a.wait_within(Duration::from_secs(20)), 143);
+    let b = ws.root.path().join("b");
+    let _host_b = host(
+        &server,
+        &nats,
+        "term",
+        &b,
+        &["--workers", "1", "--host-id", "b"],
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the batches given back to reach host b",
+        || {
+            let st = status_json(&nats, "term");
+            st["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["host"] == "b" && h["batches_redelivered"] == 2)
+        },
+    );
 }

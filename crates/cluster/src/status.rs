@@ -24,7 +24,8 @@ pub struct JobStatus {
     pub lister_stale: bool,
     /// Batches not yet delivered to any host.
     pub batches_queued: u64,
-    /// Batches delivered and not yet acknowledged.
+    /// Batches delivered and not yet acknowledged, those given back (a nak)
+    /// and waiting for their next delivery included.
     pub batches_in_flight: u64,
     /// Deliveries after the first (AckWait ran out, or a host gave a batch back).
     pub batches_redelivered: u64,

@@ -66,6 +66,12 @@ struct Shard {
     stopped: bool,
     parked: bool,
     life: ShardLife,
+    /// Batches sent to the current worker and not finished or given back.
+    holding: usize,
+    /// Of those, the ones in the window (not stalled, not alone).
+    in_window: usize,
+    /// It holds a batch that runs alone.
+    alone: bool,
 }
 
 /// What the fetch task sends back.
@@ -209,6 +215,9 @@ impl Host {
                 stopped: false,
                 parked: false,
                 life: ShardLife::default(),
+                holding: 0,
+                in_window: 0,
+                alone: false,
             })
             .collect();
         let policy = RestartPolicy {
@@ -275,7 +284,18 @@ impl Host {
                 Some(ev) = events.recv() => self.on_event(ev, &restart_tx, &mut grace_deadline),
                 Some(f) = fetched.recv() => match f {
                     Fetched::Msg(m) => self.on_message(*m).await,
-                    Fetched::End => self.requested = 0,
+                    Fetched::End => {
+                        self.requested = 0;
+                        if self.stop.is_some() || self.finished {
+                            // What was kept for the request's end goes back now.
+                            let queued: Vec<BatchId> = self.queue.iter().copied().collect();
+                            for id in queued {
+                                self.give_back(id);
+                            }
+                            let held = &self.held;
+                            self.queue.retain(|id| held.contains_key(id));
+                        }
+                    }
                 },
                 Some(shard) = restarts.recv() => {
                     if self.stop.is_none() && !self.finished && !self.shards[shard].stopped {
@@ -331,7 +351,18 @@ impl Host {
                 break;
             }
         }
-        // Whatever is still held goes back before the host leaves.
+        // Whatever is still held goes back before the host leaves, once its
+        // last pull request has ended (see `give_back`); the request expires
+        // within 2 s.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.requested > 0 {
+            match tokio::time::timeout_at(deadline, fetched.recv()).await {
+                Ok(Some(Fetched::Msg(m))) => self.on_message(*m).await,
+                Ok(Some(Fetched::End)) => self.requested = 0,
+                _ => break,
+            }
+        }
+        self.requested = 0;
         self.give_back_all();
         let code = match &self.stop {
             Some(s) => s.code(),
@@ -399,31 +430,45 @@ impl Host {
     /// Batches a shard may take now: none while it holds one alone.
     fn room(&self, shard: usize) -> usize {
         let s = &self.shards[shard];
-        if !s.ready || s.down || s.stopped || s.parked {
+        if !s.ready || s.down || s.stopped || s.parked || s.alone {
             return 0;
         }
-        let mut in_window = 0;
-        for h in self.held.values() {
-            if h.shard == Some(shard) {
-                if h.alone {
-                    return 0;
-                }
-                if !h.stalled {
-                    in_window += 1;
-                }
-            }
-        }
-        self.window.saturating_sub(in_window)
+        self.window.saturating_sub(s.in_window)
     }
 
     /// Whether the shard holds nothing at all (for a batch that runs alone).
     fn empty(&self, shard: usize) -> bool {
         let s = &self.shards[shard];
-        s.ready
-            && !s.down
-            && !s.stopped
-            && !s.parked
-            && !self.held.values().any(|h| h.shard == Some(shard))
+        s.ready && !s.down && !s.stopped && !s.parked && s.holding == 0
+    }
+
+    /// Counts a batch sent to `shard` in the shard's tallies.
+    fn attach(&mut self, id: BatchId, shard: usize) {
+        let h = self.held.get_mut(&id).expect("attached batches are held");
+        h.shard = Some(shard);
+        let s = &mut self.shards[shard];
+        s.holding += 1;
+        if h.alone {
+            s.alone = true;
+        } else {
+            s.in_window += 1;
+        }
+    }
+
+    /// Takes a batch out of the host's hands, and out of its shard's
+    /// tallies if it was sent to one.
+    fn detach(&mut self, id: BatchId) -> Option<Held> {
+        let h = self.held.remove(&id)?;
+        if let Some(k) = h.shard {
+            let s = &mut self.shards[k];
+            s.holding -= 1;
+            if h.alone {
+                s.alone = false;
+            } else if !h.stalled {
+                s.in_window -= 1;
+            }
+        }
+        Some(h)
     }
 
     /// Sends queued batches to workers with room: a batch that runs alone
@@ -441,8 +486,8 @@ impl Host {
             });
             match target {
                 Some(shard) => {
-                    let h = self.held.get_mut(&id).expect("queued batches are held");
-                    h.shard = Some(shard);
+                    self.attach(id, shard);
+                    let h = &self.held[&id];
                     let mut buf = Vec::new();
                     let batch = ToWorker::Batch {
                         id,
@@ -506,13 +551,6 @@ impl Host {
     }
 
     async fn on_message(&mut self, msg: jetstream::Message) {
-        if self.stop.is_some() || self.finished {
-            // Too late to start it: straight back.
-            self.tasks.spawn(async move {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-            });
-            return;
-        }
         let (delivered, seq) = match msg.info() {
             Ok(info) => (info.delivered, info.stream_sequence),
             Err(_) => (1, 0),
@@ -656,7 +694,7 @@ impl Host {
     /// message is acknowledged with a confirmed ack. If either fails, the
     /// batch is delivered again (at least once).
     fn complete(&mut self, id: BatchId) {
-        let Some(h) = self.held.remove(&id) else {
+        let Some(h) = self.detach(id) else {
             return;
         };
         self.totals.files_ok += h.ok;
@@ -683,12 +721,27 @@ impl Host {
     }
 
     /// Gives a batch back to JetStream for another delivery.
+    ///
+    /// While the host stops with a pull request of its own still open, a
+    /// nak would hand the batch straight back to that request, and so to
+    /// this host, which no longer fetches: the batch is kept (queued,
+    /// progress-acked) until the request has ended, then given back.
     fn give_back(&mut self, id: BatchId) {
-        if let Some(h) = self.held.remove(&id) {
-            self.tasks.spawn(async move {
-                let _ = h.msg.ack_with(AckKind::Nak(None)).await;
-            });
+        let Some(mut h) = self.detach(id) else {
+            return;
+        };
+        if (self.stop.is_some() || self.finished) && self.requested > 0 {
+            h.shard = None;
+            h.stalled = false;
+            self.held.insert(id, h);
+            if !self.queue.contains(&id) {
+                self.queue.push_back(id);
+            }
+            return;
         }
+        self.tasks.spawn(async move {
+            let _ = h.msg.ack_with(AckKind::Nak(None)).await;
+        });
     }
 
     fn give_back_all(&mut self) {
@@ -696,7 +749,8 @@ impl Host {
         for id in ids {
             self.give_back(id);
         }
-        self.queue.clear();
+        let held = &self.held;
+        self.queue.retain(|id| held.contains_key(id));
     }
 
     /// Tells JetStream that batches held for a while are still being worked
@@ -762,7 +816,8 @@ impl Host {
             return;
         }
         self.stop = Some(stop);
-        // What no worker has started goes back at once.
+        // What no worker has started goes back at once (or as soon as the
+        // pull request under way has ended, see `give_back`).
         let queued: Vec<BatchId> = self.queue.drain(..).collect();
         for id in queued {
             self.give_back(id);
@@ -774,7 +829,7 @@ impl Host {
 
     fn ask_idle_workers_to_exit(&mut self) {
         for shard in 0..self.shards.len() {
-            let idle = !self.held.values().any(|h| h.shard == Some(shard));
+            let idle = self.shards[shard].holding == 0;
             let s = &mut self.shards[shard];
             if idle && !s.stopped {
                 s.stopped = true;
@@ -870,6 +925,9 @@ impl Host {
                     } => match self.held.get_mut(&id) {
                         Some(h) if h.shard == Some(shard) && !h.stalled => {
                             h.stalled = true;
+                            if !h.alone {
+                                self.shards[shard].in_window -= 1;
+                            }
                             h.ok += u64::from(ok);
                             h.bytes += bytes;
                             h.retries += u64::from(retries);
