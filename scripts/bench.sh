@@ -700,8 +700,9 @@ if want cluster; then
       nats_pid=$!
       for i in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
       # The lister alone: every batch published, no host taking them.
+      # taskset execs the lister, so $! is the lister itself.
       c0=$(cpu_of "$nats_pid") t0=$EPOCHREALTIME
-      client /usr/bin/time -o "$WORK/list.time" -f "%U %S" "$BULKGET" cluster list "$URL" --nats "$NATS_URL_B" \
+      "${NICE_CMD[@]}" taskset -c "$CLIENT_CPUS" "$BULKGET" cluster list "$URL" --nats "$NATS_URL_B" \
         --job "bench-list-$r" --max-queued 100000000 --quiet >"$WORK/list.log" 2>&1 &
       lpid=$!
       # It waits for hosts once everything is published: stop it when the
@@ -713,11 +714,11 @@ if want cluster; then
         [[ $q -ge $want_batches ]] && break
         sleep 0.05
       done
-      t1=$EPOCHREALTIME c1=$(cpu_of "$nats_pid")
+      t1=$EPOCHREALTIME c1=$(cpu_of "$nats_pid") lcpu=$(cpu_of "$lpid")
       kill "$lpid" 2>/dev/null; wait "$lpid" 2>/dev/null || true
       printf 'kind=cluster\tphase=list\tsize=%s\twall=%s\tnats_cpu=%s\tlister_cpu=%s\n' "$n" \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" \
-        "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.3f", b - a }')" "$(time_cpu "$WORK/list.time")" >>"$RESULTS"
+        "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.3f", b - a }')" "$lcpu" >>"$RESULTS"
       log "cluster list N=$n: $(tail -1 "$RESULTS")"
       # A 2-host run: hosts of 1 worker each, null sink.
       c0=$(cpu_of "$nats_pid") t0=$EPOCHREALTIME

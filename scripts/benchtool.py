@@ -758,7 +758,8 @@ def cmd_report(results, meta_path):
             per = lambda key: _fmt(_median(rs, key) / n * 1e6, 1) if _median(rs, key) is not None else "–"
             hosts = per("hosts_cpu") if phase == "run" else "–"
             every = [
-                _num(r["nats_cpu"]) + _num(r["lister_cpu"]) + _num(r.get("hosts_cpu", 0)) for r in rs
+                (_num(r.get("nats_cpu")) or 0) + (_num(r.get("lister_cpu")) or 0) + (_num(r.get("hosts_cpu")) or 0)
+                for r in rs
             ]
             w(
                 f"| {phase} | {n:,} | {len(rs)} | {_fmt(_median(rs, 'wall'), 2)} | "
