@@ -707,13 +707,14 @@ if want cluster; then
       lpid=$!
       # It waits for hosts once everything is published: stop it when the
       # consumer holds every batch.
-      want_batches=$(( (n + 999) / 1000 ))
-      for i in $(seq 6000); do
+      want_batches=$(( (n + 999) / 1000 )) q=0 give_up=$((SECONDS + 120))
+      while [[ $SECONDS -lt $give_up ]]; do
         q=$("$BULKGET" cluster status --nats "$NATS_URL_B" --job "bench-list-$r" --json 2>/dev/null \
           | python3 -c 'import json,sys; print(json.load(sys.stdin)["batches_queued"])' 2>/dev/null || echo 0)
         [[ $q -ge $want_batches ]] && break
         sleep 0.05
       done
+      [[ $q -ge $want_batches ]] || note "cluster list: only $q of $want_batches batches queued after 120 s"
       t1=$EPOCHREALTIME c1=$(cpu_of "$nats_pid") lcpu=$(cpu_of "$lpid")
       kill "$lpid" 2>/dev/null; wait "$lpid" 2>/dev/null || true
       printf 'kind=cluster\tphase=list\tsize=%s\twall=%s\tnats_cpu=%s\tlister_cpu=%s\n' "$n" \

@@ -74,6 +74,20 @@ pub fn run(args: ListArgs) -> i32 {
         }
     };
     runtime.block_on(async move {
+        // The loop below answers a signal between two steps; a step that
+        // waits on an unreachable NATS server may retry for minutes. So a
+        // signal stops the lister within 10 s whatever it is doing.
+        tokio::spawn(async {
+            let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+            let mut term = signal(SignalKind::terminate()).expect("signal handler");
+            let code = tokio::select! {
+                _ = int.recv() => exit::INTERRUPTED,
+                _ = term.recv() => exit::TERMINATED,
+            };
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            errln!("bulkget cluster list: still busy 10s after the signal (is NATS reachable?); stopping now");
+            std::process::exit(code);
+        });
         match list(args).await {
             Ok(code) => code,
             Err((code, msg)) => {
@@ -418,13 +432,23 @@ async fn stop(
     code: i32,
     name: &str,
 ) -> Result<i32, (i32, String)> {
-    lease.save(store).await?;
-    lease.record.heartbeat_ms = 0;
-    let body = serde_json::to_vec(&lease.record).expect("a record serialises");
-    let _ = store
-        .kv
-        .update(LISTER_KEY, body.into(), lease.revision)
-        .await;
+    // A signal must stop the lister even with NATS unreachable, so giving
+    // the lease up is tried for a few seconds only; if it fails, the lease
+    // simply runs out.
+    let release = async {
+        lease.record.heartbeat_ms = 0;
+        let body = serde_json::to_vec(&lease.record).expect("a record serialises");
+        store
+            .kv
+            .update(LISTER_KEY, body.into(), lease.revision)
+            .await
+    };
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(5), release).await,
+        Ok(Ok(_))
+    ) {
+        errln!("bulkget cluster list: {name}: could not give the lease up; it runs out by itself");
+    }
     errln!("bulkget cluster list: {name}: stopped; start the lister again to go on");
     Ok(code)
 }
