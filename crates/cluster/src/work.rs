@@ -152,12 +152,7 @@ struct Host {
 impl Host {
     async fn setup(args: WorkArgs) -> Result<Host, (i32, String)> {
         let job = Job::parse(&args.job.job).map_err(|e| (exit::USAGE, e))?;
-        if args.fetch.workers == Some(0) || args.fetch.connections == 0 || args.fetch.window == 0 {
-            return Err((
-                exit::USAGE,
-                "--workers, --connections and --window must be at least 1".into(),
-            ));
-        }
+        // host_setup checks the flags, as for `fetch`.
         let setup = bulkget_coordinator::run::host_setup(&args.fetch)?;
         // Where the workers write their stats files (`fetch` makes it with
         // the rest of its state directory).
