@@ -2,9 +2,9 @@
 //! sets up logging and maps results to exit codes; nothing else lives here.
 
 use bulkget_console::{errln, outln};
-use bulkget_coordinator::args::{FetchArgs, LayoutArg, LogFormat};
+use bulkget_coordinator::args::{FetchArgs, LayoutArg, ListArgs, LogFormat};
 use bulkget_coordinator::exit;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -33,6 +33,10 @@ enum Command {
     /// Download every file the service at URL lists into OUT.
     // Boxed: the fetch flags are most of the enum's size otherwise.
     Fetch(Box<FetchArgs>),
+    /// Print the names the service at URL lists, without fetching them: a
+    /// manifest. Same listing, retries, headers and limits as fetch; exit 4
+    /// if the listing fails.
+    List(Box<ListArgs>),
     /// Show a run's progress per shard and in total, while it runs or after.
     Status(bulkget_report::StatusArgs),
     /// Unpack the SQLite shards of OUT into a directory tree.
@@ -56,8 +60,22 @@ enum Command {
     /// (docs/CLUSTER.md).
     #[command(subcommand)]
     Cluster(bulkget_cluster::args::ClusterCommand),
-    /// Internal: a worker process, started by `fetch`.
+    /// Print a shell completion script to stdout, e.g.
+    /// `bulkget completions bash > ~/.local/share/bash-completion/completions/bulkget`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Internal: write the man pages (bulkget.1 and one per subcommand)
+    /// into DIR; scripts/man.sh runs it.
     #[command(hide = true)]
+    Man {
+        /// Where to write the pages (created if missing).
+        dir: PathBuf,
+    },
+    /// Internal: a worker process, started by `fetch`.
+    #[command(name = bulkget_protocol::WORKER_SUBCOMMAND, hide = true)]
     Worker,
 }
 
@@ -67,6 +85,30 @@ fn main() {
     let code = match cli.command {
         Command::Fetch(args) => bulkget_coordinator::fetch(*args),
         Command::Cluster(command) => bulkget_cluster::run(command),
+        Command::List(args) => bulkget_coordinator::list(*args),
+        Command::Completions { shell } => {
+            // Rendered in memory first: the generator panics on a failed
+            // write, and a closed stdout must not make a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "bulkget", &mut script);
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&script).and_then(|()| out.flush());
+            exit::OK
+        }
+        Command::Man { dir } => {
+            match std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            {
+                Ok(()) => {
+                    outln!("bulkget: man pages written to {}", dir.display());
+                    exit::OK
+                }
+                Err(e) => {
+                    errln!("bulkget man: cannot write to {}: {e}", dir.display());
+                    exit::ERROR
+                }
+            }
+        }
         Command::Worker => bulkget_worker::run_on_fd(bulkget_worker::WORKER_FD),
         Command::Status(args) => {
             let stdout = std::io::stdout();

@@ -13,19 +13,14 @@
 #      of 100 bytes with openat/write/close, flat and fan-out;
 #   3. `bulkget fetch` with --sink null, dir (flat and fanout) and sqlite;
 #   4. sweeps of --connections, --batch-size and --window (null sink); the
-#      protocols: HTTP/1.1 against h2c (HTTP/2 with prior knowledge) at
-#      several --connections, in alternating rounds against one server; the
+#      protocols: plain HTTP/1.1 (unpipelined and pipelined), h2c (HTTP/2
+#      with prior knowledge) at several --connections, and over TLS HTTP/1.1
+#      and HTTP/2 by ALPN, in alternating rounds against two servers; the
 #      CPU split pinned vs shared; the lister (standalone and inside a run);
 #      --error-rate 0.2 vs clean (two servers side by side, runs alternating);
 #   5. a perf profile of the whole process tree (null sink), if perf works;
 #   6. with --baseline DIR: this build against an older `bulkget` binary,
 #      clean and at --error-rate 0.2, alternating in every round;
-#   8. with block `cluster` (when nats-server is installed): against a
-#      private nats-server (JetStream, store on /dev/shm), the names/s that
-#      `bulkget cluster list` publishes with no host taking them, and the
-#      CPU per file of a 2-host cluster run (hosts of 1 worker, null sink;
-#      hosts, lister and nats-server counted) beside `fetch --sink null` in
-#      the same rounds; the single-host lister's rate is block `lister`'s;
 #   7. reference servers and pipelining (block `refs`): nginx (Debian's
 #      nginx-light, one worker) serving the same API from static files
 #      beside bulkget-server; against each, in the same rounds: wrk without
@@ -33,6 +28,18 @@
 #      h2load over h2c at 4 and 16 streams per connection, and
 #      `bulkget fetch --sink null --pipeline 1, 4 and 16`; then the dir and
 #      sqlite sinks at those depths (and the default's), bulkget-server only;
+#   8. latency (block `latency`): bulkget-server --latency-ms 1, 10 and 50,
+#      files/s with the defaults (adaptive) against fixed --connections
+#      (--adaptive off) at several counts, so "defaults ÷ best fixed" reads
+#      off one table; throttling (block `throttle`): --rate-limit R, the
+#      share of GETs answered 429 and the time against R's ideal (N / R),
+#      with --adaptive on (the default) and off;
+#   9. with block `cluster` (when nats-server is installed): against a
+#      private nats-server (JetStream, store on /dev/shm), the names/s that
+#      `bulkget cluster list` publishes with no host taking them, and the
+#      CPU per file of a 2-host cluster run (hosts of 1 worker, null sink;
+#      hosts, lister and nats-server counted) beside `fetch --sink null` in
+#      the same rounds; the single-host lister's rate is block `lister`'s;
 # and writes the run's Markdown page to a new file,
 # docs/benchmarks/YYYY-MM-DD-HHMM-<slug>.md (UTC start time; never an
 # existing file). docs/BENCHMARKS.md is the summary people read: it is
@@ -49,7 +56,7 @@
 #                    instead of a fresh scratch ext4 per run (see below)
 #   --no-pin         do not split the CPUs between server and client
 #   --no-build       use the binaries already in target/release
-#   --only LIST      comma-separated subset of: main,sweeps,protocols,split,errors,lister,cluster,profile,refs,baseline
+#   --only LIST      comma-separated subset of: main,sweeps,protocols,split,errors,lister,cluster,profile,refs,latency,throttle,baseline
 #   --ref-size N     files for the refs block (default 200000; nginx serves them
 #                    from a tree of small files on /dev/shm: ~4 KiB of RAM each)
 #   --baseline DIR   DIR/bulkget is an older build (e.g. copied from
@@ -98,7 +105,7 @@ ORIG_ARGS="$*"
 ORIG_ARGV=("$@")
 
 QUICK=0 BIG=0 RUNS=3 BIG_RUNS=1 SIZES="100000 1000000" OUT_BASE="" PIN=1 BUILD=1
-DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,protocols,split,errors,lister,cluster,profile,refs"
+DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,protocols,split,errors,lister,cluster,profile,refs,latency,throttle"
 ONLY=$ONLY_ALL SIZES_SET=0 RUNS_SET=0 NICE="" BASELINE="" REF_SIZE=200000
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -489,9 +496,12 @@ run_fetch() {
   wait "$poller" || true
   local wall
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  # ROW_EXTRA="k=v ..." (environment) adds fields to the row; STATS_URL
+  # adds the server's GET and 429 counts (reset by a fresh server per run).
+  # shellcheck disable=SC2086
   python3 "$TOOL" fetchrow kind=fetch tag="$tag" size="$n" sink="$sink" layout="$layout" \
     conns="$conns" batch="$batch" window="$window" workers="$WORKERS" err="$err" page="$page" \
-    pipeline="$pipe" -- "$WORK/fetch.time" "$WORK/poll.json" "$out/.bulkget" "$wall" >>"$RESULTS"
+    pipeline="$pipe" ${ROW_EXTRA:-} -- "$WORK/fetch.time" "$WORK/poll.json" "$out/.bulkget" "$wall" >>"$RESULTS"
   local row
   row=$(tail -1 "$RESULTS")
   log "fetch [$tag] N=$n sink=$sink${args[*]:+ ${args[*]}} c=$conns b=$batch w=$window err=$err page=$page: wall ${wall}s ($(awk -v n="$n" -v w="$wall" 'BEGIN{printf "%.0f", n/w}') files/s) rc=$rc"
@@ -587,20 +597,31 @@ drop_other_server() {
 }
 
 if want protocols; then
-  # HTTP/1.1 at the default --connections against HTTP/2 (h2c with prior
-  # knowledge, 32 streams per connection) at several --connections, which
-  # over HTTP/2 is the number of concurrent streams. Same server, rounds
-  # alternating. TODO(https): rows over TLS (h1 and h2 by ALPN) once the
-  # client speaks https; the server takes --tls --cert-out already.
+  # The protocols, same dataset, rounds alternating, null sink:
+  #   http1      plain HTTP/1.1 unpipelined (--pipeline 1): the base row;
+  #   http1-pipe plain HTTP/1.1 at the default --pipeline;
+  #   h2c        HTTP/2 with prior knowledge (32 streams per connection)
+  #              at several --connections (concurrent streams over HTTP/2);
+  #   https1     TLS, --http-version 1.1 (ALPN offers http/1.1 only);
+  #   https-h2   TLS with the defaults: ALPN offers h2 and the server
+  #              takes it.
+  # Two servers, plain and TLS (--tls, its CA written to a file).
   n=$SWEEP_SIZE
-  start_server "$n"
+  start_server "$n" --tls --cert-out "$WORK/ca.pem"; keep_server; URL_TLS=$URL_OTHER
+  start_server "$n"; URL_PLAIN=$URL
   for r in $(seq "$RUNS"); do
-    run_fetch proto-http1 "$n" null - $CONNS $BATCH $WINDOW 0 1000 --http-version 1.1
+    URL=$URL_PLAIN
+    PIPE=1 run_fetch proto-http1 "$n" null - $CONNS $BATCH $WINDOW 0 1000 --http-version 1.1
+    run_fetch proto-http1-pipe "$n" null - $CONNS $BATCH $WINDOW 0 1000 --http-version 1.1
     for c in 32 64 128; do
       run_fetch proto-h2c "$n" null - "$c" $BATCH $WINDOW 0 1000 --http-version 2
     done
+    URL=$URL_TLS
+    run_fetch proto-https1 "$n" null - $CONNS $BATCH $WINDOW 0 1000 --http-version 1.1 --cacert "$WORK/ca.pem"
+    run_fetch proto-https-h2 "$n" null - $CONNS $BATCH $WINDOW 0 1000 --cacert "$WORK/ca.pem"
   done
-  stop_server
+  URL=$URL_PLAIN
+  stop_server; drop_other_server
 fi
 
 if want split && [[ $PIN == 1 && $NPROC -ge 2 ]]; then
@@ -619,6 +640,39 @@ if want split && [[ $PIN == 1 && $NPROC -ge 2 ]]; then
   done
   set_split pinned; URL=$URL_PINNED; WRK_TAG=main
   stop_server; drop_other_server
+fi
+
+# ---------------------------------------------------------------- 8: latency and throttling
+# A fresh server per run, so its counters are the run's own. Sizes are
+# small enough for a 2-core machine; the default's in-flight limit starts
+# at 16 and doubles per round trip, which the larger latencies make visible.
+if want latency; then
+  for lat in 1 10 50; do
+    n=20000
+    [[ $lat == 50 ]] && n=5000
+    [[ $QUICK == 1 ]] && n=$((n / 4))
+    for r in $(seq "$RUNS"); do
+      start_server "$n" --latency-ms "$lat"
+      ROW_EXTRA="latency=$lat mode=default" STATS_URL=$URL run_fetch latency "$n" null - "$CONNS" $BATCH $WINDOW 0 1000
+      for c in 32 128 512; do
+        start_server "$n" --latency-ms "$lat"
+        ROW_EXTRA="latency=$lat mode=fixed" STATS_URL=$URL run_fetch latency "$n" null - "$c" $BATCH $WINDOW 0 1000 --adaptive off
+      done
+    done
+    stop_server
+  done
+fi
+
+if want throttle; then
+  n=50000 rate=4000
+  [[ $QUICK == 1 ]] && n=20000
+  for r in $(seq "$RUNS"); do
+    for adaptive in on off; do
+      start_server "$n" --rate-limit "$rate"
+      ROW_EXTRA="rate_limit=$rate adaptive=$adaptive" STATS_URL=$URL run_fetch throttle "$n" null - "$CONNS" $BATCH $WINDOW 0 1000 --adaptive "$adaptive"
+    done
+  done
+  stop_server
 fi
 
 if want errors; then
@@ -680,7 +734,7 @@ if want lister; then
   done
 fi
 
-# ---------------------------------------------------------------- 8: cluster
+# ---------------------------------------------------------------- 9: cluster
 # CPU seconds (user + system) a live process has used so far.
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 # CPU seconds from a /usr/bin/time -f "%U %S" file.

@@ -175,6 +175,18 @@ def cmd_fetchrow(args):
         pass
     row["retries"] = retries
     row["pipeline_retries"] = resent
+    stats_url = os.environ.get("STATS_URL")
+    if stats_url:
+        try:
+            import urllib.request
+
+            with urllib.request.urlopen(stats_url + "/_stats", timeout=10) as f:
+                st = json.load(f)
+            row["gets"] = st["requests"]["get"]
+            row["r429"] = st["responses"].get("429", 0)
+            row["accepted"] = st["connections_accepted"]
+        except (OSError, ValueError, KeyError):
+            pass
     print("\t".join(f"{k}={v}" for k, v in row.items()))
 
 
@@ -502,8 +514,10 @@ def cmd_report(results, meta_path):
     # ---- protocols
     pr = [r for r in rows if r["kind"] == "fetch" and r.get("tag", "").startswith("proto-")]
     if pr:
-        w("## Protocols: HTTP/1.1 against HTTP/2 (null sink)\n")
-        w("Over HTTP/2, connections is the number of concurrent streams, 32 to a connection.\n")
+        w("## Protocols: HTTP/1.1, HTTP/2 and TLS (null sink)\n")
+        w("http1 is plain HTTP/1.1 unpipelined (--pipeline 1), the base of the CPU ratio; http1-pipe the same at the "
+          "default --pipeline; https1 TLS with --http-version 1.1; https-h2 TLS with the defaults (h2 by ALPN). "
+          "Over HTTP/2, connections is the number of concurrent streams, 32 to a connection.\n")
         base = _fetch_stats([r for r in pr if r["tag"] == "proto-http1"]) if any(r["tag"] == "proto-http1" for r in pr) else None
         w("| files | protocol | connections | runs | files/s | CPU µs/file | × HTTP/1.1 CPU | max worker RSS MB |")
         w("|---:|---|---:|---:|---:|---:|---:|---:|")
@@ -552,6 +566,59 @@ def cmd_report(results, meta_path):
             w(
                 f"| {int(size):,} | {depth or 1} | {len(rs)} | {_fmt(_median(rs, 'rps'))} | "
                 f"{_fmt(ratio, 2)} | {_fmt(_median(rs, 'cpu_us'), 1)} |"
+            )
+        w("")
+
+    # ---- latency
+    la = [r for r in rows if r["kind"] == "fetch" and r.get("tag") == "latency"]
+    if la:
+        w("## Service latency: the defaults against fixed `--connections` (null sink)\n")
+        w("`bulkget-server --latency-ms L` delays every GET. *default* is this build's flags "
+          "(`--adaptive on`, the in-flight limit finding its level under `--connections`); "
+          "*fixed* is `--adaptive off --connections C` (every connection used, each pipelined "
+          "to the default depth). × best fixed is the default's files/s over the best fixed row "
+          "of the same latency.\n")
+        w("| latency ms | files | flags | runs | wall s | files/s | × best fixed | connections accepted | CPU µs/file |")
+        w("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+        g = _group(la, ["latency", "size", "mode", "conns"])
+        best = {}
+        for (lat, size, mode, conns), rs in g.items():
+            if mode == "fixed":
+                rate = _fetch_stats(rs)["rate"]
+                best[lat] = max(best.get(lat, 0), rate or 0)
+        for (lat, size, mode, conns), rs in sorted(
+            g.items(), key=lambda kv: (int(kv[0][0]), kv[0][2] != "default", int(kv[0][3]))
+        ):
+            s = _fetch_stats(rs)
+            flags = "defaults" if mode == "default" else f"--adaptive off -c {conns}"
+            ratio = s["rate"] / best[lat] if mode == "default" and best.get(lat) else None
+            w(
+                f"| {lat} | {int(size):,} | {flags} | {s['runs']} | {_fmt(s['wall'], 1)} | {_fmt(s['rate'])} | "
+                f"{_fmt(ratio, 2)} | {_fmt(_median(rs, 'accepted'))} | {_fmt(s['cpu_us'], 1)} |"
+            )
+        w("")
+
+    # ---- throttling
+    th = [r for r in rows if r["kind"] == "fetch" and r.get("tag") == "throttle"]
+    if th:
+        w("## A rate-limited service (`bulkget-server --rate-limit R`, null sink)\n")
+        w("The server answers 429 with `Retry-After: 1` above R GETs a second (a token bucket "
+          "with a tenth of a second of burst). Ideal is N / R seconds; 429 share is the server's "
+          "429s over all its GETs.\n")
+        w("| files | R | --adaptive | runs | wall s | × ideal | GETs | 429 share | files failed |")
+        w("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+        g = _group(th, ["size", "rate_limit", "adaptive"])
+        for (size, rate, adaptive), rs in sorted(g.items(), key=lambda kv: (kv[0][0], kv[0][2] != "on")):
+            s = _fetch_stats(rs)
+            ideal = _num(size) / _num(rate)
+            gets = _median(rs, "gets")
+            share = statistics.median(
+                [_num(r["r429"]) / _num(r["gets"]) for r in rs if _num(r.get("gets"))]
+            ) if any(_num(r.get("gets")) for r in rs) else None
+            w(
+                f"| {int(size):,} | {rate} | {adaptive} | {s['runs']} | {_fmt(s['wall'], 1)} | "
+                f"{_fmt(s['wall'] / ideal if s['wall'] else None, 2)} | {_fmt(gets)} | "
+                f"{_fmt(share * 100 if share is not None else None, 1, ' %')} | {_fmt(_median(rs, 'files_failed'))} |"
             )
         w("")
 

@@ -43,6 +43,10 @@ free_mb() { df -Pm "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
 scratch=""
 if [ -d /dev/shm ] && [ "$(free_mb /dev/shm || echo 0)" -ge 4096 ]; then
     scratch=$(mktemp -d /dev/shm/bulkget-tests.XXXXXX)
+    # mktemp makes it 0700; nginx (tests/nginx.rs), started as root, serves
+    # from its workers as nobody, which must be able to pass through it to
+    # the test's own directory, or every page is a 404.
+    chmod 755 "$scratch"
     cp /bin/true "$scratch/probe" 2>/dev/null || true
     if ! "$scratch/probe" 2>/dev/null; then
         rm -rf "$scratch"

@@ -569,3 +569,142 @@ fn a_host_stopped_by_sigterm_gives_its_unfinished_batches_back() {
         },
     );
 }
+
+/// The names in one host's OUT (its state directory aside), sorted.
+fn out_names(out: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != ".bulkget")
+        .collect();
+    names.sort();
+    names
+}
+
+/// `--include` and `--exclude` mean on `cluster list` what they mean on
+/// `fetch` (tests/filters.rs, same globs): only matching names are
+/// published, the others counted as excluded. A host refuses them.
+#[test]
+fn cluster_list_filters_names_as_fetch_does() {
+    let nats = Nats::start();
+    let server = Server::start(&["--files", "1000", "--page-size", "250"]);
+    let ws = Workspace::new();
+    let out = ws.out();
+    // Names 500 to 589: 90 kept, 910 excluded.
+    let filters = [
+        "--include",
+        "file-00000005??",
+        "--exclude",
+        "file-000000059?",
+    ];
+    let refused = cluster(&[
+        "work",
+        &server.url,
+        out.to_str().unwrap(),
+        "--nats",
+        &nats.url(),
+        "--job",
+        "filters",
+        "--include",
+        "x*",
+    ])
+    .output()
+    .unwrap();
+    assert_code(&refused, 2);
+    assert!(
+        text(&refused.stderr).contains("cluster list"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let mut lister = Running::spawn(lister_command(&server, &nats, "filters", &filters));
+    let mut h = host(&server, &nats, "filters", &out, &["--workers", "1"]);
+    assert_code(&lister.wait_within(Duration::from_secs(120)), 0);
+    assert_code(&h.wait_within(Duration::from_secs(60)), 0);
+    let dataset = server.dataset();
+    let expected: Vec<String> = (500..590).map(|i| dataset.name(i)).collect();
+    assert_eq!(out_names(&out), expected);
+    let st = status_json(&nats, "filters");
+    assert_eq!(st["lister"]["names_published"], 90, "{st}");
+    assert_eq!(st["lister"]["names_excluded"], 910, "{st}");
+    assert_eq!(server.stats()["requests"]["get"], 90);
+    let table = text(&status(&nats, "filters", &[]).stdout);
+    assert!(table.contains("(910 excluded)"), "{table}");
+}
+
+/// A host's `--max-rps` is divided among its shards, as `fetch` divides
+/// its own: each of two workers is told half (the shard files' pace).
+#[test]
+fn a_hosts_max_rps_is_shared_by_its_workers() {
+    let nats = Nats::start();
+    let server = Server::start(&["--files", "600"]);
+    let ws = Workspace::new();
+    let out = ws.out();
+    let mut lister = Running::spawn(lister_command(&server, &nats, "rps", &[]));
+    let started = std::time::Instant::now();
+    let mut h = host(
+        &server,
+        &nats,
+        "rps",
+        &out,
+        &["--workers", "2", "--max-rps", "200"],
+    );
+    assert_code(&lister.wait_within(Duration::from_secs(120)), 0);
+    assert_code(&h.wait_within(Duration::from_secs(60)), 0);
+    verify_union(std::slice::from_ref(&out), &server.dataset());
+    // 600 GETs at 200 a second take 3 s, with room for the buckets' bursts.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(2_500), "{elapsed:?}");
+    for k in 0..2 {
+        let shard = read_json(&out.join(format!(".bulkget/shards/shard-0{k}.json"))).unwrap();
+        assert_eq!(shard["pace"]["rps_share"].as_f64(), Some(100.0), "{shard}");
+    }
+}
+
+/// `ToCoordinator::Pressure` is heard on a host as in `fetch`: against a
+/// service that rations requests, its two shards are slowed together
+/// (a shard file says `run-wide`), and with the default flags few GETs are
+/// refused and no name fails.
+#[test]
+fn a_hosts_shards_slow_down_together_on_pushback() {
+    let nats = Nats::start();
+    let server = Server::start(&["--files", "8000", "--rate-limit", "1000"]);
+    let ws = Workspace::new();
+    let out = ws.out();
+    let mut lister = Running::spawn(lister_command(&server, &nats, "pushback", &[]));
+    let mut h = host(&server, &nats, "pushback", &out, &["--workers", "2"]);
+    // The shard files are rewritten every second; a slow-down lasts
+    // longer than that, so a poll sees it. This is a measurement, not
+    // synchronisation: the host's end is its exit.
+    let mut run_wide = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let output = loop {
+        if let Some(output) = h.try_exit() {
+            break output;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host had not exited after 180 s"
+        );
+        for k in 0..2 {
+            let path = out.join(format!(".bulkget/shards/shard-0{k}.json"));
+            if read_json(&path).is_some_and(|s| s["pace"]["backoff"] == "run-wide") {
+                run_wide = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_code(&output, 0);
+    assert_code(&lister.wait_within(Duration::from_secs(60)), 0);
+    assert!(run_wide, "no shard file ever said run-wide");
+    let st = status_json(&nats, "pushback");
+    assert_eq!(st["files_failed"], 0, "{st}");
+    assert_eq!(verify_union(&[out], &server.dataset()), 8000);
+    let stats = server.stats();
+    let all = stats["requests"]["get"].as_u64().unwrap();
+    let refused = stats["responses"]["429"].as_u64().unwrap_or(0);
+    assert!(
+        refused * 10 <= all,
+        "{refused} of {all} GETs were answered 429"
+    );
+}

@@ -53,10 +53,42 @@ fn version(nginx: &str) -> (u32, u32, u32) {
     )
 }
 
-/// An nginx process serving `dataset` as a static tree, stopped on drop.
-struct Nginx {
+/// An nginx master process, stopped on drop with its workers.
+struct NginxProcess {
     child: Child,
     port: u16,
+    /// It exited by itself (see [`Nginx::start_on`]).
+    stopped: bool,
+}
+
+impl Drop for NginxProcess {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        // SIGTERM makes the master stop its workers before it exits;
+        // SIGKILL would leave them running, serving the port.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let mut gone = false;
+        for _ in 0..250 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !gone {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An nginx process serving `dataset` as a static tree, stopped on drop.
+struct Nginx {
+    /// Declared first, so nginx stops before its directory goes.
+    process: NginxProcess,
     dir: tempfile::TempDir,
 }
 
@@ -94,11 +126,27 @@ impl Nginx {
             std::fs::write(root.join("get").join(&name), content).unwrap();
         }
 
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A free port, chosen by binding it and letting go: another test
+        // may take it before nginx binds it, so nginx is tried on a new one
+        // when that happens (below).
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(process) = Nginx::start_on(nginx, dir.path(), port, tls) {
+                return Nginx { process, dir };
+            }
+        }
+        panic!("nginx could not bind a free port in 5 tries");
+    }
+
+    /// Starts nginx on `port`; `None` if another process holds the port.
+    /// nginx writes its pid file only once it has bound its ports, so the
+    /// port answers for nginx when the pid file names it, and not when a
+    /// connection merely succeeds (another test's server may hold it).
+    fn start_on(nginx: &str, dir: &Path, port: u16, tls: bool) -> Option<NginxProcess> {
         // `http2 on` came in nginx 1.25.1; older ones (Debian 12 ships
         // 1.22) take `http2` as a parameter of `listen`.
         let new_style = version(nginx) >= (1, 25, 1);
@@ -109,15 +157,15 @@ impl Nginx {
             (true, false) => format!("listen 127.0.0.1:{port} ssl http2;"),
         };
         let tls_conf = if tls {
-            make_cert(dir.path());
+            make_cert(dir);
             format!(
                 "ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;",
-                d = dir.path().display()
+                d = dir.display()
             )
         } else {
             String::new()
         };
-        let d = dir.path().display();
+        let d = dir.display();
         let conf = format!(
             r#"
 daemon off;
@@ -153,35 +201,53 @@ http {{
 }}
 "#
         );
-        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        let conf_path = dir.path().join("nginx.conf");
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
+        let pid_path = dir.join("nginx.pid");
+        let _ = std::fs::remove_file(&pid_path);
         let child = Command::new(nginx)
             .args(["-e", "stderr", "-p"])
-            .arg(dir.path())
+            .arg(dir)
             .arg("-c")
             .arg(&conf_path)
             .stdin(Stdio::null())
+            // A worker left behind must not hold the test runner's output.
+            .stdout(Stdio::null())
             .spawn()
             .expect("start nginx");
-        let mut n = Nginx { child, port, dir };
+        let mut n = NginxProcess {
+            child,
+            port,
+            stopped: false,
+        };
+        let mut exited = None;
         wait_for(Duration::from_secs(30), "nginx to listen", || {
             if let Ok(Some(status)) = n.child.try_wait() {
-                panic!(
-                    "nginx exited with {status}: {}",
-                    std::fs::read_to_string(n.dir.path().join("error.log")).unwrap_or_default()
-                );
+                exited = Some(status);
+                return true;
             }
-            std::net::TcpStream::connect(("127.0.0.1", n.port)).is_ok()
+            std::fs::read_to_string(&pid_path)
+                .is_ok_and(|pid| pid.trim() == n.child.id().to_string())
         });
-        n
+        match exited {
+            None => Some(n),
+            Some(status) => {
+                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                assert!(
+                    log.contains("Address already in use"),
+                    "nginx exited with {status}: {log}"
+                );
+                n.stopped = true;
+                None
+            }
+        }
     }
 
     fn url(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://127.0.0.1:{}", self.process.port)
     }
 
-    #[allow(dead_code)]
     fn cert(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
     }
@@ -197,14 +263,7 @@ http {{
     }
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A self-signed certificate for 127.0.0.1, by openssl.
+/// A self-signed leaf certificate for 127.0.0.1, by openssl.
 fn make_cert(dir: &Path) {
     let status = Command::new("openssl")
         .args([
@@ -219,6 +278,10 @@ fn make_cert(dir: &Path) {
             "2",
             "-subj",
             "/CN=127.0.0.1",
+            // A leaf certificate (CA:FALSE): by default `req -x509` makes
+            // a CA one, which rustls refuses as a server's certificate.
+            "-extensions",
+            "v3_req",
             "-addext",
             "subjectAltName=IP:127.0.0.1",
             "-keyout",
@@ -238,26 +301,31 @@ fn dataset(args: &[&str]) -> Dataset {
     Dataset::from_args(&ServerArgs::parse_from(argv))
 }
 
-#[test]
-fn nginx_over_h2c_serves_every_byte_as_http2() {
+/// Fetches nginx's 3,000 files (over TLS when `tls`) with `flags` and two workers,
+/// verifies every byte, and checks from nginx's log that every file came
+/// over HTTP/2.
+fn fetch_all_over_http2(tls: bool, flags: &[&str]) {
     let Some(nginx) = nginx() else { return };
     let data = dataset(&["--files", "3000", "--page-size", "700"]);
-    let server = Nginx::start(nginx, &data, false);
+    let server = Nginx::start(nginx, &data, tls);
     let ws = Workspace::new();
     let out = ws.out();
-    let output = bulkget(&[
+    let url = server.url(if tls { "https" } else { "http" });
+    let cert = server.cert();
+    let mut args = vec![
         "fetch",
-        &server.url("http"),
+        url.as_str(),
         out.to_str().unwrap(),
         "--progress",
         "none",
         "--workers",
         "2",
-        "--http-version",
-        "2",
-    ])
-    .output()
-    .unwrap();
+    ];
+    if tls {
+        args.extend(["--cacert", cert.to_str().unwrap()]);
+    }
+    args.extend_from_slice(flags);
+    let output = bulkget(&args).output().unwrap();
     assert_code(&output, 0);
     assert_eq!(verify_flat(&out, &data), 3000);
     let protocols = server.protocols();
@@ -267,4 +335,15 @@ fn nginx_over_h2c_serves_every_byte_as_http2() {
         "{:?}",
         protocols.iter().find(|p| *p != "HTTP/2.0")
     );
+}
+
+#[test]
+fn nginx_over_h2c_serves_every_byte_as_http2() {
+    fetch_all_over_http2(false, &["--http-version", "2"]);
+}
+
+/// On https:// the defaults offer `h2` by ALPN, and nginx takes it.
+#[test]
+fn nginx_over_tls_serves_every_byte_as_http2_by_alpn_with_the_defaults() {
+    fetch_all_over_http2(true, &[]);
 }

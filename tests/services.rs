@@ -81,6 +81,56 @@ fn https_with_cacert_fetches_every_byte_and_resumes_tls_sessions() {
     );
 }
 
+/// On `https://` the default (`--http-version auto`) offers `h2` by ALPN,
+/// and a server that takes it gets every request over HTTP/2 streams on a
+/// few shared connections; `--http-version 1.1` offers only `http/1.1`.
+#[test]
+fn https_auto_speaks_http2_when_alpn_picks_it_and_1_1_never_does() {
+    let ws = Workspace::new();
+    let (server, ca) = tls_server(ws.root.path(), &["--files", "3000"]);
+    let out = fetch(
+        &server,
+        &ws,
+        &["--cacert", ca.to_str().unwrap(), "--workers", "2"],
+    );
+    assert_code(&out, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 3000);
+    let stats = tls_stats(&server, &ca);
+    assert!(
+        stats["requests_http2"].as_u64().unwrap() >= 3000,
+        "files and pages did not come over HTTP/2: {stats}"
+    );
+    // Two workers' request tasks share a few connections (HTTP/2 streams),
+    // where HTTP/1.1 would open one per task: at most the default
+    // --connections (256) over the streams a connection carries, per
+    // worker, and one each for the lister and this test's stats request.
+    let per_worker = 256 / u64::from(bulkget_worker::engine::H2_STREAMS_PER_CONNECTION);
+    let accepted = stats["connections_accepted"].as_u64().unwrap();
+    assert!(
+        accepted <= 2 * per_worker + 2,
+        "{accepted} connections: {stats}"
+    );
+
+    let ws = Workspace::new();
+    let (server, ca) = tls_server(ws.root.path(), &["--files", "500"]);
+    let out = fetch(
+        &server,
+        &ws,
+        &[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--http-version",
+            "1.1",
+        ],
+    );
+    assert_code(&out, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 500);
+    let stats = tls_stats(&server, &ca);
+    assert_eq!(stats["requests_http2"].as_u64().unwrap(), 0, "{stats}");
+}
+
 #[test]
 fn https_without_cacert_stops_with_exit_4_naming_the_certificate() {
     let ws = Workspace::new();

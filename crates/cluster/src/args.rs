@@ -1,8 +1,7 @@
 //! The `bulkget cluster` command line.
 
-use bulkget_coordinator::args::{FetchArgs, HttpVersionArg};
+use bulkget_coordinator::args::{FetchArgs, FilterArgs, ServiceArgs};
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Subcommand)]
@@ -12,6 +11,14 @@ pub enum ClusterCommand {
     List(Box<ListArgs>),
     /// One per host: fetches the job's batches into OUT with this host's
     /// workers, and acknowledges each after its sink commit.
+    // `fetch`'s help for --max-rps speaks of a run; on a host it is the
+    // host's own cap, and the job's is the sum over its hosts.
+    #[command(mut_arg("max_rps", |a| a.help(
+        "A cap on this host's GET requests a second, across its workers together \
+         (each working shard gets an equal share). Per host: N hosts with --max-rps R \
+         send up to N x R; give each host the job's cap divided by the hosts. \
+         Default: no cap."
+    )))]
     Work(Box<WorkArgs>),
     /// A job's listing position, queue, hosts and failures.
     Status(StatusArgs),
@@ -66,63 +73,25 @@ pub struct ListArgs {
     /// the lister waits for the hosts.
     #[arg(long, default_value_t = 100_000)]
     pub max_queued: u64,
-    /// HTTP version of the listing connection (see `bulkget fetch`).
-    #[arg(long, value_enum, default_value_t = HttpVersionArg::Auto)]
-    pub http_version: HttpVersionArg,
-    /// Largest list page accepted, in bytes.
-    #[arg(long, default_value_t = 64 << 20)]
-    pub max_page_size: u64,
-    /// TCP connect timeout, in milliseconds.
-    #[arg(long, default_value_t = 5_000)]
-    pub connect_timeout_ms: u64,
-    /// Time allowed from request to response headers, in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    pub first_byte_timeout_ms: u64,
-    /// Longest silence allowed inside a body, in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    pub idle_timeout_ms: u64,
-    /// The most one attempt at a list page may take.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    pub list_timeout: Duration,
-    /// Attempts per list page before a transient error is permanent.
-    #[arg(long, default_value_t = 10)]
-    pub max_attempts: u32,
-    /// First retry delay in milliseconds; doubles per attempt, with jitter.
-    #[arg(long, default_value_t = 50)]
-    pub retry_base_ms: u64,
-    /// Longest retry delay in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    pub retry_max_ms: u64,
-    /// A header sent on every list request: 'Name: value' or @FILE (see
-    /// `bulkget fetch`). Values are never written anywhere.
-    #[arg(long, short = 'H', value_name = "'NAME: VALUE' | @FILE")]
-    pub header: Vec<String>,
-    /// Trust only the CA certificates in this PEM file.
-    #[arg(long, value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
-    /// A PEM client certificate for mutual TLS; needs --client-key.
-    #[arg(long, value_name = "FILE")]
-    pub client_cert: Option<PathBuf>,
-    /// The PEM private key of --client-cert.
-    #[arg(long, value_name = "FILE")]
-    pub client_key: Option<PathBuf>,
-    /// Do not verify the server's certificate.
-    #[arg(long, short = 'k')]
-    pub insecure: bool,
-    /// Tunnel the listing through this http:// proxy (see `bulkget fetch`).
-    #[arg(long, value_name = "URL")]
-    pub proxy: Option<String>,
-    /// Hosts reached without the proxy.
-    #[arg(long, value_name = "LIST")]
-    pub noproxy: Option<String>,
     /// No progress lines; errors only.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// The listing flags of `bulkget fetch` and `bulkget list`, meaning the
+    /// same here.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Which names the job fetches, as in `bulkget fetch`: the lister
+    /// publishes only these, and counts the others as excluded.
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// `bulkget fetch`'s own flags (URL, OUT, --workers, --connections,
-/// --sink, ...), plus the job. The flags about the listing, resuming and
-/// checkpoints do nothing here: the lister and JetStream hold that state.
+/// --sink, --max-rps, ...), plus the job. `--max-rps` caps this host's
+/// requests, not the job's: N hosts with `--max-rps R` send up to N x R.
+/// The listing flags do nothing here, and `--include`, `--exclude`,
+/// `--resume` and `--refresh` are refused: the lister and JetStream hold
+/// that state.
 #[derive(Debug, Clone, Args)]
 pub struct WorkArgs {
     #[command(flatten)]

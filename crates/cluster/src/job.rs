@@ -107,8 +107,13 @@ pub struct ListerRecord {
     pub next_page: u64,
     /// The marker that lists that page; `None` for the first page.
     pub marker: Option<String>,
+    /// Names published: as batches, or as failures if unsafe.
     pub names_published: u64,
     pub batches_published: u64,
+    /// Names listed and left out by `--include` / `--exclude`. Absent in
+    /// the record of a lister from before filters: 0.
+    #[serde(default)]
+    pub names_excluded: u64,
     /// The last page has been published.
     pub listing_done: bool,
     /// The listing failed for good (the message says why).
@@ -216,11 +221,21 @@ mod tests {
             marker: None,
             names_published: 0,
             batches_published: 0,
+            names_excluded: 0,
             listing_done: false,
             listing_failed: None,
             finished: false,
         };
         assert!(!r.lease_expired(1_400));
         assert!(r.lease_expired(1_600));
+    }
+
+    #[test]
+    fn a_record_without_the_excluded_count_reads_as_none_excluded() {
+        let old = r#"{"owner":"x","heartbeat_ms":1,"lease_ms":2,"next_page":3,"marker":null,
+            "names_published":4,"batches_published":5,"listing_done":false,
+            "listing_failed":null,"finished":false}"#;
+        let r: ListerRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.names_published, r.names_excluded), (4, 0));
     }
 }

@@ -18,9 +18,11 @@ use crate::job::{now_ms, BatchMsg, FailedRecord, Job, ListerRecord, LISTER_KEY};
 use crate::store::{self, JobSettings, JobStore};
 use bulkget_console::errln;
 use bulkget_coordinator::exit;
-use bulkget_coordinator::lister::{ListError, ListerConfig, ListerThread, ListerWait, Page};
+use bulkget_coordinator::filter::NameFilter;
+use bulkget_coordinator::lister::{ListError, ListerThread, ListerWait, Page};
 use bulkget_coordinator::scheduler::ListPosition;
-use bulkget_http::{Backoff, Endpoint, Limits, Transport};
+use bulkget_coordinator::{config, service};
+use bulkget_http::Endpoint;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -34,31 +36,46 @@ fn name_cost(name: &str) -> usize {
     6 * name.len() + 3
 }
 
+/// A page cut into batches: what [`cut`] makes of it.
+#[derive(Debug, Default, PartialEq)]
+pub struct Cut {
+    pub batches: Vec<Vec<String>>,
+    /// Unsafe names and why: they fail here and are never published as
+    /// work.
+    pub unsafe_names: Vec<(String, String)>,
+    /// Names `--include` / `--exclude` left out: neither fetched nor
+    /// failed, only counted, as in `bulkget fetch`.
+    pub excluded: u64,
+}
+
 /// Cuts a page into batches of at most `batch_size` names and
-/// [`MAX_BATCH_BYTES`], the unsafe names apart (they fail here and are
-/// never published as work).
-pub fn cut(page: &Page, batch_size: usize) -> (Vec<Vec<String>>, Vec<(String, String)>) {
-    let mut batches = Vec::new();
-    let mut unsafe_names = Vec::new();
+/// [`MAX_BATCH_BYTES`]. As in `fetch`'s scheduler, the filter comes first
+/// and the name check second, so an excluded name is never failed.
+pub fn cut(page: &Page, batch_size: usize, filter: Option<&NameFilter>) -> Cut {
+    let mut out = Cut::default();
     let mut open: Vec<String> = Vec::new();
     let mut cost = 0;
     for name in page.names.iter() {
+        if filter.is_some_and(|f| !f.keeps(name)) {
+            out.excluded += 1;
+            continue;
+        }
         if let Err(why) = bulkget_names::check(name) {
-            unsafe_names.push((name.to_string(), why.to_string()));
+            out.unsafe_names.push((name.to_string(), why.to_string()));
             continue;
         }
         let c = name_cost(name);
         if !open.is_empty() && (open.len() == batch_size || cost + c > MAX_BATCH_BYTES) {
-            batches.push(std::mem::take(&mut open));
+            out.batches.push(std::mem::take(&mut open));
             cost = 0;
         }
         open.push(name.to_string());
         cost += c;
     }
     if !open.is_empty() {
-        batches.push(open);
+        out.batches.push(open);
     }
-    (batches, unsafe_names)
+    out
 }
 
 /// Runs the lister and returns the exit code.
@@ -96,36 +113,6 @@ pub fn run(args: ListArgs) -> i32 {
             }
         }
     })
-}
-
-/// Builds the listing connection from the flags, as `bulkget fetch` does.
-fn transport(args: &ListArgs, endpoint: &Endpoint) -> Result<Transport, (i32, String)> {
-    let headers =
-        bulkget_coordinator::args::read_headers(&args.header).map_err(|e| (exit::USAGE, e))?;
-    let tls = bulkget_http::tls::TlsOptions {
-        cacert: args.cacert.clone(),
-        client_cert: args.client_cert.clone(),
-        client_key: args.client_key.clone(),
-        insecure: args.insecure,
-    };
-    if args.insecure && endpoint.tls {
-        errln!("bulkget: warning: {}", bulkget_http::tls::INSECURE_WARNING);
-    }
-    let proxy = bulkget_http::proxy::choose(
-        endpoint,
-        args.proxy.as_deref(),
-        args.noproxy.as_deref(),
-        |name| std::env::var(name).ok(),
-    )
-    .map_err(|e| (exit::USAGE, format!("proxy: {e}")))?;
-    Transport::new(
-        endpoint,
-        Duration::from_millis(args.connect_timeout_ms),
-        &tls,
-        proxy,
-        headers,
-    )
-    .map_err(|e| (exit::USAGE, e.to_string()))
 }
 
 /// The lister's hold on the job's record.
@@ -205,6 +192,7 @@ async fn take_lease(
         listing_done: false,
         listing_failed: None,
         finished: false,
+        names_excluded: 0,
     };
     match store.lister().await.map_err(|e| (exit::ERROR, e))? {
         None => {
@@ -270,7 +258,12 @@ async fn list(args: ListArgs) -> Result<i32, (i32, String)> {
             "--batch-size, --max-ack-pending and --replicas must be at least 1".into(),
         ));
     }
-    let transport = transport(&args, &endpoint)?;
+    config::check_service(&args.service)?;
+    let filter = NameFilter::new(&args.filter).map_err(|e| (exit::USAGE, e))?;
+    // The same connection, limits and retries as `bulkget fetch`'s lister.
+    let connection = service::connection_setup(&args.service, &endpoint)?;
+    // No glob, no filter: then nothing is tested per name.
+    let filter = (!filter.is_empty()).then_some(filter);
     let client = store::connect(&args.job.nats)
         .await
         .map_err(|e| (exit::ERROR, e))?;
@@ -323,25 +316,7 @@ async fn list(args: ListArgs) -> Result<i32, (i32, String)> {
             None => ListPosition::Start,
             Some(m) => ListPosition::Marker(m.clone()),
         };
-        let config = ListerConfig {
-            transport,
-            proto: match args.http_version {
-                bulkget_coordinator::args::HttpVersionArg::Http2 => bulkget_http::Proto::Http2,
-                _ => bulkget_http::Proto::Http1,
-            },
-            limits: Limits {
-                first_byte: Duration::from_millis(args.first_byte_timeout_ms),
-                idle: Duration::from_millis(args.idle_timeout_ms),
-                max_body: args.max_page_size,
-                max_redirects: 5,
-                deadline: args.list_timeout,
-            },
-            max_attempts: args.max_attempts.max(1),
-            backoff: Backoff {
-                base: Duration::from_millis(args.retry_base_ms.max(1)),
-                max: Duration::from_millis(args.retry_max_ms),
-            },
-        };
+        let config = service::lister_config(&args.service, connection.transport);
         Some(
             ListerThread::spawn(
                 endpoint.clone(),
@@ -372,7 +347,7 @@ async fn list(args: ListArgs) -> Result<i32, (i32, String)> {
         tokio::select! {
             page = pages.recv(), if listing && room => match page {
                 Some(Ok(page)) => {
-                    publish_page(&store, &mut lease, &page, args.batch_size).await?;
+                    publish_page(&store, &mut lease, &page, args.batch_size, filter.as_ref()).await?;
                 }
                 Some(Err(e)) => {
                     say(format!("{e}; the batches already published are still fetched"));
@@ -461,9 +436,14 @@ async fn publish_page(
     lease: &mut Lease,
     page: &Page,
     batch_size: usize,
+    filter: Option<&NameFilter>,
 ) -> Result<(), (i32, String)> {
     let page_no = lease.record.next_page;
-    let (batches, unsafe_names) = cut(page, batch_size);
+    let Cut {
+        batches,
+        unsafe_names,
+        excluded,
+    } = cut(page, batch_size, filter);
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0;
     loop {
@@ -492,7 +472,8 @@ async fn publish_page(
     }
     lease.record.next_page += 1;
     lease.record.marker = page.next.clone();
-    lease.record.names_published += page.names.len() as u64;
+    lease.record.names_published += page.names.len() as u64 - excluded;
+    lease.record.names_excluded += excluded;
     lease.record.batches_published += batches.len() as u64;
     lease.record.listing_done = page.next.is_none();
     lease.save(store).await
@@ -570,19 +551,35 @@ mod tests {
 
     #[test]
     fn pages_are_cut_by_count_and_unsafe_names_set_apart() {
-        let (batches, bad) = cut(&page(&["a", "b", "../x", "c", "d", "e"]), 2);
-        assert_eq!(batches, vec![vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
-        assert_eq!(bad.len(), 1);
-        assert_eq!(bad[0].0, "../x");
+        let c = cut(&page(&["a", "b", "../x", "c", "d", "e"]), 2, None);
+        assert_eq!(c.batches, vec![vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+        assert_eq!(c.unsafe_names.len(), 1);
+        assert_eq!(c.unsafe_names[0].0, "../x");
+        assert_eq!(c.excluded, 0);
+    }
+
+    #[test]
+    fn excluded_names_are_counted_and_never_failed() {
+        let filter = NameFilter::new(&bulkget_coordinator::args::FilterArgs {
+            include: vec!["*.jpg".into()],
+            exclude: vec!["skip/*".into()],
+        })
+        .unwrap();
+        let names = ["a.jpg", "b.txt", "skip/c.jpg", "../d.txt", "e.jpg"];
+        let c = cut(&page(&names), 10, Some(&filter));
+        assert_eq!(c.batches, vec![vec!["a.jpg", "e.jpg"]]);
+        // The unsafe name is excluded first, so it is not a failure.
+        assert!(c.unsafe_names.is_empty());
+        assert_eq!(c.excluded, 3);
     }
 
     #[test]
     fn pages_are_cut_by_size() {
         let long = "x".repeat(200);
         let names: Vec<&str> = (0..1000).map(|_| long.as_str()).collect();
-        let (batches, _) = cut(&page(&names), 1000);
-        assert!(batches.len() > 1);
-        for b in &batches {
+        let c = cut(&page(&names), 1000, None);
+        assert!(c.batches.len() > 1);
+        for b in &c.batches {
             let bytes = serde_json::to_vec(b).unwrap().len();
             assert!(bytes <= MAX_BATCH_BYTES, "{bytes}");
         }

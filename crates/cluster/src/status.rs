@@ -210,11 +210,17 @@ fn print_table(st: &JobStatus) {
             } else {
                 format!("at page {}", l.next_page + 1)
             };
+            let excluded = if l.names_excluded > 0 {
+                format!(" ({} excluded)", grouped(l.names_excluded))
+            } else {
+                String::new()
+            };
             outln!(
-                "listing    {}, {} names in {} batches; lister {}{}",
+                "listing    {}, {} names in {} batches{}; lister {}{}",
                 state,
                 grouped(l.names_published),
                 grouped(l.batches_published),
+                excluded,
                 l.owner,
                 if st.lister_stale && !l.finished {
                     " (lease run out: not running)"

@@ -3,7 +3,7 @@
 //! The host runs `bulkget fetch`'s workers, started, watched and restarted
 //! by the coordinator's own supervisor ([`bulkget_coordinator::supervisor`],
 //! [`bulkget_coordinator::restart`]), with the same settings and sinks
-//! ([`bulkget_coordinator::run::host_setup`]). Its batches come from the
+//! ([`bulkget_coordinator::config::HostConfig`]). Its batches come from the
 //! job's durable pull consumer instead of a lister: it asks for as many as
 //! its workers' windows have room for. One JetStream message is one batch
 //! sent to one worker, and it is acknowledged (a confirmed ack) only after
@@ -23,6 +23,8 @@ use crate::poison::{self, Verdict};
 use crate::store::{self, JobStore};
 use async_nats::jetstream::{self, AckKind};
 use bulkget_console::errln;
+use bulkget_coordinator::budget::{Budget, Pace};
+use bulkget_coordinator::config::{ConfigError, HostConfig};
 use bulkget_coordinator::exit;
 use bulkget_coordinator::failure_log::FailureLog;
 use bulkget_coordinator::restart::{Decision, RestartPolicy, ShardLife};
@@ -39,6 +41,9 @@ use tokio::sync::mpsc;
 
 /// How often the host puts its totals in the job's bucket.
 const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+
+/// How often the request budget decides ([`Budget::tick`]), as in `fetch`.
+const BUDGET_EVERY: Duration = Duration::from_secs(1);
 
 /// A batch this host holds: delivered, not yet acknowledged.
 struct Held {
@@ -72,6 +77,9 @@ struct Shard {
     in_window: usize,
     /// It holds a batch that runs alone.
     alone: bool,
+    /// The share of the request budget last sent to the current worker;
+    /// `None` until one is sent.
+    paced: Option<Pace>,
 }
 
 /// What the fetch task sends back.
@@ -99,6 +107,26 @@ impl Stop {
             Stop::Incompatible(_) => exit::ERROR,
         }
     }
+}
+
+/// Refuses the `fetch` flags that mean nothing on a host, rather than
+/// ignore them: the job's lister decides which names are fetched, and the
+/// job's stream, not a state directory, says what is done.
+fn only_host_flags(args: &bulkget_coordinator::args::FetchArgs) -> Result<(), ConfigError> {
+    if !args.filter.include.is_empty() || !args.filter.exclude.is_empty() {
+        return Err(ConfigError::NotHere(
+            "--include and --exclude belong to `cluster list`, which decides what the job fetches"
+                .into(),
+        ));
+    }
+    if args.resume || args.refresh {
+        return Err(ConfigError::NotHere(
+            "--resume and --refresh do not apply to a host: the job's stream holds what is left \
+             to do, and a host started again simply takes its share"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs a host and returns the exit code.
@@ -144,6 +172,9 @@ struct Host {
     stop: Option<Stop>,
     finished: bool,
     quiet: bool,
+    /// This host's request budget: its `--max-rps` and the slow-down its
+    /// shards share, as in `fetch`.
+    budget: Budget,
     /// Acks, naks and publishes under way; the host waits for them before
     /// it exits, so that what it finished is acknowledged.
     tasks: tokio::task::JoinSet<()>,
@@ -152,15 +183,17 @@ struct Host {
 impl Host {
     async fn setup(args: WorkArgs) -> Result<Host, (i32, String)> {
         let job = Job::parse(&args.job.job).map_err(|e| (exit::USAGE, e))?;
-        // host_setup checks the flags, as for `fetch`.
-        let setup = bulkget_coordinator::run::host_setup(&args.fetch)?;
-        // Where the workers write their stats files (`fetch` makes it with
-        // the rest of its state directory).
-        let shards_dir = bulkget_stats::schema::shards_dir(&setup.state_dir);
-        std::fs::create_dir_all(&shards_dir).map_err(|e| {
+        only_host_flags(&args.fetch)?;
+        // The same checks and worker settings as `fetch`.
+        let setup = HostConfig::from_args(&args.fetch)?;
+        // Where the workers write their stats files, as `fetch` makes it.
+        bulkget_stats::schema::fresh_shards_dir(&setup.paths.state_dir).map_err(|e| {
             (
                 exit::ERROR,
-                format!("cannot create {}: {e}", shards_dir.display()),
+                format!(
+                    "cannot prepare {}/shards: {e}",
+                    setup.paths.state_dir.display()
+                ),
             )
         })?;
         let client = store::connect(&args.job.nats)
@@ -200,7 +233,7 @@ impl Host {
                 format!("--host-id {host_id:?}: use letters, digits, '-' and '_'"),
             ));
         }
-        let failed_path = setup.state_dir.join("failed.jsonl");
+        let failed_path = setup.paths.state_dir.join("failed.jsonl");
         let shards = (0..setup.workers)
             .map(|_| Shard {
                 worker: None,
@@ -213,6 +246,7 @@ impl Host {
                 holding: 0,
                 in_window: 0,
                 alone: false,
+                paced: None,
             })
             .collect();
         let policy = RestartPolicy {
@@ -227,7 +261,14 @@ impl Host {
             state: "running".into(),
             ..HostRecord::default()
         };
+        let budget = Budget::new(
+            setup.workers,
+            args.fetch.max_rps,
+            setup.settings.adaptive,
+            Instant::now(),
+        );
         Ok(Host {
+            budget,
             window: args.fetch.window,
             quiet: args.fetch.quiet,
             failure_log: FailureLog::new(&failed_path),
@@ -272,6 +313,7 @@ impl Host {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_publish = Instant::now() - PUBLISH_EVERY;
+        let mut last_budget_tick = Instant::now();
         let mut grace_deadline: Option<tokio::time::Instant> = None;
         let mut signals = 0;
         loop {
@@ -313,6 +355,14 @@ impl Host {
                     // Finished tasks are dropped here, so the set stays small.
                     while self.tasks.try_join_next().is_some() {}
                     self.progress_acks();
+                    // The budget judges a second of reports at a time, as
+                    // in `fetch`: on every half-second tick, two shards'
+                    // reports would fall into different ticks.
+                    if last_budget_tick.elapsed() >= BUDGET_EVERY {
+                        last_budget_tick = Instant::now();
+                        let working = self.working_shards();
+                        self.budget.tick(last_budget_tick, working);
+                    }
                     if let Some(line) = self.failure_log.tick(Instant::now()) {
                         self.note(&line);
                     }
@@ -336,6 +386,7 @@ impl Host {
             }
             if self.stop.is_none() && !self.finished {
                 self.dispatch();
+                self.pace_workers();
                 self.request_more(&fetched_tx);
             } else {
                 self.ask_idle_workers_to_exit();
@@ -419,7 +470,37 @@ impl Host {
         slot.generation = generation;
         slot.ready = false;
         slot.down = false;
+        slot.paced = None;
+        // Its share before any batch: frames arrive in order.
+        self.pace_workers();
         Ok(())
+    }
+
+    /// The shards that count in dividing the request budget, as in
+    /// `fetch`: a live worker that holds a batch or may get one.
+    fn working_shards(&self) -> usize {
+        let no_more_work = self.stop.is_some() || self.finished;
+        self.shards
+            .iter()
+            .filter(|s| {
+                let has_or_may_get_work = s.holding > 0 || !no_more_work;
+                s.worker.is_some() && !s.down && !s.parked && has_or_may_get_work
+            })
+            .count()
+    }
+
+    /// Sends each live worker its share of this host's request budget, if
+    /// it changed ([`Pace::differs_from`]).
+    fn pace_workers(&mut self) {
+        let pace = self.budget.pace(self.working_shards());
+        for slot in &mut self.shards {
+            let Some(worker) = &slot.worker else { continue };
+            if slot.down || !pace.differs_from(slot.paced) {
+                continue;
+            }
+            worker.send(&pace.frame());
+            slot.paced = Some(pace);
+        }
     }
 
     /// Batches a shard may take now: none while it holds one alone.
@@ -467,18 +548,22 @@ impl Host {
     }
 
     /// Sends queued batches to workers with room: a batch that runs alone
-    /// to a worker holding nothing, the others to any window with room.
+    /// to a worker holding nothing, the others to the window with the most
+    /// room.
     fn dispatch(&mut self) {
         let mut left = VecDeque::new();
         while let Some(id) = self.queue.pop_front() {
             let alone = self.held[&id].alone;
-            let target = (0..self.shards.len()).find(|&k| {
-                if alone {
-                    self.empty(k)
-                } else {
-                    self.room(k) > 0
-                }
-            });
+            // The shard with the most room, so that a handful of batches
+            // is spread over the workers instead of filling the first
+            // one's window (the first such shard on a tie).
+            let target = if alone {
+                (0..self.shards.len()).find(|&k| self.empty(k))
+            } else {
+                (0..self.shards.len())
+                    .filter(|&k| self.room(k) > 0)
+                    .min_by_key(|&k| (std::cmp::Reverse(self.room(k)), k))
+            };
             match target {
                 Some(shard) => {
                     self.attach(id, shard);
@@ -899,6 +984,7 @@ impl Host {
                         bytes,
                         retries,
                         failures,
+                        ..
                     } => match self.held.get_mut(&id) {
                         Some(h) if h.shard == Some(shard) => {
                             h.ok += u64::from(ok);
@@ -934,6 +1020,9 @@ impl Host {
                             format!("it sent a stall report that does not fit batch {id}"),
                         ),
                     },
+                    ToCoordinator::Pressure { clean, pushback } => {
+                        self.budget.report(shard, clean, pushback, Instant::now());
+                    }
                     ToCoordinator::Fatal { kind, reason } => {
                         self.note(&format!("worker {shard}: {reason}"));
                         if kind == FatalKind::NoSpace && self.stop.is_none() {

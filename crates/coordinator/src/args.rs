@@ -1,4 +1,4 @@
-//! The `bulkget fetch` command line.
+//! The command lines of `bulkget fetch` and `bulkget list`.
 
 use bulkget_http::{HeaderName, HeaderValue};
 use clap::{Args, ValueEnum};
@@ -52,6 +52,12 @@ impl From<HttpVersionArg> for bulkget_protocol::HttpVersion {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -67,15 +73,26 @@ pub struct FetchArgs {
     /// Worker processes (shards). Default: the number of CPUs.
     #[arg(long, short = 'w')]
     pub workers: Option<usize>,
-    /// Concurrent requests per worker: keep-alive connections over
-    /// HTTP/1.1; over HTTP/2, streams multiplexed on a few connections.
-    #[arg(long, short = 'c', default_value_t = 32)]
+    /// Request tasks per worker, the upper bound on its sockets: keep-alive
+    /// connections over HTTP/1.1 (each carrying up to --pipeline requests
+    /// on plain http); over HTTP/2, streams multiplexed on a few
+    /// connections. With --adaptive on, connections are opened only as the
+    /// in-flight limit grows into them, so this is a ceiling, not a count
+    /// (high enough for a service tens of milliseconds away); with
+    /// --adaptive off, every one of them is used.
+    #[arg(long, short = 'c', default_value_t = 256)]
     pub connections: u32,
-    /// HTTP version: `auto` speaks HTTP/2 when TLS's ALPN offers it on
-    /// https and HTTP/1.1 otherwise; `2` on an http:// URL is h2c with
-    /// prior knowledge.
-    #[arg(long, value_enum, default_value_t = HttpVersionArg::Auto)]
-    pub http_version: HttpVersionArg,
+    /// A cap on GET requests a second across all workers together, retries
+    /// included; each working shard gets an equal share. Default: no cap.
+    #[arg(long, value_name = "N", value_parser = parse_rps, help_heading = "Politeness")]
+    pub max_rps: Option<f64>,
+    /// on: each worker's requests in flight adapt (AIMD: grow while answers
+    /// are clean and latency stays near its floor, halve on 429 or 503) and
+    /// its send rate is cut to what the service serves when it pushes back;
+    /// several shards refused in one second slow the whole run. off: every
+    /// request task sends as fast as answers come, as before adaptation.
+    #[arg(long, value_enum, default_value_t = Toggle::On, help_heading = "Politeness")]
+    pub adaptive: Toggle,
     /// HTTP/1.1 pipelining: requests in flight on each connection (1: off),
     /// on plain http:// over HTTP/1.1 (over TLS or HTTP/2 it does not
     /// apply). A server that mishandles pipelining (closes connections
@@ -96,6 +113,12 @@ pub struct FetchArgs {
     /// Continue the unfinished run in the state directory from its checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// On a finished run: list the whole service again and fetch only the
+    /// names not in the sink yet (dir: no file of that name; sqlite: no
+    /// row). Checkpointed like any run: an interrupted refresh continues
+    /// with --resume, as a refresh.
+    #[arg(long)]
+    pub refresh: bool,
     /// Names per batch sent to a worker.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
@@ -109,40 +132,12 @@ pub struct FetchArgs {
     /// Largest file accepted, in bytes; larger ones fail without being buffered.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_file_size: u64,
-    /// Largest list page accepted, in bytes. It bounds the coordinator's
-    /// memory: at most about 5 x this plus 95 bytes a name (ARCHITECTURE.md,
-    /// "Memory"); a page of 2,000,000 names of 15 bytes is 36 MB.
-    #[arg(long, default_value_t = 64 << 20)]
-    pub max_page_size: u64,
-    /// TCP connect timeout, in milliseconds.
-    #[arg(long, default_value_t = 5_000)]
-    pub connect_timeout_ms: u64,
-    /// Time allowed from request to response headers, in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    pub first_byte_timeout_ms: u64,
-    /// Longest silence allowed inside a body, in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    pub idle_timeout_ms: u64,
     /// The most one attempt at a file may take, redirects included, however
     /// steadily the server trickles (e.g. 60s, 1500ms). A miss is retried.
     /// Enough for a file of a few MB on a slow link; raise it with
     /// --max-file-size for larger files.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-    /// The most one attempt at a list page may take (e.g. 120s). A miss is
-    /// retried. Enough for a server that takes its first-byte timeout to
-    /// start a page of a few hundred KB and then sends it slowly.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    pub list_timeout: Duration,
-    /// Attempts per file (and per list page) before a transient error is permanent.
-    #[arg(long, default_value_t = 10)]
-    pub max_attempts: u32,
-    /// First retry delay in milliseconds; doubles per attempt, with jitter.
-    #[arg(long, default_value_t = 50)]
-    pub retry_base_ms: u64,
-    /// Longest retry delay in milliseconds (a server's Retry-After may ask for more, up to 120 s).
-    #[arg(long, default_value_t = 10_000)]
-    pub retry_max_ms: u64,
     /// Seconds to let in-flight batches finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub grace: u64,
@@ -172,6 +167,83 @@ pub struct FetchArgs {
     /// named on stderr, capped as without --quiet).
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Serve GET /metrics in the Prometheus text format on this address
+    /// (e.g. 127.0.0.1:9100; port 0 picks one, written to coordinator.json
+    /// as metrics_addr). See docs/STATS.md for the metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// With --metrics-addr: after the run ends, keep serving until a scrape
+    /// has seen the final numbers, at most this long (e.g. 30s; a scraper
+    /// that polls every 15 s needs 15s).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub metrics_linger: Duration,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// The number of files the service is expected to list, if known: the
+    /// progress shows a percentage and an ETA from the start instead of
+    /// only once the listing ends (the count listed wins once it is larger).
+    #[arg(long, value_name = "N")]
+    pub expected_files: Option<u64>,
+    /// Test hook: a worker aborts when a response carries x-bulkget-test-abort.
+    #[arg(long, hide = true)]
+    pub test_abort_on_header: bool,
+    /// Test hook: workers of this shard fail at start-up.
+    #[arg(long, hide = true)]
+    pub test_fail_start_shard: Vec<u32>,
+    /// Test hook: the sync of the output file system after N successful
+    /// ones fails once (EIO), as the kernel reports a lost write-back once.
+    #[arg(long, hide = true, value_name = "N")]
+    pub test_fail_sync_after: Option<u64>,
+    /// Test hook: the first worker of this shard closes its socket after the
+    /// hello and does not exit.
+    #[arg(long, hide = true)]
+    pub test_linger_shard: Vec<u32>,
+    /// Test hook: the coordinator announces this build id to its workers
+    /// instead of its own, as a coordinator of another build would.
+    #[arg(long, hide = true)]
+    pub test_announce_build: Option<String>,
+}
+
+/// How the service is reached and listed: the flags `fetch` and `list`
+/// share (flattened into both), so that a listing behaves the same in
+/// either command.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// HTTP version: `auto` speaks HTTP/2 when TLS's ALPN offers it on
+    /// https and HTTP/1.1 otherwise; `2` on an http:// URL is h2c with
+    /// prior knowledge.
+    #[arg(long, value_enum, default_value_t = HttpVersionArg::Auto)]
+    pub http_version: HttpVersionArg,
+    /// Largest list page accepted, in bytes. It bounds the coordinator's
+    /// memory: at most about 5 x this plus 95 bytes a name (ARCHITECTURE.md,
+    /// "Memory"); a page of 2,000,000 names of 15 bytes is 36 MB.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_page_size: u64,
+    /// TCP connect timeout, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// Time allowed from request to response headers, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence allowed inside a body, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub idle_timeout_ms: u64,
+    /// The most one attempt at a list page may take (e.g. 120s). A miss is
+    /// retried. Enough for a server that takes its first-byte timeout to
+    /// start a page of a few hundred KB and then sends it slowly.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub list_timeout: Duration,
+    /// Attempts per file (and per list page) before a transient error is permanent.
+    #[arg(long, default_value_t = 10)]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubles per attempt, with jitter.
+    #[arg(long, default_value_t = 50)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay in milliseconds (a server's Retry-After may ask for more, up to 120 s).
+    #[arg(long, default_value_t = 10_000)]
+    pub retry_max_ms: u64,
     /// A header sent on every request, list and get: 'Name: value'
     /// (repeatable). '@FILE' reads 'Name: value' lines from FILE (blank lines
     /// and lines starting with # are skipped), so a secret stays out of the
@@ -207,24 +279,58 @@ pub struct FetchArgs {
     /// overrides no_proxy / NO_PROXY.
     #[arg(long, value_name = "LIST", help_heading = "Real services")]
     pub noproxy: Option<String>,
-    /// Test hook: a worker aborts when a response carries x-bulkget-test-abort.
-    #[arg(long, hide = true)]
-    pub test_abort_on_header: bool,
-    /// Test hook: workers of this shard fail at start-up.
-    #[arg(long, hide = true)]
-    pub test_fail_start_shard: Vec<u32>,
-    /// Test hook: the sync of the output file system after N successful
-    /// ones fails once (EIO), as the kernel reports a lost write-back once.
-    #[arg(long, hide = true, value_name = "N")]
-    pub test_fail_sync_after: Option<u64>,
-    /// Test hook: the first worker of this shard closes its socket after the
-    /// hello and does not exit.
-    #[arg(long, hide = true)]
-    pub test_linger_shard: Vec<u32>,
-    /// Test hook: the coordinator announces this build id to its workers
-    /// instead of its own, as a coordinator of another build would.
-    #[arg(long, hide = true)]
-    pub test_announce_build: Option<String>,
+}
+
+/// Which listed names are fetched (or printed by `list`): the flags `fetch`
+/// and `list` share. See [`crate::filter`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
+    /// Fetch only names that match this glob (repeatable; a name matching
+    /// any --include is kept). `*` and `?` match `/` too; `**`, `{a,b}`
+    /// and `[a-z]` work as in globset. Default: every name.
+    #[arg(long, value_name = "GLOB", help_heading = "Filters")]
+    pub include: Vec<String>,
+    /// Skip names that match this glob (repeatable), even if an --include
+    /// matches. Skipped names are counted as excluded; a resume must give
+    /// the same --include and --exclude.
+    #[arg(long, value_name = "GLOB", help_heading = "Filters")]
+    pub exclude: Vec<String>,
+}
+
+/// How `bulkget list` writes names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// One name a line, escaped so that a name is always one line and sends
+    /// nothing to a terminal: a backslash is written \\, and every character
+    /// Rust's {:?} escapes but quotes (control characters such as newline,
+    /// tab and ESC, and invisible ones such as U+202E) as it escapes them:
+    /// \n, \t, \u{1b}, \u{202e}.
+    Text,
+    /// One JSON string a line.
+    Jsonl,
+    /// Each name followed by a NUL byte, as is (for xargs -0).
+    Nul,
+}
+
+/// Print the names the service lists, without fetching anything.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// The service's base URL, e.g. http://127.0.0.1:8080 or http://host/api.
+    pub url: String,
+    /// How names are written.
+    #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+    pub format: ListFormat,
+    /// Write the names to FILE instead of stdout (replaced only when the
+    /// listing is complete).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// No progress on stderr; errors only.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// The headers of `-H`, in order, with `@FILE` read: `(name, value)`. An
@@ -251,4 +357,14 @@ pub fn read_headers(args: &[String]) -> Result<Vec<(HeaderName, HeaderValue)>, S
         }
     }
     Ok(headers)
+}
+
+/// `--max-rps`: a positive, finite number of requests a second.
+fn parse_rps(s: &str) -> Result<f64, String> {
+    let rps: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if rps.is_finite() && rps > 0.0 {
+        Ok(rps)
+    } else {
+        Err(format!("{s} is not a positive number of requests a second"))
+    }
 }

@@ -131,7 +131,7 @@ pub fn name_and_reason(f: &Failure) -> String {
 /// `s` with each character that `{:?}` would escape escaped the same way
 /// (`\n`, `\u{1b}`, `\u{202e}`), except backslashes and quotes, which print
 /// as themselves and cannot break a line.
-fn escape_unprintable(s: &str) -> String {
+pub fn escape_unprintable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         let escaped = c.escape_debug();

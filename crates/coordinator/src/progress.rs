@@ -4,8 +4,8 @@
 //! - `--progress bar` (or `auto` on a terminal): two lines redrawn in place
 //!   by indicatif, at most 4 times a second, fed once a second by the run
 //!   loop. While the listing goes on the total is unknown, so the first line
-//!   shows counts and no bar; once the listing is done it becomes a bar with a
-//!   percentage and an ETA. The second line has the rate, bytes, failures,
+//!   shows counts and no bar; once the listing is done, or from the start
+//!   with `--expected-files`, it becomes a bar with a percentage and an ETA. The second line has the rate, bytes, failures,
 //!   retries and restarts, cut to the terminal's width:
 //!
 //!   ```text

@@ -8,10 +8,13 @@
 //! order through a channel, so a slow disk never stalls dispatch
 //! ([`crate::state_thread`]); its first failure stops the run at once.
 
-use crate::args::{FetchArgs, LayoutArg, SinkArg};
+use crate::args::{FetchArgs, Toggle};
+use crate::budget::Budget;
+use crate::config::{self, HostConfig, Paths};
 use crate::exit;
 use crate::failure_log::{self, FailureLog};
-use crate::lister::{ListError, ListerConfig, ListerThread, ListerWait, Page};
+use crate::lister::{ListError, ListerThread, ListerWait, Page};
+use crate::metrics::Metrics;
 use crate::progress::{note, Progress};
 use crate::restart::{Decision, RestartPolicy, ShardLife};
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
@@ -19,10 +22,9 @@ use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::{self, StateOp};
 use crate::supervisor::{self, describe_end, Event, SocketEnd, Worker};
 use bulkget_console::{errln, outln};
-use bulkget_http::{Backoff, Endpoint, Limits, Transport};
+use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, ProxySettings, Resolve, Secret, SinkKind, TestHooks, TlsSettings,
-    ToCoordinator, ToWorker, Version, WorkerSettings,
+    Failure, FatalKind, SinkKind, ToCoordinator, ToWorker, Version, WorkerSettings,
 };
 use bulkget_report::format::{grouped, human_bytes};
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};
@@ -82,229 +84,9 @@ struct ShardSlot {
     life: ShardLife,
     idle_since: Option<Instant>,
     idle_total: Duration,
-}
-
-/// Finds out, once and before any worker starts, how the dir sink can
-/// resolve paths beneath OUT, and says so once: in the log when `openat2`
-/// works, on stderr when the workers must walk without it.
-fn probe_resolve(out: &Path, quiet: bool) -> Result<Resolve, (i32, String)> {
-    let (resolve, why) =
-        bulkget_sink::probe_resolve(out).map_err(|e| (exit::ERROR, e.to_string()))?;
-    match why {
-        None => tracing::info!("openat2 with RESOLVE_BENEATH is available"),
-        Some(why) => {
-            let msg = format!(
-                "openat2 cannot be used here ({why}); the dir sink opens each path one \
-                 component at a time with O_NOFOLLOW instead, which follows no symbolic \
-                 link inside {}",
-                out.display()
-            );
-            if !quiet {
-                errln!("bulkget: note: {msg}");
-            }
-        }
-    }
-    Ok(resolve)
-}
-
-/// A duration in whole milliseconds, as the worker settings carry it.
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// How every connection of the run is made, from the command line and the
-/// environment: the lister's transport, and the same for the workers'
-/// settings. Header values and proxy credentials live only here, in memory.
-pub struct Connection {
-    transport: Transport,
-    headers: Vec<(String, Secret)>,
-    tls: TlsSettings,
-    proxy: Option<ProxySettings>,
-}
-
-impl Connection {
-    /// The names of the headers given with `-H`, for run.json and messages.
-    fn header_names(&self) -> Vec<String> {
-        self.headers.iter().map(|(n, _)| n.clone()).collect()
-    }
-}
-
-/// Reads `-H`, the TLS options and the proxy, and builds the lister's
-/// transport, so that an unreadable CA file or header file stops the run
-/// before anything starts.
-fn connection_setup(args: &FetchArgs, endpoint: &Endpoint) -> Result<Connection, (i32, String)> {
-    let headers = crate::args::read_headers(&args.header).map_err(|e| (exit::USAGE, e))?;
-    let tls = TlsSettings {
-        cacert: args.cacert.as_ref().map(|p| p.display().to_string()),
-        client_cert: args.client_cert.as_ref().map(|p| p.display().to_string()),
-        client_key: args.client_key.as_ref().map(|p| p.display().to_string()),
-        insecure: args.insecure,
-    };
-    let tls_options = bulkget_http::tls::TlsOptions {
-        cacert: args.cacert.clone(),
-        client_cert: args.client_cert.clone(),
-        client_key: args.client_key.clone(),
-        insecure: args.insecure,
-    };
-    if args.insecure && endpoint.tls {
-        // On every run that uses it, even with --quiet: it is the one
-        // thing about the run a user must not miss.
-        errln!("bulkget: warning: {}", bulkget_http::tls::INSECURE_WARNING);
-    }
-    let proxy = bulkget_http::proxy::choose(
-        endpoint,
-        args.proxy.as_deref(),
-        args.noproxy.as_deref(),
-        |name| std::env::var(name).ok(),
-    )
-    .map_err(|e| (exit::USAGE, format!("proxy: {e}")))?;
-    let transport = Transport::new(
-        endpoint,
-        Duration::from_millis(args.connect_timeout_ms),
-        &tls_options,
-        proxy.clone(),
-        headers.clone(),
-    )
-    .map_err(|e| (exit::USAGE, e.to_string()))?;
-    let headers = headers
-        .into_iter()
-        .map(|(name, value)| {
-            let value = value.to_str().map(str::to_string).unwrap_or_default();
-            (name.as_str().to_string(), Secret(value))
-        })
-        .collect();
-    let proxy = proxy.map(|p| ProxySettings {
-        host: p.host,
-        port: p.port,
-        authorization: p.authorization.map(|a| Secret(a.expose().to_string())),
-    });
-    Ok(Connection {
-        transport,
-        headers,
-        tls,
-        proxy,
-    })
-}
-
-/// What a host needs to run workers for `args`: the output directory made
-/// and resolved, the state directory made, and the workers' settings. Both
-/// `bulkget fetch` and `bulkget cluster work` start from here, so a host of
-/// a cluster runs its workers exactly as `fetch` does.
-pub struct HostSetup {
-    pub endpoint: Endpoint,
-    pub connection: Connection,
-    pub out: PathBuf,
-    pub state_dir: PathBuf,
-    pub workers: usize,
-    pub settings: WorkerSettings,
-    pub sink_name: &'static str,
-    pub layout_name: &'static str,
-}
-
-/// Checks `args`, makes OUT and the state directory, and builds the
-/// workers' settings (see [`HostSetup`]).
-pub fn host_setup(args: &FetchArgs) -> Result<HostSetup, (i32, String)> {
-    let endpoint = Endpoint::parse(&args.url).map_err(|e| (exit::USAGE, e.to_string()))?;
-    if args.workers == Some(0) || args.connections == 0 || args.batch_size == 0 || args.window == 0
-    {
-        return Err((
-            exit::USAGE,
-            "--workers, --connections, --batch-size and --window must be at least 1".into(),
-        ));
-    }
-    if duration_ms(args.request_timeout) == 0 || duration_ms(args.list_timeout) == 0 {
-        return Err((
-            exit::USAGE,
-            "--request-timeout and --list-timeout must be at least 1ms".into(),
-        ));
-    }
-    let connection = connection_setup(args, &endpoint)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| {
-        (
-            exit::ERROR,
-            format!("cannot create {}: {e}", args.out.display()),
-        )
-    })?;
-    let out = std::fs::canonicalize(&args.out).map_err(|e| {
-        (
-            exit::ERROR,
-            format!("cannot resolve {}: {e}", args.out.display()),
-        )
-    })?;
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| default_state_dir(&out));
-    // Where the state directory is inside OUT, so that no server name
-    // lands there, whatever the directory is called.
-    std::fs::create_dir_all(&state_dir).map_err(|e| {
-        (
-            exit::ERROR,
-            format!("cannot create {}: {e}", state_dir.display()),
-        )
-    })?;
-    let state_dir_in_out =
-        bulkget_sink::state_dir_within(&out, &state_dir).map_err(|e| (exit::USAGE, e))?;
-    let resolve = if args.sink == SinkArg::Dir {
-        probe_resolve(&out, args.quiet)?
-    } else {
-        // Only the dir sink resolves paths beneath OUT.
-        Resolve::Openat2
-    };
-    let (sink, sink_name) = match args.sink {
-        SinkArg::Dir => (SinkKind::Dir, "dir"),
-        SinkArg::Sqlite => (SinkKind::Sqlite, "sqlite"),
-        SinkArg::Null => (SinkKind::Null, "null"),
-    };
-    let (layout, layout_name) = match args.layout {
-        LayoutArg::Flat => (Layout::Flat, "flat"),
-        LayoutArg::Fanout => (Layout::Fanout, "fanout"),
-    };
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let settings = WorkerSettings {
-        base_url: endpoint.url(),
-        out_dir: out.display().to_string(),
-        state_dir: state_dir.display().to_string(),
-        state_dir_in_out,
-        sink,
-        layout,
-        resolve,
-        connections: args.connections,
-        http_version: args.http_version.into(),
-        pipeline: args.pipeline,
-        max_file_size: args.max_file_size,
-        connect_timeout_ms: args.connect_timeout_ms,
-        first_byte_timeout_ms: args.first_byte_timeout_ms,
-        idle_timeout_ms: args.idle_timeout_ms,
-        request_timeout_ms: duration_ms(args.request_timeout),
-        max_attempts: args.max_attempts.max(1),
-        backoff_base_ms: args.retry_base_ms,
-        backoff_max_ms: args.retry_max_ms,
-        max_redirects: 5,
-        stats_interval_ms: 1_000,
-        headers: connection.headers.clone(),
-        tls: connection.tls.clone(),
-        proxy: connection.proxy.clone(),
-        test_hooks: TestHooks {
-            abort_on_header: args.test_abort_on_header,
-            fail_start_shards: args.test_fail_start_shard.clone(),
-            linger_shards: args.test_linger_shard.clone(),
-        },
-    };
-    Ok(HostSetup {
-        endpoint,
-        connection,
-        out,
-        state_dir,
-        workers,
-        settings,
-        sink_name,
-        layout_name,
-    })
+    /// The share of the request budget last sent to the current worker, as
+    /// `(rps_milli, slowdown)`; `None` until one is sent.
+    paced: Option<(u64, bool)>,
 }
 
 /// Runs `bulkget fetch` and returns the process exit code.
@@ -346,6 +128,8 @@ struct Run {
     sched: Scheduler,
     start_position: ListPosition,
     resumed_from: Totals,
+    /// A refresh: names already in the sink are counted, not fetched.
+    refresh: bool,
     state_tx: std::sync::mpsc::Sender<StateOp>,
     state_thread: Option<std::thread::JoinHandle<()>>,
     /// The state thread's first failure, taken by the run loop.
@@ -365,39 +149,45 @@ struct Run {
     /// The listing failed; the run stops once what was listed is done.
     listing_failed: Option<String>,
     progress: Progress,
+    /// `GET /metrics`, with `--metrics-addr`.
+    metrics: Option<Metrics>,
+    /// The request budget: `--max-rps` and the run-wide slow-down.
+    budget: Budget,
 }
 
 impl Run {
     fn setup(args: FetchArgs) -> Result<Setup, (i32, String)> {
-        let HostSetup {
+        let HostConfig {
             endpoint,
             connection,
-            out,
-            state_dir,
+            filter,
+            paths,
             workers,
-            settings,
-            sink_name,
-            layout_name,
-        } = host_setup(&args)?;
+            mut settings,
+        } = HostConfig::from_args(&args)?;
+        let Paths { out, state_dir, .. } = paths;
         let sink = settings.sink;
         let info = RunInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             url: endpoint.url(),
             out_dir: out.display().to_string(),
-            sink: sink_name.into(),
-            layout: layout_name.into(),
+            sink: config::sink_name(sink).into(),
+            layout: config::layout_name(settings.layout).into(),
             shards: workers,
             created_at: bulkget_stats::now_rfc3339(),
             header_names: connection.header_names(),
+            include: args.filter.include.clone(),
+            exclude: args.filter.exclude.clone(),
         };
-        let (mut state, start) =
-            StateDir::open(&state_dir, &out, &info, args.resume).map_err(|e| {
+        let (mut state, start) = StateDir::open(&state_dir, &out, &info, args.resume, args.refresh)
+            .map_err(|e| {
                 let code = match e {
                     StateError::Io(_) => exit::ERROR,
                     _ => exit::STATE_CONFLICT,
                 };
                 (code, e.to_string())
             })?;
+        let refresh = start.is_refresh();
         let (start_position, totals, done_after) = match start {
             Start::Fresh => (ListPosition::Start, Totals::default(), DoneAfter::default()),
             Start::Resume(cp) => {
@@ -414,12 +204,24 @@ impl Run {
                 }
                 (cp.position, cp.totals, cp.done_after)
             }
+            Start::Refresh(cp) => {
+                if !args.quiet {
+                    errln!(
+                        "bulkget: refreshing the finished run ({} files ok, {} failed): listing \
+                         every page again and fetching the names not in the sink yet",
+                        cp.totals.files_ok + cp.totals.files_present,
+                        cp.totals.files_failed
+                    );
+                }
+                (ListPosition::Start, Totals::default(), DoneAfter::default())
+            }
             Start::AlreadyComplete(cp) => {
                 let t = cp.totals;
                 outln!(
-                    "bulkget: the run in {} is already complete: {} files ok, {} failed; nothing to do",
+                    "bulkget: the run in {} is already complete: {} files ok, {} failed; nothing to do \
+                     (--refresh fetches the names listed since)",
                     state_dir.display(),
-                    t.files_ok,
+                    t.files_ok + t.files_present,
                     t.files_failed
                 );
                 return Ok(Setup::Done(if t.files_failed > 0 {
@@ -429,13 +231,13 @@ impl Run {
                 }));
             }
         };
-        // Stats files of an earlier run or of more shards would mislead
-        // `bulkget status`; each worker writes its own afresh.
-        if let Ok(entries) = std::fs::read_dir(state_dir.join("shards")) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        settings.refresh = refresh;
+        bulkget_stats::schema::fresh_shards_dir(&state_dir).map_err(|e| {
+            (
+                exit::ERROR,
+                format!("cannot prepare {}/shards: {e}", state_dir.display()),
+            )
+        })?;
 
         if let Some(n) = args.test_fail_sync_after {
             state.fail_sync_after(n);
@@ -457,7 +259,9 @@ impl Run {
             start_position.clone(),
         )
         .resume(totals, done_after)
-        .with_affinity(sink == SinkKind::Sqlite);
+        .with_affinity(sink == SinkKind::Sqlite)
+        // No glob, no filter: the scheduler then tests nothing per name.
+        .with_filter((!filter.is_empty()).then_some(filter));
         let shards = (0..workers)
             .map(|_| ShardSlot {
                 worker: None,
@@ -467,9 +271,30 @@ impl Run {
                 life: ShardLife::default(),
                 idle_since: Some(Instant::now()),
                 idle_total: Duration::ZERO,
+                paced: None,
             })
             .collect();
         let progress = Progress::new(args.progress, args.quiet);
+        let metrics = match args.metrics_addr {
+            None => None,
+            Some(addr) => Some(
+                Metrics::start(addr, state_dir.clone(), workers).map_err(|e| {
+                    (
+                        exit::ERROR,
+                        format!("--metrics-addr: cannot serve metrics on {addr}: {e}"),
+                    )
+                })?,
+            ),
+        };
+        if let Some(m) = &metrics {
+            tracing::info!("serving metrics on http://{}/metrics", m.addr);
+        }
+        let budget = Budget::new(
+            workers,
+            args.max_rps,
+            args.adaptive == Toggle::On,
+            Instant::now(),
+        );
         Ok(Setup::Go(Box::new(Run {
             args,
             endpoint,
@@ -479,6 +304,7 @@ impl Run {
             sched,
             start_position,
             resumed_from: totals,
+            refresh,
             state_tx,
             state_thread: Some(state_thread),
             state_failed: Some(state_failed),
@@ -495,6 +321,8 @@ impl Run {
             stop: None,
             listing_failed: None,
             progress,
+            metrics,
+            budget,
         })))
     }
 
@@ -516,25 +344,7 @@ impl Run {
             self.listing_done = true;
             None
         } else {
-            let config = ListerConfig {
-                transport: self.transport.clone(),
-                proto: match self.args.http_version {
-                    crate::args::HttpVersionArg::Http2 => bulkget_http::Proto::Http2,
-                    _ => bulkget_http::Proto::Http1,
-                },
-                limits: Limits {
-                    first_byte: Duration::from_millis(self.args.first_byte_timeout_ms),
-                    idle: Duration::from_millis(self.args.idle_timeout_ms),
-                    max_body: self.args.max_page_size,
-                    max_redirects: 5,
-                    deadline: self.args.list_timeout,
-                },
-                max_attempts: self.args.max_attempts.max(1),
-                backoff: Backoff {
-                    base: Duration::from_millis(self.args.retry_base_ms.max(1)),
-                    max: Duration::from_millis(self.args.retry_max_ms),
-                },
-            };
+            let config = crate::service::lister_config(&self.args.service, self.transport.clone());
             match ListerThread::spawn(
                 self.endpoint.clone(),
                 self.start_position.clone(),
@@ -625,6 +435,8 @@ impl Run {
                     if let Some(line) = self.failure_log.tick(Instant::now()) {
                         note!(self.progress, "{line}");
                     }
+                    let working = self.working_shards().len();
+                    self.budget.tick(Instant::now(), working);
                     // Progress first: it samples the rate the stats file shows.
                     self.update_progress();
                     self.write_stats(RunState::Listing, None);
@@ -636,6 +448,7 @@ impl Run {
             }
 
             self.dispatch();
+            self.pace_workers();
 
             if self.stop.is_none()
                 && self.sched.pending_len() == 0
@@ -705,7 +518,58 @@ impl Run {
         slot.generation = generation;
         slot.phase = Phase::Starting;
         slot.down = false;
+        slot.paced = None;
+        // Its share before any batch: frames arrive in order.
+        self.pace_workers();
         Ok(())
+    }
+
+    /// The shards that count in dividing the request budget: a live worker
+    /// that has work or may get some. A parked, restarting or stopped
+    /// shard, and once the listing is over one with nothing in flight,
+    /// leave their share to the others.
+    fn working_shards(&self) -> Vec<usize> {
+        let no_more_work = self.listing_done && self.sched.pending_len() == 0;
+        (0..self.shards.len())
+            .filter(|&i| {
+                let s = &self.shards[i];
+                s.worker.is_some()
+                    && !s.down
+                    && matches!(s.phase, Phase::Starting | Phase::Running)
+                    && !(no_more_work && self.sched.in_flight(i) == 0)
+            })
+            .collect()
+    }
+
+    /// Sends each live worker its share of the request budget, if it
+    /// changed. Idle workers get the same share as working ones (they
+    /// send nothing with it), so a batch that reaches one is paced at once.
+    fn pace_workers(&mut self) {
+        let working = self.working_shards().len();
+        let (share, slowdown) = self.budget.share(working);
+        // 0 means no limit on the wire, so a limit rounds up to 1.
+        let rps_milli = share.map_or(0, |r| ((r * 1000.0).round() as u64).max(1));
+        for slot in &mut self.shards {
+            let Some(worker) = &slot.worker else { continue };
+            if slot.down {
+                continue;
+            }
+            let changed = match slot.paced {
+                None => true,
+                Some((old, old_slowdown)) => {
+                    old_slowdown != slowdown
+                        || (old == 0) != (rps_milli == 0)
+                        || old.abs_diff(rps_milli) * 100 > old.max(1)
+                }
+            };
+            if changed {
+                worker.send(&ToWorker::Pace {
+                    rps_milli,
+                    slowdown,
+                });
+                slot.paced = Some((rps_milli, slowdown));
+            }
+        }
     }
 
     /// The version the coordinator announces to its workers: its own, or
@@ -801,8 +665,12 @@ impl Run {
                         ok,
                         bytes,
                         retries,
+                        present,
                         failures,
-                    } => match self.sched.batch_done(shard, id, ok, bytes, failures) {
+                    } => match self
+                        .sched
+                        .batch_done(shard, id, ok, present, bytes, failures)
+                    {
                         Some(done) => {
                             self.sched.add_retries(retries);
                             self.record_failures(done);
@@ -821,11 +689,12 @@ impl Run {
                         ok,
                         bytes,
                         retries,
+                        present,
                         failures,
                         waiting,
                     } => match self
                         .sched
-                        .batch_stalled(shard, id, ok, bytes, failures, &waiting)
+                        .batch_stalled(shard, id, ok, present, bytes, failures, &waiting)
                     {
                         Some(done) => {
                             self.sched.add_retries(retries);
@@ -840,6 +709,9 @@ impl Run {
                             );
                         }
                     },
+                    ToCoordinator::Pressure { clean, pushback } => {
+                        self.budget.report(shard, clean, pushback, Instant::now());
+                    }
                     ToCoordinator::Fatal { kind, reason } => {
                         note!(self.progress, "bulkget: worker {shard}: {reason}");
                         if kind == FatalKind::NoSpace && self.stop.is_none() {
@@ -1155,14 +1027,20 @@ impl Run {
         if !self.args.quiet {
             self.print_summary(code, totals);
         }
+        if let Some(metrics) = self.metrics.take() {
+            let linger = self.args.metrics_linger;
+            let _ = tokio::task::spawn_blocking(move || metrics.finish(linger)).await;
+        }
         code
     }
 
     fn print_summary(&self, code: i32, durable: Totals) {
         let live = self.sched.live_totals();
         let elapsed = self.started.elapsed().as_secs_f64();
-        let this_run = (live.files_ok + live.files_failed)
-            - (self.resumed_from.files_ok + self.resumed_from.files_failed);
+        let this_run = (live.files_ok + live.files_failed + live.files_present)
+            - (self.resumed_from.files_ok
+                + self.resumed_from.files_failed
+                + self.resumed_from.files_present);
         let restarts: u32 = self.shards.iter().map(|s| s.life.restarts).sum();
         let parked = self
             .shards
@@ -1172,7 +1050,13 @@ impl Run {
         // Reported with each acknowledgement, so restarts lose none.
         let retries = live.retries;
         outln!("bulkget summary");
-        outln!("  files ok:       {}", live.files_ok);
+        if self.refresh {
+            outln!("  refresh:        fetched the names not in the sink yet");
+            outln!("  files new:      {}", live.files_ok);
+            outln!("  already there:  {}", live.files_present);
+        } else {
+            outln!("  files ok:       {}", live.files_ok);
+        }
         outln!("  files failed:   {}", live.files_failed);
         outln!("  retries:        {retries}");
         outln!(
@@ -1186,6 +1070,12 @@ impl Run {
             this_run as f64 / elapsed.max(1e-9)
         );
         outln!("  restarts:       {restarts}");
+        if !self.args.filter.include.is_empty() || !self.args.filter.exclude.is_empty() {
+            outln!(
+                "  excluded:       {} names left out by --include/--exclude",
+                live.names_excluded
+            );
+        }
         if parked > 0 {
             outln!("  parked shards:  {parked}");
         }
@@ -1251,7 +1141,7 @@ impl Run {
                     ),
                     _ => outln!(
                         "  checkpoint:     {} files saved; continue with: {resume}",
-                        durable.files_ok + durable.files_failed
+                        durable.files_ok + durable.files_failed + durable.files_present
                     ),
                 }
             }
@@ -1260,8 +1150,10 @@ impl Run {
 
     fn update_progress(&mut self) {
         let live = self.sched.live_totals();
-        self.rate
-            .sample(Instant::now(), live.files_ok + live.files_failed);
+        self.rate.sample(
+            Instant::now(),
+            live.files_ok + live.files_failed + live.files_present,
+        );
     }
 
     /// Builds this tick's snapshot once, writes it to `coordinator.json`
@@ -1271,6 +1163,9 @@ impl Run {
         let path = bulkget_stats::schema::coordinator_path(&self.state_dir);
         if let Err(e) = bulkget_stats::write_json_atomic(&path, &stats) {
             tracing::warn!("cannot write {}: {e}", path.display());
+        }
+        if let Some(m) = &self.metrics {
+            m.publish(&stats);
         }
         self.progress.update(&stats);
     }
@@ -1285,9 +1180,9 @@ impl Run {
         let (eta_seconds, eta_method) = bulkget_report::eta::eta(bulkget_report::eta::EtaInput {
             over: exit_code.is_some(),
             listing_done: self.listing_done,
-            remaining: live
-                .names_listed
-                .saturating_sub(live.files_ok + live.files_failed),
+            listed: live.names_listed,
+            done: live.files_ok + live.files_failed + live.files_present,
+            expected: self.args.expected_files,
             files_per_sec: self.rate.rate(),
         });
         CoordinatorStats {
@@ -1301,11 +1196,15 @@ impl Run {
             // checkpoint covered, then this process's.
             pages_listed: self.resumed_from.pages_done + self.pages_listed,
             names_listed: live.names_listed,
+            names_excluded: live.names_excluded,
+            expected_files: self.args.expected_files,
             current_marker: self.current_marker.clone(),
             listing_done: self.listing_done,
             batches_queued: self.sched.pending_len() as u64,
             files_ok: live.files_ok,
             files_failed: live.files_failed,
+            files_present: live.files_present,
+            refresh: self.refresh,
             bytes: live.bytes,
             retries: live.retries,
             files_per_sec: self.rate.rate(),
@@ -1317,6 +1216,7 @@ impl Run {
             peak_rss_bytes: bulkget_stats::peak_rss_bytes().unwrap_or(0),
             batches_requeued: self.sched.requeued(),
             exit_code,
+            metrics_addr: self.metrics.as_ref().map(|m| m.addr.to_string()),
             shards: self
                 .shards
                 .iter()
@@ -1346,9 +1246,4 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// The state directory a run on `out` uses by default.
-pub fn default_state_dir(out: &Path) -> PathBuf {
-    out.join(".bulkget")
 }

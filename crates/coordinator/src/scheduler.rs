@@ -54,6 +54,7 @@
 //!   name repeated further apart is fetched twice, which is harmless
 //!   because every write is idempotent, and counted twice.
 
+use crate::filter::NameFilter;
 use bulkget_protocol::frame::{batch_cost, MAX_BATCH_COST};
 use bulkget_protocol::{BatchId, Failure, Names};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -149,6 +150,8 @@ struct PageTrack {
     done: Vec<u64>,
     /// Names this page adds to `names_listed` when it completes.
     names_listed: u64,
+    /// Names this page adds to `names_excluded` when it completes.
+    names_excluded: u64,
 }
 
 #[derive(Debug, Default)]
@@ -209,6 +212,8 @@ pub struct Scheduler {
     /// Route each name to the shard its hash picks (see the module docs).
     affinity: bool,
     parked: Vec<bool>,
+    /// `--include` and `--exclude`, if any were given.
+    filter: Option<NameFilter>,
 }
 
 impl Scheduler {
@@ -232,6 +237,7 @@ impl Scheduler {
             repeated: 0,
             affinity: false,
             parked: vec![false; shards],
+            filter: None,
         }
     }
 
@@ -239,6 +245,13 @@ impl Scheduler {
     /// one store per shard.
     pub fn with_affinity(mut self, affinity: bool) -> Scheduler {
         self.affinity = affinity;
+        self
+    }
+
+    /// Fetches only the names `filter` keeps; the others are done as soon
+    /// as they are listed and counted in `names_excluded`.
+    pub fn with_filter(mut self, filter: Option<NameFilter>) -> Scheduler {
+        self.filter = filter;
         self
     }
 
@@ -278,6 +291,7 @@ impl Scheduler {
 
     /// Adds a listed page. Unsafe names fail here and never reach a worker;
     /// repeats of a name on this page or the previous one are dropped;
+    /// names the filter leaves out are counted as excluded and done;
     /// names a resumed checkpoint says are done are skipped, if the page
     /// lists the same names as it did then. Returns the failures to record.
     pub fn add_page(&mut self, names: Names, next: Option<String>) -> Vec<Failure> {
@@ -314,6 +328,7 @@ impl Scheduler {
         }
         let mut failures = Vec::new();
         let mut repeats = 0u64;
+        let mut excluded = 0u64;
         let mut seen = std::mem::take(&mut self.spare);
         seen.clear();
         if seen.capacity() > 4 * len.max(1024) {
@@ -340,6 +355,14 @@ impl Scheduler {
             page_hash.add(fp);
             if self.recent.contains(&fp) || !seen.insert(fp) {
                 repeats += 1;
+                set(&mut done, i);
+                continue;
+            }
+            // Before the resume's done bits, so that a page counts its
+            // excluded names the same every time it is listed, as it counts
+            // `names_listed`.
+            if self.filter.as_ref().is_some_and(|f| !f.keeps(name)) {
+                excluded += 1;
                 set(&mut done, i);
                 continue;
             }
@@ -377,8 +400,9 @@ impl Scheduler {
         }
         self.spare = std::mem::replace(&mut self.recent, seen);
         self.repeated += repeats;
-        let listed = len as u64 - repeats;
+        let listed = len as u64 - repeats - excluded;
         self.live.names_listed += listed;
+        self.live.names_excluded += excluded;
         self.pages.push_back(PageTrack {
             seq,
             position,
@@ -387,6 +411,7 @@ impl Scheduler {
             unacked: page_batches,
             done,
             names_listed: listed,
+            names_excluded: excluded,
         });
         self.complete_pages();
         failures
@@ -511,6 +536,7 @@ impl Scheduler {
         shard: usize,
         id: BatchId,
         ok: u32,
+        present: u32,
         bytes: u64,
         failures: Vec<Failure>,
     ) -> Option<Vec<Failure>> {
@@ -522,7 +548,7 @@ impl Scheduler {
         if s.outstanding.is_empty() {
             s.isolated = false;
         }
-        self.count_acknowledged(ok, bytes, &failures);
+        self.count_acknowledged(ok, present, bytes, &failures);
         let page = self.page_mut(batch.page_seq);
         page.unacked -= 1;
         for &i in &batch.idx {
@@ -533,17 +559,22 @@ impl Scheduler {
     }
 
     /// Records a stall report: the names of batch `id` outside `waiting`
-    /// are done (`ok` of them, `bytes` in all, and `failures`), and the
+    /// are done (`ok` of them, `bytes` in all, `present` found in the sink by
+    /// a refresh, and `failures`), and the
     /// batch shrinks to the names in `waiting`, which is all a crash would
     /// now put back. The batch leaves the window unless [`MAX_STALLED`] are
     /// stalled already. Returns `None` if the report does not fit the batch
     /// (unknown, already stalled, or `waiting` not increasing positions of
     /// it): a protocol error by the worker.
+    // The fields of the worker's `BatchStalled`, one argument each, as
+    // `batch_done` takes those of `BatchDone`.
+    #[allow(clippy::too_many_arguments)]
     pub fn batch_stalled(
         &mut self,
         shard: usize,
         id: BatchId,
         ok: u32,
+        present: u32,
         bytes: u64,
         failures: Vec<Failure>,
         waiting: &[u32],
@@ -559,7 +590,7 @@ impl Scheduler {
         }
         // Increasing positions in range: `waiting` is no longer than the batch.
         let finished = batch.names.len() - waiting.len();
-        if ok as usize + failures.len() != finished {
+        if ok as usize + present as usize + failures.len() != finished {
             return None;
         }
         let mut keep = waiting.iter().peekable();
@@ -581,7 +612,7 @@ impl Scheduler {
             s.stalled += 1;
         }
         let page_seq = batch.page_seq;
-        self.count_acknowledged(ok, bytes, &failures);
+        self.count_acknowledged(ok, present, bytes, &failures);
         let page = self.page_mut(page_seq);
         for i in done_idx {
             set(&mut page.done, i as usize);
@@ -590,8 +621,9 @@ impl Scheduler {
     }
 
     /// Counts what a `BatchDone` or a stall report says is done.
-    fn count_acknowledged(&mut self, ok: u32, bytes: u64, failures: &[Failure]) {
+    fn count_acknowledged(&mut self, ok: u32, present: u32, bytes: u64, failures: &[Failure]) {
         self.live.files_ok += u64::from(ok);
+        self.live.files_present += u64::from(present);
         self.live.files_failed += failures.len() as u64;
         self.live.bytes += bytes;
     }
@@ -672,6 +704,7 @@ impl Scheduler {
         while self.pages.front().is_some_and(|p| p.unacked == 0) {
             let p = self.pages.pop_front().expect("checked");
             self.durable.names_listed += p.names_listed;
+            self.durable.names_excluded += p.names_excluded;
             self.durable.pages_done += 1;
         }
     }
@@ -713,8 +746,10 @@ impl Scheduler {
                 files_failed: self.live.files_failed,
                 bytes: self.live.bytes,
                 names_listed: self.durable.names_listed,
+                names_excluded: self.durable.names_excluded,
                 pages_done: self.durable.pages_done,
                 retries: self.live.retries,
+                files_present: self.live.files_present,
             },
             done_after,
         }

@@ -27,7 +27,7 @@
 //! it and tries again if the disk is full; a resume allocates it anew, and a
 //! complete run removes it.
 
-use crate::scheduler::Snapshot;
+use crate::scheduler::{DoneAfter, ListPosition, Snapshot, Totals};
 use bulkget_console::errln;
 use bulkget_protocol::Failure;
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,28 @@ pub struct RunInfo {
     /// that a resume without them can say which it needs.
     #[serde(default)]
     pub header_names: Vec<String>,
+    /// The `--include` and `--exclude` globs, in order. A resume must give
+    /// the same: the checkpoint calls the names they left out done.
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl RunInfo {
+    /// The filters as a command line says them: `--include 'a*' --exclude
+    /// 'b'`, or `no --include or --exclude`.
+    pub fn filters(&self) -> String {
+        let flags: Vec<String> = (self.include.iter().map(|g| ("--include", g)))
+            .chain(self.exclude.iter().map(|g| ("--exclude", g)))
+            .map(|(flag, glob)| format!("{flag} {glob:?}"))
+            .collect();
+        if flags.is_empty() {
+            "no --include or --exclude".into()
+        } else {
+            flags.join(" ")
+        }
+    }
 }
 
 /// Why the state directory cannot be used.
@@ -78,6 +100,16 @@ pub enum StateError {
     },
     /// `--resume` was given and there is nothing to resume.
     NothingToResume(PathBuf),
+    /// `--refresh` was given and there is no run to refresh.
+    NothingToRefresh(PathBuf),
+    /// `--refresh` without `--resume` on a run that has not finished (a
+    /// first run, or a refresh, interrupted): it must be resumed first.
+    RefreshUnfinished {
+        dir: PathBuf,
+        done: u64,
+        /// The unfinished run is itself a refresh.
+        refresh: bool,
+    },
     Io(String),
 }
 
@@ -103,6 +135,23 @@ impl std::fmt::Display for StateError {
             StateError::NothingToResume(dir) => {
                 write!(f, "--resume: {} holds no run to resume", dir.display())
             }
+            StateError::NothingToRefresh(dir) => write!(
+                f,
+                "--refresh: {} holds no finished run to refresh; run without --refresh first",
+                dir.display()
+            ),
+            StateError::RefreshUnfinished { dir, done, refresh } => write!(
+                f,
+                "--refresh: {} holds an unfinished {} ({done} files done); a refresh starts \
+                 only from a finished run: continue this one with --resume{}",
+                dir.display(),
+                if *refresh { "refresh" } else { "run" },
+                if *refresh {
+                    " (it goes on as a refresh)"
+                } else {
+                    ", then refresh"
+                }
+            ),
             StateError::Io(e) => f.write_str(e),
         }
     }
@@ -129,6 +178,9 @@ pub struct StateDir {
     /// Calls of `syncfs` so far, and the test hook that fails one of them.
     syncs: u64,
     fail_sync_after: Option<u64>,
+    /// This run is a refresh: every checkpoint says so, so that its resume
+    /// is a refresh too.
+    refresh: bool,
 }
 
 /// A step that makes the run durable failed: appending to or syncing
@@ -160,16 +212,33 @@ pub enum Start {
     Resume(Checkpoint),
     /// The directory holds a complete run: nothing to do.
     AlreadyComplete(Checkpoint),
+    /// `--refresh` on a complete run (the checkpoint given): list
+    /// everything again from the first page, fetching only the names not in
+    /// the sink.
+    Refresh(Checkpoint),
+}
+
+impl Start {
+    /// Whether the run that starts is a refresh: a new one, or the resume
+    /// of one.
+    pub fn is_refresh(&self) -> bool {
+        match self {
+            Start::Refresh(_) => true,
+            Start::Resume(cp) => cp.refresh,
+            Start::Fresh | Start::AlreadyComplete(_) => false,
+        }
+    }
 }
 
 impl StateDir {
-    /// Locks `dir` (creating it) and decides between a fresh start and a
-    /// resume.
+    /// Locks `dir` (creating it) and decides between a fresh start, a
+    /// resume and a refresh.
     pub fn open(
         dir: &Path,
         out_dir: &Path,
         info: &RunInfo,
         resume: bool,
+        refresh: bool,
     ) -> Result<(StateDir, Start), StateError> {
         std::fs::create_dir_all(dir.join("shards")).map_err(|e| io_err("cannot create", dir, e))?;
         let lock_path = dir.join("lock");
@@ -233,31 +302,55 @@ impl StateDir {
                         prev.shards
                     )));
                 }
+                if !same_globs(&prev.include, &info.include)
+                    || !same_globs(&prev.exclude, &info.exclude)
+                {
+                    return Err(StateError::Mismatch(format!(
+                        "{} belongs to a run with {}, and this one has {}; the checkpoint \
+                         calls the names those filters left out done, so give the same \
+                         filters, or use another --state-dir",
+                        dir.display(),
+                        prev.filters(),
+                        info.filters()
+                    )));
+                }
                 let missing: Vec<&str> = prev
                     .header_names
                     .iter()
                     .filter(|n| !info.header_names.contains(n))
                     .map(String::as_str)
                     .collect();
-                if cp.complete {
+                if cp.complete && !refresh {
                     Start::AlreadyComplete(cp)
-                } else if resume && !missing.is_empty() {
+                } else if !cp.complete && !resume {
+                    let (dir, done) = (
+                        dir.to_path_buf(),
+                        cp.totals.files_ok + cp.totals.files_failed,
+                    );
+                    return Err(if refresh {
+                        StateError::RefreshUnfinished {
+                            dir,
+                            done,
+                            refresh: cp.refresh,
+                        }
+                    } else {
+                        StateError::Unfinished { dir, done }
+                    });
+                } else if !missing.is_empty() {
                     return Err(StateError::Mismatch(format!(
                         "the run in {} sent the header(s) {} on every request; give them again \
                          with -H (their values are never stored)",
                         dir.display(),
                         missing.join(", ")
                     )));
-                } else if resume {
-                    Start::Resume(cp)
+                } else if cp.complete {
+                    Start::Refresh(cp)
                 } else {
-                    return Err(StateError::Unfinished {
-                        dir: dir.to_path_buf(),
-                        done: cp.totals.files_ok + cp.totals.files_failed,
-                    });
+                    Start::Resume(cp)
                 }
             }
             _ if resume => return Err(StateError::NothingToResume(dir.to_path_buf())),
+            _ if refresh => return Err(StateError::NothingToRefresh(dir.to_path_buf())),
             _ => {
                 bulkget_stats::write_json_durable(&run_path, info)
                     .map_err(|e| io_err("cannot write", &run_path, e))?;
@@ -275,7 +368,9 @@ impl StateDir {
         // pages before its checkpoint and drops the rest, which will be
         // listed and recorded again.
         let keep = match &start {
-            Start::Fresh => 0,
+            // A refresh lists its own failures: the names that failed
+            // before are not in the sink, so it tries them again.
+            Start::Fresh | Start::Refresh(_) => 0,
             Start::Resume(cp) | Start::AlreadyComplete(cp) => cp.failed_len,
         };
         failed
@@ -299,20 +394,33 @@ impl StateDir {
                 None
             }
         };
-        Ok((
-            StateDir {
-                dir: dir.to_path_buf(),
-                _lock: lock,
-                failed,
-                failed_len: keep,
-                out_fd,
-                out_dir: out_dir.to_path_buf(),
-                reserve,
-                syncs: 0,
-                fail_sync_after: None,
-            },
-            start,
-        ))
+        let mut state = StateDir {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            failed,
+            failed_len: keep,
+            out_fd,
+            out_dir: out_dir.to_path_buf(),
+            reserve,
+            syncs: 0,
+            fail_sync_after: None,
+            refresh: start.is_refresh(),
+        };
+        if let Start::Refresh(_) = start {
+            // The complete checkpoint of the run before gives way to the
+            // refresh's at once, so that a refresh stopped before its
+            // first periodic checkpoint is resumed as a refresh, not taken
+            // for the finished run.
+            let empty = Snapshot {
+                position: ListPosition::Start,
+                totals: Totals::default(),
+                done_after: DoneAfter::default(),
+            };
+            state
+                .write_checkpoint(empty, false)
+                .map_err(|e| StateError::Io(e.to_string()))?;
+        }
+        Ok((state, start))
     }
 
     /// Test hook: the `syncfs` after `n` successful ones fails, once, with
@@ -379,6 +487,7 @@ impl StateDir {
             done_after: snapshot.done_after,
             failed_len: self.failed_len,
             complete,
+            refresh: self.refresh,
             updated_at: bulkget_stats::now_rfc3339(),
         };
         let path = bulkget_stats::schema::checkpoint_path(&self.dir);
@@ -504,6 +613,13 @@ fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, StateError> {
     }
 }
 
+/// Whether two lists of globs are the same filter: the order of the flags
+/// and repeats do not matter.
+fn same_globs(a: &[String], b: &[String]) -> bool {
+    use std::collections::BTreeSet;
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+}
+
 fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -529,6 +645,8 @@ mod tests {
             shards: 2,
             created_at: "now".into(),
             header_names: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
         }
     }
 
@@ -536,8 +654,9 @@ mod tests {
     fn a_second_open_is_refused_with_the_holders_pid() {
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
-        let (_held, _) = StateDir::open(&state, tmp.path(), &info("http://a"), false).unwrap();
-        match StateDir::open(&state, tmp.path(), &info("http://a"), false) {
+        let (_held, _) =
+            StateDir::open(&state, tmp.path(), &info("http://a"), false, false).unwrap();
+        match StateDir::open(&state, tmp.path(), &info("http://a"), false, false) {
             Err(StateError::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("expected Locked, got {:?}", other.map(|_| ())),
         }
@@ -548,10 +667,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
         assert!(matches!(
-            StateDir::open(&state, tmp.path(), &info("http://a"), true).map(|_| ()),
+            StateDir::open(&state, tmp.path(), &info("http://a"), true, false).map(|_| ()),
             Err(StateError::NothingToResume(_))
         ));
-        let (mut s, start) = StateDir::open(&state, tmp.path(), &info("http://a"), false).unwrap();
+        let (mut s, start) =
+            StateDir::open(&state, tmp.path(), &info("http://a"), false, false).unwrap();
         assert!(matches!(start, Start::Fresh));
         s.record_failures(&[Failure::new("x", "r", Some(404))])
             .unwrap();
@@ -572,14 +692,33 @@ mod tests {
         drop(s);
 
         assert!(matches!(
-            StateDir::open(&state, tmp.path(), &info("http://a"), false).map(|_| ()),
+            StateDir::open(&state, tmp.path(), &info("http://a"), false, false).map(|_| ()),
             Err(StateError::Unfinished { done: 5, .. })
         ));
         assert!(matches!(
-            StateDir::open(&state, tmp.path(), &info("http://b"), true).map(|_| ()),
+            StateDir::open(&state, tmp.path(), &info("http://b"), true, false).map(|_| ()),
             Err(StateError::Mismatch(_))
         ));
-        let (s, start) = StateDir::open(&state, tmp.path(), &info("http://a"), true).unwrap();
+        let filtered = RunInfo {
+            exclude: vec!["*.tmp".into()],
+            ..info("http://a")
+        };
+        match StateDir::open(&state, tmp.path(), &filtered, true, false).map(|_| ()) {
+            Err(StateError::Mismatch(why)) => assert!(
+                why.contains(
+                    "with no --include or --exclude, and this one has --exclude \"*.tmp\""
+                ),
+                "{why}"
+            ),
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        assert!(same_globs(
+            &["a".into(), "b".into(), "a".into()],
+            &["b".into(), "a".into()]
+        ));
+        assert!(!same_globs(&["a".into()], &["a".into(), "b".into()]));
+        let (s, start) =
+            StateDir::open(&state, tmp.path(), &info("http://a"), true, false).unwrap();
         match start {
             Start::Resume(cp) => assert_eq!(cp.position, ListPosition::Marker("m".into())),
             _ => panic!("expected resume"),
@@ -587,6 +726,65 @@ mod tests {
         let failed = std::fs::read_to_string(s.failed_path()).unwrap();
         assert_eq!(failed.lines().count(), 1);
         assert!(failed.contains("\"x\""));
+    }
+
+    /// `--refresh` starts only from a complete run; an unfinished one (a
+    /// first run or a refresh) must be resumed, and the resume of a refresh
+    /// is a refresh, with or without `--refresh`; each refresh checkpoint
+    /// says so; a refresh starts `failed.jsonl` anew.
+    #[test]
+    fn refresh_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let open = |resume, refresh| {
+            StateDir::open(&state, tmp.path(), &info("http://a"), resume, refresh)
+        };
+        assert!(matches!(
+            open(false, true).map(|_| ()),
+            Err(StateError::NothingToRefresh(_))
+        ));
+        let (mut s, start) = open(false, false).unwrap();
+        assert!(!start.is_refresh());
+        let snapshot = |files_ok| Snapshot {
+            position: ListPosition::Marker("m".into()),
+            totals: Totals {
+                files_ok,
+                ..Totals::default()
+            },
+            done_after: DoneAfter::default(),
+        };
+        s.write_checkpoint(snapshot(5), false).unwrap();
+        drop(s);
+        match open(false, true).map(|_| ()) {
+            Err(e @ StateError::RefreshUnfinished { refresh: false, .. }) => {
+                assert!(e.to_string().contains("--resume"), "{e}")
+            }
+            other => panic!("expected RefreshUnfinished, got {other:?}"),
+        }
+        let (mut s, start) = open(true, true).unwrap();
+        assert!(matches!(start, Start::Resume(_)) && !start.is_refresh());
+        s.record_failures(&[Failure::new("x", "r", Some(404))])
+            .unwrap();
+        s.write_checkpoint(snapshot(9), true).unwrap();
+        drop(s);
+        // Complete: a plain run has nothing to do, a refresh starts.
+        assert!(matches!(
+            open(false, false).map(|(_, st)| st),
+            Ok(Start::AlreadyComplete(_))
+        ));
+        let (s, start) = open(false, true).unwrap();
+        assert!(matches!(start, Start::Refresh(_)) && start.is_refresh());
+        assert_eq!(std::fs::read_to_string(s.failed_path()).unwrap(), "");
+        // Stopped before its first checkpoint, it is still a refresh.
+        drop(s);
+        match open(false, true).map(|_| ()) {
+            Err(e @ StateError::RefreshUnfinished { refresh: true, .. }) => {
+                assert!(e.to_string().contains("--resume"), "{e}")
+            }
+            other => panic!("expected RefreshUnfinished, got {other:?}"),
+        }
+        let (_s, start) = open(true, false).unwrap();
+        assert!(matches!(start, Start::Resume(_)) && start.is_refresh());
     }
 
     /// A checkpoint with fingerprints reads back as written; one of version
@@ -598,7 +796,8 @@ mod tests {
         use crate::scheduler::{CompleteRun, PageFingerprint, PartialPage};
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
-        let (mut s, _) = StateDir::open(&state, tmp.path(), &info("http://a"), false).unwrap();
+        let (mut s, _) =
+            StateDir::open(&state, tmp.path(), &info("http://a"), false, false).unwrap();
         let done_after = DoneAfter {
             complete: vec![CompleteRun {
                 first: 1,
@@ -651,7 +850,8 @@ mod tests {
     fn the_reserve_is_allocated_and_a_complete_run_removes_it() {
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
-        let (mut s, _) = StateDir::open(&state, tmp.path(), &info("http://a"), false).unwrap();
+        let (mut s, _) =
+            StateDir::open(&state, tmp.path(), &info("http://a"), false, false).unwrap();
         let reserve = state.join("reserve");
         let meta = std::fs::metadata(&reserve).unwrap();
         assert_eq!(meta.len(), RESERVE_BYTES);

@@ -126,8 +126,10 @@ mod tests {
             shards: 1,
             created_at: "now".into(),
             header_names: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
         };
-        let (state, start) = StateDir::open(&dir.join("state"), dir, &info, false).unwrap();
+        let (state, start) = StateDir::open(&dir.join("state"), dir, &info, false, false).unwrap();
         assert!(matches!(start, Start::Fresh));
         state
     }

@@ -175,7 +175,7 @@ pub fn spawn(
             .next()
             .unwrap_or_else(|| "bulkget".into()),
     )
-    .arg("worker")
+    .arg(bulkget_protocol::WORKER_SUBCOMMAND)
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::inherit())
@@ -189,13 +189,13 @@ pub fn spawn(
     // (dup2, fcntl), on descriptors that exist in the child.
     unsafe {
         cmd.pre_exec(move || {
-            if theirs_fd == bulkget_worker_fd() {
+            if theirs_fd == bulkget_protocol::WORKER_FD {
                 let flags = libc::fcntl(theirs_fd, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(theirs_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
                 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(theirs_fd, bulkget_worker_fd()) < 0 {
+            } else if libc::dup2(theirs_fd, bulkget_protocol::WORKER_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -314,10 +314,6 @@ pub fn spawn(
         settings: Box::new(settings.clone()),
     });
     Ok(worker)
-}
-
-fn bulkget_worker_fd() -> i32 {
-    3
 }
 
 /// Describes an exit status for messages: "exit code 1", "killed by SIGKILL".

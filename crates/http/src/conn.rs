@@ -8,7 +8,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -106,6 +106,11 @@ pub struct Conn {
     /// How long the last call to [`Conn::get`] took, whatever its outcome,
     /// so a caller can record latencies without reading the clock itself.
     last_latency: Duration,
+    /// A TLS error that will repeat, as the transport saw it (see
+    /// [`transport::Connected::tls_failure`]): an HTTP/2 request whose
+    /// connection dies only learns "canceled", and h2 keeps only the text
+    /// of the IO error that carried the alert.
+    tls_failure: Arc<OnceLock<FetchError>>,
 }
 
 impl Conn {
@@ -133,7 +138,13 @@ impl Conn {
         };
         timeout(
             transport.connect_timeout,
-            Conn::handshake(connected.io, endpoint, transport, proto),
+            Conn::handshake(
+                connected.io,
+                endpoint,
+                transport,
+                proto,
+                connected.tls_failure,
+            ),
         )
         .await
         .map_err(|_| FetchError::Timeout("connect"))?
@@ -142,7 +153,8 @@ impl Conn {
     /// Speaks `proto` over an established stream: plain TCP here, and any
     /// other transport (TLS, a proxy tunnel) whose IO type reads and writes.
     /// A caller that negotiated TLS passes [`Proto::Http2`] when ALPN chose
-    /// `h2` and [`Proto::Http1`] otherwise.
+    /// `h2` and [`Proto::Http1`] otherwise, and the slot in which its
+    /// transport records a TLS error that will repeat.
     ///
     /// The connection's driver runs as a tokio task; it ends when every
     /// handle on the connection (this `Conn` and its [`Conn::share`]s) is
@@ -152,6 +164,7 @@ impl Conn {
         endpoint: &Endpoint,
         transport: &Transport,
         proto: Proto,
+        tls_failure: Arc<OnceLock<FetchError>>,
     ) -> Result<Conn, FetchError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -162,7 +175,7 @@ impl Conn {
                 let (sender, conn) = http1::Builder::new()
                     .handshake(io)
                     .await
-                    .map_err(|e| FetchError::Connect(e.to_string()))?;
+                    .map_err(|e| transport::tls_or(&e, FetchError::Connect(e.to_string())))?;
                 tokio::spawn(async move {
                     // Errors surface on the request that was in flight; the
                     // driver itself has no one else to tell.
@@ -180,7 +193,7 @@ impl Conn {
                     .timer(TokioTimer::new())
                     .handshake(io)
                     .await
-                    .map_err(|e| FetchError::Connect(e.to_string()))?;
+                    .map_err(|e| transport::tls_or(&e, FetchError::Connect(e.to_string())))?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -204,6 +217,7 @@ impl Conn {
             broken: false,
             timer,
             last_latency: Duration::ZERO,
+            tls_failure,
         })
     }
 
@@ -235,6 +249,7 @@ impl Conn {
             broken: false,
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             last_latency: Duration::ZERO,
+            tls_failure: Arc::clone(&self.tls_failure),
         })
     }
 
@@ -352,6 +367,7 @@ impl Conn {
         }
 
         let sender = &mut self.sender;
+        let tls_failure = &self.tls_failure;
         let response = match race(
             async {
                 match sender {
@@ -360,8 +376,9 @@ impl Conn {
                         s.send_request(req).await.map_err(|e| transport_error(&e))
                     }
                     Sender::Http2(s) => {
-                        s.ready().await.map_err(|e| transport_error(&e))?;
-                        s.send_request(req).await.map_err(|e| transport_error(&e))
+                        let failed = |e: hyper::Error| request_error(&e, tls_failure);
+                        s.ready().await.map_err(failed)?;
+                        s.send_request(req).await.map_err(failed)
                     }
                 }
             },
@@ -507,6 +524,17 @@ fn transport_error(e: &hyper::Error) -> FetchError {
         source = err.source();
     }
     transport::tls_or(e, FetchError::Transport(e.to_string()))
+}
+
+/// The error of an HTTP/2 request that failed: the TLS error its
+/// connection's transport saw, when there was one (the request itself only
+/// saw "canceled"), else what the request saw. The transport records it
+/// in the read or write that failed, before h2 hears of it.
+fn request_error(e: &hyper::Error, tls_failure: &OnceLock<FetchError>) -> FetchError {
+    match tls_failure.get() {
+        Some(failure) => failure.clone(),
+        None => transport_error(e),
+    }
 }
 
 enum Step {

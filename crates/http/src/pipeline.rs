@@ -297,7 +297,7 @@ impl PipeConn {
         }
         let stream = match crate::transport::connect(endpoint, transport).await?.io {
             Io::Plain(stream) => stream,
-            Io::Tls(_) => {
+            Io::Tls(..) => {
                 return Err(FetchError::Connect(
                     "HTTP/1.1 pipelining is for plain http:// only".into(),
                 ))

@@ -76,6 +76,8 @@ pub struct TlsOptions {
     pub client_key: Option<PathBuf>,
     /// Accept any server certificate (`--insecure`).
     pub insecure: bool,
+    /// What ALPN offers: `h2` too unless `--http-version 1.1` was asked.
+    pub alpn: Alpn,
 }
 
 /// The warning for every run with [`TlsOptions::insecure`].
@@ -83,15 +85,25 @@ pub const INSECURE_WARNING: &str = "--insecure: server certificates are not veri
      anyone on the network path can read and change what is fetched";
 
 /// The application protocols offered by ALPN, in order of preference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Alpn {
     /// `http/1.1` only.
+    #[default]
     Http1,
     /// `h2`, then `http/1.1`.
     Http2AndHttp1,
 }
 
 impl Alpn {
+    /// What to offer: `h2` and `http/1.1` when HTTP/2 is allowed.
+    pub fn offer(http2_allowed: bool) -> Alpn {
+        if http2_allowed {
+            Alpn::Http2AndHttp1
+        } else {
+            Alpn::Http1
+        }
+    }
+
     fn protocols(self) -> Vec<Vec<u8>> {
         match self {
             Alpn::Http1 => vec![b"http/1.1".to_vec()],
@@ -514,6 +526,16 @@ pub fn find_tls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rus
         // that error itself, so the wrapped one is looked at here.
         if let Some(inner) = error.downcast_ref::<io::Error>().and_then(|e| e.get_ref()) {
             if let Some(tls) = find_tls_error(inner) {
+                return Some(tls);
+            }
+        }
+        // The same holds for an HTTP/2 connection's IO error: its `source`
+        // skips the io::Error that carries the TLS alert.
+        if let Some(io) = error
+            .downcast_ref::<h2::Error>()
+            .and_then(h2::Error::get_io)
+        {
+            if let Some(tls) = io.get_ref().and_then(|inner| find_tls_error(inner)) {
                 return Some(tls);
             }
         }

@@ -24,7 +24,7 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -65,7 +65,7 @@ impl Transport {
 impl Transport {
     /// The transport of one process for `endpoint`: the TLS configuration
     /// is built here, once, when the endpoint is `https://` (see
-    /// [`crate::tls`] on why once).
+    /// [`crate::tls`] on why once), offering `tls_options.alpn`.
     pub fn new(
         endpoint: &Endpoint,
         connect_timeout: Duration,
@@ -74,7 +74,7 @@ impl Transport {
         headers: Vec<(HeaderName, HeaderValue)>,
     ) -> Result<Transport, tls::TlsConfigError> {
         let tls = if endpoint.tls {
-            Some(tls::client_config(tls_options, tls::Alpn::Http1)?)
+            Some(tls::client_config(tls_options, tls_options.alpn)?)
         } else {
             None
         };
@@ -129,13 +129,19 @@ impl std::fmt::Debug for Transport {
 /// A connected stream, plain or TLS.
 pub enum Io {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<TcpStream>>, Arc<OnceLock<FetchError>>),
 }
 
 /// What [`connect`] gives: the stream and whether ALPN chose HTTP/2.
 pub struct Connected {
     pub io: Io,
     pub h2: bool,
+    /// Set by the stream's first read or write that fails with a TLS error
+    /// that will repeat (over TLS 1.3 a server refuses a client
+    /// certificate after the handshake, in an alert the first read gets).
+    /// HTTP/1.1 requests see that error themselves; HTTP/2 keeps only its
+    /// text, so requests look here.
+    pub tls_failure: Arc<OnceLock<FetchError>>,
 }
 
 /// Connects to `endpoint` as `transport` says, all within its connect
@@ -179,6 +185,7 @@ async fn connect_inner(
         return Ok(Connected {
             io: Io::Plain(stream),
             h2: false,
+            tls_failure: Arc::default(),
         });
     };
     let name = ServerName::try_from(endpoint.bare_host().to_string()).map_err(|e| {
@@ -192,9 +199,11 @@ async fn connect_inner(
         .await
         .map_err(|e| io_error(endpoint, e))?;
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let tls_failure = Arc::default();
     Ok(Connected {
-        io: Io::Tls(Box::new(tls_stream)),
+        io: Io::Tls(Box::new(tls_stream), Arc::clone(&tls_failure)),
         h2,
+        tls_failure,
     })
 }
 
@@ -291,6 +300,21 @@ async fn tunnel(s: &mut TcpStream, endpoint: &Endpoint, proxy: &Proxy) -> Result
     }
 }
 
+/// Passes `result` on, first keeping in `failure` the TLS error it carries
+/// when that error will repeat.
+fn record<T>(result: Poll<io::Result<T>>, failure: &OnceLock<FetchError>) -> Poll<io::Result<T>> {
+    if let Poll::Ready(Err(e)) = &result {
+        if failure.get().is_none() {
+            if let Some(tls) = tls::find_tls_error(e).map(tls::classify) {
+                if tls.is_permanent() {
+                    let _ = failure.set(FetchError::Tls(tls));
+                }
+            }
+        }
+    }
+    result
+}
+
 impl AsyncRead for Io {
     #[inline]
     fn poll_read(
@@ -300,7 +324,7 @@ impl AsyncRead for Io {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Tls(s, failure) => record(Pin::new(s.as_mut()).poll_read(cx, buf), failure),
         }
     }
 }
@@ -314,7 +338,7 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Tls(s, failure) => record(Pin::new(s.as_mut()).poll_write(cx, buf), failure),
         }
     }
 
@@ -326,14 +350,16 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Tls(s, failure) => {
+                record(Pin::new(s.as_mut()).poll_write_vectored(cx, bufs), failure)
+            }
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(s) => s.is_write_vectored(),
+            Io::Tls(s, _) => s.is_write_vectored(),
         }
     }
 
@@ -341,14 +367,14 @@ impl AsyncWrite for Io {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

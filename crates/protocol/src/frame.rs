@@ -257,6 +257,7 @@ mod tests {
             ok: 1,
             bytes: 100,
             retries: 3,
+            present: 2,
             failures: vec![Failure::new("x", "HTTP 404", Some(404))],
         };
         let stalled = ToCoordinator::BatchStalled {
@@ -264,6 +265,7 @@ mod tests {
             ok: 250,
             bytes: 25_000,
             retries: 6,
+            present: 0,
             failures: vec![],
             waiting: vec![3, 17, 255],
         };
@@ -350,6 +352,7 @@ mod tests {
                 ok: u32::MAX,
                 bytes: u64::MAX,
                 retries: u32::MAX,
+                present: u32::MAX,
                 failures: failures.clone(),
             };
             let stalled = ToCoordinator::BatchStalled {
@@ -357,6 +360,7 @@ mod tests {
                 ok: u32::MAX,
                 bytes: u64::MAX,
                 retries: u32::MAX,
+                present: u32::MAX,
                 failures,
                 waiting: (0..names.len() as u32).map(|w| w | 1 << 31).collect(),
             };

@@ -25,11 +25,26 @@ pub use build_id::build_id;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+// The process contract: what the coordinator and a worker (or a reader of
+// the output directory) must agree on besides the frames. One constant
+// each, used by both sides.
+
+/// The hidden subcommand of the `bulkget` binary that runs a worker.
+pub const WORKER_SUBCOMMAND: &str = "worker";
+
+/// The file descriptor on which a worker finds its socket. The coordinator
+/// puts it there with `dup2` between `fork` and `exec`.
+pub const WORKER_FD: i32 = 3;
+
+/// The name of the default state directory inside the output directory. No
+/// sink writes a name whose first component is this.
+pub const STATE_DIR_NAME: &str = ".bulkget";
+
 /// The version of the conversation on the socket. Raise it with every
 /// change to the layout of a message (a field added, removed or retyped, a
 /// variant added anywhere but last, reordered or removed), so that a peer
 /// of the old layout is told apart instead of misreading frames.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Who speaks on a worker's socket. It is the first frame each way: the
 /// coordinator sends its own before its [`ToWorker::Hello`], and a worker
@@ -85,6 +100,13 @@ pub enum ToWorker {
     /// Stop. With `drain`, finish the batches already received first;
     /// without, exit at once.
     Shutdown { drain: bool },
+    /// The worker's share of the run's request budget: at most `rps_milli`
+    /// / 1000 GET requests a second, retries included (0: no limit). Sent
+    /// after the hello, before any batch, and again whenever the share
+    /// changes (`--max-rps` divided among the working shards, a run-wide
+    /// slow-down after pushback). `slowdown` says that a run-wide
+    /// slow-down is part of the share, for the stats file.
+    Pace { rps_milli: u64, slowdown: bool },
 }
 
 /// A message from a worker to the coordinator.
@@ -99,11 +121,15 @@ pub enum ToCoordinator {
     /// `retries` counts the attempts of the batch's names that were retried
     /// (a name fetched at its third attempt counts 2), so the run's total
     /// survives worker restarts, which reset the worker's own counters.
+    /// `present` counts the names a refresh found already in the sink and
+    /// did not fetch (always 0 outside a refresh); they are in neither `ok`
+    /// nor `failures`.
     BatchDone {
         id: BatchId,
         ok: u32,
         bytes: u64,
         retries: u32,
+        present: u32,
         failures: Vec<Failure>,
     },
     /// The worker cannot go on and is about to exit. With
@@ -115,7 +141,7 @@ pub enum ToCoordinator {
     /// timer (a `Retry-After`, or backoff after an error), so the batch no
     /// longer needs a place in the shard's window. The names finished so far
     /// are durable in the sink, exactly as for [`ToCoordinator::BatchDone`],
-    /// and `ok`, `bytes`, `retries` and `failures` count them; `waiting`
+    /// and `ok`, `bytes`, `retries`, `present` and `failures` count them; `waiting`
     /// lists, in increasing order, the positions (in the batch as sent) of
     /// the names still to do. Sent at most once per batch, always before its
     /// `BatchDone`, which then counts only the names in `waiting`.
@@ -124,9 +150,15 @@ pub enum ToCoordinator {
         ok: u32,
         bytes: u64,
         retries: u32,
+        present: u32,
         failures: Vec<Failure>,
         waiting: Vec<u32>,
     },
+    /// What the worker's requests met since its last report, sent once a
+    /// stats interval while it works: `clean` answers (anything but
+    /// pushback, errors included) and `pushback` answers (429 and 503).
+    /// The coordinator decides a run-wide slow-down from these.
+    Pressure { clean: u32, pushback: u32 },
 }
 
 /// Why a worker gave up.
@@ -283,6 +315,14 @@ pub enum HttpVersion {
     Http2,
 }
 
+impl HttpVersion {
+    /// Whether a connection may speak HTTP/2: TLS's ALPN offers `h2` then,
+    /// and the server's choice decides.
+    pub fn allows_http2(self) -> bool {
+        self != HttpVersion::Http1
+    }
+}
+
 /// Everything a worker needs to know, chosen by the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSettings {
@@ -336,8 +376,15 @@ pub struct WorkerSettings {
     /// its flags and environment (`NO_PROXY` applied); the worker's
     /// environment is cleared of the proxy variables.
     pub proxy: Option<ProxySettings>,
+    /// A refresh (`--refresh`): a name already in the sink is counted as
+    /// present and not fetched.
+    pub refresh: bool,
     /// Hooks that let tests make a worker misbehave on purpose.
     pub test_hooks: TestHooks,
+    /// `--adaptive on`: the in-flight limit and the rate adapt to the
+    /// service (see the worker's governor); off, every request task sends
+    /// as fast as answers come, as before.
+    pub adaptive: bool,
 }
 
 /// A value that must never be written anywhere (a header value, proxy
@@ -414,7 +461,9 @@ impl WorkerSettings {
             headers: Vec::new(),
             tls: TlsSettings::default(),
             proxy: None,
+            refresh: false,
             test_hooks: TestHooks::default(),
+            adaptive: true,
         }
     }
 }

@@ -99,6 +99,7 @@ fn samples() -> Vec<Vec<u8>> {
             ok: 255,
             bytes: 1 << 40,
             retries: u32::MAX,
+            present: 7,
             failures: vec![
                 Failure::new("x", "HTTP 404 Not Found", Some(404)),
                 Failure::new("../y", "unsafe name", None),
@@ -209,7 +210,10 @@ fn the_fuzz_seed_corpus_still_decodes() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
-        let to_worker = matches!(name.as_str(), "hello" | "batch" | "shutdown" | "two");
+        let to_worker = matches!(
+            name.as_str(),
+            "hello" | "batch" | "shutdown" | "two" | "pace"
+        );
         let ok = if name == "version" {
             check::<Version>(&bytes)
         } else if to_worker {
@@ -220,5 +224,5 @@ fn the_fuzz_seed_corpus_still_decodes() {
         assert!(ok, "{name} does not decode");
         seen += 1;
     }
-    assert_eq!(seen, 9);
+    assert_eq!(seen, 11);
 }

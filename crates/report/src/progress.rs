@@ -11,15 +11,21 @@ use bulkget_stats::schema::{CoordinatorStats, SummaryState};
 use crate::eta::eta_words;
 use crate::format::{clock, grouped, human_bytes, plural};
 
-/// Files done, ok or failed.
+/// Names done: fetched, failed, or (in a refresh) found in the sink.
 fn done(c: &CoordinatorStats) -> u64 {
-    c.files_ok + c.files_failed
+    c.files_ok + c.files_failed + c.files_present
 }
 
 /// Names listed so far, never fewer than the files done (a resumed run
 /// counts files done on pages it has not listed again).
 fn listed(c: &CoordinatorStats) -> u64 {
     c.names_listed.max(done(c))
+}
+
+/// The files the run will have done at the end, when known (the listing is
+/// done, or `--expected-files` was given): the one rule, [`crate::eta::total`].
+fn total(c: &CoordinatorStats) -> Option<u64> {
+    crate::eta::total(c.listing_done, c.names_listed, done(c), c.expected_files)
 }
 
 /// Restarts of every shard.
@@ -35,10 +41,10 @@ pub fn parked(c: &CoordinatorStats) -> u64 {
         .count() as u64
 }
 
-/// The bar's position and length: files done, and the total once the
-/// listing is done (`None` while it goes on).
+/// The bar's position and length: files done, and the total once it is
+/// known (`None` while listing without `--expected-files`).
 pub fn bar_position(c: &CoordinatorStats) -> (u64, Option<u64>) {
-    (done(c), c.listing_done.then(|| listed(c)))
+    (done(c), total(c))
 }
 
 /// The bar's two lines: the counts (and the ETA once there is one), then
@@ -49,6 +55,15 @@ pub fn bar_lines(c: &CoordinatorStats) -> (String, String) {
             "{}/{} · {}",
             grouped(done(c)),
             grouped(listed(c)),
+            eta_words(c.eta_seconds, c.eta_method)
+        )
+    } else if let Some(total) = total(c) {
+        // `~`: the total is what --expected-files says, until the listing
+        // ends.
+        format!(
+            "{}/~{} · {}",
+            grouped(done(c)),
+            grouped(total),
             eta_words(c.eta_seconds, c.eta_method)
         )
     } else {
@@ -77,11 +92,18 @@ pub fn bar_lines(c: &CoordinatorStats) -> (String, String) {
 
 /// `bulkget: 0:01:05 123,456/200,000+ files (61.7 %), 2,102 files/s,
 /// 12.3 MB, 0 failed, 3 retries, 0 restarts, no ETA while listing`. The `+`
-/// says more names may come.
+/// says more names may come. With `--expected-files`, while listing, the
+/// percentage is of the files expected, said after the count:
+/// `123,456/200,000+ of ~1,000,000 files (12.3 %)`.
 pub fn plain_line(c: &CoordinatorStats, elapsed: Duration) -> String {
     let listed = listed(c);
-    let percent = if listed > 0 {
-        format!(" ({:.1} %)", done(c) as f64 * 100.0 / listed as f64)
+    let expected = match total(c) {
+        Some(total) if !c.listing_done => format!(" of ~{}", grouped(total)),
+        _ => String::new(),
+    };
+    let of = total(c).unwrap_or(listed);
+    let percent = if of > 0 {
+        format!(" ({:.1} %)", done(c) as f64 * 100.0 / of as f64)
     } else {
         String::new()
     };
@@ -90,7 +112,7 @@ pub fn plain_line(c: &CoordinatorStats, elapsed: Duration) -> String {
         n => format!(", {} parked", plural(n, "shard", "shards")),
     };
     format!(
-        "bulkget: {} {}/{}{} files{percent}, {} files/s, {}, {} failed, {}, {}, {}{parked}",
+        "bulkget: {} {}/{}{}{expected} files{percent}, {} files/s, {}, {} failed, {}, {}, {}{parked}",
         clock(elapsed),
         grouped(done(c)),
         grouped(listed),
@@ -114,6 +136,7 @@ pub fn json_fields(
         "files_done": done(c),
         "files_ok": c.files_ok,
         "files_failed": c.files_failed,
+        "files_present": c.files_present,
         "names_listed": listed(c),
         "listing_done": c.listing_done,
         "files_per_sec": c.files_per_sec.round(),
@@ -224,6 +247,28 @@ mod tests {
         s.eta_seconds = Some(332.0);
         let prefix = "⠚ 00:12:34 [=======>            ]  45% ".chars().count();
         assert!(prefix + bar_lines(&s).0.chars().count() <= 80);
+    }
+
+    #[test]
+    fn expected_files_give_a_bar_a_percentage_and_an_eta_while_listing() {
+        let mut s = snapshot();
+        s.expected_files = Some(1_000_000);
+        s.eta_seconds = Some(415.0);
+        s.eta_method = EtaMethod::ExpectedOverRate;
+        assert_eq!(bar_position(&s), (123_456, Some(1_000_000)));
+        assert_eq!(bar_lines(&s).0, "123,456/~1,000,000 · ETA 6m55s");
+        assert_eq!(
+            plain_line(&s, Duration::from_secs(65)),
+            "bulkget: 0:01:05 123,456/200,000+ of ~1,000,000 files (12.3 %), 2,102 files/s, \
+             12.3 MB, 6 failed, 3 retries, 1 restart, ETA 6m55s"
+        );
+        // Once the listing is done, the count listed is the total.
+        s.listing_done = true;
+        s.eta_method = EtaMethod::RemainingOverRate;
+        assert_eq!(bar_position(&s), (123_456, Some(200_000)));
+        assert_eq!(bar_lines(&s).0, "123,456/200,000 · ETA 6m55s");
+        assert!(plain_line(&s, Duration::from_secs(65))
+            .starts_with("bulkget: 0:01:05 123,456/200,000 files (61.7 %), "));
     }
 
     #[test]

@@ -183,6 +183,17 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 0, help_heading = "Per-name faults")]
     pub latency_ms: u64,
 
+    /// Serve at most this many /get requests a second (a token bucket with
+    /// a tenth of a second of burst); those above it are answered 429 with
+    /// `Retry-After: 1` at once, as nginx's `limit_req` does. 0: no limit.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "R",
+        help_heading = "Per-name faults"
+    )]
+    pub rate_limit: u64,
+
     /// Exactly this many dataset names, spread by a seeded permutation, carry `x-bulkget-test-abort: 1`.
     #[arg(long, default_value_t = 0, help_heading = "Per-name faults")]
     pub crash_names: u64,

@@ -109,6 +109,9 @@
 //! * `--redirect-rate`: `/get/` answers 307 to `{prefix}/get-redirected/{name}`.
 //! * `--latency-ms` delays every `/get` answer; `--list-delay-ms` every
 //!   listing page but the first.
+//! * `--rate-limit R`: at most R `/get` requests a second (a token bucket
+//!   with a tenth of a second of burst); the rest are answered 429 with
+//!   `Retry-After: 1` at once, as nginx's `limit_req` does.
 //! * `--crash-names K`: exactly K dataset names, chosen by a seeded affine
 //!   permutation of the indices, carry `x-bulkget-test-abort: 1` on every
 //!   answer, as does every `--crash-name NAME`.
@@ -144,6 +147,7 @@ mod dataset;
 mod faults;
 mod listing;
 mod markers;
+mod rate_limit;
 mod server;
 mod service;
 mod stats;

@@ -17,8 +17,9 @@ use crate::faults::{Attempt, Attempts, FaultKind, Transient};
 use crate::listing::ListFaults;
 use crate::stats::{PathKind, Stats};
 
-/// The header that tells a test build of the client to abort.
-pub const CRASH_HEADER: &str = "x-bulkget-test-abort";
+/// The header that tells a client run with its test hook to abort: the
+/// client's own constant, so the two cannot drift apart.
+pub use bulkget_http::TEST_ABORT_HEADER as CRASH_HEADER;
 
 /// Where `--offhost-redirect-name` points: another host, on the discard
 /// port, that a correct client never contacts.
@@ -35,6 +36,8 @@ pub(crate) struct App {
     trickle_page_pending: AtomicBool,
     prefix: String,
     latency: Duration,
+    /// `--rate-limit`: GETs over it are answered 429 at once.
+    rate_limit: Option<crate::rate_limit::RateLimit>,
     list_delay: Duration,
     slow: Duration,
     slow_pieces: u64,
@@ -66,6 +69,8 @@ impl App {
             trickle_page_pending: AtomicBool::new(args.list_fault.contains(&ListFault::Trickle)),
             prefix: normalize_prefix(&args.prefix),
             latency: Duration::from_millis(args.latency_ms),
+            rate_limit: (args.rate_limit > 0)
+                .then(|| crate::rate_limit::RateLimit::new(args.rate_limit, Instant::now())),
             list_delay: Duration::from_millis(args.list_delay_ms),
             slow: Duration::from_millis(args.slow_ms),
             slow_pieces: args.slow_pieces,
@@ -286,6 +291,14 @@ async fn list(app: &App, query: Option<&str>) -> Response<ServerBody> {
 }
 
 async fn get(app: &App, raw: &str, redirected: bool, via: Via<'_>) -> Response<ServerBody> {
+    if let Some(limit) = &app.rate_limit {
+        if !limit.admit(Instant::now()) {
+            let mut resp = json_error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
+    }
     if !app.latency.is_zero() {
         tokio::time::sleep(app.latency).await;
     }

@@ -376,6 +376,7 @@ async fn mtls_dir_holds_a_client_certificate_that_the_server_requires() {
             client_cert: Some(mtls.join(MTLS_CERT_FILE)),
             client_key: Some(mtls.join(MTLS_KEY_FILE)),
             insecure: false,
+            alpn: Alpn::Http2AndHttp1,
         },
         Alpn::Http2AndHttp1,
     )

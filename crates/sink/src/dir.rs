@@ -524,6 +524,46 @@ impl Sink for DirSink {
         // process; the coordinator's syncfs makes it survive the machine.
         Ok(())
     }
+
+    /// Whether a regular file is at the name's path, resolved beneath OUT
+    /// as `put` resolves it (a symbolic link there is not a stored file).
+    /// One `O_PATH` open and one `fstat`; no directory is created.
+    fn contains(&mut self, name: &str) -> Result<bool, PutError> {
+        if check_name(name).is_err() || self.reserved.check(None, name).is_err() {
+            return Ok(false);
+        }
+        self.path.clear();
+        if self.layout == Layout::Fanout {
+            let prefix = bulkget_names::fanout_prefix(name);
+            let p = std::str::from_utf8(&prefix).expect("a fan-out prefix is hex digits");
+            if self.reserved.check(Some(p), name).is_err() {
+                return Ok(false);
+            }
+            self.path.extend_from_slice(&prefix);
+            self.path.push(b'/');
+        }
+        self.path.extend_from_slice(name.as_bytes());
+        self.path.push(0);
+        let Ok(rel) = CStr::from_bytes_with_nul(&self.path) else {
+            return Ok(false);
+        };
+        let root = Root {
+            fd: self.root.as_raw_fd(),
+            resolve: self.resolve,
+        };
+        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match root.open(rel, flags, 0) {
+            Ok(fd) => {
+                let stat = nix::sys::stat::fstat(fd.as_raw_fd())
+                    .map_err(|e| os_error(e, format_args!("cannot inspect {}", show(name))))?;
+                Ok(stat.st_mode & libc::S_IFMT == libc::S_IFREG)
+            }
+            // Missing, or a parent that is a file, a link or not there:
+            // nothing stored under this name.
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => Ok(false),
+            Err(e) => Err(os_error(e, format_args!("cannot look up {}", show(name)))),
+        }
+    }
 }
 
 /// Opens `rel` beneath `root` for writing, creating missing parent

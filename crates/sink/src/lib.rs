@@ -84,7 +84,7 @@ pub use sqlite::{shard_db_path, SqliteSink, SCHEMA_VERSION};
 
 /// The name of the default state directory inside the output directory. No
 /// sink writes a name whose first component is this (see [`Reserved`]).
-pub const STATE_DIR_NAME: &str = ".bulkget";
+pub use bulkget_protocol::STATE_DIR_NAME;
 
 /// The paths inside the output directory that no sink writes under: the
 /// state directory's. The one place that decides whether a name would land
@@ -207,6 +207,19 @@ pub trait Sink: Send {
     /// checkpoint). SQLite: commits the open transaction; the next `put`
     /// opens a new one.
     fn commit(&mut self) -> Result<(), PutError>;
+
+    /// Whether a file of this name is already stored, whole: what a
+    /// refresh (`bulkget fetch --refresh`) asks before it fetches a name.
+    /// Called once per listed name on the worker's event loop, so it is one
+    /// lookup: no listing of the sink, and nothing kept in memory.
+    ///
+    /// A name the sink would refuse is not stored (`false`); fetching it
+    /// then fails as it always does. The default, for sinks that keep
+    /// nothing, is `false`.
+    fn contains(&mut self, name: &str) -> Result<bool, PutError> {
+        let _ = name;
+        Ok(false)
+    }
 }
 
 /// Why a `put` (or opening, committing, exporting) failed. The three kinds
@@ -247,7 +260,12 @@ impl std::error::Error for PutError {}
 /// Opens the sink a worker of shard `shard` writes into.
 ///
 /// `layout` and `resolve` matter only to the dir sink; `shard` only to the
-/// sqlite sink; `reserved` to both.
+/// sqlite sink; `reserved` to both. With `whole_only` (a refresh) the dir
+/// sink writes each file to a temporary name and renames it into place, so
+/// that a file exists under its name only whole: a refresh skips every
+/// name it finds ([`Sink::contains`]), and a worker killed halfway through
+/// a write must not leave a short file that looks fetched. SQLite rows are
+/// whole anyway (transactions).
 /// The output directory is created if it does not exist.
 pub fn open(
     kind: SinkKind,
@@ -256,11 +274,14 @@ pub fn open(
     shard: u32,
     reserved: &Reserved,
     resolve: Resolve,
+    whole_only: bool,
 ) -> Result<Box<dyn Sink>, PutError> {
     Ok(match kind {
-        SinkKind::Dir => {
-            Box::new(DirSink::open_with(out_dir, layout, resolve)?.with_reserved(reserved.clone()))
-        }
+        SinkKind::Dir => Box::new(
+            DirSink::open_with(out_dir, layout, resolve)?
+                .with_reserved(reserved.clone())
+                .with_atomic_rename(whole_only),
+        ),
         SinkKind::Sqlite => {
             Box::new(SqliteSink::open(out_dir, shard)?.with_reserved(reserved.clone()))
         }
@@ -421,6 +442,7 @@ mod tests {
                 3,
                 &Reserved::default(),
                 Resolve::Openat2,
+                false,
             )
             .unwrap();
             sink.put("f", b"body").unwrap();
@@ -430,6 +452,70 @@ mod tests {
         assert!(tmp.path().join("Sqlite/shard-03.sqlite").exists());
         assert_eq!(count_rows(&tmp.path().join("Sqlite")).unwrap(), 1);
         assert!(!tmp.path().join("Null").exists());
+    }
+}
+
+/// `Sink::contains`, which a refresh asks of every listed name.
+#[cfg(test)]
+mod contains_tests {
+    use super::*;
+
+    /// Each storing sink finds exactly the names it stored, in either
+    /// layout and either way of resolving paths; names it would refuse,
+    /// directories, symbolic links and missing parents are not stored
+    /// files; the null sink stores nothing.
+    #[test]
+    fn each_sink_finds_what_it_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases = [
+            (SinkKind::Dir, Layout::Flat, Resolve::Openat2),
+            (SinkKind::Dir, Layout::Fanout, Resolve::Openat2),
+            (SinkKind::Dir, Layout::Flat, Resolve::Walk),
+            (SinkKind::Dir, Layout::Fanout, Resolve::Walk),
+            (SinkKind::Sqlite, Layout::Flat, Resolve::Openat2),
+        ];
+        for (i, (kind, layout, resolve)) in cases.into_iter().enumerate() {
+            let out = tmp.path().join(format!("{i}"));
+            let mut sink = open(kind, layout, &out, 0, &Reserved::default(), resolve, true)
+                .unwrap_or_else(|e| panic!("{kind:?} {layout:?} {resolve:?}: {e}"));
+            let what = format!("{kind:?} {layout:?} {resolve:?}");
+            for name in ["a", "d/b", "d/e/c"] {
+                assert!(!sink.contains(name).unwrap(), "{what}: {name}");
+                sink.put(name, b"body").unwrap();
+            }
+            sink.commit().unwrap();
+            for name in ["a", "d/b", "d/e/c"] {
+                assert!(sink.contains(name).unwrap(), "{what}: {name}");
+            }
+            for name in [
+                "d",
+                "d/e",
+                "a/x",
+                "x/y",
+                "../a",
+                "",
+                ".bulkget/lock",
+                "nope",
+            ] {
+                assert!(!sink.contains(name).unwrap(), "{what}: {name:?}");
+            }
+            if kind == SinkKind::Dir && layout == Layout::Flat {
+                std::os::unix::fs::symlink(out.join("a"), out.join("link")).unwrap();
+                assert!(
+                    !sink.contains("link").unwrap(),
+                    "{what}: a link is not a file"
+                );
+                // The temporary files of the rename are gone.
+                assert!(!std::fs::read_dir(&out).unwrap().any(|e| e
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("tmp")));
+            }
+        }
+        let mut null = NullSink::new();
+        null.put("a", b"x").unwrap();
+        assert!(!null.contains("a").unwrap());
     }
 }
 

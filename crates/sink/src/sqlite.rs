@@ -59,6 +59,7 @@ const CREATE_ROWID: &str = "CREATE TABLE IF NOT EXISTS files(
 
 const INSERT: &str =
     "INSERT OR REPLACE INTO files(name, size, fetched_at, data) VALUES (?1, ?2, ?3, ?4)";
+const CONTAINS: &str = "SELECT 1 FROM files WHERE name = ?1";
 const BEGIN: &str = "BEGIN IMMEDIATE";
 const COMMIT: &str = "COMMIT";
 
@@ -200,6 +201,23 @@ impl Sink for SqliteSink {
                 Some(&self.conn),
                 &e,
                 format_args!("cannot store {}", show(name)),
+            )
+        })
+    }
+
+    /// Whether the database has a row of this name: one primary-key
+    /// lookup. Rows exist only whole (a transaction commits them all or
+    /// none), so a row found is a file fetched in full.
+    fn contains(&mut self, name: &str) -> Result<bool, PutError> {
+        let found = self
+            .conn
+            .prepare_cached(CONTAINS)
+            .and_then(|mut stmt| stmt.exists([name]));
+        found.map_err(|e| {
+            db_error(
+                Some(&self.conn),
+                &e,
+                format_args!("cannot look up {}", show(name)),
             )
         })
     }

@@ -39,8 +39,8 @@ pub enum ListPosition {
 
 /// Counters. `files_ok`, `files_failed` and `bytes` count every
 /// acknowledgement up to the checkpoint, wherever its page is;
-/// `names_listed` and `pages_done` count the pages completed before the
-/// position.
+/// `names_listed`, `names_excluded` and `pages_done` count the pages
+/// completed before the position.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub files_ok: u64,
@@ -52,6 +52,15 @@ pub struct Totals {
     /// Absent from older checkpoints.
     #[serde(default)]
     pub retries: u64,
+    /// Names a refresh found in the sink already and did not fetch; they
+    /// are in neither `files_ok` nor `files_failed`. Absent from older
+    /// checkpoints.
+    #[serde(default)]
+    pub files_present: u64,
+    /// Names the `--include` and `--exclude` filters left out (not in
+    /// `names_listed`). Absent from older checkpoints.
+    #[serde(default)]
+    pub names_excluded: u64,
 }
 
 /// Which names of the pages from a checkpoint's position on are done, so a
@@ -143,6 +152,11 @@ pub struct Checkpoint {
     pub failed_len: u64,
     /// The listing is done and every file acknowledged: nothing to resume.
     pub complete: bool,
+    /// The run is a refresh (`bulkget fetch --refresh`): it fetches only
+    /// the names not in the sink yet, and a resume of it does the same.
+    /// Absent from older checkpoints: not a refresh.
+    #[serde(default)]
+    pub refresh: bool,
     /// When the checkpoint was taken, RFC 3339 UTC with milliseconds.
     pub updated_at: String,
 }
@@ -239,6 +253,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
                     done_after: DoneAfter::default(),
                     failed_len: old.failed_len,
                     complete: old.complete,
+                    refresh: false,
                     updated_at: old.updated_at,
                 },
                 pages_dropped,

@@ -183,6 +183,34 @@ impl LatencyHistogram {
         }
     }
 
+    /// The latencies in the fixed buckets `le_seconds` (increasing), as
+    /// cumulative counts. A bucket of this histogram counts under a bound
+    /// when its lowest value is at or below it, so a count may include
+    /// latencies up to 0.8 % above its bound.
+    pub fn buckets(&self, le_seconds: &[f64]) -> crate::schema::LatencyBuckets {
+        let mut counts = vec![0u64; le_seconds.len()];
+        if self.count > 0 {
+            for (index, &n) in self.counts.iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let low_seconds = bucket_range(index).0 as f64 / 1e6;
+                if let Some(first) = le_seconds.iter().position(|&le| low_seconds <= le) {
+                    counts[first] += n;
+                }
+            }
+            for i in 1..counts.len() {
+                counts[i] += counts[i - 1];
+            }
+        }
+        crate::schema::LatencyBuckets {
+            le_seconds: le_seconds.to_vec(),
+            counts,
+            count: self.count,
+            sum_seconds: self.sum as f64 / 1e6,
+        }
+    }
+
     /// Adds every value of `other` to `self`, as if recorded here.
     pub fn merge(&mut self, other: &LatencyHistogram) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
@@ -207,6 +235,21 @@ impl LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_buckets_are_cumulative_and_add_up() {
+        let mut h = LatencyHistogram::new();
+        let le = [0.001, 0.01, 0.1];
+        assert_eq!(h.buckets(&le).counts, [0, 0, 0]);
+        for micros in [200, 1_000, 5_000, 9_000, 50_000, 2_000_000, 100_000_000] {
+            h.record(micros);
+        }
+        let b = h.buckets(&le);
+        assert_eq!(b.le_seconds, le);
+        assert_eq!(b.counts, [2, 4, 5]);
+        assert_eq!(b.count, 7);
+        assert!((b.sum_seconds - 102.0652).abs() < 1e-9, "{}", b.sum_seconds);
+    }
 
     /// The exact nearest-rank percentile of sorted values, in milliseconds.
     fn exact(sorted: &[u64], p: f64) -> f64 {

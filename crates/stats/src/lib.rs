@@ -42,8 +42,8 @@ pub use histogram::LatencyHistogram;
 pub use http_status::StatusCounts;
 pub use rate::{eta_seconds, RateWindow};
 pub use schema::{
-    CoordinatorStats, EtaMethod, Latency, RunState, ShardState, ShardStats, ShardSummary,
-    SummaryState, SCHEMA_VERSION,
+    Backoff, CoordinatorStats, EtaMethod, Latency, Pace, RunState, ShardState, ShardStats,
+    ShardSummary, SummaryState, SCHEMA_VERSION,
 };
 pub use time::{format_rfc3339, now_rfc3339, parse_rfc3339};
 
@@ -141,6 +141,11 @@ mod doc_tests {
                 .into_iter()
                 .map(|k| format!("latency_ms.{k}")),
         );
+        assert_documented(
+            keys_of(&shard["pace"])
+                .into_iter()
+                .map(|k| format!("pace.{k}")),
+        );
         let mut c = CoordinatorStats::default();
         c.shards.push(ShardSummary::default());
         let c = serde_json::to_value(c).unwrap();
@@ -164,6 +169,7 @@ mod doc_tests {
             },
             failed_len: 0,
             complete: false,
+            refresh: false,
             updated_at: String::new(),
         };
         let cp = serde_json::to_value(cp).unwrap();

@@ -59,6 +59,20 @@ pub fn shards_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(SHARDS_DIR)
 }
 
+/// Makes `STATE/shards` ready for a new set of workers: created if
+/// missing, and emptied of the stats files of an earlier run or of more
+/// shards, which would mislead `bulkget status`; each worker writes its
+/// own afresh. Both `fetch` (once it holds the state directory's lock) and
+/// a cluster host call it before starting their workers.
+pub fn fresh_shards_dir(state_dir: &Path) -> std::io::Result<PathBuf> {
+    let dir = shards_dir(state_dir);
+    std::fs::create_dir_all(&dir)?;
+    for entry in std::fs::read_dir(&dir)?.flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    Ok(dir)
+}
+
 /// The file name of a shard's stats: `shard-03.json`. Two digits at least, so
 /// that `ls` sorts the first hundred shards in order.
 pub fn shard_file_name(shard: u32) -> String {
@@ -145,6 +159,27 @@ impl RunState {
     }
 }
 
+/// The upper bounds, in seconds, of the latency buckets every shard file
+/// carries ([`LatencyBuckets`]), for Prometheus's histogram: fixed, so the
+/// coordinator can add the shards' buckets up.
+pub const LATENCY_BOUNDS_SECONDS: [f64; 16] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+];
+
+/// Request latencies counted in fixed buckets, as a Prometheus histogram
+/// wants them: `counts[i]` attempts took at most `le_seconds[i]`
+/// (cumulative, like Prometheus's `le`); `count` attempts in all, which took
+/// `sum_seconds` together.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct LatencyBuckets {
+    pub le_seconds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
 /// Request latency percentiles, in milliseconds.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq)]
 #[serde(default)]
@@ -184,6 +219,9 @@ pub struct ShardStats {
     pub files_ok: u64,
     /// Files that failed permanently (also written to `failed.jsonl`).
     pub files_failed: u64,
+    /// Names a refresh found in the sink already and did not fetch; 0
+    /// outside a refresh.
+    pub files_present: u64,
     /// Payload bytes written to the sink (bodies only, no headers).
     pub bytes: u64,
     /// Request attempts that were retried (each retry counts once).
@@ -215,8 +253,65 @@ pub struct ShardStats {
     /// Per attempt, from sending the request to the last byte of the body,
     /// over the life of this process.
     pub latency_ms: Latency,
+    /// The same attempts in the fixed buckets of
+    /// [`LATENCY_BOUNDS_SECONDS`], which can be added up across shards.
+    pub latency_buckets: LatencyBuckets,
     /// Files done (ok or failed) per second over the last ~5 s.
     pub files_per_sec: f64,
+    /// How fast this worker may send now: its limits and why.
+    pub pace: Pace,
+}
+
+/// A worker's limits on how fast it sends, in its stats file
+/// ([`ShardStats::pace`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct Pace {
+    /// Whether the limits adapt to the service (`--adaptive on`).
+    pub adaptive: bool,
+    /// Requests this worker may have in flight now: the adaptive limit, or
+    /// with `--adaptive off` its connections times their pipeline depth.
+    pub in_flight_limit: u64,
+    /// GET requests a second this worker may send now (the lower of
+    /// `rps_share` and its own cap after pushback); `None` for no limit.
+    pub rps_limit: Option<f64>,
+    /// The coordinator's share for this worker of `--max-rps` and of any
+    /// run-wide slow-down; `None` for no limit.
+    pub rps_share: Option<f64>,
+    /// What holds the worker back: see [`Backoff`].
+    pub backoff: Backoff,
+    /// Answers that were pushback (429, 503) since the worker started.
+    pub pushback_total: u64,
+}
+
+/// Whether pushback is slowing a worker down ([`Pace::backoff`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backoff {
+    /// No pushback is holding the worker back.
+    #[default]
+    None,
+    /// This worker saw pushback: its own limits were cut and have not yet
+    /// grown back.
+    Own,
+    /// The coordinator ordered a run-wide slow-down (several shards saw
+    /// pushback); it may also be cut on its own.
+    RunWide,
+    /// A value this reader does not know, written by a newer bulkget.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Backoff {
+    /// The spelling used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backoff::None => "none",
+            Backoff::Own => "own",
+            Backoff::RunWide => "run-wide",
+            Backoff::Unknown => "unknown",
+        }
+    }
 }
 
 /// The coordinator's view of one shard, inside [`CoordinatorStats`].
@@ -287,6 +382,10 @@ pub enum EtaMethod {
     /// After the listing: names listed and not yet done, over the recent rate.
     #[serde(rename = "remaining listed names / recent rate")]
     RemainingOverRate,
+    /// Still listing, with `--expected-files`: the expected number of files
+    /// (or the number listed, if larger) not yet done, over the recent rate.
+    #[serde(rename = "expected files not yet done / recent rate")]
+    ExpectedOverRate,
     /// After the listing, but no file finished recently.
     #[serde(rename = "none: no recent progress")]
     NoneNoProgress,
@@ -306,6 +405,7 @@ impl EtaMethod {
         match self {
             EtaMethod::NoneListing => "none: total unknown until the listing ends",
             EtaMethod::RemainingOverRate => "remaining listed names / recent rate",
+            EtaMethod::ExpectedOverRate => "expected files not yet done / recent rate",
             EtaMethod::NoneNoProgress => "none: no recent progress",
             EtaMethod::Done => "none: run over",
             EtaMethod::Unknown => "unknown",
@@ -334,8 +434,16 @@ pub struct CoordinatorStats {
     pub updated_at: String,
     /// List pages received.
     pub pages_listed: u64,
-    /// Names received from the listing (before the unsafe-name check).
+    /// Names received from the listing to be fetched (before the unsafe-name
+    /// check); names repeated on consecutive pages and names left out by
+    /// `--include` / `--exclude` are not counted.
     pub names_listed: u64,
+    /// Names the `--include` and `--exclude` filters left out: listed, not
+    /// fetched, not in `names_listed`. 0 without filters.
+    pub names_excluded: u64,
+    /// `--expected-files`: the number of files the run expects to fetch,
+    /// which gives an ETA before the listing ends; `None` when not given.
+    pub expected_files: Option<u64>,
     /// The marker of the last page asked for; `None` before the second page
     /// (the first page has no marker) and after the last one.
     pub current_marker: Option<String>,
@@ -347,6 +455,12 @@ pub struct CoordinatorStats {
     pub files_ok: u64,
     /// Files acknowledged as permanently failed.
     pub files_failed: u64,
+    /// Names a refresh found in the sink already and did not fetch; 0
+    /// outside a refresh. In a refresh, `files_ok` counts the new files.
+    pub files_present: u64,
+    /// This run is a refresh (`--refresh`, or the resume of one): it
+    /// fetches only the names not in the sink yet.
+    pub refresh: bool,
     /// Payload bytes acknowledged.
     pub bytes: u64,
     /// Request attempts retried for the files acknowledged (a file fetched
@@ -381,6 +495,9 @@ pub struct CoordinatorStats {
     pub peak_rss_bytes: u64,
     /// The process exit code, once `state` is final; `None` before.
     pub exit_code: Option<i32>,
+    /// Where `GET /metrics` is served (`--metrics-addr`, the port as
+    /// bound), or `None` without it.
+    pub metrics_addr: Option<String>,
     /// One entry per shard, in shard order.
     pub shards: Vec<ShardSummary>,
 }
@@ -429,6 +546,10 @@ mod tests {
             (
                 EtaMethod::RemainingOverRate,
                 "remaining listed names / recent rate",
+            ),
+            (
+                EtaMethod::ExpectedOverRate,
+                "expected files not yet done / recent rate",
             ),
             (EtaMethod::NoneNoProgress, "none: no recent progress"),
             (EtaMethod::Done, "none: run over"),

@@ -1,5 +1,6 @@
 //! The fetch engine: a queue of names and the connection tasks that drain it.
 
+use crate::governor::{Governor, Outcome};
 use crate::stats_file::Counters;
 use bulkget_console::errln;
 use bulkget_http::{
@@ -22,6 +23,8 @@ pub struct BatchState {
     pub names: Vec<String>,
     remaining: Cell<u32>,
     ok: Cell<u32>,
+    /// Names a refresh found already in the sink, not fetched.
+    present: Cell<u32>,
     bytes: Cell<u64>,
     /// Attempts of this batch's names that were retried.
     retries: Cell<u32>,
@@ -38,6 +41,9 @@ impl BatchState {
     }
     pub fn bytes(&self) -> u64 {
         self.bytes.get()
+    }
+    pub fn present(&self) -> u32 {
+        self.present.get()
     }
     pub fn retries(&self) -> u32 {
         self.retries.get()
@@ -64,6 +70,11 @@ struct Item {
 /// 200); hyper queues any beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS
 /// until one frees up.
 pub const H2_STREAMS_PER_CONNECTION: u32 = 32;
+
+/// The service latency floor above which pipelined requests are spread
+/// over more connections instead of queued deeper on few (see
+/// [`Engine::connection_depth`]).
+const SPREAD_ABOVE: Duration = Duration::from_millis(1);
 
 /// Resends of one name that the server did not process, before such a
 /// refusal counts as a failed attempt: a server that refuses everything
@@ -134,6 +145,8 @@ pub struct Engine {
     /// until a server shows it mishandles pipelining; then 1 for the rest of
     /// this process (see [`Engine::fall_back`]).
     depth: Cell<u32>,
+    /// The in-flight limit and the pacing every request goes through.
+    pub governor: Governor,
     pub counters: Counters,
 }
 
@@ -169,6 +182,17 @@ impl Engine {
         let shared = (0..tasks.div_ceil(H2_STREAMS_PER_CONNECTION))
             .map(|_| Shared::default())
             .collect();
+        let pipelined = settings.pipeline > 1
+            && transport.tls.is_none()
+            && settings.http_version != HttpVersion::Http2;
+        // The most requests the tasks can keep in flight: the bound of the
+        // adaptive limit.
+        let max_in_flight = if pipelined {
+            tasks.saturating_mul(depth)
+        } else {
+            tasks
+        };
+        let governor = Governor::new(settings.adaptive, max_in_flight);
         Rc::new(Engine {
             settings,
             shared,
@@ -190,6 +214,7 @@ impl Engine {
             drain_progress: Notify::new(),
             jitter: RefCell::new(Jitter::from_entropy()),
             depth: Cell::new(depth),
+            governor,
             counters,
         })
     }
@@ -217,7 +242,8 @@ impl Engine {
     }
 
     /// Queues a batch received from the coordinator. An empty batch is
-    /// complete at once.
+    /// complete at once, and so is a refresh's batch whose every name is in
+    /// the sink already.
     pub fn add_batch(&self, id: BatchId, names: Vec<String>) {
         let n = names.len() as u32;
         let batch = Rc::new(BatchState {
@@ -225,6 +251,7 @@ impl Engine {
             names,
             remaining: Cell::new(n),
             ok: Cell::new(0),
+            present: Cell::new(0),
             bytes: Cell::new(0),
             retries: Cell::new(0),
             failures: RefCell::new(Vec::new()),
@@ -238,6 +265,13 @@ impl Engine {
         }
         let mut queue = self.queue.borrow_mut();
         for idx in 0..n {
+            if self.settings.refresh && self.in_sink(&batch.names[idx as usize]) {
+                let c = &self.counters;
+                c.files_present.set(c.files_present.get() + 1);
+                batch.present.set(batch.present.get() + 1);
+                batch.remaining.set(batch.remaining.get() - 1);
+                continue;
+            }
             queue.push_back(Item {
                 batch: batch.clone(),
                 idx,
@@ -246,7 +280,26 @@ impl Engine {
             });
         }
         drop(queue);
+        if batch.remaining.get() == 0 {
+            self.complete(batch);
+            return;
+        }
         self.work_ready.notify_waiters();
+    }
+
+    /// Whether a refresh finds `name` in the sink already, so it is not
+    /// fetched. Asked here, as the batch arrives, rather than of a list of
+    /// the sink's names: one lookup per name, nothing held in memory. A
+    /// lookup that fails is no answer: the name is fetched, and storing it
+    /// reports whatever is wrong with the sink as a fetch always does.
+    fn in_sink(&self, name: &str) -> bool {
+        match self.sink.borrow_mut().contains(name) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!("cannot tell whether the sink has a file: {e}");
+                false
+            }
+        }
     }
 
     pub fn outstanding(&self) -> usize {
@@ -342,10 +395,11 @@ impl Engine {
 
     /// Whether a new connection may turn out to speak HTTP/2, so request
     /// tasks go through their slot to share it. Over TLS with `auto` this is
-    /// also true (ALPN decides); a slot whose server chose HTTP/1.1 stops
-    /// sharing at its first connection.
+    /// also true (ALPN offers `h2` and the server decides); a slot whose
+    /// server chose HTTP/1.1 stops sharing at its first connection.
     fn may_be_http2(&self) -> bool {
         self.proto() == Proto::Http2
+            || (self.transport.tls.is_some() && self.settings.http_version.allows_http2())
     }
 
     /// Opens a new connection and counts it.
@@ -447,6 +501,32 @@ impl Engine {
         }
     }
 
+    /// Requests a pipelined connection keeps in flight now.
+    ///
+    /// A server answers a connection's pipelined requests one after another
+    /// (nginx and hyper both do), so against a service whose answers take
+    /// milliseconds, depth only makes requests wait behind each other: the
+    /// in-flight limit is spread over the connections before any is
+    /// pipelined deeper. Against one that answers in well under
+    /// [`SPREAD_ABOVE`] (loopback, the same rack), the client's CPU is
+    /// the bottleneck and deep pipelines on few connections cost the least
+    /// per request, so connections fill to `--pipeline` first.
+    fn connection_depth(&self) -> u32 {
+        let depth = self.depth.get();
+        if !self.settings.adaptive
+            || self
+                .governor
+                .latency_floor()
+                .is_none_or(|floor| floor < SPREAD_ABOVE)
+        {
+            return depth;
+        }
+        self.governor
+            .limit()
+            .div_ceil(self.settings.connections.max(1))
+            .clamp(1, depth)
+    }
+
     /// The next name if one is queued now, without waiting.
     fn try_next_item(&self) -> Option<Item> {
         self.queue.borrow_mut().pop_front()
@@ -540,19 +620,28 @@ impl Engine {
         let mut slots: Vec<Option<Item>> = Vec::new();
         let mut free: Vec<u32> = Vec::new();
         let mut unanswered: Vec<u32> = Vec::new();
+        // The permit of the request answered last, kept for the next one
+        // this connection sends.
+        let mut spare = false;
         let c = &self.counters;
         loop {
             // Fill the pipeline: wait for work only when nothing is in
             // flight, otherwise take what is queued now.
             loop {
                 let in_flight = conn.as_ref().map_or(0, PipeConn::in_flight);
-                if in_flight >= self.depth.get() as usize {
+                if in_flight >= self.connection_depth() as usize {
                     break;
                 }
+                // A permit first, so no more names than the in-flight
+                // limit are ever held by tasks.
                 let item = if in_flight == 0 {
+                    if !std::mem::take(&mut spare) {
+                        self.governor.acquire().await;
+                    }
                     match self.next_item().await {
                         Some(item) => item,
                         None => {
+                            self.governor.release();
                             if conn.is_some() {
                                 self.closed();
                             }
@@ -560,12 +649,19 @@ impl Engine {
                         }
                     }
                 } else {
+                    if !(std::mem::take(&mut spare) || self.governor.try_acquire()) {
+                        break;
+                    }
                     match self.try_next_item() {
                         Some(item) => item,
-                        None => break,
+                        None => {
+                            self.governor.release();
+                            break;
+                        }
                     }
                 };
                 if let Err(why) = bulkget_names::check(&item.batch.names[item.idx as usize]) {
+                    self.governor.release();
                     self.fail(item, why.to_string(), None);
                     continue;
                 }
@@ -581,21 +677,21 @@ impl Engine {
                             conn = Some(new);
                         }
                         Err(e) => {
-                            // Back off this connection slot too, so a server
-                            // that refuses connections is not hammered in a
-                            // hot loop.
-                            connect_failures += 1;
-                            c.status.borrow_mut().record_error();
-                            let delay = self.backoff.delay(
-                                connect_failures,
-                                None,
-                                &mut self.jitter.borrow_mut(),
-                            );
-                            self.retry_or_fail(item, e);
-                            tokio::time::sleep(delay).await;
+                            self.connect_failed(item, e, &mut connect_failures).await;
                             continue;
                         }
                     }
+                }
+                // The rate: with nothing in flight, wait for this request's
+                // slot; otherwise send only if a slot is free now, and read
+                // answers instead of waiting with requests outstanding.
+                if in_flight == 0 {
+                    self.governor.pace().await;
+                } else if !self.governor.try_pace() {
+                    self.governor.release();
+                    self.queue.borrow_mut().push_front(item);
+                    self.work_ready.notify_waiters();
+                    break;
                 }
                 self.file_path(&item, &mut path);
                 let token = free.pop().unwrap_or_else(|| {
@@ -609,11 +705,15 @@ impl Engine {
                     }
                     Err(e) => {
                         free.push(token);
+                        self.governor.answered(Outcome::Silent);
                         if let Next::Stop = self.handled(item, Err(e), &[]) {
                             return;
                         }
                     }
                 }
+            }
+            if std::mem::take(&mut spare) {
+                self.governor.release();
             }
             let Some(live) = conn.as_mut() else {
                 continue;
@@ -630,6 +730,8 @@ impl Engine {
                 c.latency
                     .borrow_mut()
                     .record(answer.latency.as_micros() as u64);
+                self.governor.judge(outcome(&answer.result, answer.latency));
+                spare = true;
                 if let Next::Stop = self.handled(item, answer.result, &body) {
                     return;
                 }
@@ -645,6 +747,7 @@ impl Engine {
                     free.push(token);
                     c.in_flight.set(c.in_flight.get() - 1);
                     c.pipeline_retries.set(c.pipeline_retries.get() + 1);
+                    self.governor.release();
                     queue.push_front(item);
                 }
                 drop(queue);
@@ -664,10 +767,18 @@ impl Engine {
         let mut body = Vec::with_capacity(4096);
         let mut connect_failures: u32 = 0;
         let c = &self.counters;
-        while let Some(item) = self.next_item().await {
+        loop {
+            // A permit first, so no more names than the in-flight limit are
+            // ever held by tasks, and a task connects only once it may send.
+            self.governor.acquire().await;
+            let Some(item) = self.next_item().await else {
+                self.governor.release();
+                break;
+            };
             if let Err(why) = bulkget_names::check(&item.batch.names[item.idx as usize]) {
                 // The coordinator filters unsafe names; this is the second
                 // line of defence, and the sink's RESOLVE_BENEATH the third.
+                self.governor.release();
                 self.fail(item, why.to_string(), None);
                 continue;
             }
@@ -678,21 +789,12 @@ impl Engine {
                         conn = Some(new);
                     }
                     Err(e) => {
-                        // Back off this connection slot too, so a server that
-                        // refuses connections is not hammered in a hot loop.
-                        connect_failures += 1;
-                        c.status.borrow_mut().record_error();
-                        let delay = self.backoff.delay(
-                            connect_failures,
-                            None,
-                            &mut self.jitter.borrow_mut(),
-                        );
-                        self.retry_or_fail(item, e);
-                        tokio::time::sleep(delay).await;
+                        self.connect_failed(item, e, &mut connect_failures).await;
                         continue;
                     }
                 }
             }
+            self.governor.pace().await;
             let live = &mut conn.as_mut().expect("connected above").conn;
             self.file_path(&item, &mut path);
 
@@ -707,6 +809,8 @@ impl Engine {
             c.latency
                 .borrow_mut()
                 .record(live.last_latency().as_micros() as u64);
+            self.governor
+                .answered(outcome(&result, live.last_latency()));
 
             if let Next::Stop = self.handled(item, result, &body) {
                 return;
@@ -718,6 +822,22 @@ impl Engine {
         {
             self.closed();
         }
+    }
+
+    /// A connection for `item` could not be made: the item is retried or
+    /// failed, its permit is given back, and the task backs off its
+    /// connection slot too, so a server that refuses connections is not
+    /// hammered in a hot loop. `failures` counts the slot's failures in a
+    /// row (the caller resets it on success).
+    async fn connect_failed(self: &Rc<Self>, item: Item, e: FetchError, failures: &mut u32) {
+        *failures += 1;
+        self.counters.status.borrow_mut().record_error();
+        let delay = self
+            .backoff
+            .delay(*failures, None, &mut self.jitter.borrow_mut());
+        self.governor.answered(Outcome::Silent);
+        self.retry_or_fail(item, e);
+        tokio::time::sleep(delay).await;
     }
 
     fn retry_or_fail(self: &Rc<Self>, mut item: Item, error: FetchError) {
@@ -787,6 +907,7 @@ impl Engine {
             ok: batch.ok.replace(0),
             bytes: batch.bytes.replace(0),
             retries: batch.retries.replace(0),
+            present: batch.present.replace(0),
             failures: batch.failures.take(),
             waiting,
         });
@@ -826,5 +947,18 @@ impl Engine {
     fn complete(&self, batch: Rc<BatchState>) {
         self.completed.borrow_mut().push(batch);
         self.completed_ready.notify_one();
+    }
+}
+
+/// What an answer says to the governor: 429 and 503 are pushback, any
+/// other answer is clean, and no answer says nothing.
+fn outcome(result: &Result<Response, FetchError>, latency: Duration) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Clean(latency),
+        Err(e) => match e.status() {
+            Some(429 | 503) => Outcome::Pushback(latency, e.retry_after()),
+            Some(_) => Outcome::Clean(latency),
+            None => Outcome::Silent,
+        },
     }
 }

@@ -25,6 +25,7 @@
 //! only this shard's worker writes this shard's stats file.
 
 pub mod engine;
+pub mod governor;
 pub mod session;
 pub mod stats_file;
 

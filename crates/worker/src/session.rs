@@ -4,7 +4,7 @@ use crate::engine::Engine;
 use crate::stats_file::StatsFile;
 use bulkget_console::errln;
 use bulkget_http::proxy::{Proxy, Secret};
-use bulkget_http::tls::TlsOptions;
+use bulkget_http::tls::{Alpn, TlsOptions};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::frame::{FrameError, FrameReader, FrameWriter};
 use bulkget_protocol::{FatalKind, ToCoordinator, ToWorker, Version};
@@ -13,9 +13,7 @@ use std::rc::Rc;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Notify};
 
-/// The file descriptor on which a worker finds its socket. The coordinator
-/// puts it there with `dup2` between `fork` and `exec`.
-pub const WORKER_FD: RawFd = 3;
+pub use bulkget_protocol::WORKER_FD;
 
 /// Exit codes of a worker process (the coordinator reads them; users never
 /// should need to).
@@ -176,6 +174,7 @@ async fn serve(stream: UnixStream) -> i32 {
         shard,
         &bulkget_sink::Reserved::new(settings.state_dir_in_out.as_deref()),
         settings.resolve,
+        settings.refresh,
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -196,12 +195,18 @@ async fn serve(stream: UnixStream) -> i32 {
     engine.start();
     let committer = tokio::task::spawn_local(commit_loop(engine.clone(), outbox.clone()));
     let stats_task = {
-        let (engine, stats) = (engine.clone(), stats.clone());
+        let (engine, stats, outbox) = (engine.clone(), stats.clone(), outbox.clone());
         tokio::task::spawn_local(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                stats.write(&engine.counters);
+                stats.write(&engine.counters, engine.governor.snapshot());
+                // What the service said since the last tick, for the
+                // coordinator's run-wide decision; nothing when idle.
+                let (clean, pushback) = engine.governor.take_pressure();
+                if clean + pushback > 0 {
+                    let _ = outbox.send(ToCoordinator::Pressure { clean, pushback });
+                }
             }
         })
     };
@@ -221,6 +226,10 @@ async fn serve(stream: UnixStream) -> i32 {
                     }
                 }
                 Ok(Some(ToWorker::Shutdown { drain: false })) => break exit::OK,
+                Ok(Some(ToWorker::Pace { rps_milli, slowdown })) => {
+                    let share = (rps_milli > 0).then(|| rps_milli as f64 / 1000.0);
+                    engine.governor.set_share(share, slowdown);
+                }
                 Ok(Some(ToWorker::Hello { .. })) => {
                     errln!("bulkget worker {shard}: unexpected second hello");
                     break exit::USAGE;
@@ -255,7 +264,7 @@ async fn serve(stream: UnixStream) -> i32 {
     // acknowledged, so the rollback of an open transaction loses nothing.
     engine.close_sink();
     engine.counters.state.set(bulkget_stats::ShardState::Exited);
-    stats.write(&engine.counters);
+    stats.write(&engine.counters, engine.governor.snapshot());
     drop(outbox);
     // Give the outbox a bounded moment to deliver the last frames; the
     // coordinator may already be gone.
@@ -307,6 +316,7 @@ async fn commit_loop(engine: Rc<Engine>, outbox: mpsc::UnboundedSender<ToCoordin
                 ok: b.ok(),
                 bytes: b.bytes(),
                 retries: b.retries(),
+                present: b.present(),
                 failures: b.take_failures(),
             });
             engine.acknowledged();
@@ -366,6 +376,7 @@ fn describe(msg: &ToCoordinator) -> String {
             waiting.len()
         ),
         ToCoordinator::Fatal { .. } => "a fatal error report".into(),
+        ToCoordinator::Pressure { .. } => "a pressure report".into(),
     }
 }
 
@@ -385,6 +396,7 @@ fn transport_for(
         client_cert: settings.tls.client_cert.as_ref().map(Into::into),
         client_key: settings.tls.client_key.as_ref().map(Into::into),
         insecure: settings.tls.insecure,
+        alpn: Alpn::offer(settings.http_version.allows_http2()),
     };
     let proxy = settings.proxy.as_ref().map(|p| Proxy {
         host: p.host.clone(),
@@ -429,6 +441,7 @@ mod tests {
             ok: 0,
             bytes: 0,
             retries: 0,
+            present: 0,
             failures,
         })
         .unwrap();

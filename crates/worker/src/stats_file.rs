@@ -7,7 +7,7 @@
 //! by temporary file and rename, so a reader never sees half of it.
 
 use bulkget_console::errln;
-use bulkget_stats::{LatencyHistogram, RateWindow, ShardState, ShardStats, StatusCounts};
+use bulkget_stats::{LatencyHistogram, Pace, RateWindow, ShardState, ShardStats, StatusCounts};
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ pub struct Counters {
     pub state: Cell<ShardState>,
     pub files_ok: Cell<u64>,
     pub files_failed: Cell<u64>,
+    /// Names a refresh found in the sink already and did not fetch.
+    pub files_present: Cell<u64>,
     pub bytes: Cell<u64>,
     pub retries: Cell<u64>,
     /// Requests sent again after a pipelined connection ended without
@@ -80,8 +82,8 @@ impl StatsFile {
 
     /// The snapshot of `c` as of now. Feeds the rate window, so it is taken
     /// once per write, not to peek.
-    pub fn snapshot(&self, c: &Counters) -> ShardStats {
-        let done = c.files_ok.get() + c.files_failed.get();
+    pub fn snapshot(&self, c: &Counters, pace: Pace) -> ShardStats {
+        let done = c.files_ok.get() + c.files_failed.get() + c.files_present.get();
         let mut rate = self.rate.borrow_mut();
         rate.sample(Instant::now(), done);
         ShardStats {
@@ -94,6 +96,7 @@ impl StatsFile {
             updated_at: bulkget_stats::now_rfc3339(),
             files_ok: c.files_ok.get(),
             files_failed: c.files_failed.get(),
+            files_present: c.files_present.get(),
             bytes: c.bytes.get(),
             retries: c.retries.get(),
             pipeline_retries: c.pipeline_retries.get(),
@@ -105,15 +108,20 @@ impl StatsFile {
             batches_done: c.batches_done.get(),
             batches_stalled: c.batches_stalled.get(),
             latency_ms: c.latency.borrow().latency(),
+            latency_buckets: c
+                .latency
+                .borrow()
+                .buckets(&bulkget_stats::schema::LATENCY_BOUNDS_SECONDS),
             files_per_sec: rate.rate(),
+            pace,
         }
     }
 
     /// Takes a snapshot of `c` and replaces the file atomically (temporary
     /// file and rename). Called once a second and at exit, so the JSON
     /// formatting here is off the per-file path.
-    pub fn write(&self, c: &Counters) {
-        let snapshot = self.snapshot(c);
+    pub fn write(&self, c: &Counters, pace: Pace) {
+        let snapshot = self.snapshot(c, pace);
         if let Err(e) = bulkget_stats::write_json_atomic(&self.path, &snapshot) {
             // Stats are advisory: a full disk or a removed state directory
             // must not stop the downloads. Say so once.
@@ -155,7 +163,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
-        stats.write(&c);
+        stats.write(&c, Pace::default());
         let s = read();
         assert_eq!((s.shard, s.generation, s.pid), (3, 2, std::process::id()));
         assert_eq!(s.state, ShardState::Starting);
@@ -168,13 +176,15 @@ mod tests {
         c.status.borrow_mut().record(200);
         c.status.borrow_mut().record_error();
         c.latency.borrow_mut().record(1_500);
-        stats.write(&c);
+        stats.write(&c, Pace::default());
         let s = read();
         assert_eq!(s.state, ShardState::Running);
         assert_eq!((s.files_ok, s.bytes, s.retries), (7, 700, 2));
         assert_eq!(s.http_status["200"], 1);
         assert_eq!(s.http_status["error"], 1);
         assert!(s.latency_ms.max >= 1.4, "{:?}", s.latency_ms);
+        assert_eq!(s.latency_buckets.count, 1);
+        assert_eq!(s.latency_buckets.counts.last(), Some(&1));
         assert!(s.files_per_sec > 0.0);
         assert_eq!(s.started_at, read().started_at);
 
@@ -182,7 +192,7 @@ mod tests {
         c.batch_received();
         assert_eq!(c.state.get(), ShardState::Draining);
         c.state.set(ShardState::Exited);
-        stats.write(&c);
+        stats.write(&c, Pace::default());
         assert_eq!(read().state, ShardState::Exited);
         // Only the file itself: the temporary file was renamed over it.
         let names: Vec<_> = std::fs::read_dir(root.join("shards"))

@@ -18,7 +18,7 @@ fn ack_all(s: &mut Scheduler, shard: usize) -> u64 {
         .collect();
     let mut n = 0;
     for (id, len) in ids {
-        s.batch_done(shard, id, len as u32, len as u64 * 100, vec![])
+        s.batch_done(shard, id, len as u32, 0, len as u64 * 100, vec![])
             .unwrap();
         n += len as u64;
     }
@@ -73,7 +73,7 @@ fn windows_bound_each_shard_and_the_emptiest_shard_goes_first() {
     assert_eq!(s.in_flight(0), 2);
     assert_eq!(s.pending_len(), 6);
     let id = *s.shards[1].outstanding.keys().next().unwrap();
-    s.batch_done(1, id, 10, 1000, vec![]).unwrap();
+    s.batch_done(1, id, 10, 0, 1000, vec![]).unwrap();
     assert_eq!(s.assign().map(|(shard, _)| shard), Some(1));
 }
 
@@ -98,14 +98,14 @@ fn the_position_is_the_earliest_page_not_fully_done() {
     let second = s.assign().unwrap().1.id;
     // The second page completes first: the position stays, and the
     // checkpoint records the second page as complete.
-    s.batch_done(0, second, 10, 1000, vec![]).unwrap();
+    s.batch_done(0, second, 10, 0, 1000, vec![]).unwrap();
     let snap = s.snapshot();
     assert_eq!(snap.position, ListPosition::Start);
     assert_eq!(snap.done_after.complete.len(), 1);
     assert_eq!(snap.done_after.complete[0].first, 1);
     assert_eq!(snap.totals.files_ok, 10);
     assert_eq!(snap.totals.pages_done, 0);
-    s.batch_done(0, first, 10, 1000, vec![]).unwrap();
+    s.batch_done(0, first, 10, 0, 1000, vec![]).unwrap();
     let snap = s.snapshot();
     assert_eq!(snap.position, ListPosition::Marker("m2".into()));
     assert_eq!(snap.done_after, DoneAfter::default());
@@ -206,7 +206,7 @@ fn a_poison_name_is_isolated_and_failed_and_the_rest_succeed() {
 #[test]
 fn unknown_acknowledgements_are_refused() {
     let mut s = sched(1);
-    assert!(s.batch_done(0, 99, 1, 1, vec![]).is_none());
+    assert!(s.batch_done(0, 99, 1, 0, 1, vec![]).is_none());
 }
 
 #[test]
@@ -289,7 +289,7 @@ fn a_resume_fetches_only_what_was_not_done_however_far_a_straggler_fell_behind()
             in_flight_p3 = Some((shard, id));
         } else {
             let n = s.shards[shard].outstanding[&id].names.len() as u32;
-            s.batch_done(shard, id, n, n as u64, vec![]).unwrap();
+            s.batch_done(shard, id, n, 0, n as u64, vec![]).unwrap();
         }
     }
     let _ = (straggler, in_flight_p3);
@@ -339,7 +339,7 @@ fn a_page_listed_differently_on_resume_is_fetched_whole() {
     s.add_page(names("b", 20), None);
     let _first = s.assign().unwrap().1.id;
     let second = s.assign().unwrap().1.id;
-    s.batch_done(0, second, 10, 10, vec![]).unwrap();
+    s.batch_done(0, second, 10, 0, 10, vec![]).unwrap();
     let snap = s.snapshot();
     assert_eq!(snap.done_after.partial.len(), 1);
     let mut r = Scheduler::new(1, 2, 10, snap.position).resume(snap.totals, snap.done_after);
@@ -447,7 +447,7 @@ fn a_stalled_batch_leaves_the_window_and_counts_its_done_names_at_once() {
     // Seven names done, three (positions 1, 4, 9) waiting on Retry-After.
     let failed = Failure::new("a2", "HTTP 404", Some(404));
     let recorded = s
-        .batch_stalled(0, first, 6, 600, vec![failed.clone()], &[1, 4, 9])
+        .batch_stalled(0, first, 6, 0, 600, vec![failed.clone()], &[1, 4, 9])
         .unwrap();
     assert_eq!(recorded, vec![failed]);
     assert_eq!((s.stalled(0), s.in_flight(0)), (1, 2));
@@ -461,7 +461,7 @@ fn a_stalled_batch_leaves_the_window_and_counts_its_done_names_at_once() {
     // only those.
     let kept = &s.shards[0].outstanding[&first];
     assert_eq!(owned(&kept.names), vec!["a1", "a4", "a9"]);
-    s.batch_done(0, first, 3, 300, vec![]).unwrap();
+    s.batch_done(0, first, 3, 0, 300, vec![]).unwrap();
     assert_eq!(s.stalled(0), 0);
     let live = s.live_totals();
     assert_eq!((live.files_ok, live.files_failed, live.bytes), (9, 1, 900));
@@ -472,7 +472,7 @@ fn a_checkpoint_after_a_stall_skips_exactly_the_names_done() {
     let mut s = sched(1);
     s.add_page(names("a", 10), Some("m1".into()));
     let id = s.assign().unwrap().1.id;
-    s.batch_stalled(0, id, 8, 800, vec![], &[0, 5]).unwrap();
+    s.batch_stalled(0, id, 8, 0, 800, vec![], &[0, 5]).unwrap();
     let snap = s.snapshot();
     assert_eq!(snap.position, ListPosition::Start);
     assert_eq!(snap.totals.files_ok, 8);
@@ -491,7 +491,7 @@ fn a_crash_after_a_stall_puts_back_only_the_waiting_names() {
     let mut s = sched(1);
     s.add_page(names("a", 10), None);
     let id = s.assign().unwrap().1.id;
-    s.batch_stalled(0, id, 9, 900, vec![], &[7]).unwrap();
+    s.batch_stalled(0, id, 9, 0, 900, vec![], &[7]).unwrap();
     s.shard_down(0);
     assert_eq!(s.stalled(0), 0);
     s.set_available(0, true);
@@ -508,19 +508,39 @@ fn stall_reports_that_do_not_fit_the_batch_are_refused() {
     let id = s.assign().unwrap().1.id;
     // Unknown batch, a position out of range, positions not increasing,
     // nothing waiting, and counts that do not add up to the names done.
-    assert!(s.batch_stalled(0, id + 100, 9, 0, vec![], &[1]).is_none());
-    assert!(s.batch_stalled(0, id, 9, 0, vec![], &[10]).is_none());
-    assert!(s.batch_stalled(0, id, 8, 0, vec![], &[3, 2]).is_none());
-    assert!(s.batch_stalled(0, id, 8, 0, vec![], &[2, 2]).is_none());
-    assert!(s.batch_stalled(0, id, 0, 0, vec![], &[0; 12]).is_none());
-    assert!(s.batch_stalled(0, id, 10, 0, vec![], &[]).is_none());
-    assert!(s.batch_stalled(0, id, 5, 0, vec![], &[1]).is_none());
+    assert!(s
+        .batch_stalled(0, id + 100, 9, 0, 0, vec![], &[1])
+        .is_none());
+    assert!(s.batch_stalled(0, id, 9, 0, 0, vec![], &[10]).is_none());
+    assert!(s.batch_stalled(0, id, 8, 0, 0, vec![], &[3, 2]).is_none());
+    assert!(s.batch_stalled(0, id, 8, 0, 0, vec![], &[2, 2]).is_none());
+    assert!(s.batch_stalled(0, id, 0, 0, 0, vec![], &[0; 12]).is_none());
+    assert!(s.batch_stalled(0, id, 10, 0, 0, vec![], &[]).is_none());
+    assert!(s.batch_stalled(0, id, 5, 0, 0, vec![], &[1]).is_none());
     // Nothing was counted by the refused reports; a fitting one is taken
     // once, and a second report for the same batch is refused.
     assert_eq!(s.live_totals().files_ok, 0);
-    assert!(s.batch_stalled(0, id, 9, 0, vec![], &[1]).is_some());
-    assert!(s.batch_stalled(0, id, 0, 0, vec![], &[0]).is_none());
+    assert!(s.batch_stalled(0, id, 9, 0, 0, vec![], &[1]).is_some());
+    assert!(s.batch_stalled(0, id, 0, 0, 0, vec![], &[0]).is_none());
     assert_eq!(s.live_totals().files_ok, 9);
+}
+
+/// A refresh's names found in the sink are done, counted apart from the
+/// files fetched, in stall reports and acknowledgements alike, and carried
+/// by the checkpoint.
+#[test]
+fn names_already_present_are_done_and_counted_apart() {
+    let mut s = sched(1);
+    s.add_page(names("a", 10), None);
+    let id = s.assign().unwrap().1.id;
+    // 3 fetched and 5 present of the 8 done: the counts must add up.
+    assert!(s.batch_stalled(0, id, 3, 6, 300, vec![], &[1, 2]).is_none());
+    assert!(s.batch_stalled(0, id, 3, 5, 300, vec![], &[1, 2]).is_some());
+    s.batch_done(0, id, 1, 1, 100, vec![]).unwrap();
+    let live = s.live_totals();
+    assert_eq!((live.files_ok, live.files_present, live.bytes), (4, 6, 400));
+    assert!(s.is_finished());
+    assert_eq!(s.snapshot().totals.files_present, 6);
 }
 
 #[test]
@@ -531,16 +551,16 @@ fn at_most_max_stalled_batches_leave_the_window() {
     for _ in 0..MAX_STALLED {
         let id = s.assign().unwrap().1.id;
         // A one-name batch stalls with its name waiting.
-        s.batch_stalled(0, id, 0, 0, vec![], &[0]).unwrap();
+        s.batch_stalled(0, id, 0, 0, 0, vec![], &[0]).unwrap();
     }
     assert_eq!(s.stalled(0), MAX_STALLED);
     // The next stalled batch keeps its place: the window (1) stays full.
     let id = s.assign().unwrap().1.id;
-    s.batch_stalled(0, id, 0, 0, vec![], &[0]).unwrap();
+    s.batch_stalled(0, id, 0, 0, 0, vec![], &[0]).unwrap();
     assert_eq!(s.stalled(0), MAX_STALLED);
     assert!(s.assign().is_none());
     // Once it is done the last batch goes out.
-    s.batch_done(0, id, 1, 100, vec![]).unwrap();
+    s.batch_done(0, id, 1, 0, 100, vec![]).unwrap();
     assert!(s.assign().is_some());
 }
 
@@ -571,7 +591,7 @@ fn a_resume_never_skips_a_name_of_a_page_listed_differently() {
     let straggler = s.assign().unwrap().1.id;
     while let Some((_, b)) = s.assign() {
         let (id, n) = (b.id, b.names.len() as u32);
-        s.batch_done(0, id, n, 0, vec![]).unwrap();
+        s.batch_done(0, id, n, 0, 0, vec![]).unwrap();
     }
     let snap = s.snapshot();
     assert_eq!(snap.position, ListPosition::Start);
@@ -623,7 +643,7 @@ fn reordered_added_and_removed_names_make_a_page_changed() {
     let mut s = sched(1);
     s.add_page(base.iter().collect(), None);
     let id = s.assign().unwrap().1.id;
-    s.batch_done(0, id, 10, 0, vec![]).unwrap();
+    s.batch_done(0, id, 10, 0, 0, vec![]).unwrap();
     let snap = s.snapshot();
     assert_eq!(snap.done_after.partial.len(), 1);
     let mut r = Scheduler::new(1, 2, 10, snap.position).resume(snap.totals, snap.done_after);
@@ -687,6 +707,7 @@ fn batches_of_long_names_are_cut_so_every_frame_fits() {
                 ok: 0,
                 bytes: 0,
                 retries: 0,
+                present: 0,
                 failures: b
                     .names
                     .iter()
@@ -766,4 +787,83 @@ fn a_poison_name_costs_its_shard_one_unblamed_crash() {
     }
     assert!(s.is_finished());
     assert_eq!((unblamed, blamed), (1, 4));
+}
+
+fn filter(include: &[&str], exclude: &[&str]) -> Option<NameFilter> {
+    Some(
+        NameFilter::new(&crate::args::FilterArgs {
+            include: include.iter().map(|s| s.to_string()).collect(),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        })
+        .unwrap(),
+    )
+}
+
+#[test]
+fn excluded_names_are_never_sent_and_counted_once_across_a_resume() {
+    // Page 0: a0..a19; page 1: b0..b19. Keep the a's and b's ending in 1..4,
+    // drop a13 and the unsafe "../x" (excluded, so not failed).
+    let f = || filter(&["a*", "b[1-4]"], &["a13", "../*"]);
+    let mut page0 = names("a", 20);
+    page0.push("../x");
+    let page1 = names("b", 20);
+    let mut s = Scheduler::new(1, 100, 10, ListPosition::Start).with_filter(f());
+    s.set_available(0, true);
+    assert!(s.add_page(page0.clone(), Some("m1".into())).is_empty());
+    s.add_page(page1.clone(), None);
+    assert_eq!(s.live_totals().names_excluded, 2 + 16);
+    assert_eq!(s.live_totals().names_listed, 19 + 4);
+    // Acknowledge page 1's batch only: page 0 stays the position.
+    let mut sent = Vec::new();
+    let mut page0_batches = Vec::new();
+    while let Some((_, b)) = s.assign() {
+        sent.extend(owned(&b.names));
+        if b.names[0].starts_with('a') {
+            page0_batches.push(b.id);
+        }
+    }
+    let mut expected: Vec<String> = (0..20)
+        .filter(|&i| i != 13)
+        .map(|i| format!("a{i}"))
+        .collect();
+    expected.extend((1..5).map(|i| format!("b{i}")));
+    sent.sort();
+    expected.sort();
+    assert_eq!(sent, expected);
+    let b_batch = *s.shards[0]
+        .outstanding
+        .keys()
+        .find(|id| !page0_batches.contains(id))
+        .unwrap();
+    s.batch_done(0, b_batch, 4, 0, 4, vec![]).unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.position, ListPosition::Start);
+    // Like `names_listed`, the checkpoint counts the exclusions of the
+    // pages before its position only: page 1 is after it, and is counted
+    // again when the resume lists it.
+    assert_eq!(snap.totals.names_excluded, 0);
+    assert_eq!(snap.done_after.complete_pages(), 1);
+
+    // The resume lists both pages again; page 1 is skipped whole, and the
+    // exclusions of each page end up counted exactly once.
+    let mut r = Scheduler::new(1, 100, 10, snap.position.clone())
+        .resume(snap.totals, snap.done_after.clone())
+        .with_filter(f());
+    r.set_available(0, true);
+    r.add_page(page0, Some("m1".into()));
+    r.add_page(page1, None);
+    let mut again = drain(&mut r);
+    again.sort();
+    let only_a: Vec<String> = expected
+        .into_iter()
+        .filter(|n| n.starts_with('a'))
+        .collect();
+    assert_eq!(again, only_a);
+    assert!(r.is_finished());
+    let t = r.snapshot().totals;
+    assert_eq!((t.names_excluded, t.names_listed, t.files_ok), (18, 23, 23));
+    assert_eq!(
+        t.files_failed, 0,
+        "an excluded unsafe name is not a failure"
+    );
 }

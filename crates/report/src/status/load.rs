@@ -27,7 +27,7 @@ fn looks_like_state_dir(dir: &Path) -> bool {
 pub fn resolve_state_dir(arg: Option<&Path>) -> PathBuf {
     match arg {
         Some(dir) => {
-            let inner = dir.join(".bulkget");
+            let inner = dir.join(bulkget_protocol::STATE_DIR_NAME);
             if !looks_like_state_dir(dir) && looks_like_state_dir(&inner) {
                 inner
             } else {
@@ -35,7 +35,7 @@ pub fn resolve_state_dir(arg: Option<&Path>) -> PathBuf {
             }
         }
         None => {
-            let default = PathBuf::from(".bulkget");
+            let default = PathBuf::from(bulkget_protocol::STATE_DIR_NAME);
             let here = PathBuf::from(".");
             if looks_like_state_dir(&default) {
                 default

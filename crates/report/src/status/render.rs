@@ -180,6 +180,9 @@ fn render_header(out: &mut String, report: &StatusReport, now: SystemTime) {
             show_marker(c.current_marker.as_deref())
         )
     };
+    if c.names_excluded > 0 {
+        let _ = write!(listing, "; {} excluded", grouped(c.names_excluded));
+    }
     if c.pages_changed > 0 {
         let _ = write!(
             listing,
@@ -197,7 +200,7 @@ fn render_header(out: &mut String, report: &StatusReport, now: SystemTime) {
         ),
     );
 
-    let done = c.files_ok + c.files_failed;
+    let done = c.files_ok + c.files_failed + c.files_present;
     let percent = if c.names_listed > 0 {
         format!(" ({:.1} %)", done as f64 * 100.0 / c.names_listed as f64)
     } else {
@@ -207,8 +210,14 @@ fn render_header(out: &mut String, report: &StatusReport, now: SystemTime) {
         out,
         "files",
         &format!(
-            "{} ok + {} failed of {}{percent}, {}, {}",
+            "{} {} + {}{} failed of {}{percent}, {}, {}",
             grouped(c.files_ok),
+            if c.refresh { "new" } else { "ok" },
+            if c.refresh {
+                format!("{} already there + ", grouped(c.files_present))
+            } else {
+                String::new()
+            },
             grouped(c.files_failed),
             grouped(c.names_listed),
             human_bytes(c.bytes),
@@ -343,12 +352,22 @@ fn render_checkpoint(out: &mut String, report: &StatusReport, now: SystemTime) {
     };
     header_line(out, "checkpoint", &format!("{saved}; {position}"));
     let t = &cp.totals;
-    let mut counts = format!(
-        "{} ok + {} failed, {}; ",
-        grouped(t.files_ok),
-        grouped(t.files_failed),
-        human_bytes(t.bytes),
-    );
+    let mut counts = if cp.refresh {
+        format!(
+            "refresh: {} new + {} already there + {} failed, {}; ",
+            grouped(t.files_ok),
+            grouped(t.files_present),
+            grouped(t.files_failed),
+            human_bytes(t.bytes),
+        )
+    } else {
+        format!(
+            "{} ok + {} failed, {}; ",
+            grouped(t.files_ok),
+            grouped(t.files_failed),
+            human_bytes(t.bytes),
+        )
+    };
     if cp.complete {
         counts.push_str(&plural(t.pages_done, "page", "pages"));
     } else {

@@ -56,6 +56,7 @@ fn shard(n: u32, files_ok: u64, updated_secs_ago: u64) -> ShardStats {
             max: 120.0,
         },
         files_per_sec: 1000.0,
+        ..ShardStats::default()
     }
 }
 
@@ -69,6 +70,8 @@ fn coordinator(state: RunState, shards: u32) -> CoordinatorStats {
         updated_at: ago(0),
         pages_listed: 1_234,
         names_listed: 1_234_000,
+        names_excluded: 0,
+        expected_files: None,
         current_marker: Some("m-1234".to_string()),
         listing_done: false,
         batches_queued: 12,
@@ -96,6 +99,7 @@ fn coordinator(state: RunState, shards: u32) -> CoordinatorStats {
                 idle_ms: 300,
             })
             .collect(),
+        ..CoordinatorStats::default()
     }
 }
 
@@ -303,6 +307,7 @@ fn finished_run_flags_nothing_stale() {
     c.started_at = ago(725);
     c.updated_at = ago(600); // long over
     c.pages_changed = 2;
+    c.names_excluded = 3_456;
     for s in &mut c.shards {
         s.state = SummaryState::Stopped;
         s.pid = None;
@@ -337,7 +342,8 @@ fn finished_run_flags_nothing_stale() {
     assert!(!text.contains("STALE"), "{text}");
     assert!(text.starts_with("run        finished (exit 0), pid 4242, ran 2m05s"));
     assert!(text.contains(
-        "listing    1,234 pages, 1,000,012 names, done; 2 pages listed differently on resume\n"
+        "listing    1,234 pages, 1,000,012 names, done; 3,456 excluded; 2 pages listed \
+         differently on resume\n"
     ));
     assert!(text.contains("(100.0 %)"));
     assert!(text.contains("rate       12,346 files/s, no eta: run over\n"));
