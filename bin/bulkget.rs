@@ -123,11 +123,7 @@ fn main() {
             }
         }
         Command::Export { out, dest, layout } => {
-            let layout = match layout {
-                LayoutArg::Flat => bulkget_sink::Layout::Flat,
-                LayoutArg::Fanout => bulkget_sink::Layout::Fanout,
-            };
-            match bulkget_sink::export(&out, &dest, layout) {
+            match bulkget_sink::export(&out, &dest, layout.into()) {
                 Ok(summary) => {
                     outln!(
                         "exported {} files ({} bytes) to {}",

@@ -9,7 +9,7 @@
 //! ([`crate::state_thread`]); its first failure stops the run at once.
 
 use crate::args::{FetchArgs, Toggle};
-use crate::budget::Budget;
+use crate::budget::{Budget, Pace};
 use crate::config::{self, HostConfig, Paths};
 use crate::exit;
 use crate::failure_log::{self, FailureLog};
@@ -84,9 +84,9 @@ struct ShardSlot {
     life: ShardLife,
     idle_since: Option<Instant>,
     idle_total: Duration,
-    /// The share of the request budget last sent to the current worker, as
-    /// `(rps_milli, slowdown)`; `None` until one is sent.
-    paced: Option<(u64, bool)>,
+    /// The share of the request budget last sent to the current worker;
+    /// `None` until one is sent.
+    paced: Option<Pace>,
 }
 
 /// Runs `bulkget fetch` and returns the process exit code.
@@ -546,29 +546,14 @@ impl Run {
     /// send nothing with it), so a batch that reaches one is paced at once.
     fn pace_workers(&mut self) {
         let working = self.working_shards().len();
-        let (share, slowdown) = self.budget.share(working);
-        // 0 means no limit on the wire, so a limit rounds up to 1.
-        let rps_milli = share.map_or(0, |r| ((r * 1000.0).round() as u64).max(1));
+        let pace = self.budget.pace(working);
         for slot in &mut self.shards {
             let Some(worker) = &slot.worker else { continue };
-            if slot.down {
+            if slot.down || !pace.differs_from(slot.paced) {
                 continue;
             }
-            let changed = match slot.paced {
-                None => true,
-                Some((old, old_slowdown)) => {
-                    old_slowdown != slowdown
-                        || (old == 0) != (rps_milli == 0)
-                        || old.abs_diff(rps_milli) * 100 > old.max(1)
-                }
-            };
-            if changed {
-                worker.send(&ToWorker::Pace {
-                    rps_milli,
-                    slowdown,
-                });
-                slot.paced = Some((rps_milli, slowdown));
-            }
+            worker.send(&pace.frame());
+            slot.paced = Some(pace);
         }
     }
 
