@@ -329,22 +329,26 @@ fn a_killed_lister_resumes_and_a_second_one_is_refused() {
         "--page-size",
         "100",
         "--list-delay-ms",
-        "30",
+        "80",
     ]);
     let ws = Workspace::new();
     let out = ws.out();
     let mut first = Running::spawn(lister_command(&server, &nats, "relist", &[]));
     let mut host_a = host(&server, &nats, "relist", &out, &["--workers", "1"]);
+    // The listing takes 16 s at least (200 pages, 80 ms each): after page
+    // 5, that leaves the second lister and the kill below 15 s to happen
+    // while it lists, even on a loaded machine where each `cluster`
+    // command takes seconds to start.
     wait_for(
         Duration::from_secs(60),
-        "the listing to pass page 20",
+        "the listing to pass page 5",
         || {
             let st = status(&nats, "relist", &["--json"]);
             st.status.success()
                 && serde_json::from_slice::<serde_json::Value>(&st.stdout)
                     .ok()
                     .and_then(|v| v["lister"]["next_page"].as_u64())
-                    .is_some_and(|p| p >= 20)
+                    .is_some_and(|p| p >= 5)
         },
     );
     let second = lister_command(&server, &nats, "relist", &[])
@@ -668,10 +672,19 @@ fn a_hosts_max_rps_is_shared_by_its_workers() {
 #[test]
 fn a_hosts_shards_slow_down_together_on_pushback() {
     let nats = Nats::start();
-    let server = Server::start(&["--files", "8000", "--rate-limit", "1000"]);
+    // A limit low enough that both shards are refused even when the
+    // machine is loaded and each sends slowly.
+    let server = Server::start(&["--files", "4000", "--rate-limit", "400"]);
     let ws = Workspace::new();
     let out = ws.out();
-    let mut lister = Running::spawn(lister_command(&server, &nats, "pushback", &[]));
+    // Batches of 100, so that both shards have work even when the second
+    // worker is ready only after the first batches went to the first.
+    let mut lister = Running::spawn(lister_command(
+        &server,
+        &nats,
+        "pushback",
+        &["--batch-size", "100"],
+    ));
     let mut h = host(&server, &nats, "pushback", &out, &["--workers", "2"]);
     // The shard files are rewritten every second; a slow-down lasts
     // longer than that, so a poll sees it. This is a measurement, not
@@ -699,7 +712,7 @@ fn a_hosts_shards_slow_down_together_on_pushback() {
     assert!(run_wide, "no shard file ever said run-wide");
     let st = status_json(&nats, "pushback");
     assert_eq!(st["files_failed"], 0, "{st}");
-    assert_eq!(verify_union(&[out], &server.dataset()), 8000);
+    assert_eq!(verify_union(&[out], &server.dataset()), 4000);
     let stats = server.stats();
     let all = stats["requests"]["get"].as_u64().unwrap();
     let refused = stats["responses"]["429"].as_u64().unwrap_or(0);
