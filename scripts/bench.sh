@@ -910,7 +910,7 @@ elif [[ $WRITE_DOC == 1 ]]; then
   while [[ -e $DOC ]]; do DOC="$base-$i.md" i=$((i + 1)); done
   mkdir -p "$(dirname "$DOC")"
   cat "$SECTION" >"$DOC"
-  log "wrote the results to $DOC; add it to the index in docs/BENCHMARKS.md"
+  log "wrote the results to $DOC; add it to the index in docs/benchmarks/README.md"
 else
   cat "$SECTION"
 fi

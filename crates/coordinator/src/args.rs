@@ -1,6 +1,7 @@
 //! The command lines of `bulkget fetch` and `bulkget list`.
 
 use bulkget_http::{HeaderName, HeaderValue};
+use bulkget_protocol::TestHooks;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -186,24 +187,78 @@ pub struct FetchArgs {
     /// only once the listing ends (the count listed wins once it is larger).
     #[arg(long, value_name = "N")]
     pub expected_files: Option<u64>,
+    #[command(flatten)]
+    pub test: TestArgs,
+}
+
+/// The hidden `--test-*` flags the end-to-end tests use to make a run fail
+/// in chosen ways. They exist only in a build with the `test-hooks` cargo
+/// feature, which `cargo test` turns on (the root package's dev-dependencies)
+/// and a release build does not: a binary people run has none of them, and
+/// its workers ignore any hook a settings frame might carry.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TestArgs {
     /// Test hook: a worker aborts when a response carries x-bulkget-test-abort.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     pub test_abort_on_header: bool,
     /// Test hook: workers of this shard fail at start-up.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     pub test_fail_start_shard: Vec<u32>,
     /// Test hook: the sync of the output file system after N successful
     /// ones fails once (EIO), as the kernel reports a lost write-back once.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, value_name = "N")]
     pub test_fail_sync_after: Option<u64>,
     /// Test hook: the first worker of this shard closes its socket after the
     /// hello and does not exit.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     pub test_linger_shard: Vec<u32>,
     /// Test hook: the coordinator announces this build id to its workers
     /// instead of its own, as a coordinator of another build would.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     pub test_announce_build: Option<String>,
+}
+
+#[cfg(feature = "test-hooks")]
+impl TestArgs {
+    /// The hooks the workers act on.
+    pub fn worker_hooks(&self) -> TestHooks {
+        TestHooks {
+            abort_on_header: self.test_abort_on_header,
+            fail_start_shards: self.test_fail_start_shard.clone(),
+            linger_shards: self.test_linger_shard.clone(),
+        }
+    }
+
+    /// After how many successful syncs of OUT one fails.
+    pub fn fail_sync_after(&self) -> Option<u64> {
+        self.test_fail_sync_after
+    }
+
+    /// The build id to announce to the workers instead of this one's.
+    pub fn announced_build(&self) -> Option<&str> {
+        self.test_announce_build.as_deref()
+    }
+}
+
+/// Without the feature every hook is off.
+#[cfg(not(feature = "test-hooks"))]
+impl TestArgs {
+    pub fn worker_hooks(&self) -> TestHooks {
+        TestHooks::default()
+    }
+
+    pub fn fail_sync_after(&self) -> Option<u64> {
+        None
+    }
+
+    pub fn announced_build(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// How the service is reached and listed: the flags `fetch` and `list`

@@ -25,7 +25,7 @@ use crate::filter::NameFilter;
 use crate::service::Connection;
 use bulkget_console::errln;
 use bulkget_http::Endpoint;
-use bulkget_protocol::{Layout, Resolve, SinkKind, TestHooks, WorkerSettings};
+use bulkget_protocol::{Layout, Resolve, SinkKind, WorkerSettings};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -294,11 +294,7 @@ pub fn worker_settings(
         tls: connection.tls.clone(),
         proxy: connection.proxy.clone(),
         refresh: false,
-        test_hooks: TestHooks {
-            abort_on_header: args.test_abort_on_header,
-            fail_start_shards: args.test_fail_start_shard.clone(),
-            linger_shards: args.test_linger_shard.clone(),
-        },
+        test_hooks: args.test.worker_hooks(),
         adaptive: args.adaptive == Toggle::On,
     }
 }

@@ -239,7 +239,7 @@ impl Run {
             )
         })?;
 
-        if let Some(n) = args.test_fail_sync_after {
+        if let Some(n) = args.test.fail_sync_after() {
             state.fail_sync_after(n);
         }
         let failure_log = FailureLog::new(&state.failed_path());
@@ -561,8 +561,8 @@ impl Run {
     /// another build under the `--test-announce-build` hook.
     fn announced_version(&self) -> Version {
         let mut version = Version::current();
-        if let Some(build) = &self.args.test_announce_build {
-            version.build = build.clone();
+        if let Some(build) = self.args.test.announced_build() {
+            version.build = build.to_string();
         }
         version
     }

@@ -562,7 +562,7 @@ impl Engine {
             Ok(response) => {
                 c.status.borrow_mut().record(response.status);
                 let name = &item.batch.names[item.idx as usize];
-                if response.test_abort && self.settings.test_hooks.abort_on_header {
+                if response.test_abort && crate::test_hooks(&self.settings).abort_on_header {
                     errln!("bulkget worker: test hook: aborting on {name:?}");
                     std::process::abort();
                 }

@@ -30,3 +30,21 @@ pub mod session;
 pub mod stats_file;
 
 pub use session::{run_on_fd, WORKER_FD};
+
+use bulkget_protocol::{TestHooks, WorkerSettings};
+
+/// The test hooks this worker acts on: those its settings carry in a build
+/// with the `test-hooks` cargo feature (which `cargo test` turns on), none
+/// otherwise, so a release binary ignores them whatever a frame says.
+pub(crate) fn test_hooks(settings: &WorkerSettings) -> &TestHooks {
+    static NONE: TestHooks = TestHooks {
+        abort_on_header: false,
+        fail_start_shards: Vec::new(),
+        linger_shards: Vec::new(),
+    };
+    if cfg!(feature = "test-hooks") {
+        &settings.test_hooks
+    } else {
+        &NONE
+    }
+}

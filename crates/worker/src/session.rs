@@ -127,7 +127,7 @@ async fn serve(stream: UnixStream) -> i32 {
             return exit::USAGE;
         }
     };
-    if generation == 0 && settings.test_hooks.linger_shards.contains(&shard) {
+    if generation == 0 && crate::test_hooks(&settings).linger_shards.contains(&shard) {
         // Test hook: close the socket (both halves) and stay alive until
         // the coordinator kills this process.
         drop(outbox);
@@ -140,7 +140,10 @@ async fn serve(stream: UnixStream) -> i32 {
         let _ = outbox.send(ToCoordinator::Fatal { kind, reason });
     };
 
-    if settings.test_hooks.fail_start_shards.contains(&shard) {
+    if crate::test_hooks(&settings)
+        .fail_start_shards
+        .contains(&shard)
+    {
         fatal(
             FatalKind::Crash,
             "test hook: start-up fails on this shard".into(),
