@@ -56,6 +56,10 @@ enum Command {
         /// The file's name as the service lists it.
         name: String,
     },
+    /// Many hosts on one job, over NATS JetStream: `list`, `work`, `status`
+    /// (docs/CLUSTER.md).
+    #[command(subcommand)]
+    Cluster(bulkget_cluster::args::ClusterCommand),
     /// Print a shell completion script to stdout, e.g.
     /// `bulkget completions bash > ~/.local/share/bash-completion/completions/bulkget`.
     Completions {
@@ -80,6 +84,7 @@ fn main() {
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::Fetch(args) => bulkget_coordinator::fetch(*args),
+        Command::Cluster(command) => bulkget_cluster::run(command),
         Command::List(args) => bulkget_coordinator::list(*args),
         Command::Completions { shell } => {
             // Rendered in memory first: the generator panics on a failed
@@ -118,11 +123,7 @@ fn main() {
             }
         }
         Command::Export { out, dest, layout } => {
-            let layout = match layout {
-                LayoutArg::Flat => bulkget_sink::Layout::Flat,
-                LayoutArg::Fanout => bulkget_sink::Layout::Fanout,
-            };
-            match bulkget_sink::export(&out, &dest, layout) {
+            match bulkget_sink::export(&out, &dest, layout.into()) {
                 Ok(summary) => {
                     outln!(
                         "exported {} files ({} bytes) to {}",

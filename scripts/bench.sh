@@ -34,6 +34,12 @@
 #      off one table; throttling (block `throttle`): --rate-limit R, the
 #      share of GETs answered 429 and the time against R's ideal (N / R),
 #      with --adaptive on (the default) and off;
+#   9. with block `cluster` (when nats-server is installed): against a
+#      private nats-server (JetStream, store on /dev/shm), the names/s that
+#      `bulkget cluster list` publishes with no host taking them, and the
+#      CPU per file of a 2-host cluster run (hosts of 1 worker, null sink;
+#      hosts, lister and nats-server counted) beside `fetch --sink null` in
+#      the same rounds; the single-host lister's rate is block `lister`'s;
 # and writes the run's Markdown page to a new file,
 # docs/benchmarks/YYYY-MM-DD-HHMM-<slug>.md (UTC start time; never an
 # existing file). docs/BENCHMARKS.md is the summary people read: it is
@@ -50,7 +56,7 @@
 #                    instead of a fresh scratch ext4 per run (see below)
 #   --no-pin         do not split the CPUs between server and client
 #   --no-build       use the binaries already in target/release
-#   --only LIST      comma-separated subset of: main,sweeps,protocols,split,errors,lister,profile,refs,latency,throttle,baseline
+#   --only LIST      comma-separated subset of: main,sweeps,protocols,split,errors,lister,cluster,profile,refs,latency,throttle,baseline
 #   --ref-size N     files for the refs block (default 200000; nginx serves them
 #                    from a tree of small files on /dev/shm: ~4 KiB of RAM each)
 #   --baseline DIR   DIR/bulkget is an older build (e.g. copied from
@@ -99,7 +105,7 @@ ORIG_ARGS="$*"
 ORIG_ARGV=("$@")
 
 QUICK=0 BIG=0 RUNS=3 BIG_RUNS=1 SIZES="100000 1000000" OUT_BASE="" PIN=1 BUILD=1
-DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,protocols,split,errors,lister,profile,refs,latency,throttle"
+DOC="" SLUG="" WRITE_DOC=1 ONLY_ALL="main,sweeps,protocols,split,errors,lister,cluster,profile,refs,latency,throttle"
 ONLY=$ONLY_ALL SIZES_SET=0 RUNS_SET=0 NICE="" BASELINE="" REF_SIZE=200000
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -726,6 +732,79 @@ if want lister; then
     done
     stop_server
   done
+fi
+
+# ---------------------------------------------------------------- 9: cluster
+# CPU seconds (user + system) a live process has used so far.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# CPU seconds from a /usr/bin/time -f "%U %S" file.
+time_cpu() { awk '{ printf "%.3f", $1 + $2 }' "$1"; }
+if want cluster; then
+  NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
+  if [[ ! -x $NATS_BIN ]]; then
+    note "nats-server is not installed: no cluster block (apt-get install nats-server)"
+  else
+    n=$SWEEP_SIZE
+    start_server "$n"
+    for r in $(seq "$RUNS"); do
+      nats_dir=$(mktemp -d "$NULL_BASE/nats.XXXXXX")
+      nats_port=$(free_port)
+      NATS_URL_B="nats://127.0.0.1:$nats_port"
+      taskset -c "$SERVER_CPUS" "$NATS_BIN" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir" >"$WORK/nats.log" 2>&1 &
+      nats_pid=$!
+      for i in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
+      # The lister alone: every batch published, no host taking them.
+      # taskset execs the lister, so $! is the lister itself.
+      c0=$(cpu_of "$nats_pid") t0=$EPOCHREALTIME
+      "${NICE_CMD[@]}" taskset -c "$CLIENT_CPUS" "$BULKGET" cluster list "$URL" --nats "$NATS_URL_B" \
+        --job "bench-list-$r" --max-queued 100000000 --quiet >"$WORK/list.log" 2>&1 &
+      lpid=$!
+      # It waits for hosts once everything is published: stop it when the
+      # consumer holds every batch.
+      want_batches=$(( (n + 999) / 1000 )) q=0 give_up=$((SECONDS + 120))
+      while [[ $SECONDS -lt $give_up ]]; do
+        q=$("$BULKGET" cluster status --nats "$NATS_URL_B" --job "bench-list-$r" --json 2>/dev/null \
+          | python3 -c 'import json,sys; print(json.load(sys.stdin)["batches_queued"])' 2>/dev/null || echo 0)
+        [[ $q -ge $want_batches ]] && break
+        sleep 0.05
+      done
+      [[ $q -ge $want_batches ]] || note "cluster list: only $q of $want_batches batches queued after 120 s"
+      t1=$EPOCHREALTIME c1=$(cpu_of "$nats_pid") lcpu=$(cpu_of "$lpid")
+      kill "$lpid" 2>/dev/null; wait "$lpid" 2>/dev/null || true
+      printf 'kind=cluster\tphase=list\tsize=%s\twall=%s\tnats_cpu=%s\tlister_cpu=%s\n' "$n" \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" \
+        "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.3f", b - a }')" "$lcpu" >>"$RESULTS"
+      log "cluster list N=$n: $(tail -1 "$RESULTS")"
+      # A 2-host run: hosts of 1 worker each, null sink.
+      c0=$(cpu_of "$nats_pid") t0=$EPOCHREALTIME
+      client /usr/bin/time -o "$WORK/clist.time" -f "%U %S" "$BULKGET" cluster list "$URL" --nats "$NATS_URL_B" \
+        --job "bench-run-$r" --quiet >"$WORK/clist.log" 2>&1 &
+      lpid=$!
+      hpids=()
+      for h in 1 2; do
+        client /usr/bin/time -o "$WORK/host$h.time" -f "%U %S" "$BULKGET" cluster work "$URL" "$NULL_BASE/host$h" \
+          --nats "$NATS_URL_B" --job "bench-run-$r" --workers 1 --sink null --progress none --quiet \
+          >"$WORK/host$h.log" 2>&1 &
+        hpids+=($!)
+      done
+      rc=0
+      wait "$lpid" || rc=$?
+      for p in "${hpids[@]}"; do wait "$p" || rc=$?; done
+      t1=$EPOCHREALTIME c1=$(cpu_of "$nats_pid")
+      printf 'kind=cluster\tphase=run\tsize=%s\twall=%s\tnats_cpu=%s\tlister_cpu=%s\thosts_cpu=%s\trc=%s\n' "$n" \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" \
+        "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.3f", b - a }')" "$(time_cpu "$WORK/clist.time")" \
+        "$(awk '{ s += $1 + $2 } END { printf "%.3f", s }' "$WORK/host1.time" "$WORK/host2.time")" "$rc" >>"$RESULTS"
+      log "cluster run N=$n: $(tail -1 "$RESULTS")"
+      [[ $rc == 0 ]] || note "cluster run not complete (exit $rc): $(tail -2 "$WORK/clist.log" | tr '\n\t' '  ')"
+      rm -rf "$NULL_BASE/host1" "$NULL_BASE/host2"
+      kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
+      rm -rf "$nats_dir"
+      # fetch in the same round, same server, same sink.
+      run_fetch cluster-ref "$n" null - $CONNS $BATCH $WINDOW 0 1000
+    done
+    stop_server
+  fi
 fi
 
 # ---------------------------------------------------------------- 7: refs

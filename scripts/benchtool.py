@@ -808,6 +808,42 @@ def cmd_report(results, meta_path):
             )
         w("")
 
+    # ---- cluster
+    cl = [r for r in rows if r["kind"] == "cluster"]
+    if cl:
+        w("## Cluster (NATS JetStream)\n")
+        w(
+            "`bulkget cluster list` publishing every batch (1,000 names, confirmed) to a private nats-server "
+            "with no host taking them, and a 2-host run (hosts of 1 worker, null sink) with its CPU: hosts, "
+            "lister and nats-server. `fetch` is the same round's `fetch --sink null` (tag cluster-ref); the "
+            "single-host lister's own rate is in \"The lister\".\n"
+        )
+        w("| phase | files | runs | wall s | names/s | nats-server CPU µs/file | lister CPU µs/file | hosts CPU µs/file | all CPU µs/file |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for (phase, size), rs in sorted(_group(cl, ["phase", "size"]).items()):
+            n = int(size)
+            per = lambda key: _fmt(_median(rs, key) / n * 1e6, 1) if _median(rs, key) is not None else "–"
+            hosts = per("hosts_cpu") if phase == "run" else "–"
+            every = [
+                (_num(r.get("nats_cpu")) or 0) + (_num(r.get("lister_cpu")) or 0) + (_num(r.get("hosts_cpu")) or 0)
+                for r in rs
+            ]
+            w(
+                f"| {phase} | {n:,} | {len(rs)} | {_fmt(_median(rs, 'wall'), 2)} | "
+                f"{_fmt(n / _median(rs, 'wall'))} | {per('nats_cpu')} | {per('lister_cpu')} | {hosts} | "
+                f"{_fmt(statistics.median(every) / n * 1e6, 1)} |"
+            )
+        ref = [r for r in rows if r["kind"] == "fetch" and r.get("tag") == "cluster-ref"]
+        if ref:
+            cpus = [_num(r["user"]) + _num(r["sys"]) for r in ref if r.get("user")]
+            if cpus:
+                n = int(ref[0]["size"])
+                w(
+                    f"| fetch | {n:,} | {len(ref)} | {_fmt(_median(ref, 'wall'), 2)} | "
+                    f"{_fmt(n / _median(ref, 'wall'))} | – | – | – | {_fmt(statistics.median(cpus) / n * 1e6, 1)} |"
+                )
+        w("")
+
     # ---- notes from the script
     notes = [r for r in rows if r["kind"] == "note"]
     if notes:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, after installing what the tests need that cargo
 # does not bring: nginx (Debian's nginx-light), the reference server of the
-# end-to-end test in tests/nginx.rs, and openssl for its certificate.
+# end-to-end test in tests/nginx.rs, openssl for its certificate, and
+# nats-server (Debian's package) for the cluster tests in tests/cluster.rs,
+# which fail, saying so, without it.
 #
 #   scripts/test.sh            # cargo test --workspace
 #   scripts/test.sh -- NAME    # extra arguments go to cargo test
@@ -18,6 +20,7 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v openssl >/dev/null || missing+=(openssl)
+[ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     if [ "$(id -u)" != 0 ]; then
@@ -27,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
             $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; }; then
         echo "scripts/test.sh: WARNING: could not install ${missing[*]};" \
-             "the nginx test will say it was skipped" >&2
+             "the nginx test will say it was skipped, the cluster tests will fail" >&2
     fi
 fi
 

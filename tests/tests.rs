@@ -3,6 +3,7 @@
 
 mod util;
 
+mod cluster;
 mod fetch;
 mod filters;
 mod hardening;

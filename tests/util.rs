@@ -302,6 +302,12 @@ impl Running {
         self.output(status.unwrap())
     }
 
+    /// The output if the process has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<Output> {
+        let status = self.child.try_wait().unwrap()?;
+        Some(self.output(status))
+    }
+
     /// Waits for the exit and returns the largest resident set size, in
     /// KiB, of the process and of every descendant it waited for (its
     /// workers), as the kernel accounts it in `wait4(2)`'s rusage.

@@ -16,6 +16,7 @@
 //! restarting or finished shard's share goes to the others. The run loop
 //! sends each worker its share in a `Pace` frame whenever it changes.
 
+use bulkget_protocol::ToWorker;
 use std::time::{Duration, Instant};
 
 /// The share of the run's goodput it is capped at after pushback.
@@ -192,6 +193,51 @@ impl Budget {
         };
         (run.map(|r| r / working.max(1) as f64), self.slowing())
     }
+
+    /// What each of `working` shards is told: its share as a `Pace` frame
+    /// carries it.
+    pub fn pace(&self, working: usize) -> Pace {
+        let (share, slowdown) = self.share(working);
+        Pace {
+            // 0 means no limit on the wire, so a limit rounds up to 1.
+            rps_milli: share.map_or(0, |r| ((r * 1000.0).round() as u64).max(1)),
+            slowdown,
+        }
+    }
+}
+
+/// A worker's share of the budget, as a `Pace` frame carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Thousandths of a request a second; 0: no limit.
+    pub rps_milli: u64,
+    /// A run-wide slow-down is part of it.
+    pub slowdown: bool,
+}
+
+impl Pace {
+    /// The frame that tells a worker.
+    pub fn frame(self) -> ToWorker {
+        ToWorker::Pace {
+            rps_milli: self.rps_milli,
+            slowdown: self.slowdown,
+        }
+    }
+
+    /// Whether a worker last told `sent` (`None`: nothing yet) must be told
+    /// this: a slow-down that starts or ends, a limit that appears or goes,
+    /// or a rate that moves by more than 1 %. Smaller moves are not worth a
+    /// frame to every worker every tick.
+    pub fn differs_from(self, sent: Option<Pace>) -> bool {
+        match sent {
+            None => true,
+            Some(old) => {
+                old.slowdown != self.slowdown
+                    || (old.rps_milli == 0) != (self.rps_milli == 0)
+                    || old.rps_milli.abs_diff(self.rps_milli) * 100 > old.rps_milli.max(1)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +246,48 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
     const MS10: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn a_pace_is_sent_again_only_when_it_moves() {
+        let b = Budget::new(4, Some(1_000.0), true, Instant::now());
+        let p = b.pace(4);
+        assert_eq!(
+            p,
+            Pace {
+                rps_milli: 250_000,
+                slowdown: false
+            }
+        );
+        assert!(p.differs_from(None));
+        assert!(!p.differs_from(Some(p)));
+        // 1 % or less is not worth a frame; more is.
+        let near = Pace {
+            rps_milli: 252_000,
+            ..p
+        };
+        assert!(!near.differs_from(Some(p)));
+        let far = Pace {
+            rps_milli: 253_000,
+            ..p
+        };
+        assert!(far.differs_from(Some(p)));
+        // No limit is 0 on the wire, and a change to or from it is sent.
+        let none = Budget::new(4, None, true, Instant::now()).pace(4);
+        assert_eq!(none.rps_milli, 0);
+        assert!(none.differs_from(Some(p)) && p.differs_from(Some(none)));
+        assert!(Pace {
+            slowdown: true,
+            ..p
+        }
+        .differs_from(Some(p)));
+        // A tiny share still limits: it rounds up to 1.
+        assert_eq!(
+            Budget::new(1, Some(1e-6), true, Instant::now())
+                .pace(1)
+                .rps_milli,
+            1
+        );
+    }
 
     #[test]
     fn max_rps_is_divided_among_the_shards_that_work() {

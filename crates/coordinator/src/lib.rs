@@ -1,6 +1,7 @@
 //! The coordinator.
 pub mod args;
 pub mod budget;
+pub mod config;
 pub mod exit;
 pub mod failure_log;
 pub mod filter;

@@ -95,10 +95,7 @@ impl Sink {
 
 async fn run(args: ListArgs) -> Result<i32, (i32, String)> {
     let endpoint = Endpoint::parse(&args.url).map_err(|e| (exit::USAGE, e.to_string()))?;
-    // The same floor as fetch's: deadlines are kept in whole milliseconds.
-    if args.service.list_timeout.as_millis() == 0 {
-        return Err((exit::USAGE, "--list-timeout must be at least 1ms".into()));
-    }
+    crate::config::check_service(&args.service)?;
     let filter = NameFilter::new(&args.filter).map_err(|e| (exit::USAGE, e))?;
     let connection = crate::service::connection_setup(&args.service, &endpoint)?;
     let config = crate::service::lister_config(&args.service, connection.transport);

@@ -12,8 +12,9 @@
 //! order through a channel, so a slow disk never stalls dispatch
 //! ([`crate::state_thread`]); its first failure stops the run at once.
 
-use crate::args::{FetchArgs, LayoutArg, SinkArg, Toggle};
+use crate::args::{FetchArgs, Toggle};
 use crate::budget::Budget;
+use crate::config::{self, HostConfig, Paths};
 use crate::exit;
 use crate::failure_log::FailureLog;
 use crate::lister::{ListError, ListerThread, ListerWait, Page};
@@ -29,7 +30,7 @@ use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards, Socket
 use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{
-    Failure, FatalKind, Layout, Resolve, SinkKind, ToCoordinator, ToWorker, Version, WorkerSettings,
+    Failure, FatalKind, SinkKind, ToCoordinator, Version, WorkerSettings,
 };
 use bulkget_report::format::human_bytes;
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};
@@ -38,34 +39,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-
-/// Finds out, once and before any worker starts, how the dir sink can
-/// resolve paths beneath OUT, and says so once: in the log when `openat2`
-/// works, on stderr when the workers must walk without it.
-fn probe_resolve(out: &Path, quiet: bool) -> Result<Resolve, (i32, String)> {
-    let (resolve, why) =
-        bulkget_sink::probe_resolve(out).map_err(|e| (exit::ERROR, e.to_string()))?;
-    match why {
-        None => tracing::info!("openat2 with RESOLVE_BENEATH is available"),
-        Some(why) => {
-            let msg = format!(
-                "openat2 cannot be used here ({why}); the dir sink opens each path one \
-                 component at a time with O_NOFOLLOW instead, which follows no symbolic \
-                 link inside {}",
-                out.display()
-            );
-            if !quiet {
-                tracing::warn!(target: MESSAGES, "bulkget: note: {msg}");
-            }
-        }
-    }
-    Ok(resolve)
-}
-
-/// A duration in whole milliseconds, as the worker settings carry it.
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 /// Runs `bulkget fetch` and returns the process exit code.
 pub fn fetch(args: FetchArgs) -> i32 {
@@ -136,77 +109,22 @@ struct Run {
 
 impl Run {
     fn setup(args: FetchArgs) -> Result<Setup, (i32, String)> {
-        let endpoint = Endpoint::parse(&args.url).map_err(|e| (exit::USAGE, e.to_string()))?;
-        if args.workers == Some(0)
-            || args.connections == 0
-            || args.batch_size == 0
-            || args.window == 0
-        {
-            return Err((
-                exit::USAGE,
-                "--workers, --connections, --batch-size and --window must be at least 1".into(),
-            ));
-        }
-        if duration_ms(args.request_timeout) == 0 || duration_ms(args.service.list_timeout) == 0 {
-            return Err((
-                exit::USAGE,
-                "--request-timeout and --list-timeout must be at least 1ms".into(),
-            ));
-        }
-        let filter = crate::filter::NameFilter::new(&args.filter).map_err(|e| (exit::USAGE, e))?;
-        let connection = crate::service::connection_setup(&args.service, &endpoint)?;
-        std::fs::create_dir_all(&args.out).map_err(|e| {
-            (
-                exit::ERROR,
-                format!("cannot create {}: {e}", args.out.display()),
-            )
-        })?;
-        let out = std::fs::canonicalize(&args.out).map_err(|e| {
-            (
-                exit::ERROR,
-                format!("cannot resolve {}: {e}", args.out.display()),
-            )
-        })?;
-        let state_dir = args
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| default_state_dir(&out));
-        // Where the state directory is inside OUT, so that no server name
-        // lands there, whatever the directory is called.
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
-            (
-                exit::ERROR,
-                format!("cannot create {}: {e}", state_dir.display()),
-            )
-        })?;
-        let state_dir_in_out =
-            bulkget_sink::state_dir_within(&out, &state_dir).map_err(|e| (exit::USAGE, e))?;
-        let resolve = if args.sink == SinkArg::Dir {
-            probe_resolve(&out, args.quiet)?
-        } else {
-            // Only the dir sink resolves paths beneath OUT.
-            Resolve::Openat2
-        };
-        let (sink, sink_name) = match args.sink {
-            SinkArg::Dir => (SinkKind::Dir, "dir"),
-            SinkArg::Sqlite => (SinkKind::Sqlite, "sqlite"),
-            SinkArg::Null => (SinkKind::Null, "null"),
-        };
-        let (layout, layout_name) = match args.layout {
-            LayoutArg::Flat => (Layout::Flat, "flat"),
-            LayoutArg::Fanout => (Layout::Fanout, "fanout"),
-        };
-        let workers = args.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+        let HostConfig {
+            endpoint,
+            connection,
+            filter,
+            paths,
+            workers,
+            mut settings,
+        } = HostConfig::from_args(&args)?;
+        let Paths { out, state_dir, .. } = paths;
+        let sink = settings.sink;
         let info = RunInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             url: endpoint.url(),
             out_dir: out.display().to_string(),
-            sink: sink_name.into(),
-            layout: layout_name.into(),
+            sink: config::sink_name(sink).into(),
+            layout: config::layout_name(settings.layout).into(),
             shards: workers,
             created_at: bulkget_stats::now_rfc3339(),
             header_names: connection.header_names(),
@@ -267,41 +185,13 @@ impl Run {
                 }));
             }
         };
-        let settings = WorkerSettings {
-            base_url: endpoint.url(),
-            out_dir: out.display().to_string(),
-            state_dir: state_dir.display().to_string(),
-            state_dir_in_out,
-            sink,
-            layout,
-            resolve,
-            connections: args.connections,
-            http_version: args.service.http_version.into(),
-            pipeline: args.pipeline,
-            max_file_size: args.max_file_size,
-            connect_timeout_ms: args.service.connect_timeout_ms,
-            first_byte_timeout_ms: args.service.first_byte_timeout_ms,
-            idle_timeout_ms: args.service.idle_timeout_ms,
-            request_timeout_ms: duration_ms(args.request_timeout),
-            max_attempts: args.service.max_attempts.max(1),
-            backoff_base_ms: args.service.retry_base_ms,
-            backoff_max_ms: args.service.retry_max_ms,
-            max_redirects: 5,
-            stats_interval_ms: 1_000,
-            headers: connection.headers.clone(),
-            tls: connection.tls.clone(),
-            proxy: connection.proxy.clone(),
-            refresh,
-            test_hooks: args.test.worker_hooks(),
-            adaptive: args.adaptive == Toggle::On,
-        };
-        // Stats files of an earlier run or of more shards would mislead
-        // `bulkget status`; each worker writes its own afresh.
-        if let Ok(entries) = std::fs::read_dir(state_dir.join("shards")) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        settings.refresh = refresh;
+        bulkget_stats::schema::fresh_shards_dir(&state_dir).map_err(|e| {
+            (
+                exit::ERROR,
+                format!("cannot prepare {}/shards: {e}", state_dir.display()),
+            )
+        })?;
 
         if let Some(n) = args.test.fail_sync_after() {
             state.fail_sync_after(n);
@@ -594,29 +484,14 @@ impl Run {
     /// send nothing with it), so a batch that reaches one is paced at once.
     fn pace_workers(&mut self) {
         let working = self.working_shards().len();
-        let (share, slowdown) = self.budget.share(working);
-        // 0 means no limit on the wire, so a limit rounds up to 1.
-        let rps_milli = share.map_or(0, |r| ((r * 1000.0).round() as u64).max(1));
+        let pace = self.budget.pace(working);
         for slot in self.shards.iter_mut() {
             let Some(worker) = &slot.worker else { continue };
-            if slot.down {
+            if slot.down || !pace.differs_from(slot.paced) {
                 continue;
             }
-            let changed = match slot.paced {
-                None => true,
-                Some((old, old_slowdown)) => {
-                    old_slowdown != slowdown
-                        || (old == 0) != (rps_milli == 0)
-                        || old.abs_diff(rps_milli) * 100 > old.max(1)
-                }
-            };
-            if changed {
-                worker.send(&ToWorker::Pace {
-                    rps_milli,
-                    slowdown,
-                });
-                slot.paced = Some((rps_milli, slowdown));
-            }
+            worker.send(&pace.frame());
+            slot.paced = Some(pace);
         }
     }
 
@@ -1175,9 +1050,4 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
-}
-
-/// The state directory a run on `out` uses by default.
-pub fn default_state_dir(out: &Path) -> PathBuf {
-    out.join(bulkget_protocol::STATE_DIR_NAME)
 }

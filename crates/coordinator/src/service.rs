@@ -3,7 +3,7 @@
 //! in one place for `fetch` and `list`.
 
 use crate::args::{HttpVersionArg, ServiceArgs};
-use crate::exit;
+use crate::config::ConfigError;
 use crate::lister::ListerConfig;
 use bulkget_console::MESSAGES;
 use bulkget_http::{Backoff, Endpoint, Limits, Proto, Transport};
@@ -33,8 +33,8 @@ impl Connection {
 pub fn connection_setup(
     args: &ServiceArgs,
     endpoint: &Endpoint,
-) -> Result<Connection, (i32, String)> {
-    let headers = crate::args::read_headers(&args.header).map_err(|e| (exit::USAGE, e))?;
+) -> Result<Connection, ConfigError> {
+    let headers = crate::args::read_headers(&args.header).map_err(ConfigError::Service)?;
     let tls = TlsSettings {
         cacert: args.cacert.as_ref().map(|p| p.display().to_string()),
         client_cert: args.client_cert.as_ref().map(|p| p.display().to_string()),
@@ -65,7 +65,7 @@ pub fn connection_setup(
         args.noproxy.as_deref(),
         |name| std::env::var(name).ok(),
     )
-    .map_err(|e| (exit::USAGE, format!("proxy: {e}")))?;
+    .map_err(|e| ConfigError::Service(format!("proxy: {e}")))?;
     let transport = Transport::new(
         endpoint,
         Duration::from_millis(args.connect_timeout_ms),
@@ -73,7 +73,7 @@ pub fn connection_setup(
         proxy.clone(),
         headers.clone(),
     )
-    .map_err(|e| (exit::USAGE, e.to_string()))?;
+    .map_err(|e| ConfigError::Service(e.to_string()))?;
     let headers = headers
         .into_iter()
         .map(|(name, value)| {

@@ -390,9 +390,9 @@ pub struct ShardSlot {
     pub life: ShardLife,
     pub idle_since: Option<Instant>,
     pub idle_total: Duration,
-    /// The share of the request budget last sent to the current worker, as
-    /// `(rps_milli, slowdown)`; `None` until one is sent.
-    pub paced: Option<(u64, bool)>,
+    /// The share of the request budget last sent to the current worker;
+    /// `None` until one is sent.
+    pub paced: Option<crate::budget::Pace>,
 }
 
 /// What to do about a worker's exit ([`Shards::on_exit`]).

@@ -59,6 +59,20 @@ pub fn shards_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(SHARDS_DIR)
 }
 
+/// Makes `STATE/shards` ready for a new set of workers: created if
+/// missing, and emptied of the stats files of an earlier run or of more
+/// shards, which would mislead `bulkget status`; each worker writes its
+/// own afresh. Both `fetch` (once it holds the state directory's lock) and
+/// a cluster host call it before starting their workers.
+pub fn fresh_shards_dir(state_dir: &Path) -> std::io::Result<PathBuf> {
+    let dir = shards_dir(state_dir);
+    std::fs::create_dir_all(&dir)?;
+    for entry in std::fs::read_dir(&dir)?.flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    Ok(dir)
+}
+
 /// The file name of a shard's stats: `shard-03.json`. Two digits at least, so
 /// that `ls` sorts the first hundred shards in order.
 pub fn shard_file_name(shard: u32) -> String {
