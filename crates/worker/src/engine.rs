@@ -734,7 +734,8 @@ impl Engine {
                 c.latency
                     .borrow_mut()
                     .record(answer.latency.as_micros() as u64);
-                self.governor.judge(outcome(&answer.result, answer.latency));
+                self.governor
+                    .judge_at(outcome(&answer.result, answer.latency), answer.at);
                 spare = true;
                 if let Next::Stop = self.handled(item, answer.result, &body) {
                     return;
