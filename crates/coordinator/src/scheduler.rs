@@ -64,8 +64,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 pub const SPLIT_WAYS: usize = 16;
 
 /// Stalled batches a shard may hold outside its window. With batches of
-/// 256 names this lets a worker keep about 260,000 names waiting on retry
-/// timers (a few tens of MB at most) while it goes on with new work.
+/// 1,024 names (the default) this lets a worker keep about a million names
+/// waiting on retry timers (tens of MB at most) while it goes on with new
+/// work.
 pub const MAX_STALLED: usize = 1024;
 
 /// The reason recorded for a name that crashed its worker twice.

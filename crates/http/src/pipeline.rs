@@ -69,7 +69,8 @@
 //! when the reader has to wait for the socket; responses are parsed in
 //! place in one read buffer. Neither buffer is reallocated in steady state,
 //! request paths are kept in recycled strings, and the clock is read once
-//! per write and once per response. The only allocation per file is the
+//! per write and once per response (the caller reuses that reading,
+//! [`Answer::at`]). The only allocation per file is the
 //! caller's body buffer growing, which it reuses.
 
 use crate::conn::{deadline_after, race, resolve_redirect, Expired, Limit, MAX_ERROR_BODY, UA};
@@ -130,6 +131,10 @@ pub struct Answer {
     /// From writing the request (its first hop, when redirected) to the end
     /// of its response, whatever the outcome.
     pub latency: Duration,
+    /// When the response ended (or broke): the clock reading `latency` was
+    /// taken from, for a caller that needs the time now, without reading
+    /// the clock again.
+    pub at: Instant,
 }
 
 /// Why a connection says its server does not pipeline correctly.
@@ -510,6 +515,7 @@ impl PipeConn {
                 token,
                 result,
                 latency,
+                at: now,
             });
         }
     }
@@ -606,6 +612,7 @@ impl PipeConn {
             token,
             result: Err(error),
             latency,
+            at: now,
         })
     }
 

@@ -707,7 +707,10 @@ impl Governor {
     /// Takes a slot under the rate if one is free now (for a pipelined
     /// connection, which reads answers rather than wait).
     pub fn try_pace(&self) -> bool {
-        self.bucket.borrow_mut().try_take(Instant::now())
+        let mut bucket = self.bucket.borrow_mut();
+        // Without a rate there is nothing to take: no need to read the
+        // clock, which is done per request.
+        bucket.rate().is_none() || bucket.try_take(Instant::now())
     }
 
     /// An answer (or none) to a request that held a permit: gives the
@@ -721,7 +724,13 @@ impl Governor {
     /// its next request (a pipelined connection refilling itself, which
     /// saves a wake-up of another task per answer).
     pub fn judge(&self, outcome: Outcome) {
-        let now = Instant::now();
+        self.judge_at(outcome, Instant::now());
+    }
+
+    /// [`Governor::judge`] for an answer that ended at `now`, for a caller
+    /// that has just read the clock (a pipelined connection reads it once
+    /// per response).
+    pub fn judge_at(&self, outcome: Outcome, now: Instant) {
         let before = self.limit();
         let (clean, pushback) = self.pressure.get();
         match outcome {
