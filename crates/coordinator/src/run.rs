@@ -29,9 +29,7 @@ use crate::state_thread::StateHandle;
 use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards, SocketEnd};
 use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
-use bulkget_protocol::{
-    Failure, FatalKind, SinkKind, ToCoordinator, Version, WorkerSettings,
-};
+use bulkget_protocol::{Failure, FatalKind, SinkKind, ToCoordinator, Version, WorkerSettings};
 use bulkget_report::format::human_bytes;
 use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, SummaryState};
 use std::path::{Path, PathBuf};
