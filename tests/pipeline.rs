@@ -87,10 +87,22 @@ fn requests_behind_a_keep_alive_limit_are_sent_again_and_pipelining_goes_on() {
 fn a_server_that_closes_after_two_answers_makes_each_worker_fall_back_once() {
     let server = Server::start(&["--files", "3000", "--keepalive-requests", "2"]);
     let ws = Workspace::new();
+    // Both workers must get names: 3,000 files in the default batches of
+    // 1,024 are three batches, which the worker that starts first can take
+    // alone (its window holds eight). Batches of 100 leave some for each.
     let mut cmd = fetch_command(
         &server.url,
         &ws,
-        &["--workers", "2", "--connections", "4", "--pipeline", "8"],
+        &[
+            "--workers",
+            "2",
+            "--connections",
+            "4",
+            "--pipeline",
+            "8",
+            "--batch-size",
+            "100",
+        ],
     );
     cmd.env("RUST_LOG", "warn");
     let output = cmd.output().unwrap();
