@@ -279,7 +279,10 @@ start_server() { # N [server args...]
   local i
   URL=""
   for i in $(seq 200); do
-    URL=$(head -1 "$WORK/server.out" 2>/dev/null | sed -n 's/^listening on //p')
+    # `|| true`: the background shell may not have created server.out
+    # yet, and under set -e -o pipefail head's failure would end the
+    # whole bench silently.
+    URL=$(head -1 "$WORK/server.out" 2>/dev/null | sed -n 's/^listening on //p' || true)
     [[ -n $URL ]] && break
     sleep 0.05
   done
