@@ -102,3 +102,85 @@ fn a_rate_limited_service_is_fetched_with_few_429s_by_default() {
     }
     assert!(pushback > 0);
 }
+
+/// Each shard's stats file, in shard order.
+fn shard_files(ws: &Workspace) -> Vec<serde_json::Value> {
+    let mut paths: Vec<_> = std::fs::read_dir(ws.state().join("shards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| read_json(p).unwrap()).collect()
+}
+
+/// The default ceiling on sockets per worker (`--connections`).
+const DEFAULT_CONNECTIONS: u64 = 256;
+
+/// With the default flags a worker opens a connection only for a request
+/// its in-flight limit lets out, and the limit starts at 16 and grows with
+/// answers: a short loopback run opens a few connections, not the 256 per
+/// worker that `--connections` allows.
+#[test]
+fn a_short_run_opens_only_the_connections_its_in_flight_limit_calls_for() {
+    let server = Server::start(&["--files", "100"]);
+    let ws = Workspace::new();
+    let output = fetch(&server, &ws, &["--workers", "2"]);
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 100);
+    let stats = server.stats();
+    assert_eq!(stats["requests"]["get"].as_u64().unwrap(), 100);
+    let accepted = stats["connections_accepted"].as_u64().unwrap();
+    // At most one per GET, plus the lister's and this test's own; far
+    // below 2 x 256.
+    assert!(accepted <= 100 + 2, "{accepted} connections for 100 files");
+    assert!(accepted * 4 <= 2 * DEFAULT_CONNECTIONS, "{accepted}");
+    for shard in shard_files(&ws) {
+        let opened = shard["connections_opened"].as_u64().unwrap();
+        let limit = shard["pace"]["in_flight_limit"].as_u64().unwrap();
+        assert_eq!(shard["pace"]["adaptive"], true);
+        // The limit only grew (no pushback), so it is the highest it was.
+        assert!(
+            opened <= limit,
+            "{opened} connections at a limit of {limit}"
+        );
+        assert!(limit <= 16 + 100, "{shard}");
+    }
+}
+
+/// Against a service 10 ms away the in-flight limit grows by slow start and
+/// is spread over connections: the connections grow with it, from the 16
+/// requests a worker starts with to its ceiling of 256, and never past the
+/// limit or the ceiling.
+#[test]
+fn at_ten_milliseconds_the_connections_grow_with_the_in_flight_limit() {
+    let server = Server::start(&["--files", "6000", "--latency-ms", "10"]);
+    let ws = Workspace::new();
+    let output = fetch(&server, &ws, &["--workers", "2"]);
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 6000);
+    let accepted = server.stats()["connections_accepted"].as_u64().unwrap();
+    assert!(
+        accepted <= 2 * DEFAULT_CONNECTIONS + 2,
+        "{accepted} connections"
+    );
+    let shards = shard_files(&ws);
+    let mut opened_all = 0;
+    for shard in &shards {
+        let opened = shard["connections_opened"].as_u64().unwrap();
+        let limit = shard["pace"]["in_flight_limit"].as_u64().unwrap();
+        let fetched = shard["files_ok"].as_u64().unwrap();
+        assert!(
+            opened <= limit,
+            "{opened} connections at a limit of {limit}"
+        );
+        assert!(opened <= DEFAULT_CONNECTIONS, "{opened}");
+        // A shard that fetched a few hundred files grew its limit past
+        // the connections it could fill one request each, and opened far
+        // more than the 16 it started with.
+        if fetched >= 1_000 {
+            assert!(opened >= 128, "{opened} connections for {fetched} files");
+        }
+        opened_all += opened;
+    }
+    assert!(opened_all >= 128, "{shards:?}");
+}
