@@ -23,7 +23,7 @@ use crate::progress::{note, Progress};
 use crate::report;
 use crate::restart::RestartPolicy;
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
-use crate::shutdown::{OnSignal, Reason, Shutdown, StopSignal};
+use crate::shutdown::{self, OnSignal, Reason, Shutdown, StopSignal, StopSignals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::StateHandle;
 use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards, SocketEnd};
@@ -35,7 +35,6 @@ use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, Summar
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 /// Runs `bulkget fetch` and returns the process exit code.
@@ -298,11 +297,7 @@ impl Run {
             }
         };
 
-        let mut sigint = signal(SignalKind::interrupt()).expect("signal handler");
-        let mut sigterm = signal(SignalKind::terminate()).expect("signal handler");
-        // A closed terminal sends SIGHUP: the run stops as for SIGTERM, with
-        // its checkpoint, instead of dying without one.
-        let mut sighup = signal(SignalKind::hangup()).expect("signal handler");
+        let mut signals = StopSignals::install().expect("signal handler");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut cx = LoopContext {
@@ -330,10 +325,8 @@ impl Run {
                 Some(ev) = events.recv() => Input::Worker(ev),
                 Some(why) = state_failed.recv() => Input::StateFailed(why),
                 Some(shard) = restarts.recv() => Input::Restart(shard),
-                _ = sigint.recv() => Input::Signal(StopSignal::Interrupt),
-                _ = sigterm.recv() => Input::Signal(StopSignal::Terminate),
-                _ = sighup.recv() => Input::Signal(StopSignal::Hangup),
-                () = sleep_until_opt(self.shutdown.deadline()) => Input::Deadline,
+                signal = signals.recv() => Input::Signal(signal),
+                () = shutdown::sleep_until(self.shutdown.deadline()) => Input::Deadline,
                 _ = tick.tick() => Input::Tick,
             };
             self.handle(input, &mut cx);
@@ -1041,11 +1034,4 @@ struct LoopContext {
     restarts: mpsc::UnboundedSender<usize>,
     last_checkpoint: Instant,
     checkpoint_every: Duration,
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
 }

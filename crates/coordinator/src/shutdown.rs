@@ -17,11 +17,15 @@
 //!
 //! Like mini-redis's `Shutdown`, it is a plain value the run loop asks; it
 //! holds no handle and does no I/O, so every rule is tested without
-//! processes.
+//! processes. Its two inputs from the outside world are here too, for every
+//! loop that ends this way (`fetch`'s run loop and a `cluster work` host):
+//! [`StopSignals`], the process's stop signals as one stream, and
+//! [`sleep_until`], which waits for the deadline.
 
 use crate::exit;
 use bulkget_stats::RunState;
 use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// How long finished workers may take to write their last stats and exit.
 pub const FINISH_WITHIN: Duration = Duration::from_secs(10);
@@ -52,6 +56,45 @@ impl StopSignal {
             StopSignal::Terminate => exit::TERMINATED,
             StopSignal::Hangup => exit::HANGUP,
         }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP as one stream of [`StopSignal`]s.
+pub struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers: from now on these signals no longer end the
+    /// process, they are read here. A closed terminal sends SIGHUP, so it
+    /// stops the run as SIGTERM does, with its checkpoint, instead of
+    /// killing it without one.
+    pub fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next stop signal. Cancel safe: a signal that arrives while
+    /// another branch of a `select!` wins is kept for the next call.
+    pub async fn recv(&mut self) -> StopSignal {
+        tokio::select! {
+            _ = self.interrupt.recv() => StopSignal::Interrupt,
+            _ = self.terminate.recv() => StopSignal::Terminate,
+            _ = self.hangup.recv() => StopSignal::Hangup,
+        }
+    }
+}
+
+/// Waits until `deadline` ([`Shutdown::deadline`]), or forever without one.
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
