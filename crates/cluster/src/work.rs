@@ -32,7 +32,7 @@ use bulkget_coordinator::exit;
 use bulkget_coordinator::failure_log::FailureLog;
 use bulkget_coordinator::restart::RestartPolicy;
 use bulkget_coordinator::shutdown::{self, OnSignal, Reason, Shutdown, StopSignal, StopSignals};
-use bulkget_coordinator::supervisor::{self, describe_end, Event, OnExit, Phase, Shards};
+use bulkget_coordinator::supervisor::{describe_end, Event, OnExit, Phase, Shards};
 use bulkget_protocol::{BatchId, Failure, FatalKind, ToCoordinator, ToWorker, Version};
 use futures_util::StreamExt;
 use std::collections::{HashMap, VecDeque};
@@ -953,17 +953,13 @@ impl Host {
                 }
             }
             Event::Disconnected {
-                shard, generation, ..
+                shard,
+                generation,
+                end,
             } => {
                 if self.shards.is_current(shard, generation) {
                     self.shard_down(shard);
-                    if let Some(w) = &self.shards[shard].worker {
-                        let after = supervisor::EXIT_AFTER_CLOSE;
-                        w.kill_unless_exited_within(
-                            after,
-                            format!("it closed its socket and had not exited {after:?} later"),
-                        );
-                    }
+                    self.shards.on_disconnected(shard, end);
                 }
             }
             Event::Incompatible {

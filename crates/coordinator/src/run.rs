@@ -5,7 +5,7 @@
 //! shutdown deadline and a one-second tick, and turns what arrived into an
 //! `Input`; `Run::handle` then decides, with the rules of how the run
 //! ends in [`Shutdown`] and those of a shard's life in
-//! [`supervisor::Shards`], and updates the [`Scheduler`], the workers and
+//! [`Shards`], and updates the [`Scheduler`], the workers and
 //! the state directory. What the run reports is rendered in
 //! [`crate::report`]. Blocking work on the state directory (appending
 //! failures, syncing, writing checkpoints) runs on a separate thread fed in
@@ -26,7 +26,7 @@ use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::shutdown::{self, OnSignal, Reason, Shutdown, StopSignal, StopSignals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::StateHandle;
-use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards, SocketEnd};
+use crate::supervisor::{describe_end, Event, OnExit, Phase, Shards};
 use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{Failure, FatalKind, SinkKind, ToCoordinator, Version, WorkerSettings};
@@ -644,24 +644,7 @@ impl Run {
                 tracing::debug!(shard, generation, ?end, "disconnected");
                 if self.shards.is_current(shard, generation) {
                     self.shard_down(shard);
-                    let closed = match end {
-                        SocketEnd::Invalid(e) => {
-                            self.kill_worker(shard, format!("it broke the protocol ({e})"));
-                            return;
-                        }
-                        SocketEnd::Closed => "it closed its socket".to_string(),
-                        SocketEnd::Broken(e) => format!("its socket failed ({e})"),
-                    };
-                    // A worker's socket closes as it exits, or dies: give it
-                    // the time to, so that a worker killed by someone else
-                    // is not reported as killed by us.
-                    if let Some(w) = &self.shards[shard].worker {
-                        let after = supervisor::EXIT_AFTER_CLOSE;
-                        w.kill_unless_exited_within(
-                            after,
-                            format!("{closed} and it had not exited {after:?} later"),
-                        );
-                    }
+                    self.shards.on_disconnected(shard, end);
                 }
             }
             Event::Incompatible {

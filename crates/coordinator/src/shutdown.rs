@@ -416,6 +416,36 @@ mod tests {
         assert_eq!(s.exit_code(0), exit::HANGUP);
     }
 
+    #[tokio::test]
+    async fn each_stop_signal_is_read_as_its_own_kind() {
+        use nix::sys::signal::{raise, Signal};
+        // Installed before any is raised: from then on they are read here
+        // instead of ending the test process.
+        let mut signals = StopSignals::install().expect("signal handlers");
+        for (raised, read) in [
+            (Signal::SIGHUP, StopSignal::Hangup),
+            (Signal::SIGTERM, StopSignal::Terminate),
+            (Signal::SIGINT, StopSignal::Interrupt),
+        ] {
+            raise(raised).expect("raise");
+            let got = tokio::time::timeout(Duration::from_secs(30), signals.recv())
+                .await
+                .expect("the signal arrives");
+            assert_eq!(got, read);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deadline_sleep_ends_at_the_deadline_and_never_without_one() {
+        let soon = Instant::now() + Duration::from_millis(10);
+        tokio::time::timeout(Duration::from_secs(30), sleep_until(Some(soon)))
+            .await
+            .expect("a deadline is reached");
+        assert!(Instant::now() >= soon);
+        let never = tokio::time::timeout(Duration::from_millis(50), sleep_until(None)).await;
+        assert!(never.is_err(), "no deadline, no wake-up");
+    }
+
     #[test]
     fn exit_codes_follow_the_reason_then_the_failed_files() {
         let t0 = Instant::now();

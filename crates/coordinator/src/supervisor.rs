@@ -501,6 +501,26 @@ impl Shards {
         }
     }
 
+    /// The shard's worker's socket ended (the caller has put its work
+    /// back). A worker that broke the protocol is killed now. One whose
+    /// socket closed or failed is exiting, or has died: it gets
+    /// [`EXIT_AFTER_CLOSE`] to exit by itself before it is killed, so that
+    /// a worker killed by someone else is not reported as killed by us.
+    pub fn on_disconnected(&self, shard: usize, end: SocketEnd) {
+        let Some(w) = &self.slots[shard].worker else {
+            return;
+        };
+        let closed = match end {
+            SocketEnd::Invalid(e) => return w.kill(format!("it broke the protocol ({e})")),
+            SocketEnd::Closed => "it closed its socket".to_string(),
+            SocketEnd::Broken(e) => format!("its socket failed ({e})"),
+        };
+        w.kill_unless_exited_within(
+            EXIT_AFTER_CLOSE,
+            format!("{closed} and it had not exited {EXIT_AFTER_CLOSE:?} later"),
+        );
+    }
+
     /// The shard's worker exited. `ending` says whether the run is stopping
     /// or every file is done, so that no exit is a crash. The slot has no
     /// worker afterwards; a crash moves it to backoff or says to park it.
