@@ -574,6 +574,123 @@ fn a_host_stopped_by_sigterm_gives_its_unfinished_batches_back() {
     );
 }
 
+#[test]
+fn a_second_signal_stops_a_host_at_once_and_gives_its_batches_back() {
+    let nats = Nats::start();
+    // Every answer takes 5 s: within --grace 300 the batches would run for
+    // minutes, so a host that exits within the bound below did not wait.
+    let server = Server::start(&["--files", "2000", "--latency-ms", "5000"]);
+    let ws = Workspace::new();
+    let _lister = Running::spawn(lister_command(
+        &server,
+        &nats,
+        "twice",
+        &["--ack-wait", "600s"],
+    ));
+    let a = ws.root.path().join("a");
+    let mut host_a = host(
+        &server,
+        &nats,
+        "twice",
+        &a,
+        &["--workers", "1", "--grace", "300", "--host-id", "a"],
+    );
+    wait_for(Duration::from_secs(30), "both batches in flight", || {
+        let out = status(&nats, "twice", &["--json"]);
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|v| v["batches_in_flight"].as_u64() == Some(2))
+    });
+    let pid = Pid::from_raw(host_a.pid() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    // Two signals sent at once may reach the host as one: the second goes
+    // only once the host says it is stopping.
+    wait_for(Duration::from_secs(30), "host a to be stopping", || {
+        status_json(&nats, "twice")["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["host"] == "a" && h["state"] == "draining")
+    });
+    kill(pid, Signal::SIGTERM).unwrap();
+    // The first signal's code: the second only hurries the stop.
+    assert_code(&host_a.wait_within(Duration::from_secs(40)), 143);
+    let b = ws.root.path().join("b");
+    let _host_b = host(
+        &server,
+        &nats,
+        "twice",
+        &b,
+        &["--workers", "1", "--host-id", "b"],
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the batches given back to reach host b",
+        || {
+            let st = status_json(&nats, "twice");
+            st["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["host"] == "b" && h["batches_redelivered"] == 2)
+        },
+    );
+}
+
+#[test]
+fn a_host_whose_every_shard_is_parked_stops_with_exit_5_and_others_finish_the_job() {
+    let nats = Nats::start();
+    let server = Server::start(&["--files", "2000"]);
+    let ws = Workspace::new();
+    let mut lister = Running::spawn(lister_command(&server, &nats, "parked", &[]));
+    let a = ws.root.path().join("a");
+    let mut host_a = host(
+        &server,
+        &nats,
+        "parked",
+        &a,
+        &[
+            "--workers",
+            "1",
+            "--host-id",
+            "a",
+            "--test-fail-start-shard",
+            "0",
+            "--restart-burst",
+            "2",
+        ],
+    );
+    let out = host_a.wait_within(Duration::from_secs(60));
+    assert_code(&out, 5);
+    assert!(
+        text(&out.stderr).contains("every shard is parked"),
+        "{}",
+        text(&out.stderr)
+    );
+    let st = status_json(&nats, "parked");
+    let a_record = st["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "a")
+        .cloned()
+        .expect("host a published its totals");
+    assert_eq!(a_record["exit_code"], 5, "{a_record}");
+    assert_eq!(a_record["files_ok"], 0, "{a_record}");
+    // Nothing was lost with it: another host does the whole job.
+    let b = ws.root.path().join("b");
+    let mut host_b = host(
+        &server,
+        &nats,
+        "parked",
+        &b,
+        &["--workers", "1", "--host-id", "b"],
+    );
+    assert_code(&lister.wait_within(Duration::from_secs(240)), 0);
+    assert_code(&host_b.wait_within(Duration::from_secs(60)), 0);
+    assert_eq!(verify_union(&[b], &server.dataset()), 2000);
+}
+
 /// The names in one host's OUT (its state directory aside), sorted.
 fn out_names(out: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(out)
