@@ -329,16 +329,17 @@ fn a_killed_lister_resumes_and_a_second_one_is_refused() {
         "--page-size",
         "100",
         "--list-delay-ms",
-        "80",
+        "150",
     ]);
     let ws = Workspace::new();
     let out = ws.out();
     let mut first = Running::spawn(lister_command(&server, &nats, "relist", &[]));
     let mut host_a = host(&server, &nats, "relist", &out, &["--workers", "1"]);
-    // The listing takes 16 s at least (200 pages, 80 ms each): after page
-    // 5, that leaves the second lister and the kill below 15 s to happen
+    // The listing takes 30 s at least (200 pages, 150 ms each): after page
+    // 5, that leaves the second lister and the kill below 29 s to happen
     // while it lists, even on a loaded machine where each `cluster`
-    // command takes seconds to start.
+    // command takes seconds to start (with 80 ms a page, the whole suite
+    // on two busy cores once let the listing finish first).
     wait_for(
         Duration::from_secs(60),
         "the listing to pass page 5",
