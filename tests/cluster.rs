@@ -523,119 +523,105 @@ fn a_retry_after_longer_than_ack_wait_is_not_redelivered() {
     assert!(hosts_sum(&st, "retries") >= 1, "{st}");
 }
 
+/// A job of two batches of slow files (every answer takes `latency_ms`)
+/// with host "a", one worker and `--grace GRACE`, once both batches are in
+/// flight there. AckWait is far longer than the test: a batch that reaches
+/// another host in time was given back, not left to run out.
+///
+/// Fields drop in order: the processes before what they use.
+struct SlowJob {
+    host_a: Running,
+    _lister: Running,
+    job: &'static str,
+    ws: Workspace,
+    server: Server,
+    nats: Nats,
+}
+
+impl SlowJob {
+    fn start(job: &'static str, latency_ms: &str, grace: &str) -> SlowJob {
+        let nats = Nats::start();
+        let server = Server::start(&["--files", "2000", "--latency-ms", latency_ms]);
+        let ws = Workspace::new();
+        let lister = Running::spawn(lister_command(&server, &nats, job, &["--ack-wait", "600s"]));
+        let a = ws.root.path().join("a");
+        let host_a = host(
+            &server,
+            &nats,
+            job,
+            &a,
+            &["--workers", "1", "--grace", grace, "--host-id", "a"],
+        );
+        wait_for(Duration::from_secs(30), "both batches in flight", || {
+            let out = status(&nats, job, &["--json"]);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .is_ok_and(|v| v["batches_in_flight"].as_u64() == Some(2))
+        });
+        SlowJob {
+            host_a,
+            _lister: lister,
+            job,
+            ws,
+            server,
+            nats,
+        }
+    }
+
+    /// Whether host `id`'s published record satisfies `cond`.
+    fn host_record(&self, id: &str, cond: impl Fn(&serde_json::Value) -> bool) -> bool {
+        status_json(&self.nats, self.job)["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["host"] == id && cond(h))
+    }
+
+    /// Starts host "b" and waits until both batches were delivered to it
+    /// again: host "a" gave them back.
+    fn host_b_gets_both_batches(&self) -> Running {
+        let b = self.ws.root.path().join("b");
+        let host_b = host(
+            &self.server,
+            &self.nats,
+            self.job,
+            &b,
+            &["--workers", "1", "--host-id", "b"],
+        );
+        wait_for(
+            Duration::from_secs(30),
+            "the batches given back to reach host b",
+            || self.host_record("b", |h| h["batches_redelivered"] == 2),
+        );
+        host_b
+    }
+}
+
 #[test]
 fn a_host_stopped_by_sigterm_gives_its_unfinished_batches_back() {
-    let nats = Nats::start();
     // Every answer takes 3 s: the batches cannot finish within --grace 1.
-    let server = Server::start(&["--files", "2000", "--latency-ms", "3000"]);
-    let ws = Workspace::new();
-    // AckWait far longer than the test: a batch that reaches the second
-    // host in time was given back, not left to run out.
-    let _lister = Running::spawn(lister_command(
-        &server,
-        &nats,
-        "term",
-        &["--ack-wait", "120s"],
-    ));
-    let a = ws.root.path().join("a");
-    let mut host_a = host(
-        &server,
-        &nats,
-        "term",
-        &a,
-        &["--workers", "1", "--grace", "1"],
-    );
-    wait_for(Duration::from_secs(30), "both batches in flight", || {
-        let out = status(&nats, "term", &["--json"]);
-        out.status.success()
-            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .is_ok_and(|v| v["batches_in_flight"].as_u64() == Some(2))
-    });
-    kill(Pid::from_raw(host_a.pid() as i32), Signal::SIGTERM).unwrap();
-    assert_code(&host_a.wait_within(Duration::from_secs(20)), 143);
-    let b = ws.root.path().join("b");
-    let _host_b = host(
-        &server,
-        &nats,
-        "term",
-        &b,
-        &["--workers", "1", "--host-id", "b"],
-    );
-    wait_for(
-        Duration::from_secs(30),
-        "the batches given back to reach host b",
-        || {
-            let st = status_json(&nats, "term");
-            st["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["host"] == "b" && h["batches_redelivered"] == 2)
-        },
-    );
+    let mut job = SlowJob::start("term", "3000", "1");
+    kill(Pid::from_raw(job.host_a.pid() as i32), Signal::SIGTERM).unwrap();
+    assert_code(&job.host_a.wait_within(Duration::from_secs(20)), 143);
+    job.host_b_gets_both_batches();
 }
 
 #[test]
 fn a_second_signal_stops_a_host_at_once_and_gives_its_batches_back() {
-    let nats = Nats::start();
     // Every answer takes 5 s: within --grace 300 the batches would run for
     // minutes, so a host that exits within the bound below did not wait.
-    let server = Server::start(&["--files", "2000", "--latency-ms", "5000"]);
-    let ws = Workspace::new();
-    let _lister = Running::spawn(lister_command(
-        &server,
-        &nats,
-        "twice",
-        &["--ack-wait", "600s"],
-    ));
-    let a = ws.root.path().join("a");
-    let mut host_a = host(
-        &server,
-        &nats,
-        "twice",
-        &a,
-        &["--workers", "1", "--grace", "300", "--host-id", "a"],
-    );
-    wait_for(Duration::from_secs(30), "both batches in flight", || {
-        let out = status(&nats, "twice", &["--json"]);
-        out.status.success()
-            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .is_ok_and(|v| v["batches_in_flight"].as_u64() == Some(2))
-    });
-    let pid = Pid::from_raw(host_a.pid() as i32);
+    let mut job = SlowJob::start("twice", "5000", "300");
+    let pid = Pid::from_raw(job.host_a.pid() as i32);
     kill(pid, Signal::SIGTERM).unwrap();
     // Two signals sent at once may reach the host as one: the second goes
     // only once the host says it is stopping.
     wait_for(Duration::from_secs(30), "host a to be stopping", || {
-        status_json(&nats, "twice")["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h["host"] == "a" && h["state"] == "draining")
+        job.host_record("a", |h| h["state"] == "draining")
     });
     kill(pid, Signal::SIGTERM).unwrap();
     // The first signal's code: the second only hurries the stop.
-    assert_code(&host_a.wait_within(Duration::from_secs(40)), 143);
-    let b = ws.root.path().join("b");
-    let _host_b = host(
-        &server,
-        &nats,
-        "twice",
-        &b,
-        &["--workers", "1", "--host-id", "b"],
-    );
-    wait_for(
-        Duration::from_secs(30),
-        "the batches given back to reach host b",
-        || {
-            let st = status_json(&nats, "twice");
-            st["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["host"] == "b" && h["batches_redelivered"] == 2)
-        },
-    );
+    assert_code(&job.host_a.wait_within(Duration::from_secs(40)), 143);
+    job.host_b_gets_both_batches();
 }
 
 #[test]
