@@ -32,7 +32,7 @@ use bulkget_coordinator::exit;
 use bulkget_coordinator::failure_log::FailureLog;
 use bulkget_coordinator::restart::RestartPolicy;
 use bulkget_coordinator::shutdown::{self, OnSignal, Reason, Shutdown, StopSignal, StopSignals};
-use bulkget_coordinator::supervisor::{describe_end, Event, OnExit, Phase, Shards};
+use bulkget_coordinator::supervisor::{self, describe_end, Event, OnExit, Phase, Shards};
 use bulkget_protocol::{BatchId, Failure, FatalKind, ToCoordinator, ToWorker, Version};
 use futures_util::StreamExt;
 use std::collections::{HashMap, VecDeque};
@@ -1014,11 +1014,7 @@ impl Host {
                     }
                     OnExit::RestartAfter(delay) => {
                         self.note(&format!("worker {shard} {what}; restarting in {delay:?}"));
-                        let tx = restart_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = tx.send(shard);
-                        });
+                        supervisor::restart_after(shard, delay, restart_tx);
                     }
                     OnExit::Park => {
                         let policy = self.shards.policy();

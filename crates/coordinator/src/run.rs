@@ -26,7 +26,7 @@ use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::shutdown::{self, OnSignal, Reason, Shutdown, StopSignal, StopSignals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::StateHandle;
-use crate::supervisor::{describe_end, Event, OnExit, Phase, Shards};
+use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards};
 use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{Failure, FatalKind, SinkKind, ToCoordinator, Version, WorkerSettings};
@@ -704,11 +704,7 @@ impl Run {
                                 "bulkget: worker {shard} {what}; restarting in {delay:?}"
                             );
                         }
-                        let tx = restart_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = tx.send(shard);
-                        });
+                        supervisor::restart_after(shard, delay, restart_tx);
                     }
                     OnExit::Park => {
                         let policy = self.shards.policy();

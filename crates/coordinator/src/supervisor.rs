@@ -330,6 +330,17 @@ pub fn spawn(
     Ok(worker)
 }
 
+/// Sends `shard` on `restarts` once `delay` has passed: the end of its
+/// backoff after [`OnExit::RestartAfter`]. The loop that receives it
+/// restarts the shard if it is still in backoff and the run is not ending.
+pub fn restart_after(shard: usize, delay: Duration, restarts: &mpsc::UnboundedSender<usize>) {
+    let restarts = restarts.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = restarts.send(shard);
+    });
+}
+
 /// Describes an exit status for messages: "exit code 1", "killed by SIGKILL".
 pub fn describe_exit(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
