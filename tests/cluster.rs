@@ -329,16 +329,17 @@ fn a_killed_lister_resumes_and_a_second_one_is_refused() {
         "--page-size",
         "100",
         "--list-delay-ms",
-        "80",
+        "150",
     ]);
     let ws = Workspace::new();
     let out = ws.out();
     let mut first = Running::spawn(lister_command(&server, &nats, "relist", &[]));
     let mut host_a = host(&server, &nats, "relist", &out, &["--workers", "1"]);
-    // The listing takes 16 s at least (200 pages, 80 ms each): after page
-    // 5, that leaves the second lister and the kill below 15 s to happen
+    // The listing takes 30 s at least (200 pages, 150 ms each): after page
+    // 5, that leaves the second lister and the kill below 29 s to happen
     // while it lists, even on a loaded machine where each `cluster`
-    // command takes seconds to start.
+    // command takes seconds to start (with 80 ms a page, the whole suite
+    // on two busy cores once let the listing finish first).
     wait_for(
         Duration::from_secs(60),
         "the listing to pass page 5",
@@ -522,56 +523,159 @@ fn a_retry_after_longer_than_ack_wait_is_not_redelivered() {
     assert!(hosts_sum(&st, "retries") >= 1, "{st}");
 }
 
+/// A job of two batches of slow files (every answer takes `latency_ms`)
+/// with host "a", one worker and `--grace GRACE`, once both batches are in
+/// flight there. AckWait is far longer than the test: a batch that reaches
+/// another host in time was given back, not left to run out.
+///
+/// Fields drop in order: the processes before what they use.
+struct SlowJob {
+    host_a: Running,
+    _lister: Running,
+    job: &'static str,
+    ws: Workspace,
+    server: Server,
+    nats: Nats,
+}
+
+impl SlowJob {
+    fn start(job: &'static str, latency_ms: &str, grace: &str) -> SlowJob {
+        let nats = Nats::start();
+        let server = Server::start(&["--files", "2000", "--latency-ms", latency_ms]);
+        let ws = Workspace::new();
+        let lister = Running::spawn(lister_command(&server, &nats, job, &["--ack-wait", "600s"]));
+        let a = ws.root.path().join("a");
+        let host_a = host(
+            &server,
+            &nats,
+            job,
+            &a,
+            &["--workers", "1", "--grace", grace, "--host-id", "a"],
+        );
+        wait_for(Duration::from_secs(30), "both batches in flight", || {
+            let out = status(&nats, job, &["--json"]);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .is_ok_and(|v| v["batches_in_flight"].as_u64() == Some(2))
+        });
+        SlowJob {
+            host_a,
+            _lister: lister,
+            job,
+            ws,
+            server,
+            nats,
+        }
+    }
+
+    /// Whether host `id`'s published record satisfies `cond`.
+    fn host_record(&self, id: &str, cond: impl Fn(&serde_json::Value) -> bool) -> bool {
+        status_json(&self.nats, self.job)["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["host"] == id && cond(h))
+    }
+
+    /// Starts host "b" and waits until both batches were delivered to it
+    /// again: host "a" gave them back.
+    fn host_b_gets_both_batches(&self) -> Running {
+        let b = self.ws.root.path().join("b");
+        let host_b = host(
+            &self.server,
+            &self.nats,
+            self.job,
+            &b,
+            &["--workers", "1", "--host-id", "b"],
+        );
+        wait_for(
+            Duration::from_secs(30),
+            "the batches given back to reach host b",
+            || self.host_record("b", |h| h["batches_redelivered"] == 2),
+        );
+        host_b
+    }
+}
+
 #[test]
 fn a_host_stopped_by_sigterm_gives_its_unfinished_batches_back() {
-    let nats = Nats::start();
     // Every answer takes 3 s: the batches cannot finish within --grace 1.
-    let server = Server::start(&["--files", "2000", "--latency-ms", "3000"]);
+    let mut job = SlowJob::start("term", "3000", "1");
+    kill(Pid::from_raw(job.host_a.pid() as i32), Signal::SIGTERM).unwrap();
+    assert_code(&job.host_a.wait_within(Duration::from_secs(20)), 143);
+    job.host_b_gets_both_batches();
+}
+
+#[test]
+fn a_second_signal_stops_a_host_at_once_and_gives_its_batches_back() {
+    // Every answer takes 5 s: within --grace 300 the batches would run for
+    // minutes, so a host that exits within the bound below did not wait.
+    let mut job = SlowJob::start("twice", "5000", "300");
+    let pid = Pid::from_raw(job.host_a.pid() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    // Two signals sent at once may reach the host as one: the second goes
+    // only once the host says it is stopping.
+    wait_for(Duration::from_secs(30), "host a to be stopping", || {
+        job.host_record("a", |h| h["state"] == "draining")
+    });
+    kill(pid, Signal::SIGTERM).unwrap();
+    // The first signal's code: the second only hurries the stop.
+    assert_code(&job.host_a.wait_within(Duration::from_secs(40)), 143);
+    job.host_b_gets_both_batches();
+}
+
+#[test]
+fn a_host_whose_every_shard_is_parked_stops_with_exit_5_and_others_finish_the_job() {
+    let nats = Nats::start();
+    let server = Server::start(&["--files", "2000"]);
     let ws = Workspace::new();
-    // AckWait far longer than the test: a batch that reaches the second
-    // host in time was given back, not left to run out.
-    let _lister = Running::spawn(lister_command(
-        &server,
-        &nats,
-        "term",
-        &["--ack-wait", "120s"],
-    ));
+    let mut lister = Running::spawn(lister_command(&server, &nats, "parked", &[]));
     let a = ws.root.path().join("a");
     let mut host_a = host(
         &server,
         &nats,
-        "term",
+        "parked",
         &a,
-        &["--workers", "1", "--grace", "1"],
+        &[
+            "--workers",
+            "1",
+            "--host-id",
+            "a",
+            "--test-fail-start-shard",
+            "0",
+            "--restart-burst",
+            "2",
+        ],
     );
-    wait_for(Duration::from_secs(30), "both batches in flight", || {
-        let out = status(&nats, "term", &["--json"]);
-        out.status.success()
-            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .is_ok_and(|v| v["batches_in_flight"].as_u64() == Some(2))
-    });
-    kill(Pid::from_raw(host_a.pid() as i32), Signal::SIGTERM).unwrap();
-    assert_code(&host_a.wait_within(Duration::from_secs(20)), 143);
+    let out = host_a.wait_within(Duration::from_secs(60));
+    assert_code(&out, 5);
+    assert!(
+        text(&out.stderr).contains("every shard is parked"),
+        "{}",
+        text(&out.stderr)
+    );
+    let st = status_json(&nats, "parked");
+    let a_record = st["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "a")
+        .cloned()
+        .expect("host a published its totals");
+    assert_eq!(a_record["exit_code"], 5, "{a_record}");
+    assert_eq!(a_record["files_ok"], 0, "{a_record}");
+    // Nothing was lost with it: another host does the whole job.
     let b = ws.root.path().join("b");
-    let _host_b = host(
+    let mut host_b = host(
         &server,
         &nats,
-        "term",
+        "parked",
         &b,
         &["--workers", "1", "--host-id", "b"],
     );
-    wait_for(
-        Duration::from_secs(30),
-        "the batches given back to reach host b",
-        || {
-            let st = status_json(&nats, "term");
-            st["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["host"] == "b" && h["batches_redelivered"] == 2)
-        },
-    );
+    assert_code(&lister.wait_within(Duration::from_secs(240)), 0);
+    assert_code(&host_b.wait_within(Duration::from_secs(60)), 0);
+    assert_eq!(verify_union(&[b], &server.dataset()), 2000);
 }
 
 /// The names in one host's OUT (its state directory aside), sorted.

@@ -1,9 +1,12 @@
 //! `bulkget cluster work`: one host of a job.
 //!
 //! The host runs `bulkget fetch`'s workers, started, watched and restarted
-//! by the coordinator's own supervisor ([`bulkget_coordinator::supervisor`],
-//! [`bulkget_coordinator::restart`]), with the same settings and sinks
-//! ([`bulkget_coordinator::config::HostConfig`]). Its batches come from the
+//! by the coordinator's own supervisor ([`Shards`], which says what a
+//! worker's exit means, with [`bulkget_coordinator::restart`]'s policy),
+//! with the same settings and sinks
+//! ([`bulkget_coordinator::config::HostConfig`]), and it ends by `fetch`'s
+//! rules ([`Shutdown`]: stop signals, the grace and finishing deadlines,
+//! the exit code). Its batches come from the
 //! job's durable pull consumer instead of a lister: it asks for as many as
 //! its workers' windows have room for. One JetStream message is one batch
 //! sent to one worker, and it is acknowledged (a confirmed ack) only after
@@ -23,20 +26,19 @@ use crate::poison::{self, Verdict};
 use crate::store::{self, JobStore};
 use async_nats::jetstream::{self, AckKind};
 use bulkget_console::errln;
-use bulkget_coordinator::budget::{Budget, Pace};
+use bulkget_coordinator::budget::Budget;
 use bulkget_coordinator::config::{ConfigError, HostConfig};
 use bulkget_coordinator::exit;
 use bulkget_coordinator::failure_log::FailureLog;
-use bulkget_coordinator::restart::{Decision, RestartPolicy, ShardLife};
-use bulkget_coordinator::supervisor::{self, describe_end, Event, Worker};
+use bulkget_coordinator::restart::RestartPolicy;
+use bulkget_coordinator::shutdown::{self, OnSignal, Reason, Shutdown, StopSignal, StopSignals};
+use bulkget_coordinator::supervisor::{self, describe_end, Event, OnExit, Phase, Shards};
 use bulkget_protocol::{BatchId, Failure, FatalKind, ToCoordinator, ToWorker, Version};
 use futures_util::StreamExt;
-use nix::sys::signal::Signal;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 /// How often the host puts its totals in the job's bucket.
@@ -61,25 +63,17 @@ struct Held {
     last_ack: Instant,
 }
 
-struct Shard {
-    worker: Option<Worker>,
-    generation: u32,
-    ready: bool,
-    /// The worker is gone or going; its batches were given back.
-    down: bool,
-    /// No restart: stopping, or parked.
-    stopped: bool,
-    parked: bool,
-    life: ShardLife,
+/// What a shard holds of this host's batches. Its worker, phase and
+/// history are its slot in [`Shards`]; these tallies are the host's own,
+/// as the scheduler's are `fetch`'s.
+#[derive(Default)]
+struct Tally {
     /// Batches sent to the current worker and not finished or given back.
     holding: usize,
     /// Of those, the ones in the window (not stalled, not alone).
     in_window: usize,
     /// It holds a batch that runs alone.
     alone: bool,
-    /// The share of the request budget last sent to the current worker;
-    /// `None` until one is sent.
-    paced: Option<Pace>,
 }
 
 /// What the fetch task sends back.
@@ -87,26 +81,6 @@ enum Fetched {
     Msg(Box<jetstream::Message>),
     /// The pull request ended (full, expired or failed).
     End,
-}
-
-/// Why the host stops before the job is finished.
-#[derive(Debug, Clone, PartialEq)]
-enum Stop {
-    Signal(i32, &'static str),
-    AllParked,
-    NoSpace(String),
-    Incompatible(String),
-}
-
-impl Stop {
-    fn code(&self) -> i32 {
-        match self {
-            Stop::Signal(code, _) => *code,
-            Stop::AllParked => exit::ALL_PARKED,
-            Stop::NoSpace(_) => exit::NO_SPACE,
-            Stop::Incompatible(_) => exit::ERROR,
-        }
-    }
 }
 
 /// Refuses the `fetch` flags that mean nothing on a host, rather than
@@ -159,8 +133,10 @@ struct Host {
     settings: bulkget_protocol::WorkerSettings,
     window: usize,
     ack_wait: Duration,
-    shards: Vec<Shard>,
-    policy: RestartPolicy,
+    /// The shards' slots, which own the workers' handles.
+    shards: Shards,
+    /// What each shard holds, by shard.
+    tallies: Vec<Tally>,
     held: HashMap<BatchId, Held>,
     queue: VecDeque<BatchId>,
     next_id: BatchId,
@@ -169,8 +145,9 @@ struct Host {
     failure_log: FailureLog,
     failed_path: PathBuf,
     totals: HostRecord,
-    stop: Option<Stop>,
-    finished: bool,
+    /// Whether and why the host is ending (stopping early, or the job is
+    /// finished), and until when its workers may take.
+    shutdown: Shutdown,
     quiet: bool,
     /// This host's request budget: its `--max-rps` and the slow-down its
     /// shards share, as in `fetch`.
@@ -234,26 +211,13 @@ impl Host {
             ));
         }
         let failed_path = setup.paths.state_dir.join("failed.jsonl");
-        let shards = (0..setup.workers)
-            .map(|_| Shard {
-                worker: None,
-                generation: 0,
-                ready: false,
-                down: false,
-                stopped: false,
-                parked: false,
-                life: ShardLife::default(),
-                holding: 0,
-                in_window: 0,
-                alone: false,
-                paced: None,
-            })
-            .collect();
         let policy = RestartPolicy {
             burst: args.fetch.restart_burst,
             interval: Duration::from_secs(args.fetch.restart_interval),
             ..RestartPolicy::default()
         };
+        let shards = Shards::new(setup.workers, policy, Instant::now());
+        let tallies = (0..setup.workers).map(|_| Tally::default()).collect();
         let totals = HostRecord {
             host: host_id.clone(),
             pid: std::process::id(),
@@ -267,6 +231,7 @@ impl Host {
             setup.settings.adaptive,
             Instant::now(),
         );
+        let grace = Duration::from_secs(args.fetch.grace);
         Ok(Host {
             budget,
             window: args.fetch.window,
@@ -278,15 +243,14 @@ impl Host {
             settings: setup.settings,
             ack_wait,
             shards,
-            policy,
+            tallies,
             held: HashMap::new(),
             queue: VecDeque::new(),
             next_id: 1,
             requested: 0,
             failed_path,
             totals,
-            stop: None,
-            finished: false,
+            shutdown: Shutdown::new(grace),
             tasks: tokio::task::JoinSet::new(),
         })
     }
@@ -307,23 +271,19 @@ impl Host {
                 return exit::ERROR;
             }
         }
-        let mut sigint = signal(SignalKind::interrupt()).expect("signal handler");
-        let mut sigterm = signal(SignalKind::terminate()).expect("signal handler");
-        let mut sighup = signal(SignalKind::hangup()).expect("signal handler");
+        let mut signals = StopSignals::install().expect("signal handler");
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_publish = Instant::now() - PUBLISH_EVERY;
         let mut last_budget_tick = Instant::now();
-        let mut grace_deadline: Option<tokio::time::Instant> = None;
-        let mut signals = 0;
         loop {
             tokio::select! {
-                Some(ev) = events.recv() => self.on_event(ev, &restart_tx, &mut grace_deadline),
+                Some(ev) = events.recv() => self.on_event(ev, &restart_tx),
                 Some(f) = fetched.recv() => match f {
                     Fetched::Msg(m) => self.on_message(*m).await,
                     Fetched::End => {
                         self.requested = 0;
-                        if self.stop.is_some() || self.finished {
+                        if self.shutdown.ending() {
                             // What was kept for the request's end goes back now.
                             let queued: Vec<BatchId> = self.queue.iter().copied().collect();
                             for id in queued {
@@ -335,21 +295,20 @@ impl Host {
                     }
                 },
                 Some(shard) = restarts.recv() => {
-                    if self.stop.is_none() && !self.finished && !self.shards[shard].stopped {
+                    if !self.shutdown.ending() && self.shards[shard].phase == Phase::Backoff {
                         if let Err(e) = self.spawn(shard, &events_tx) {
                             self.note(&format!("cannot restart worker {shard}: {e}"));
                             self.park(shard);
                         }
                     }
                 }
-                _ = sigint.recv() => { signals += 1; self.on_signal(signals, Stop::Signal(exit::INTERRUPTED, "SIGINT"), &mut grace_deadline); }
-                _ = sigterm.recv() => { signals += 1; self.on_signal(signals, Stop::Signal(exit::TERMINATED, "SIGTERM"), &mut grace_deadline); }
-                _ = sighup.recv() => { signals += 1; self.on_signal(signals, Stop::Signal(exit::HANGUP, "SIGHUP"), &mut grace_deadline); }
-                () = sleep_until_opt(grace_deadline) => {
-                    self.note("grace period over; giving the unfinished batches back");
-                    grace_deadline = None;
-                    self.give_back_all();
-                    self.stop_workers_now();
+                signal = signals.recv() => self.on_signal(signal),
+                () = shutdown::sleep_until(self.shutdown.deadline()) => {
+                    if self.shutdown.deadline_passed(Instant::now()) {
+                        self.note("grace period over; giving the unfinished batches back");
+                        self.give_back_all();
+                        self.stop_workers_now();
+                    }
                 }
                 _ = tick.tick() => {
                     // Finished tasks are dropped here, so the set stays small.
@@ -369,31 +328,29 @@ impl Host {
                     if last_publish.elapsed() >= PUBLISH_EVERY {
                         last_publish = Instant::now();
                         self.publish_totals(None).await;
-                        if !self.finished && self.job_finished().await {
-                            self.finished = true;
+                        // A host that is stopping stops: as in `fetch`, a
+                        // stop wins over finishing.
+                        if !self.shutdown.ending()
+                            && self.job_finished().await
+                            && self.shutdown.finish(Instant::now())
+                        {
                             self.note("the job is finished");
                             self.give_back_all();
-                            for s in &mut self.shards {
-                                s.stopped = true;
-                                if let Some(w) = &s.worker {
-                                    w.send(&ToWorker::Shutdown { drain: true });
-                                }
-                            }
-                            grace_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(10));
+                            // Each worker writes its last stats and exits,
+                            // within `shutdown::FINISH_WITHIN`.
+                            self.shards.drain_all();
                         }
                     }
                 }
             }
-            if self.stop.is_none() && !self.finished {
+            if !self.shutdown.ending() {
                 self.dispatch();
                 self.pace_workers();
                 self.request_more(&fetched_tx);
-            } else {
+            } else if self.shutdown.stopping() {
                 self.ask_idle_workers_to_exit();
             }
-            if (self.stop.is_some() || self.finished)
-                && self.shards.iter().all(|s| s.worker.is_none())
-            {
+            if self.shutdown.ending() && self.shards.all_exited() {
                 break;
             }
         }
@@ -410,11 +367,7 @@ impl Host {
         }
         self.requested = 0;
         self.give_back_all();
-        let code = match &self.stop {
-            Some(s) => s.code(),
-            None if self.totals.files_failed > 0 => exit::FILES_FAILED,
-            None => exit::OK,
-        };
+        let code = self.shutdown.exit_code(self.totals.files_failed);
         self.totals.state = "exited".into();
         self.publish_totals(Some(code)).await;
         if let Some(line) = self.failure_log.flush() {
@@ -439,11 +392,8 @@ impl Host {
                 t.bytes,
                 t.batches_acked,
                 t.batches_redelivered,
-                match &self.stop {
-                    Some(Stop::Signal(_, name)) => format!(" ({name})"),
-                    Some(Stop::AllParked) => " (every shard was parked)".into(),
-                    Some(Stop::NoSpace(why)) => format!(" ({why})"),
-                    Some(Stop::Incompatible(why)) => format!(" ({why})"),
+                match self.shutdown.reason() {
+                    Some(reason) => format!(" ({})", reason.describe()),
                     None => String::new(),
                 }
             );
@@ -456,21 +406,8 @@ impl Host {
         shard: usize,
         events: &mpsc::UnboundedSender<Event>,
     ) -> std::io::Result<()> {
-        let slot = &mut self.shards[shard];
-        let generation = slot.life.restarts;
-        let worker = supervisor::spawn(
-            shard,
-            generation,
-            &Version::current(),
-            &self.settings,
-            events.clone(),
-        )?;
-        slot.life.on_start();
-        slot.worker = Some(worker);
-        slot.generation = generation;
-        slot.ready = false;
-        slot.down = false;
-        slot.paced = None;
+        self.shards
+            .spawn(shard, &Version::current(), &self.settings, events)?;
         // Its share before any batch: frames arrive in order.
         self.pace_workers();
         Ok(())
@@ -479,21 +416,22 @@ impl Host {
     /// The shards that count in dividing the request budget, as in
     /// `fetch`: a live worker that holds a batch or may get one.
     fn working_shards(&self) -> usize {
-        let no_more_work = self.stop.is_some() || self.finished;
+        let no_more_work = self.shutdown.ending();
         self.shards
             .iter()
-            .filter(|s| {
-                let has_or_may_get_work = s.holding > 0 || !no_more_work;
-                s.worker.is_some() && !s.down && !s.parked && has_or_may_get_work
+            .zip(&self.tallies)
+            .filter(|(s, t)| {
+                let has_or_may_get_work = t.holding > 0 || !no_more_work;
+                s.worker.is_some() && !s.down && s.phase != Phase::Parked && has_or_may_get_work
             })
             .count()
     }
 
     /// Sends each live worker its share of this host's request budget, if
-    /// it changed ([`Pace::differs_from`]).
+    /// it changed ([`bulkget_coordinator::budget::Pace::differs_from`]).
     fn pace_workers(&mut self) {
         let pace = self.budget.pace(self.working_shards());
-        for slot in &mut self.shards {
+        for slot in self.shards.iter_mut() {
             let Some(worker) = &slot.worker else { continue };
             if slot.down || !pace.differs_from(slot.paced) {
                 continue;
@@ -503,26 +441,32 @@ impl Host {
         }
     }
 
+    /// Whether the shard's worker is ready for batches: it said so, is
+    /// still up, and was not told to stop (stopping or parked).
+    fn takes_batches(&self, shard: usize) -> bool {
+        let s = &self.shards[shard];
+        s.phase == Phase::Running && !s.down
+    }
+
     /// Batches a shard may take now: none while it holds one alone.
     fn room(&self, shard: usize) -> usize {
-        let s = &self.shards[shard];
-        if !s.ready || s.down || s.stopped || s.parked || s.alone {
+        let t = &self.tallies[shard];
+        if !self.takes_batches(shard) || t.alone {
             return 0;
         }
-        self.window.saturating_sub(s.in_window)
+        self.window.saturating_sub(t.in_window)
     }
 
     /// Whether the shard holds nothing at all (for a batch that runs alone).
     fn empty(&self, shard: usize) -> bool {
-        let s = &self.shards[shard];
-        s.ready && !s.down && !s.stopped && !s.parked && s.holding == 0
+        self.takes_batches(shard) && self.tallies[shard].holding == 0
     }
 
     /// Counts a batch sent to `shard` in the shard's tallies.
     fn attach(&mut self, id: BatchId, shard: usize) {
         let h = self.held.get_mut(&id).expect("attached batches are held");
         h.shard = Some(shard);
-        let s = &mut self.shards[shard];
+        let s = &mut self.tallies[shard];
         s.holding += 1;
         if h.alone {
             s.alone = true;
@@ -536,7 +480,7 @@ impl Host {
     fn detach(&mut self, id: BatchId) -> Option<Held> {
         let h = self.held.remove(&id)?;
         if let Some(k) = h.shard {
-            let s = &mut self.shards[k];
+            let s = &mut self.tallies[k];
             s.holding -= 1;
             if h.alone {
                 s.alone = false;
@@ -810,7 +754,7 @@ impl Host {
         let Some(mut h) = self.detach(id) else {
             return;
         };
-        if (self.stop.is_some() || self.finished) && self.requested > 0 {
+        if self.shutdown.ending() && self.requested > 0 {
             h.shard = None;
             h.stalled = false;
             self.held.insert(id, h);
@@ -857,7 +801,7 @@ impl Host {
         self.totals.exit_code = exit_code;
         self.totals.batches_in_flight = self.held.len() as u64;
         self.totals.worker_restarts = self.shards.iter().map(|s| s.life.restarts).sum();
-        if exit_code.is_none() && (self.stop.is_some() || self.finished) {
+        if exit_code.is_none() && self.shutdown.ending() {
             self.totals.state = "draining".into();
         }
         let body = serde_json::to_vec(&self.totals).expect("a record serialises");
@@ -867,78 +811,58 @@ impl Host {
         }
     }
 
-    fn on_signal(
-        &mut self,
-        count: u32,
-        stop: Stop,
-        grace_deadline: &mut Option<tokio::time::Instant>,
-    ) {
-        if count > 1 {
-            self.note("second signal: giving the batches back and stopping the workers now");
-            self.give_back_all();
-            self.stop_workers_now();
-            return;
+    fn on_signal(&mut self, signal: StopSignal) {
+        match self.shutdown.on_signal(signal, Instant::now()) {
+            OnSignal::Graceful { began: true } => {
+                self.note(&format!(
+                    "{}: stopping; letting in-flight batches finish for up to {}s",
+                    signal.name(),
+                    self.args.fetch.grace
+                ));
+                self.stop_began();
+            }
+            // Another stop is under way, with its own deadline.
+            OnSignal::Graceful { began: false } => {}
+            OnSignal::Now => {
+                self.note("second signal: giving the batches back and stopping the workers now");
+                self.give_back_all();
+                self.stop_workers_now();
+            }
         }
-        if self.stop.is_some() {
-            return;
-        }
-        if let Stop::Signal(_, name) = &stop {
-            self.note(&format!(
-                "{name}: stopping; letting in-flight batches finish for up to {}s",
-                self.args.fetch.grace
-            ));
-        }
-        self.begin_stop(stop, grace_deadline);
     }
 
-    fn begin_stop(&mut self, stop: Stop, grace_deadline: &mut Option<tokio::time::Instant>) {
-        if self.stop.is_some() {
-            return;
+    /// Begins a graceful stop for `reason`, unless one is under way.
+    fn begin_stop(&mut self, reason: Reason) {
+        if self.shutdown.begin(reason, Instant::now()) {
+            self.stop_began();
         }
-        self.stop = Some(stop);
-        // What no worker has started goes back at once (or as soon as the
-        // pull request under way has ended, see `give_back`).
+    }
+
+    /// A graceful stop began: what no worker has started goes back at once
+    /// (or as soon as the pull request under way has ended, see
+    /// `give_back`), and idle workers are told to exit.
+    fn stop_began(&mut self) {
         let queued: Vec<BatchId> = self.queue.drain(..).collect();
         for id in queued {
             self.give_back(id);
         }
-        *grace_deadline =
-            Some(tokio::time::Instant::now() + Duration::from_secs(self.args.fetch.grace));
         self.ask_idle_workers_to_exit();
     }
 
+    /// While stopping, a worker that holds no batch is told to exit.
     fn ask_idle_workers_to_exit(&mut self) {
-        for shard in 0..self.shards.len() {
-            let idle = self.shards[shard].holding == 0;
-            let s = &mut self.shards[shard];
-            if idle && !s.stopped {
-                s.stopped = true;
-                if let Some(w) = &s.worker {
-                    w.send(&ToWorker::Shutdown { drain: false });
-                }
-            }
-        }
+        let tallies = &self.tallies;
+        self.shards.ask_idle_to_exit(|shard| tallies[shard].holding);
     }
 
+    /// SIGTERM to every worker, SIGKILL to any still there a second later.
     fn stop_workers_now(&mut self) {
-        for s in &mut self.shards {
-            s.stopped = true;
-            if let Some(w) = &s.worker {
-                w.signal(Signal::SIGTERM);
-                w.kill_unless_exited_within(
-                    Duration::from_secs(1),
-                    "it had not stopped 1s after SIGTERM".into(),
-                );
-            }
-        }
+        self.shards.stop_all_now();
     }
 
     fn park(&mut self, shard: usize) {
-        self.shards[shard].parked = true;
-        self.shards[shard].stopped = true;
-        if self.shards.iter().all(|s| s.parked) && self.stop.is_none() {
+        if self.shards.park(shard) && self.shutdown.begin(Reason::AllParked, Instant::now()) {
             self.note("every shard is parked; stopping");
-            self.stop = Some(Stop::AllParked);
             self.give_back_all();
         }
     }
@@ -958,26 +882,20 @@ impl Host {
             self.give_back(id);
         }
         self.shards[shard].down = true;
-        self.shards[shard].ready = false;
     }
 
-    fn on_event(
-        &mut self,
-        ev: Event,
-        restart_tx: &mpsc::UnboundedSender<usize>,
-        grace_deadline: &mut Option<tokio::time::Instant>,
-    ) {
+    fn on_event(&mut self, ev: Event, restart_tx: &mpsc::UnboundedSender<usize>) {
         match ev {
             Event::Message {
                 shard,
                 generation,
                 msg,
             } => {
-                if generation != self.shards[shard].generation || self.shards[shard].down {
+                if !self.shards.is_current(shard, generation) {
                     return;
                 }
                 match msg {
-                    ToCoordinator::Ready => self.shards[shard].ready = true,
+                    ToCoordinator::Ready => self.shards[shard].phase = Phase::Running,
                     ToCoordinator::BatchDone {
                         id,
                         ok,
@@ -1007,7 +925,7 @@ impl Host {
                         Some(h) if h.shard == Some(shard) && !h.stalled => {
                             h.stalled = true;
                             if !h.alone {
-                                self.shards[shard].in_window -= 1;
+                                self.tallies[shard].in_window -= 1;
                             }
                             h.ok += u64::from(ok);
                             h.bytes += bytes;
@@ -1025,27 +943,23 @@ impl Host {
                     }
                     ToCoordinator::Fatal { kind, reason } => {
                         self.note(&format!("worker {shard}: {reason}"));
-                        if kind == FatalKind::NoSpace && self.stop.is_none() {
+                        if kind == FatalKind::NoSpace && !self.shutdown.stopping() {
                             let why =
                                 format!("the file system of {} is full", self.settings.out_dir);
                             self.note(&format!("{why}; stopping"));
-                            self.begin_stop(Stop::NoSpace(why), grace_deadline);
+                            self.begin_stop(Reason::NoSpace(why));
                         }
                     }
                 }
             }
             Event::Disconnected {
-                shard, generation, ..
+                shard,
+                generation,
+                end,
             } => {
-                if generation == self.shards[shard].generation && !self.shards[shard].down {
+                if self.shards.is_current(shard, generation) {
                     self.shard_down(shard);
-                    if let Some(w) = &self.shards[shard].worker {
-                        let after = supervisor::EXIT_AFTER_CLOSE;
-                        w.kill_unless_exited_within(
-                            after,
-                            format!("it closed its socket and had not exited {after:?} later"),
-                        );
-                    }
+                    self.shards.on_disconnected(shard, end);
                 }
             }
             Event::Incompatible {
@@ -1054,16 +968,22 @@ impl Host {
                 ours,
                 theirs,
             } => {
-                if generation != self.shards[shard].generation || self.shards[shard].down {
+                if !self.shards.is_current(shard, generation) {
                     return;
                 }
                 self.shard_down(shard);
-                if self.stop.is_none() {
-                    let why = format!(
-                        "worker {shard} is another build of bulkget ({theirs}) than this host ({ours})"
-                    );
+                let why = format!(
+                    "worker {shard} is another build of bulkget ({theirs}) than this host ({ours})"
+                );
+                // Unlike `fetch`, which lets the other workers finish their
+                // batches with a checkpoint to come back to, a host gives
+                // every batch back at once: another host of the right build
+                // takes them.
+                if self
+                    .shutdown
+                    .begin(Reason::Incompatible(why.clone()), Instant::now())
+                {
                     self.note(&why);
-                    self.stop = Some(Stop::Incompatible(why));
                     self.give_back_all();
                     self.stop_workers_now();
                 }
@@ -1080,30 +1000,27 @@ impl Host {
                 if !self.shards[shard].down {
                     self.shard_down(shard);
                 }
-                self.shards[shard].worker = None;
                 let what = describe_end(&status, killed.as_deref());
-                if self.shards[shard].stopped || self.stop.is_some() || self.finished {
-                    if killed.is_some() {
-                        self.note(&format!("worker {shard} {what}"));
-                    }
-                    return;
-                }
-                match self.shards[shard]
-                    .life
-                    .on_crash(Instant::now(), &self.policy)
+                let ending = self.shutdown.ending();
+                match self
+                    .shards
+                    .on_exit(shard, generation, ending, Instant::now())
                 {
-                    Decision::RestartAfter(delay) => {
-                        self.note(&format!("worker {shard} {what}; restarting in {delay:?}"));
-                        let tx = restart_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = tx.send(shard);
-                        });
+                    OnExit::Stale => {}
+                    OnExit::Expected => {
+                        if killed.is_some() {
+                            self.note(&format!("worker {shard} {what}"));
+                        }
                     }
-                    Decision::Park => {
+                    OnExit::RestartAfter(delay) => {
+                        self.note(&format!("worker {shard} {what}; restarting in {delay:?}"));
+                        supervisor::restart_after(shard, delay, restart_tx);
+                    }
+                    OnExit::Park => {
+                        let policy = self.shards.policy();
                         self.note(&format!(
                             "worker {shard} {what}; its workers crashed more than {} times in {:?} without acknowledging anything; shard {shard} is parked",
-                            self.policy.burst, self.policy.interval
+                            policy.burst, policy.interval
                         ));
                         self.park(shard);
                     }
@@ -1114,9 +1031,7 @@ impl Host {
 
     fn kill_broken(&mut self, shard: usize, why: String) {
         self.shard_down(shard);
-        if let Some(w) = &self.shards[shard].worker {
-            w.kill(why);
-        }
+        self.shards.kill(shard, why);
     }
 }
 
@@ -1152,11 +1067,4 @@ async fn publish_failures(
         }
     }
     Ok(())
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }

@@ -5,7 +5,7 @@
 //! shutdown deadline and a one-second tick, and turns what arrived into an
 //! `Input`; `Run::handle` then decides, with the rules of how the run
 //! ends in [`Shutdown`] and those of a shard's life in
-//! [`supervisor::Shards`], and updates the [`Scheduler`], the workers and
+//! [`Shards`], and updates the [`Scheduler`], the workers and
 //! the state directory. What the run reports is rendered in
 //! [`crate::report`]. Blocking work on the state directory (appending
 //! failures, syncing, writing checkpoints) runs on a separate thread fed in
@@ -23,10 +23,10 @@ use crate::progress::{note, Progress};
 use crate::report;
 use crate::restart::RestartPolicy;
 use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
-use crate::shutdown::{OnSignal, Reason, Shutdown, StopSignal};
+use crate::shutdown::{self, OnSignal, Reason, Shutdown, StopSignal, StopSignals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::StateHandle;
-use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards, SocketEnd};
+use crate::supervisor::{self, describe_end, Event, OnExit, Phase, Shards};
 use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{Failure, FatalKind, SinkKind, ToCoordinator, Version, WorkerSettings};
@@ -35,7 +35,6 @@ use bulkget_stats::{CoordinatorStats, RateWindow, RunState, ShardSummary, Summar
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 /// Runs `bulkget fetch` and returns the process exit code.
@@ -298,11 +297,7 @@ impl Run {
             }
         };
 
-        let mut sigint = signal(SignalKind::interrupt()).expect("signal handler");
-        let mut sigterm = signal(SignalKind::terminate()).expect("signal handler");
-        // A closed terminal sends SIGHUP: the run stops as for SIGTERM, with
-        // its checkpoint, instead of dying without one.
-        let mut sighup = signal(SignalKind::hangup()).expect("signal handler");
+        let mut signals = StopSignals::install().expect("signal handler");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut cx = LoopContext {
@@ -330,10 +325,8 @@ impl Run {
                 Some(ev) = events.recv() => Input::Worker(ev),
                 Some(why) = state_failed.recv() => Input::StateFailed(why),
                 Some(shard) = restarts.recv() => Input::Restart(shard),
-                _ = sigint.recv() => Input::Signal(StopSignal::Interrupt),
-                _ = sigterm.recv() => Input::Signal(StopSignal::Terminate),
-                _ = sighup.recv() => Input::Signal(StopSignal::Hangup),
-                () = sleep_until_opt(self.shutdown.deadline()) => Input::Deadline,
+                signal = signals.recv() => Input::Signal(signal),
+                () = shutdown::sleep_until(self.shutdown.deadline()) => Input::Deadline,
                 _ = tick.tick() => Input::Tick,
             };
             self.handle(input, &mut cx);
@@ -651,24 +644,7 @@ impl Run {
                 tracing::debug!(shard, generation, ?end, "disconnected");
                 if self.shards.is_current(shard, generation) {
                     self.shard_down(shard);
-                    let closed = match end {
-                        SocketEnd::Invalid(e) => {
-                            self.kill_worker(shard, format!("it broke the protocol ({e})"));
-                            return;
-                        }
-                        SocketEnd::Closed => "it closed its socket".to_string(),
-                        SocketEnd::Broken(e) => format!("its socket failed ({e})"),
-                    };
-                    // A worker's socket closes as it exits, or dies: give it
-                    // the time to, so that a worker killed by someone else
-                    // is not reported as killed by us.
-                    if let Some(w) = &self.shards[shard].worker {
-                        let after = supervisor::EXIT_AFTER_CLOSE;
-                        w.kill_unless_exited_within(
-                            after,
-                            format!("{closed} and it had not exited {after:?} later"),
-                        );
-                    }
+                    self.shards.on_disconnected(shard, end);
                 }
             }
             Event::Incompatible {
@@ -728,11 +704,7 @@ impl Run {
                                 "bulkget: worker {shard} {what}; restarting in {delay:?}"
                             );
                         }
-                        let tx = restart_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = tx.send(shard);
-                        });
+                        supervisor::restart_after(shard, delay, restart_tx);
                     }
                     OnExit::Park => {
                         let policy = self.shards.policy();
@@ -1041,11 +1013,4 @@ struct LoopContext {
     restarts: mpsc::UnboundedSender<usize>,
     last_checkpoint: Instant,
     checkpoint_every: Duration,
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
 }

@@ -17,11 +17,15 @@
 //!
 //! Like mini-redis's `Shutdown`, it is a plain value the run loop asks; it
 //! holds no handle and does no I/O, so every rule is tested without
-//! processes.
+//! processes. Its two inputs from the outside world are here too, for every
+//! loop that ends this way (`fetch`'s run loop and a `cluster work` host):
+//! [`StopSignals`], the process's stop signals as one stream, and
+//! [`sleep_until`], which waits for the deadline.
 
 use crate::exit;
 use bulkget_stats::RunState;
 use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// How long finished workers may take to write their last stats and exit.
 pub const FINISH_WITHIN: Duration = Duration::from_secs(10);
@@ -52,6 +56,45 @@ impl StopSignal {
             StopSignal::Terminate => exit::TERMINATED,
             StopSignal::Hangup => exit::HANGUP,
         }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP as one stream of [`StopSignal`]s.
+pub struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers: from now on these signals no longer end the
+    /// process, they are read here. A closed terminal sends SIGHUP, so it
+    /// stops the run as SIGTERM does, with its checkpoint, instead of
+    /// killing it without one.
+    pub fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next stop signal. Cancel safe: a signal that arrives while
+    /// another branch of a `select!` wins is kept for the next call.
+    pub async fn recv(&mut self) -> StopSignal {
+        tokio::select! {
+            _ = self.interrupt.recv() => StopSignal::Interrupt,
+            _ = self.terminate.recv() => StopSignal::Terminate,
+            _ = self.hangup.recv() => StopSignal::Hangup,
+        }
+    }
+}
+
+/// Waits until `deadline` ([`Shutdown::deadline`]), or forever without one.
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -371,6 +414,36 @@ mod tests {
         assert!(!s.complete(true));
         assert_eq!(s.final_state(false), RunState::Interrupted);
         assert_eq!(s.exit_code(0), exit::HANGUP);
+    }
+
+    #[tokio::test]
+    async fn each_stop_signal_is_read_as_its_own_kind() {
+        use nix::sys::signal::{raise, Signal};
+        // Installed before any is raised: from then on they are read here
+        // instead of ending the test process.
+        let mut signals = StopSignals::install().expect("signal handlers");
+        for (raised, read) in [
+            (Signal::SIGHUP, StopSignal::Hangup),
+            (Signal::SIGTERM, StopSignal::Terminate),
+            (Signal::SIGINT, StopSignal::Interrupt),
+        ] {
+            raise(raised).expect("raise");
+            let got = tokio::time::timeout(Duration::from_secs(30), signals.recv())
+                .await
+                .expect("the signal arrives");
+            assert_eq!(got, read);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deadline_sleep_ends_at_the_deadline_and_never_without_one() {
+        let soon = Instant::now() + Duration::from_millis(10);
+        tokio::time::timeout(Duration::from_secs(30), sleep_until(Some(soon)))
+            .await
+            .expect("a deadline is reached");
+        assert!(Instant::now() >= soon);
+        let never = tokio::time::timeout(Duration::from_millis(50), sleep_until(None)).await;
+        assert!(never.is_err(), "no deadline, no wake-up");
     }
 
     #[test]

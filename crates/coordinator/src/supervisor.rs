@@ -330,6 +330,17 @@ pub fn spawn(
     Ok(worker)
 }
 
+/// Sends `shard` on `restarts` once `delay` has passed: the end of its
+/// backoff after [`OnExit::RestartAfter`]. The loop that receives it
+/// restarts the shard if it is still in backoff and the run is not ending.
+pub fn restart_after(shard: usize, delay: Duration, restarts: &mpsc::UnboundedSender<usize>) {
+    let restarts = restarts.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = restarts.send(shard);
+    });
+}
+
 /// Describes an exit status for messages: "exit code 1", "killed by SIGKILL".
 pub fn describe_exit(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -499,6 +510,26 @@ impl Shards {
         if let Some(w) = &self.slots[shard].worker {
             w.kill(why);
         }
+    }
+
+    /// The shard's worker's socket ended (the caller has put its work
+    /// back). A worker that broke the protocol is killed now. One whose
+    /// socket closed or failed is exiting, or has died: it gets
+    /// [`EXIT_AFTER_CLOSE`] to exit by itself before it is killed, so that
+    /// a worker killed by someone else is not reported as killed by us.
+    pub fn on_disconnected(&self, shard: usize, end: SocketEnd) {
+        let Some(w) = &self.slots[shard].worker else {
+            return;
+        };
+        let closed = match end {
+            SocketEnd::Invalid(e) => return w.kill(format!("it broke the protocol ({e})")),
+            SocketEnd::Closed => "it closed its socket".to_string(),
+            SocketEnd::Broken(e) => format!("its socket failed ({e})"),
+        };
+        w.kill_unless_exited_within(
+            EXIT_AFTER_CLOSE,
+            format!("{closed} and it had not exited {EXIT_AFTER_CLOSE:?} later"),
+        );
     }
 
     /// The shard's worker exited. `ending` says whether the run is stopping
