@@ -249,8 +249,6 @@ pub fn fetch_command(url: &str, ws: &Workspace, args: &[&str]) -> Command {
 /// pipe and look like a hang.
 pub struct Running {
     child: Child,
-    /// Reaped by `wait4` behind std's back: never signal or wait again.
-    reaped: bool,
     stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
     stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
@@ -273,7 +271,6 @@ impl Running {
         let stderr = Some(drain(Box::new(child.stderr.take().unwrap())));
         Running {
             child,
-            reaped: false,
             stdout,
             stderr,
         }
@@ -307,42 +304,12 @@ impl Running {
         let status = self.child.try_wait().unwrap()?;
         Some(self.output(status))
     }
-
-    /// Waits for the exit and returns the largest resident set size, in
-    /// KiB, of the process and of every descendant it waited for (its
-    /// workers), as the kernel accounts it in `wait4(2)`'s rusage.
-    pub fn wait_with_peak_rss_kib(&mut self, limit: Duration) -> (Output, u64) {
-        let pid = self.pid() as libc::pid_t;
-        let started = Instant::now();
-        loop {
-            let mut status = 0;
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: plain syscall on our own child with valid pointers.
-            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-            assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
-            if r == pid {
-                use std::os::unix::process::ExitStatusExt;
-                self.reaped = true;
-                let output = self.output(std::process::ExitStatus::from_raw(status));
-                return (output, usage.ru_maxrss as u64);
-            }
-            assert!(
-                started.elapsed() < limit,
-                "bulkget fetch did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         // Only a run the test gave up on is still running. std remembers
-        // an exit it reaped; one reaped by `wait4` is never touched, as its
-        // pid may belong to another process by now.
-        if self.reaped {
-            return;
-        }
+        // an exit it reaped, so this never signals a pid reused since.
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();

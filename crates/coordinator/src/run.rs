@@ -962,6 +962,7 @@ impl Run {
             pages_changed: self.sched.pages_changed(),
             names_repeated: self.sched.repeated(),
             peak_rss_bytes: bulkget_stats::peak_rss_bytes().unwrap_or(0),
+            workers_peak_rss_bytes: bulkget_stats::children_peak_rss_bytes().unwrap_or(0),
             batches_requeued: self.sched.requeued(),
             exit_code,
             metrics_addr: self.metrics.as_ref().map(|m| m.addr.to_string()),

@@ -62,6 +62,19 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The largest peak resident memory of this process's children that have
+/// exited and been waited for (`getrusage(RUSAGE_CHILDREN)`), in bytes: for
+/// the coordinator, its workers'. Unlike a child's own `wait4` figure, it
+/// never includes the memory of whoever started this process (the kernel
+/// records a process's pre-`exec` high-water mark as its own), because
+/// the workers are started from the coordinator itself.
+pub fn children_peak_rss_bytes() -> Option<u64> {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    (r == 0).then(|| u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+}
+
 /// `docs/STATS.md` is the schema's documentation for people; these tests keep
 /// it honest against the types.
 #[cfg(test)]

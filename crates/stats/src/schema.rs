@@ -493,6 +493,12 @@ pub struct CoordinatorStats {
     /// The coordinator process's peak resident memory so far (`VmHWM`), in
     /// bytes; 0 where the system does not say.
     pub peak_rss_bytes: u64,
+    /// The largest peak resident memory of the workers that have exited so
+    /// far, in bytes (`getrusage(RUSAGE_CHILDREN)`); 0 before the first
+    /// exits. At the end of a run, every worker's. Absent in files written
+    /// before it existed, which then read as 0.
+    #[serde(default)]
+    pub workers_peak_rss_bytes: u64,
     /// The process exit code, once `state` is final; `None` before.
     pub exit_code: Option<i32>,
     /// Where `GET /metrics` is served (`--metrics-addr`, the port as

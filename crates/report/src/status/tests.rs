@@ -87,6 +87,7 @@ fn coordinator(state: RunState, shards: u32) -> CoordinatorStats {
         pages_changed: 0,
         names_repeated: 0,
         peak_rss_bytes: 50_000_000,
+        workers_peak_rss_bytes: 0,
         exit_code: None,
         shards: (0..shards)
             .map(|i| ShardSummary {
