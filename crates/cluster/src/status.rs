@@ -114,19 +114,14 @@ pub async fn read(store: &mut JobStore, with_failed: bool) -> Result<JobStatus, 
         .clone();
     let now = now_ms();
     let mut hosts = Vec::new();
-    let mut keys = store
-        .kv
-        .keys()
+    let mut names = tokio::time::timeout(KEYS_TIMEOUT, host_keys(store))
         .await
-        .map_err(|e| format!("cannot list the bucket: {e}"))?;
-    let mut names = Vec::new();
-    while let Some(k) = keys.next().await {
-        match k {
-            Ok(k) if k.starts_with(HOST_PREFIX) => names.push(k),
-            Ok(_) => {}
-            Err(e) => return Err(format!("cannot list the bucket: {e}")),
-        }
-    }
+        .map_err(|_| {
+            format!(
+                "cannot list the bucket: no answer within {} s",
+                KEYS_TIMEOUT.as_secs()
+            )
+        })??;
     names.sort();
     for key in names {
         if let Ok(Some(value)) = store.kv.get(key).await {
@@ -160,6 +155,31 @@ pub async fn read(store: &mut JobStore, with_failed: bool) -> Result<JobStatus, 
         hosts,
         failed,
     })
+}
+
+/// How long listing the bucket's keys may take. The key stream ends when
+/// the server says it has delivered every key; a status read that started
+/// while a lister was creating the job once waited for that forever (seen
+/// in the benchmark), so the wait is bounded and the command fails with a
+/// message that says why instead of hanging.
+const KEYS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The keys of the hosts' records in the job's bucket.
+async fn host_keys(store: &JobStore) -> Result<Vec<String>, String> {
+    let mut keys = store
+        .kv
+        .keys()
+        .await
+        .map_err(|e| format!("cannot list the bucket: {e}"))?;
+    let mut names = Vec::new();
+    while let Some(k) = keys.next().await {
+        match k {
+            Ok(k) if k.starts_with(HOST_PREFIX) => names.push(k),
+            Ok(_) => {}
+            Err(e) => return Err(format!("cannot list the bucket: {e}")),
+        }
+    }
+    Ok(names)
 }
 
 /// Every record of the failure stream, read with an ephemeral ordered
