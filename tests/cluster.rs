@@ -825,3 +825,92 @@ fn a_hosts_shards_slow_down_together_on_pushback() {
         "{refused} of {all} GETs were answered 429"
     );
 }
+
+/// `cluster status` answers, and answers the same job, every time it is
+/// called from the moment a lister starts until the job is finished. It
+/// once listed the hosts' records with an ordered consumer that
+/// nats-server 2.9 kept from ending while the lister updated its record
+/// (issue 15); status then failed after a 5 s bound, or hung before that.
+#[test]
+fn status_answers_every_call_while_a_lister_publishes() {
+    let nats = Nats::start();
+    // 200 pages of 100 names, 5 ms apart: the lister updates its record
+    // after every page, so about every 5 ms while it lists. With the old
+    // listing, the first call made once the job existed never ended.
+    let files = 20_000;
+    let server = Server::start(&[
+        "--files",
+        &files.to_string(),
+        "--page-size",
+        "100",
+        "--list-delay-ms",
+        "5",
+    ]);
+    let ws = Workspace::new();
+    let out = ws.out();
+    let job = "watched";
+    let mut lister = Running::spawn(lister_command(&server, &nats, job, &[]));
+    let mut worker: Option<Running> = None;
+    let mut answered = 0;
+    let mut while_listing = 0;
+    let mut published = 0;
+    let mut host_seen = false;
+    // A bound for a lister that never ends (say, a host that never
+    // starts), so that the test fails instead of running forever.
+    let give_up = std::time::Instant::now() + Duration::from_secs(240);
+    let lister_out = loop {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the job did not finish within 240 s"
+        );
+        // Read before the call, so the last call is made after the exit.
+        let lister_exit = lister.try_exit();
+        let st = status(&nats, job, &["--json"]);
+        if answered == 0 && text(&st.stderr).contains("there is no job") {
+            // Called before the lister created the job: the one other
+            // answer there may be, and only before the first.
+            assert_code(&st, 1);
+            continue;
+        }
+        assert_code(&st, 0);
+        answered += 1;
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("JSON");
+        assert_eq!(st["job"], job);
+        let lister_rec = &st["lister"];
+        // The listing position only moves forward.
+        if let Some(p) = lister_rec["names_published"].as_u64() {
+            assert!(p >= published, "{p} after {published}: {st}");
+            published = p;
+        }
+        if lister_rec["listing_done"] == false {
+            while_listing += 1;
+        }
+        // A host's record, once there, is in every later answer.
+        let hosts = st["hosts"].as_array().unwrap();
+        assert!(hosts.len() <= 1, "{st}");
+        if host_seen {
+            assert_eq!(hosts.len(), 1, "the host's record went missing: {st}");
+        }
+        host_seen = !hosts.is_empty();
+        // Hosts start once the listing is done, so that the lister
+        // publishes alone while the calls above run.
+        if lister_rec["listing_done"] == true && worker.is_none() {
+            worker = Some(host(&server, &nats, job, &out, &["--workers", "1"]));
+        }
+        if let Some(out) = lister_exit {
+            break out;
+        }
+    };
+    assert_code(&lister_out, 0);
+    assert_code(
+        &worker
+            .expect("a host ran")
+            .wait_within(Duration::from_secs(60)),
+        0,
+    );
+    assert!(while_listing >= 3, "{while_listing} answers while listing");
+    let st = status_json(&nats, job);
+    assert_eq!(st["lister"]["finished"], true);
+    assert_eq!(st["hosts"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(hosts_sum(&st, "files_ok"), files);
+}

@@ -114,14 +114,7 @@ pub async fn read(store: &mut JobStore, with_failed: bool) -> Result<JobStatus, 
         .clone();
     let now = now_ms();
     let mut hosts = Vec::new();
-    let mut names = tokio::time::timeout(KEYS_TIMEOUT, host_keys(store))
-        .await
-        .map_err(|_| {
-            format!(
-                "cannot list the bucket: no answer within {} s",
-                KEYS_TIMEOUT.as_secs()
-            )
-        })??;
+    let mut names = host_keys(store).await?;
     names.sort();
     for key in names {
         if let Ok(Some(value)) = store.kv.get(key).await {
@@ -157,26 +150,40 @@ pub async fn read(store: &mut JobStore, with_failed: bool) -> Result<JobStatus, 
     })
 }
 
-/// How long listing the bucket's keys may take. The key stream ends when
-/// the server says it has delivered every key; a status read that started
-/// while a lister was creating the job once waited for that forever (seen
-/// in the benchmark), so the wait is bounded and the command fails with a
-/// message that says why instead of hanging.
-const KEYS_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The keys of the hosts' records in the job's bucket.
+/// The keys of the hosts' records in the job's bucket: the subjects its
+/// stream holds under `host.`, as a stream-info request filtered on them
+/// answers. Each answer lists up to 100,000 subjects and says how many
+/// there are in all, so listing them takes a known number of requests,
+/// each bounded by the JetStream context's timeout.
+///
+/// Not `kv.keys()`: that runs an ordered consumer over the bucket ("last
+/// per subject") and ends only when a delivered key reports nothing
+/// pending, or, after 5 s without any message, when the consumer's info
+/// says everything was delivered.
+/// nats-server 2.9 over-counts what such a consumer has pending when a key
+/// is updated between the consumer's creation and its first delivery, and
+/// keeps the surplus: every later update of the key then arrives with 1 or
+/// more pending. The lister updates its record after every page and every
+/// second, so a status read started as a lister began got neither end and
+/// waited for as long as the lister ran.
 async fn host_keys(store: &JobStore) -> Result<Vec<String>, String> {
-    let mut keys = store
+    let cannot = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot list the hosts' records in the bucket {}: {e}",
+            store.job.bucket()
+        )
+    };
+    let mut subjects = store
         .kv
-        .keys()
+        .stream
+        .info_with_subjects(format!("{}{HOST_PREFIX}>", store.kv.prefix))
         .await
-        .map_err(|e| format!("cannot list the bucket: {e}"))?;
+        .map_err(|e| cannot(&e))?;
     let mut names = Vec::new();
-    while let Some(k) = keys.next().await {
-        match k {
-            Ok(k) if k.starts_with(HOST_PREFIX) => names.push(k),
-            Ok(_) => {}
-            Err(e) => return Err(format!("cannot list the bucket: {e}")),
+    while let Some(subject) = subjects.next().await {
+        let (subject, _messages) = subject.map_err(|e| cannot(&e))?;
+        if let Some(key) = subject.strip_prefix(&store.kv.prefix) {
+            names.push(key.to_string());
         }
     }
     Ok(names)
