@@ -422,7 +422,7 @@ impl Host {
             .zip(&self.tallies)
             .filter(|(s, t)| {
                 let has_or_may_get_work = t.holding > 0 || !no_more_work;
-                s.worker.is_some() && !s.down && s.phase != Phase::Parked && has_or_may_get_work
+                s.live && !s.down && s.phase != Phase::Parked && has_or_may_get_work
             })
             .count()
     }
@@ -431,13 +431,16 @@ impl Host {
     /// it changed ([`bulkget_coordinator::budget::Pace::differs_from`]).
     fn pace_workers(&mut self) {
         let pace = self.budget.pace(self.working_shards());
-        for slot in self.shards.iter_mut() {
-            let Some(worker) = &slot.worker else { continue };
+        for shard in 0..self.shards.len() {
+            let slot = &self.shards[shard];
+            let Some(worker) = self.shards.worker(shard) else {
+                continue;
+            };
             if slot.down || !pace.differs_from(slot.paced) {
                 continue;
             }
             worker.send(&pace.frame());
-            slot.paced = Some(pace);
+            self.shards[shard].paced = Some(pace);
         }
     }
 
@@ -519,7 +522,7 @@ impl Host {
                     };
                     bulkget_protocol::frame::encode(&batch, &mut buf)
                         .expect("a published batch fits a frame");
-                    if let Some(w) = &self.shards[shard].worker {
+                    if let Some(w) = self.shards.worker(shard) {
                         w.send_frame(buf);
                     }
                 }

@@ -2,6 +2,7 @@
 pub mod args;
 pub mod budget;
 pub mod config;
+pub mod decide;
 pub mod exit;
 pub mod failure_log;
 pub mod filter;

@@ -25,8 +25,8 @@
 //! - `--progress none` and `--quiet`: no progress; messages still print.
 //!
 //! Messages printed while the run goes on ("worker 3 died; restarting",
-//! `bulkget: failed: "NAME": REASON`) go through [`Progress::note`] (the
-//! [`note!`] macro), which prints them above the bar instead of through it.
+//! `bulkget: failed: "NAME": REASON`) go through [`Progress::note`], which
+//! prints them above the bar instead of through it.
 //! Every line goes through `bulkget_console`, so a closed stderr never
 //! stops the run.
 
@@ -40,16 +40,6 @@ use std::time::{Duration, Instant};
 
 /// How often a plain progress line is printed.
 pub const PLAIN_EVERY: Duration = Duration::from_secs(5);
-
-/// Prints a message for the person watching: above the bar if one is drawn,
-/// else on stderr (as a JSON line with `--log-format json`).
-/// `note!(self.progress, "worker {shard} died")`.
-macro_rules! note {
-    ($progress:expr, $($arg:tt)*) => {
-        $progress.note(&format!($($arg)*))
-    };
-}
-pub(crate) use note;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -135,7 +125,8 @@ impl Progress {
         }
     }
 
-    /// Prints a message for the person watching (see [`note!`]).
+    /// Prints a message for the person watching: above the bar if one is
+    /// drawn, else on stderr (as a JSON line with `--log-format json`).
     pub fn note(&self, msg: &str) {
         if self.json {
             tracing::warn!(target: bulkget_console::MESSAGES, "{msg}");

@@ -26,6 +26,7 @@ use crate::exit;
 use bulkget_stats::RunState;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 
 /// How long finished workers may take to write their last stats and exit.
 pub const FINISH_WITHIN: Duration = Duration::from_secs(10);
@@ -87,6 +88,24 @@ impl StopSignals {
             _ = self.terminate.recv() => StopSignal::Terminate,
             _ = self.hangup.recv() => StopSignal::Hangup,
         }
+    }
+}
+
+impl StopSignals {
+    /// Sends every stop signal on to a channel, from a task of its own:
+    /// `fetch`'s loop reads its signals from a channel, so that a test can
+    /// send its own instead.
+    pub fn forward(mut self) -> mpsc::UnboundedReceiver<StopSignal> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let signal = self.recv().await;
+                if tx.send(signal).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
     }
 }
 

@@ -18,16 +18,23 @@
 //! [`Worker::kill`]): it knows whether the process has been reaped, so a
 //! signal never reaches another process that reuses the pid. It reports
 //! the exit with the reason the coordinator killed the worker, if it did.
-//! All events go to the run loop on one channel; the run loop is the single
-//! owner of every decision.
+//! All events go to the run loop on one channel; the run loop's one task
+//! owns every decision (for `fetch`, its core in [`crate::decide`]).
 //!
-//! [`Shards`] holds every shard's slot and is the only owner of the
-//! [`Worker`] handles: it spawns, signals, parks and stops workers, and
-//! says what an exit means ([`OnExit`]); the run loop decides what the run
-//! does about it. No code signals a worker by its pid: the pid in a slot is
-//! for display only, since once the waiter has reaped the process the kernel
-//! may give that pid to another process; a signal or kill sent after the
-//! reap goes to a closed channel and is dropped.
+//! A shard's life is in two parts. [`Slots`] is data and rules: each
+//! shard's phase, generation and crash history, what an exit means
+//! ([`OnExit`]), parking, which workers a stop asks to exit, and how a
+//! worker whose socket ended is killed ([`kill_on_disconnect`]); it holds
+//! no handle, so its rules are tested without processes. [`Workers`] holds
+//! the [`Worker`] handles and is the only code that reaches a worker's
+//! process: it spawns, sends to, signals and kills workers as it is told.
+//! `fetch`'s decision core ([`crate::decide`]) owns the slots and its loop
+//! the handles; `cluster work` holds both in [`Shards`]. No code signals a
+//! worker by its pid: the pid of a handle is for display only, since once
+//! the waiter has reaped the process the kernel may give that pid to
+//! another process; a signal or kill sent after the reap goes to a closed
+//! channel and is dropped, and the handle itself is dropped with the
+//! worker's exit event ([`Workers::exited`]).
 //!
 //! Workers never outlive the coordinator: every socket end the coordinator
 //! holds is close-on-exec and private to it, so when the coordinator dies
@@ -387,12 +394,12 @@ pub enum Phase {
     Stopped,
 }
 
-/// One shard: its current worker, if any, and its history.
+/// One shard: whether it has a worker, and its history. Data only: the
+/// worker's handle is in [`Workers`].
+#[derive(Debug)]
 pub struct ShardSlot {
-    /// The current worker. This handle is the only way to reach its
-    /// process: signals go through the task that reaps it (see the module
-    /// documentation), never to a pid.
-    pub worker: Option<Worker>,
+    /// The current worker was started and its exit has not been seen yet.
+    pub live: bool,
     pub generation: u32,
     pub phase: Phase,
     /// The current worker's socket or process has gone; its batches were
@@ -406,7 +413,7 @@ pub struct ShardSlot {
     pub paced: Option<crate::budget::Pace>,
 }
 
-/// What to do about a worker's exit ([`Shards::on_exit`]).
+/// What to do about a worker's exit ([`Slots::on_exit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnExit {
     /// The exit of an earlier generation, already dealt with.
@@ -415,37 +422,65 @@ pub enum OnExit {
     Expected,
     /// A crash: restart the shard after this delay (it is in backoff).
     RestartAfter(Duration),
-    /// A crash too many: park the shard ([`Shards::park`]).
+    /// A crash too many: park the shard ([`Slots::park`]).
     Park,
 }
 
-/// Every shard's slot: the one owner of the workers' handles. It spawns,
-/// signals, parks and stops workers, and says what an exit means; the run
-/// loop decides what the run does about it.
-pub struct Shards {
+/// When a worker whose socket ended is killed ([`kill_on_disconnect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillWhen {
+    Now,
+    /// Unless it exits by itself within this time.
+    UnlessExitedWithin(Duration),
+}
+
+/// The shard's worker's socket ended (the caller has put its work back):
+/// when to kill it, and why ("the coordinator killed it because ...").
+/// A worker that broke the protocol is killed now. One whose socket
+/// closed or failed is exiting, or has died: it gets [`EXIT_AFTER_CLOSE`]
+/// to exit by itself before it is killed, so that a worker killed by
+/// someone else is not reported as killed by us.
+pub fn kill_on_disconnect(end: SocketEnd) -> (KillWhen, String) {
+    let closed = match end {
+        SocketEnd::Invalid(e) => return (KillWhen::Now, format!("it broke the protocol ({e})")),
+        SocketEnd::Closed => "it closed its socket".to_string(),
+        SocketEnd::Broken(e) => format!("its socket failed ({e})"),
+    };
+    (
+        KillWhen::UnlessExitedWithin(EXIT_AFTER_CLOSE),
+        format!("{closed} and it had not exited {EXIT_AFTER_CLOSE:?} later"),
+    )
+}
+
+/// Every shard's slot, and the rules of a shard's life: which generation
+/// starts next, what an exit means, parking, which workers a stop asks to
+/// exit. Plain data, no handles, so every rule is tested without
+/// processes; whoever holds the [`Workers`] carries out what it says.
+#[derive(Debug)]
+pub struct Slots {
     slots: Vec<ShardSlot>,
     policy: RestartPolicy,
 }
 
-impl std::ops::Index<usize> for Shards {
+impl std::ops::Index<usize> for Slots {
     type Output = ShardSlot;
     fn index(&self, shard: usize) -> &ShardSlot {
         &self.slots[shard]
     }
 }
 
-impl std::ops::IndexMut<usize> for Shards {
+impl std::ops::IndexMut<usize> for Slots {
     fn index_mut(&mut self, shard: usize) -> &mut ShardSlot {
         &mut self.slots[shard]
     }
 }
 
-impl Shards {
+impl Slots {
     /// `count` shards, none started yet, all idle from `now`.
-    pub fn new(count: usize, policy: RestartPolicy, now: Instant) -> Shards {
+    pub fn new(count: usize, policy: RestartPolicy, now: Instant) -> Slots {
         let slots = (0..count)
             .map(|_| ShardSlot {
-                worker: None,
+                live: false,
                 generation: 0,
                 phase: Phase::Starting,
                 down: false,
@@ -455,7 +490,7 @@ impl Shards {
                 paced: None,
             })
             .collect();
-        Shards { slots, policy }
+        Slots { slots, policy }
     }
 
     pub fn len(&self) -> usize {
@@ -478,58 +513,35 @@ impl Shards {
         &self.policy
     }
 
-    /// Starts the shard's next worker generation.
-    pub fn spawn(
-        &mut self,
-        shard: usize,
-        version: &Version,
-        settings: &WorkerSettings,
-        events: &mpsc::UnboundedSender<Event>,
-    ) -> io::Result<()> {
+    /// The generation the shard's next worker is started as: its restarts
+    /// so far.
+    pub fn next_generation(&self, shard: usize) -> u32 {
+        self.slots[shard].life.restarts
+    }
+
+    /// The shard's worker of `generation` was started.
+    pub fn started(&mut self, shard: usize, generation: u32) {
         let slot = &mut self.slots[shard];
-        let generation = slot.life.restarts;
-        let worker = spawn(shard, generation, version, settings, events.clone())?;
         slot.life.on_start();
-        slot.worker = Some(worker);
+        slot.live = true;
         slot.generation = generation;
         slot.phase = Phase::Starting;
         slot.down = false;
         slot.paced = None;
-        Ok(())
+    }
+
+    /// Starting the shard's worker failed after [`Slots::started`]: there
+    /// is no worker.
+    pub fn start_failed(&mut self, shard: usize) {
+        let slot = &mut self.slots[shard];
+        slot.live = false;
+        slot.down = true;
     }
 
     /// Whether an event of `generation` is about the shard's current worker
     /// and that worker is still up.
     pub fn is_current(&self, shard: usize, generation: u32) -> bool {
         generation == self.slots[shard].generation && !self.slots[shard].down
-    }
-
-    /// Kills the shard's worker, if it has one; `why` completes "the
-    /// coordinator killed it because ..." in the exit message.
-    pub fn kill(&self, shard: usize, why: String) {
-        if let Some(w) = &self.slots[shard].worker {
-            w.kill(why);
-        }
-    }
-
-    /// The shard's worker's socket ended (the caller has put its work
-    /// back). A worker that broke the protocol is killed now. One whose
-    /// socket closed or failed is exiting, or has died: it gets
-    /// [`EXIT_AFTER_CLOSE`] to exit by itself before it is killed, so that
-    /// a worker killed by someone else is not reported as killed by us.
-    pub fn on_disconnected(&self, shard: usize, end: SocketEnd) {
-        let Some(w) = &self.slots[shard].worker else {
-            return;
-        };
-        let closed = match end {
-            SocketEnd::Invalid(e) => return w.kill(format!("it broke the protocol ({e})")),
-            SocketEnd::Closed => "it closed its socket".to_string(),
-            SocketEnd::Broken(e) => format!("its socket failed ({e})"),
-        };
-        w.kill_unless_exited_within(
-            EXIT_AFTER_CLOSE,
-            format!("{closed} and it had not exited {EXIT_AFTER_CLOSE:?} later"),
-        );
     }
 
     /// The shard's worker exited. `ending` says whether the run is stopping
@@ -540,7 +552,7 @@ impl Shards {
         if generation != slot.generation {
             return OnExit::Stale;
         }
-        slot.worker = None;
+        slot.live = false;
         if ending || slot.phase == Phase::Stopped {
             if slot.phase != Phase::Parked {
                 slot.phase = Phase::Stopped;
@@ -563,48 +575,256 @@ impl Shards {
     }
 
     /// While stopping, each shard whose worker has nothing in flight is
-    /// told to exit.
-    pub fn ask_idle_to_exit(&mut self, in_flight: impl Fn(usize) -> usize) {
+    /// told to exit: returns the shards whose live workers are to be told
+    /// (`Shutdown` without drain).
+    pub fn ask_idle_to_exit(&mut self, in_flight: impl Fn(usize) -> usize) -> Vec<usize> {
+        let mut asked = Vec::new();
         for (shard, slot) in self.slots.iter_mut().enumerate() {
             if in_flight(shard) == 0 && slot.phase != Phase::Stopped {
-                if let Some(w) = &slot.worker {
-                    w.send(&ToWorker::Shutdown { drain: false });
+                if slot.live {
+                    asked.push(shard);
                 }
                 if slot.phase != Phase::Parked {
                     slot.phase = Phase::Stopped;
                 }
             }
         }
+        asked
     }
 
-    /// Every file is done: each worker writes its last stats and exits.
-    pub fn drain_all(&self) {
-        for slot in &self.slots {
-            if let Some(w) = &slot.worker {
-                w.send(&ToWorker::Shutdown { drain: true });
-            }
-        }
-    }
-
-    /// SIGTERM to every worker, SIGKILL to any still there a second later.
+    /// The shards whose workers are to be stopped now (the caller signals
+    /// them, see [`Workers::stop_all_now`]): none of them is restarted.
     pub fn stop_all_now(&mut self) {
         for slot in &mut self.slots {
             if slot.phase != Phase::Parked {
                 slot.phase = Phase::Stopped;
             }
-            if let Some(w) = &slot.worker {
-                w.signal(Signal::SIGTERM);
-                w.kill_unless_exited_within(
-                    Duration::from_secs(1),
-                    "it had not stopped 1s after SIGTERM".into(),
-                );
-            }
         }
+    }
+
+    /// The shards with a live worker.
+    pub fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots.len()).filter(|&k| self.slots[k].live)
     }
 
     /// Whether every worker process has exited.
     pub fn all_exited(&self) -> bool {
-        self.slots.iter().all(|s| s.worker.is_none())
+        self.slots.iter().all(|s| !s.live)
+    }
+}
+
+/// The workers' handles, one place per shard: the only code that reaches
+/// a worker's process. It does what it is told; it decides nothing.
+#[derive(Default)]
+pub struct Workers {
+    /// Each shard's current worker and its generation.
+    handles: Vec<Option<(u32, Worker)>>,
+}
+
+impl Workers {
+    pub fn new(count: usize) -> Workers {
+        Workers {
+            handles: (0..count).map(|_| None).collect(),
+        }
+    }
+
+    /// Starts the shard's worker of `generation`.
+    pub fn spawn(
+        &mut self,
+        shard: usize,
+        generation: u32,
+        version: &Version,
+        settings: &WorkerSettings,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> io::Result<()> {
+        let worker = spawn(shard, generation, version, settings, events.clone())?;
+        self.handles[shard] = Some((generation, worker));
+        Ok(())
+    }
+
+    /// The shard's worker of `generation` exited: its handle is dropped, so
+    /// nothing more is sent or signalled to it.
+    pub fn exited(&mut self, shard: usize, generation: u32) {
+        if matches!(&self.handles[shard], Some((g, _)) if *g == generation) {
+            self.handles[shard] = None;
+        }
+    }
+
+    pub fn get(&self, shard: usize) -> Option<&Worker> {
+        self.handles[shard].as_ref().map(|(_, w)| w)
+    }
+
+    /// The pid of the shard's worker, for display only.
+    pub fn pid(&self, shard: usize) -> Option<u32> {
+        self.get(shard).map(|w| w.pid)
+    }
+
+    /// Sends `msg` to the shard's worker, if it has one.
+    pub fn send(&self, shard: usize, msg: &ToWorker) {
+        if let Some(w) = self.get(shard) {
+            w.send(msg);
+        }
+    }
+
+    /// Queues an encoded frame for the shard's worker, if it has one. A
+    /// failed send means the worker is going away; its batches come back
+    /// with the exit event.
+    pub fn send_frame(&self, shard: usize, frame: Vec<u8>) {
+        if let Some(w) = self.get(shard) {
+            w.send_frame(frame);
+        }
+    }
+
+    /// Kills the shard's worker, if it has one, `when` it is told; `why`
+    /// completes "the coordinator killed it because ..." in the exit
+    /// message.
+    pub fn kill(&self, shard: usize, when: KillWhen, why: String) {
+        let Some(w) = self.get(shard) else { return };
+        match when {
+            KillWhen::Now => w.kill(why),
+            KillWhen::UnlessExitedWithin(after) => w.kill_unless_exited_within(after, why),
+        }
+    }
+
+    /// SIGTERM to every worker, SIGKILL to any still there a second later.
+    pub fn stop_all_now(&self) {
+        for (_, w) in self.handles.iter().flatten() {
+            w.signal(Signal::SIGTERM);
+            w.kill_unless_exited_within(
+                Duration::from_secs(1),
+                "it had not stopped 1s after SIGTERM".into(),
+            );
+        }
+    }
+}
+
+/// The slots and the handles together, for a loop that decides and acts in
+/// one place (`cluster work`): each method applies [`Slots`]' rule and
+/// carries it out on [`Workers`]. `fetch` keeps them apart: its decision
+/// core owns the slots and its loop the handles.
+pub struct Shards {
+    slots: Slots,
+    workers: Workers,
+}
+
+impl std::ops::Index<usize> for Shards {
+    type Output = ShardSlot;
+    fn index(&self, shard: usize) -> &ShardSlot {
+        &self.slots[shard]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Shards {
+    fn index_mut(&mut self, shard: usize) -> &mut ShardSlot {
+        &mut self.slots[shard]
+    }
+}
+
+impl Shards {
+    /// `count` shards, none started yet, all idle from `now`.
+    pub fn new(count: usize, policy: RestartPolicy, now: Instant) -> Shards {
+        Shards {
+            slots: Slots::new(count, policy, now),
+            workers: Workers::new(count),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, ShardSlot> {
+        self.slots.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, ShardSlot> {
+        self.slots.iter_mut()
+    }
+
+    pub fn policy(&self) -> &RestartPolicy {
+        self.slots.policy()
+    }
+
+    /// The shard's worker, if it has one.
+    pub fn worker(&self, shard: usize) -> Option<&Worker> {
+        self.workers.get(shard)
+    }
+
+    /// Starts the shard's next worker generation.
+    pub fn spawn(
+        &mut self,
+        shard: usize,
+        version: &Version,
+        settings: &WorkerSettings,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> io::Result<()> {
+        let generation = self.slots.next_generation(shard);
+        self.workers
+            .spawn(shard, generation, version, settings, events)?;
+        self.slots.started(shard, generation);
+        Ok(())
+    }
+
+    /// Whether an event of `generation` is about the shard's current worker
+    /// and that worker is still up.
+    pub fn is_current(&self, shard: usize, generation: u32) -> bool {
+        self.slots.is_current(shard, generation)
+    }
+
+    /// Kills the shard's worker, if it has one; `why` completes "the
+    /// coordinator killed it because ..." in the exit message.
+    pub fn kill(&self, shard: usize, why: String) {
+        self.workers.kill(shard, KillWhen::Now, why);
+    }
+
+    /// The shard's worker's socket ended (the caller has put its work
+    /// back): it is killed as [`kill_on_disconnect`] says.
+    pub fn on_disconnected(&self, shard: usize, end: SocketEnd) {
+        let (when, why) = kill_on_disconnect(end);
+        self.workers.kill(shard, when, why);
+    }
+
+    /// The shard's worker exited: see [`Slots::on_exit`].
+    pub fn on_exit(&mut self, shard: usize, generation: u32, ending: bool, now: Instant) -> OnExit {
+        self.workers.exited(shard, generation);
+        self.slots.on_exit(shard, generation, ending, now)
+    }
+
+    /// Parks the shard. Returns whether every shard is now parked.
+    pub fn park(&mut self, shard: usize) -> bool {
+        self.slots.park(shard)
+    }
+
+    /// While stopping, each shard whose worker has nothing in flight is
+    /// told to exit.
+    pub fn ask_idle_to_exit(&mut self, in_flight: impl Fn(usize) -> usize) {
+        for shard in self.slots.ask_idle_to_exit(in_flight) {
+            self.workers
+                .send(shard, &ToWorker::Shutdown { drain: false });
+        }
+    }
+
+    /// Every file is done: each worker writes its last stats and exits.
+    pub fn drain_all(&self) {
+        for shard in self.slots.live() {
+            self.workers
+                .send(shard, &ToWorker::Shutdown { drain: true });
+        }
+    }
+
+    /// SIGTERM to every worker, SIGKILL to any still there a second later.
+    pub fn stop_all_now(&mut self) {
+        self.slots.stop_all_now();
+        self.workers.stop_all_now();
+    }
+
+    /// Whether every worker process has exited.
+    pub fn all_exited(&self) -> bool {
+        self.slots.all_exited()
     }
 }
 
@@ -630,19 +850,19 @@ mod tests {
         );
     }
 
-    fn shards(count: usize) -> Shards {
+    fn slots(count: usize) -> Slots {
         let policy = RestartPolicy {
             burst: 2,
             interval: Duration::from_secs(10),
             ..RestartPolicy::default()
         };
-        Shards::new(count, policy, Instant::now())
+        Slots::new(count, policy, Instant::now())
     }
 
     #[test]
     fn a_crash_backs_off_and_too_many_without_progress_park_the_shard() {
         let t0 = Instant::now();
-        let mut s = shards(2);
+        let mut s = slots(2);
         s[0].phase = Phase::Running;
         let first = s.on_exit(0, 0, false, t0);
         assert!(matches!(first, OnExit::RestartAfter(_)), "{first:?}");
@@ -661,7 +881,7 @@ mod tests {
     #[test]
     fn an_exit_while_the_run_ends_or_of_a_stopped_worker_is_no_crash() {
         let t0 = Instant::now();
-        let mut s = shards(3);
+        let mut s = slots(3);
         s[0].phase = Phase::Running;
         assert_eq!(s.on_exit(0, 0, true, t0), OnExit::Expected);
         assert_eq!(s[0].phase, Phase::Stopped);
@@ -676,7 +896,7 @@ mod tests {
 
     #[test]
     fn the_exit_of_an_earlier_generation_is_stale() {
-        let mut s = shards(1);
+        let mut s = slots(1);
         s[0].generation = 3;
         s[0].phase = Phase::Running;
         assert_eq!(s.on_exit(0, 2, false, Instant::now()), OnExit::Stale);
@@ -688,19 +908,54 @@ mod tests {
 
     #[test]
     fn stopping_asks_idle_shards_to_exit_and_keeps_parked_ones_parked() {
-        let mut s = shards(3);
+        let mut s = slots(3);
         for k in 0..3 {
             s[k].phase = Phase::Running;
         }
         s.park(2);
-        // Shard 1 still has a batch in flight: it may finish it.
-        s.ask_idle_to_exit(|k| usize::from(k == 1));
+        s.started(0, 0);
+        // Shard 1 still has a batch in flight: it may finish it. Only a
+        // live worker is told.
+        assert_eq!(s.ask_idle_to_exit(|k| usize::from(k == 1)), vec![0]);
         assert_eq!(s[0].phase, Phase::Stopped);
+        assert_eq!(
+            s.ask_idle_to_exit(|k| usize::from(k == 1)),
+            Vec::<usize>::new(),
+            "a stopped shard is told once"
+        );
         assert_eq!(s[1].phase, Phase::Running);
         assert_eq!(s[2].phase, Phase::Parked);
         s.stop_all_now();
         assert_eq!(s[1].phase, Phase::Stopped);
         assert_eq!(s[2].phase, Phase::Parked);
-        assert!(s.all_exited(), "no worker was started");
+        assert!(!s.all_exited(), "shard 0's worker has not exited");
+        assert_eq!(s.on_exit(0, 0, true, Instant::now()), OnExit::Expected);
+        assert!(s.all_exited());
+    }
+
+    #[test]
+    fn a_start_makes_the_shard_live_until_its_exit_or_a_failed_start() {
+        let mut s = slots(2);
+        assert!(s.all_exited());
+        let generation = s.next_generation(0);
+        s.started(0, generation);
+        assert!(s[0].live && s.is_current(0, generation));
+        assert_eq!(s.live().collect::<Vec<_>>(), vec![0]);
+        s.started(1, 0);
+        s.start_failed(1);
+        assert!(!s[1].live && !s.is_current(1, 0));
+        assert_eq!(s.live().collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn a_broken_protocol_is_killed_now_a_closed_socket_after_a_while() {
+        let (when, why) = kill_on_disconnect(SocketEnd::Invalid("bad tag".into()));
+        assert_eq!(when, KillWhen::Now);
+        assert_eq!(why, "it broke the protocol (bad tag)");
+        let (when, why) = kill_on_disconnect(SocketEnd::Closed);
+        assert_eq!(when, KillWhen::UnlessExitedWithin(EXIT_AFTER_CLOSE));
+        assert_eq!(why, "it closed its socket and it had not exited 2s later");
+        let (when, _) = kill_on_disconnect(SocketEnd::Broken("reset".into()));
+        assert_eq!(when, KillWhen::UnlessExitedWithin(EXIT_AFTER_CLOSE));
     }
 }
