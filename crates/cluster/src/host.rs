@@ -835,7 +835,13 @@ impl Host {
         }
     }
 
-    fn on_message(&mut self, shard: usize, msg: ToCoordinator, now: Instant, out: &mut Vec<Action>) {
+    fn on_message(
+        &mut self,
+        shard: usize,
+        msg: ToCoordinator,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         match msg {
             ToCoordinator::Ready => self.shards[shard].phase = Phase::Running,
             ToCoordinator::BatchDone {
@@ -900,4 +906,585 @@ impl Host {
 
 fn note(out: &mut Vec<Action>, line: String) {
     out.push(Action::Note(line));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkget_coordinator::restart::RestartPolicy;
+    use bulkget_coordinator::shutdown::FINISH_WITHIN;
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::Path;
+    use std::process::ExitStatus;
+
+    const ACK_WAIT: Duration = Duration::from_secs(30);
+    const GRACE: u64 = 5;
+
+    /// A host of `shards` shards whose workers have all said they are
+    /// ready, and the number of its next message.
+    struct Run {
+        host: Host,
+        next_msg: MsgId,
+    }
+
+    impl Run {
+        fn new(shards: usize, window: usize) -> Run {
+            let t0 = Instant::now();
+            let rules = Rules {
+                window,
+                ack_wait: ACK_WAIT,
+                grace_secs: GRACE,
+                out_dir: "/out".into(),
+            };
+            let policy = RestartPolicy {
+                burst: 2,
+                interval: Duration::from_secs(10),
+                ..RestartPolicy::default()
+            };
+            let mut host = Host::new(
+                rules,
+                Slots::new(shards, policy, t0),
+                Budget::new(shards, None, false, t0),
+                FailureLog::new(Path::new("/state/failed.jsonl")),
+                HostRecord {
+                    host: "h".into(),
+                    state: "running".into(),
+                    ..HostRecord::default()
+                },
+                t0,
+            );
+            let mut out = Vec::new();
+            host.start(&mut out);
+            let spawned: Vec<_> = out
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Worker(WorkerAction::Spawn { shard, generation }) => {
+                        Some((*shard, *generation))
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(spawned, (0..shards).map(|k| (k, 0)).collect::<Vec<_>>());
+            let mut run = Run { host, next_msg: 1 };
+            for shard in 0..shards {
+                run.message(shard, ToCoordinator::Ready, t0);
+            }
+            run
+        }
+
+        fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+            let mut out = Vec::new();
+            self.host.handle(input, now, &mut out);
+            out
+        }
+
+        fn message(&mut self, shard: usize, msg: ToCoordinator, now: Instant) -> Vec<Action> {
+            let generation = self.host.shards[shard].generation;
+            self.handle(
+                Input::Worker(Event::Message {
+                    shard,
+                    generation,
+                    msg,
+                }),
+                now,
+            )
+        }
+
+        /// Delivers a batch of `names` for the `delivered`-th time and
+        /// returns its number and the actions.
+        fn deliver(
+            &mut self,
+            names: &[&str],
+            delivered: i64,
+            now: Instant,
+        ) -> (MsgId, Vec<Action>) {
+            let msg = self.next_msg;
+            self.next_msg += 1;
+            let batch = BatchMsg {
+                page: 0,
+                batch: msg as u32,
+                names: names.iter().map(|n| n.to_string()).collect(),
+            };
+            let out = self.handle(
+                Input::Delivered(Delivery {
+                    msg,
+                    delivered,
+                    seq: msg,
+                    part: false,
+                    batch: Ok(batch),
+                }),
+                now,
+            );
+            (msg, out)
+        }
+
+        fn done(&mut self, shard: usize, id: MsgId, ok: u32, now: Instant) -> Vec<Action> {
+            self.message(
+                shard,
+                ToCoordinator::BatchDone {
+                    id,
+                    ok,
+                    bytes: 100 * u64::from(ok),
+                    retries: 0,
+                    present: 0,
+                    failures: Vec::new(),
+                },
+                now,
+            )
+        }
+
+        /// The shard's worker dies (killed by SIGKILL, not by the host).
+        fn dies(&mut self, shard: usize, now: Instant) -> Vec<Action> {
+            let generation = self.host.shards[shard].generation;
+            self.handle(
+                Input::Worker(Event::Exited {
+                    shard,
+                    generation,
+                    status: ExitStatus::from_raw(libc::SIGKILL),
+                    killed: None,
+                }),
+                now,
+            )
+        }
+
+        fn exits(&mut self, shard: usize, now: Instant) -> Vec<Action> {
+            let generation = self.host.shards[shard].generation;
+            self.handle(
+                Input::Worker(Event::Exited {
+                    shard,
+                    generation,
+                    status: ExitStatus::from_raw(0),
+                    killed: None,
+                }),
+                now,
+            )
+        }
+    }
+
+    fn batches(actions: &[Action]) -> Vec<(usize, BatchId)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Worker(WorkerAction::SendBatch { shard, id, .. }) => Some((*shard, *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn acks(actions: &[Action]) -> Vec<(MsgId, Vec<Failure>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Ack { msg, failures } => Some((*msg, failures.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn naks(actions: &[Action]) -> Vec<MsgId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Nak(msg) => Some(*msg),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn progress(actions: &[Action]) -> Vec<MsgId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Progress(msg) => Some(*msg),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn pulls(actions: &[Action]) -> Vec<usize> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Pull(want) => Some(*want),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn told_to_exit(actions: &[Action], drain: bool) -> Vec<usize> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Worker(WorkerAction::Send {
+                    shard,
+                    msg: ToWorker::Shutdown { drain: d },
+                }) if *d == drain => Some(*shard),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stops_all_now(actions: &[Action]) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Worker(WorkerAction::StopAllNow)))
+    }
+
+    fn notes(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Note(line) => Some(line.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ready_workers_ask_for_as_many_batches_as_their_windows_hold() {
+        let t0 = Instant::now();
+        let mut run = Run::new(2, 3);
+        // Run::new's first Ready asked for shard 0's window; no more is
+        // asked for while that request is under way.
+        let out = run.handle(Input::Tick, t0);
+        assert_eq!(pulls(&out), Vec::<usize>::new(), "{out:?}");
+        let out = run.handle(Input::PullEnded, t0);
+        assert_eq!(pulls(&out), vec![6]);
+        // Delivered batches go to the window with the most room.
+        let (a, out) = run.deliver(&["a"], 1, t0);
+        assert_eq!(batches(&out), vec![(0, a)]);
+        let (b, out) = run.deliver(&["b"], 1, t0);
+        assert_eq!(batches(&out), vec![(1, b)]);
+    }
+
+    #[test]
+    fn a_batch_is_acknowledged_only_after_its_batch_done() {
+        let t0 = Instant::now();
+        let mut run = Run::new(1, 4);
+        let (id, out) = run.deliver(&["a", "b"], 1, t0);
+        assert_eq!(batches(&out), vec![(0, id)]);
+        assert!(acks(&out).is_empty(), "{out:?}");
+        // Ticks, stall reports and other traffic acknowledge nothing.
+        let out = run.handle(Input::Tick, t0 + Duration::from_secs(1));
+        assert!(acks(&out).is_empty(), "{out:?}");
+        let out = run.message(
+            0,
+            ToCoordinator::BatchStalled {
+                id,
+                ok: 1,
+                bytes: 100,
+                retries: 0,
+                present: 0,
+                failures: Vec::new(),
+                waiting: vec![1],
+            },
+            t0,
+        );
+        assert!(acks(&out).is_empty(), "{out:?}");
+        // BatchDone comes after the sink commit: now it is acknowledged,
+        // with the batch's failures, and counted.
+        let failure = Failure::new("b", "404", Some(404));
+        let out = run.message(
+            0,
+            ToCoordinator::BatchDone {
+                id,
+                ok: 0,
+                bytes: 0,
+                retries: 0,
+                present: 0,
+                failures: vec![failure.clone()],
+            },
+            t0,
+        );
+        assert_eq!(acks(&out), vec![(id, vec![failure.clone()])]);
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::RecordFailures(f) if *f == vec![failure.clone()])));
+        let t = run.host.totals();
+        assert_eq!((t.files_ok, t.files_failed, t.batches_acked), (1, 1, 1));
+        // A second BatchDone for it is a broken worker, not a second ack.
+        let out = run.done(0, id, 1, t0);
+        assert!(acks(&out).is_empty(), "{out:?}");
+        assert!(
+            matches!(
+                out.as_slice(),
+                [
+                    Action::Worker(WorkerAction::Kill {
+                        shard: 0,
+                        when: KillWhen::Now,
+                        ..
+                    }),
+                    ..
+                ]
+            ),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_dead_worker_gives_its_batches_back_and_is_restarted() {
+        let t0 = Instant::now();
+        let mut run = Run::new(1, 4);
+        let (a, _) = run.deliver(&["a"], 1, t0);
+        let (b, _) = run.deliver(&["b"], 1, t0);
+        let out = run.dies(0, t0);
+        assert_eq!(naks(&out), vec![a, b]);
+        assert!(acks(&out).is_empty());
+        assert!(
+            out.iter().any(|a| matches!(
+                a,
+                Action::Worker(WorkerAction::RestartAfter { shard: 0, .. })
+            )),
+            "{out:?}"
+        );
+        assert!(notes(&out)[0].starts_with("worker 0 died (killed by SIGKILL); restarting in"));
+    }
+
+    #[test]
+    fn sigterm_drains_for_the_grace_then_gives_back_what_is_left() {
+        let t0 = Instant::now();
+        let mut run = Run::new(2, 4);
+        // Shard 0 holds a batch; one more waits here for room.
+        let (a, _) = run.deliver(&["a"], 1, t0);
+        let (b, out) = run.deliver(&["b"], 1, t0);
+        assert_eq!(batches(&out), vec![(1, b)]);
+        run.handle(Input::PullEnded, t0);
+        let (c, out) = run.deliver(&["c"], 2, t0);
+        assert!(batches(&out).is_empty(), "a batch that runs alone waits");
+        let out = run.handle(Input::Signal(StopSignal::Terminate), t0);
+        assert_eq!(
+            notes(&out),
+            vec!["SIGTERM: stopping; letting in-flight batches finish for up to 5s"]
+        );
+        // What no worker started goes back as soon as the pull request
+        // under way has ended; no worker is stopped while it holds a batch.
+        assert!(naks(&out).is_empty(), "{out:?}");
+        assert!(told_to_exit(&out, false).is_empty(), "{out:?}");
+        let out = run.handle(Input::PullEnded, t0);
+        assert_eq!(naks(&out), vec![c]);
+        assert!(pulls(&out).is_empty(), "a stopping host asks for nothing");
+        assert_eq!(run.host.deadline(), Some(t0 + Duration::from_secs(GRACE)));
+        // Shard 1 finishes within the grace: acknowledged, and told to exit.
+        let out = run.done(1, b, 1, t0 + Duration::from_secs(1));
+        assert_eq!(acks(&out), vec![(b, vec![])]);
+        assert_eq!(told_to_exit(&out, false), vec![1]);
+        assert!(pulls(&out).is_empty(), "a stopping host asks for nothing");
+        // The grace runs out with shard 0's batch unfinished.
+        let out = run.handle(Input::Deadline, t0 + Duration::from_secs(GRACE));
+        assert_eq!(naks(&out), vec![a]);
+        assert!(stops_all_now(&out));
+        run.exits(0, t0 + Duration::from_secs(GRACE));
+        assert!(!run.host.over(), "shard 1's worker has not exited");
+        run.exits(1, t0 + Duration::from_secs(GRACE));
+        assert!(run.host.over());
+        let mut out = Vec::new();
+        assert_eq!(run.host.end(&mut out), StopSignal::Terminate.exit_code());
+    }
+
+    #[test]
+    fn a_second_signal_gives_everything_back_and_stops_at_once() {
+        let t0 = Instant::now();
+        let mut run = Run::new(1, 4);
+        let (a, _) = run.deliver(&["a"], 1, t0);
+        run.handle(Input::PullEnded, t0);
+        let out = run.handle(Input::Signal(StopSignal::Interrupt), t0);
+        assert!(naks(&out).is_empty() && !stops_all_now(&out), "{out:?}");
+        run.handle(Input::PullEnded, t0);
+        let out = run.handle(Input::Signal(StopSignal::Interrupt), t0);
+        assert_eq!(
+            notes(&out),
+            vec!["second signal: giving the batches back and stopping the workers now"]
+        );
+        assert_eq!(naks(&out), vec![a]);
+        assert!(stops_all_now(&out));
+        // The worker's exit is expected: no restart.
+        let out = run.exits(0, t0);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(run.host.over());
+    }
+
+    #[test]
+    fn a_stop_with_a_pull_open_keeps_its_batches_until_the_pull_ends() {
+        let t0 = Instant::now();
+        let mut run = Run::new(1, 1);
+        // The pull Run::new asked for is still open; a fills the window and
+        // b waits here.
+        assert!(run.host.pulling());
+        let (a, _) = run.deliver(&["a"], 1, t0);
+        let (b, out) = run.deliver(&["b"], 1, t0);
+        assert!(batches(&out).is_empty(), "{out:?}");
+        // A nak now would hand b straight back to the open pull: it is
+        // kept, and so is a message that arrives now.
+        let out = run.handle(Input::Signal(StopSignal::Terminate), t0);
+        assert!(naks(&out).is_empty(), "{out:?}");
+        let (c, out) = run.deliver(&["c"], 1, t0);
+        assert!(naks(&out).is_empty() && batches(&out).is_empty(), "{out:?}");
+        // Both go back once the pull has ended; a stays with its worker.
+        let out = run.handle(Input::PullEnded, t0);
+        assert_eq!(naks(&out), vec![b, c]);
+        assert!(!run.host.pulling());
+        let out = run.done(0, a, 1, t0);
+        assert_eq!(acks(&out), vec![(a, vec![])]);
+    }
+
+    #[test]
+    fn held_batches_get_progress_acks_every_third_of_ack_wait() {
+        let t0 = Instant::now();
+        let mut run = Run::new(1, 1);
+        let (a, _) = run.deliver(&["a"], 1, t0);
+        run.message(
+            0,
+            ToCoordinator::BatchStalled {
+                id: a,
+                ok: 0,
+                bytes: 0,
+                retries: 1,
+                present: 0,
+                failures: Vec::new(),
+                waiting: vec![0],
+            },
+            t0,
+        );
+        let third = ACK_WAIT / 3;
+        let out = run.handle(Input::Tick, t0 + third - Duration::from_millis(1));
+        assert!(progress(&out).is_empty(), "{out:?}");
+        let out = run.handle(Input::Tick, t0 + third);
+        assert_eq!(progress(&out), vec![a]);
+        let out = run.handle(Input::Tick, t0 + third + Duration::from_secs(1));
+        assert!(progress(&out).is_empty(), "once per third: {out:?}");
+        let out = run.handle(Input::Tick, t0 + third * 2);
+        assert_eq!(progress(&out), vec![a]);
+        // A stalled batch leaves its place in the window to another.
+        let (b, out) = run.deliver(&["b"], 1, t0 + third * 2);
+        assert_eq!(batches(&out), vec![(0, b)]);
+    }
+
+    #[test]
+    fn a_redelivered_batch_runs_alone() {
+        let t0 = Instant::now();
+        let mut run = Run::new(2, 4);
+        let (a, out) = run.deliver(&["a"], 1, t0);
+        assert_eq!(batches(&out), vec![(0, a)]);
+        // Delivered a second time: only a worker that holds nothing takes it.
+        let (b, out) = run.deliver(&["b1", "b2"], 2, t0);
+        assert_eq!(batches(&out), vec![(1, b)]);
+        assert_eq!(run.host.totals().batches_redelivered, 1);
+        // And that worker takes nothing else while it holds it.
+        let (c, out) = run.deliver(&["c"], 1, t0);
+        assert_eq!(batches(&out), vec![(0, c)]);
+        let (d, out) = run.deliver(&["d"], 2, t0);
+        assert!(batches(&out).is_empty(), "no worker is empty: {out:?}");
+        // Its death is the batch's: a death of a shard holding one batch
+        // alone is blamed on it, and it goes back.
+        let out = run.dies(1, t0);
+        assert_eq!(naks(&out), vec![b]);
+        run.done(0, a, 1, t0);
+        let out = run.done(0, c, 1, t0);
+        assert_eq!(batches(&out), vec![(0, d)]);
+    }
+
+    #[test]
+    fn a_batch_delivered_a_fourth_time_is_split_into_parts() {
+        let t0 = Instant::now();
+        let mut run = Run::new(1, 4);
+        let names: Vec<String> = (0..40).map(|k| format!("n{k}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (id, out) = run.deliver(&refs, 4, t0);
+        assert!(batches(&out).is_empty(), "{out:?}");
+        let parts = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Split { msg, parts, .. } if *msg == id => Some(parts.clone()),
+                _ => None,
+            })
+            .expect("a split");
+        assert!(parts.len() > 1 && parts.len() <= poison::SPLIT_PARTS);
+        assert_eq!(parts.concat(), names);
+        assert_eq!(run.host.totals().batches_split, 1);
+    }
+
+    #[test]
+    fn a_single_name_that_took_a_host_down_four_times_is_failed() {
+        let t0 = Instant::now();
+        let mut run = Run::new(1, 4);
+        let (id, out) = run.deliver(&["poison"], 5, t0);
+        assert!(batches(&out).is_empty(), "{out:?}");
+        let failure = Failure::new("poison", poison::POISON_REASON, None);
+        assert_eq!(acks(&out), vec![(id, vec![failure])]);
+        assert_eq!(run.host.totals().files_failed, 1);
+        // Four times alone is not enough.
+        let (id, out) = run.deliver(&["poison"], 4, t0);
+        assert_eq!(batches(&out), vec![(0, id)]);
+    }
+
+    #[test]
+    fn a_message_that_is_not_a_batch_is_dropped_for_good() {
+        let t0 = Instant::now();
+        let mut run = Run::new(1, 4);
+        let out = run.handle(
+            Input::Delivered(Delivery {
+                msg: 7,
+                delivered: 1,
+                seq: 7,
+                part: false,
+                batch: Err("expected value".into()),
+            }),
+            t0,
+        );
+        assert!(matches!(out.first(), Some(Action::Note(_))), "{out:?}");
+        assert!(out.iter().any(|a| matches!(a, Action::Term(7))));
+    }
+
+    #[test]
+    fn a_finished_job_drains_the_workers_and_ends_the_host() {
+        let t0 = Instant::now();
+        let mut run = Run::new(2, 4);
+        // The first tick publishes and asks whether the job is finished.
+        let out = run.handle(Input::Tick, t0);
+        assert!(
+            matches!(
+                out.as_slice(),
+                [Action::PublishTotals(r), Action::CheckFinished, ..] if r.state == "running"
+            ),
+            "{out:?}"
+        );
+        let out = run.handle(Input::JobFinished(false), t0);
+        assert!(told_to_exit(&out, true).is_empty());
+        // Not again before PUBLISH_EVERY.
+        let out = run.handle(Input::Tick, t0 + Duration::from_millis(500));
+        assert!(!out.iter().any(|a| matches!(a, Action::CheckFinished)));
+        let later = t0 + PUBLISH_EVERY;
+        let out = run.handle(Input::Tick, later);
+        assert!(out.iter().any(|a| matches!(a, Action::CheckFinished)));
+        let out = run.handle(Input::JobFinished(true), later);
+        assert_eq!(notes(&out), vec!["the job is finished"]);
+        assert_eq!(told_to_exit(&out, true), vec![0, 1]);
+        assert!(pulls(&out).is_empty());
+        assert_eq!(run.host.deadline(), Some(later + FINISH_WITHIN));
+        // A finishing host asks no more.
+        let out = run.handle(Input::Tick, later + PUBLISH_EVERY);
+        assert!(matches!(
+            out.as_slice(),
+            [Action::PublishTotals(r)] if r.state == "draining"
+        ));
+        run.exits(0, later);
+        run.exits(1, later);
+        assert!(run.host.over());
+        let mut out = Vec::new();
+        assert_eq!(run.host.end(&mut out), 0);
+        assert!(matches!(
+            out.as_slice(),
+            [Action::PublishTotals(r)] if r.state == "exited" && r.exit_code == Some(0)
+        ));
+    }
+
+    #[test]
+    fn a_stop_wins_over_a_finished_job() {
+        let t0 = Instant::now();
+        let mut run = Run::new(1, 4);
+        run.handle(Input::Signal(StopSignal::Terminate), t0);
+        let out = run.handle(Input::JobFinished(true), t0);
+        assert!(notes(&out).is_empty() && told_to_exit(&out, true).is_empty());
+        assert!(!run.host.shutdown().finishing());
+    }
 }

@@ -390,24 +390,9 @@ impl HostLoop {
             Action::Note(line) => self.note(&line),
             Action::RecordFailures(failures) => self.append_failures(&failures),
             Action::Ack { msg, failures } => {
-                let Some(msg) = self.msgs.remove(&msg) else {
-                    return None;
-                };
-                let js = self.store.js.clone();
-                let subject = self.store.job.failed_subject();
-                let host = self.host_id.clone();
-                self.tasks.spawn(async move {
-                    if publish_failures(&js, &subject, &host, &failures)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    match msg.double_ack().await {
-                        Ok(()) => tracing::debug!("acknowledged"),
-                        Err(e) => tracing::warn!("acknowledging a batch: {e}"),
-                    }
-                });
+                if let Some(msg) = self.msgs.remove(&msg) {
+                    self.ack(msg, failures);
+                }
             }
             Action::Nak(msg) => {
                 if let Some(msg) = self.msgs.remove(&msg) {
@@ -457,6 +442,27 @@ impl HostLoop {
             }
         }
         None
+    }
+
+    /// Stores `failures` in the job's failure stream, then acknowledges
+    /// the message with a confirmed ack. If either fails, the batch is
+    /// delivered again (at least once).
+    fn ack(&mut self, msg: jetstream::Message, failures: Vec<Failure>) {
+        let js = self.store.js.clone();
+        let subject = self.store.job.failed_subject();
+        let host = self.host_id.clone();
+        self.tasks.spawn(async move {
+            if publish_failures(&js, &subject, &host, &failures)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match msg.double_ack().await {
+                Ok(()) => tracing::debug!("acknowledged"),
+                Err(e) => tracing::warn!("acknowledging a batch: {e}"),
+            }
+        });
     }
 
     /// Appends failures to this host's `failed.jsonl`.

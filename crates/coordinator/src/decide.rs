@@ -818,7 +818,9 @@ mod tests {
             let spawned: Vec<_> = out
                 .iter()
                 .filter_map(|a| match a {
-                    Action::Worker(WorkerAction::Spawn { shard, generation }) => Some((*shard, *generation)),
+                    Action::Worker(WorkerAction::Spawn { shard, generation }) => {
+                        Some((*shard, *generation))
+                    }
                     _ => None,
                 })
                 .collect();
@@ -926,7 +928,9 @@ mod tests {
     }
 
     fn stops_all_now(actions: &[Action]) -> bool {
-        actions.iter().any(|a| matches!(a, Action::Worker(WorkerAction::StopAllNow)))
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Worker(WorkerAction::StopAllNow)))
     }
 
     fn notes(actions: &[Action]) -> Vec<&str> {
@@ -943,7 +947,9 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Worker(WorkerAction::RestartAfter { shard, delay, .. }) => Some((*shard, *delay)),
+                Action::Worker(WorkerAction::RestartAfter { shard, delay, .. }) => {
+                    Some((*shard, *delay))
+                }
                 _ => None,
             })
             .collect()
@@ -953,7 +959,9 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Worker(WorkerAction::Spawn { shard, generation }) => Some((*shard, *generation)),
+                Action::Worker(WorkerAction::Spawn { shard, generation }) => {
+                    Some((*shard, *generation))
+                }
                 _ => None,
             })
             .collect()

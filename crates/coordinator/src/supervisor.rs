@@ -19,7 +19,8 @@
 //! signal never reaches another process that reuses the pid. It reports
 //! the exit with the reason the coordinator killed the worker, if it did.
 //! All events go to the run loop on one channel; the run loop's one task
-//! owns every decision (for `fetch`, its core in [`crate::decide`]).
+//! owns every decision (a decision core: `fetch`'s in [`crate::decide`],
+//! `cluster work`'s in `bulkget_cluster::host`).
 //!
 //! A shard's life is in two parts. [`Slots`] is data and rules: each
 //! shard's phase, generation and crash history, what an exit means
