@@ -25,7 +25,7 @@ use bulkget_coordinator::exit;
 use bulkget_coordinator::failure_log::FailureLog;
 use bulkget_coordinator::restart::RestartPolicy;
 use bulkget_coordinator::shutdown::{self, StopSignals};
-use bulkget_coordinator::supervisor::{Event, Slots, WorkerAction, WorkerContext, Workers};
+use bulkget_coordinator::supervisor::{Event, Slots, WorkerContext, Workers};
 use bulkget_protocol::{Failure, Version};
 use futures_util::StreamExt;
 use std::collections::{HashMap, VecDeque};
@@ -367,10 +367,6 @@ impl HostLoop {
     async fn act(&mut self, action: Action, cx: &LoopContext) -> Option<Input> {
         match action {
             Action::Worker(action) => {
-                let spawned = match &action {
-                    WorkerAction::Spawn { shard, generation } => Some((*shard, *generation)),
-                    _ => None,
-                };
                 let version = Version::current();
                 let workers_cx = WorkerContext {
                     version: &version,
@@ -378,12 +374,11 @@ impl HostLoop {
                     events: &cx.events,
                     restarts: &cx.restarts,
                 };
-                if let Err(e) = self.workers.act(action, &workers_cx) {
-                    let (shard, generation) = spawned.expect("only a spawn fails");
+                if let Err(failed) = self.workers.act(action, &workers_cx) {
                     return Some(Input::SpawnFailed {
-                        shard,
-                        generation,
-                        error: e.to_string(),
+                        shard: failed.shard,
+                        generation: failed.generation,
+                        error: failed.error,
                     });
                 }
             }

@@ -407,10 +407,6 @@ impl Run {
                 {
                     tracing::warn!(shard, what = %ended, ?delay, "worker ended; restarting");
                 }
-                let failed_spawn = match &action {
-                    WorkerAction::Spawn { shard, generation } => Some((*shard, *generation)),
-                    _ => None,
-                };
                 let version = self.announced_version();
                 let workers_cx = WorkerContext {
                     version: &version,
@@ -418,12 +414,11 @@ impl Run {
                     events: &cx.events,
                     restarts: &cx.restarts,
                 };
-                if let Err(e) = self.workers.act(action, &workers_cx) {
-                    let (shard, generation) = failed_spawn.expect("only a spawn fails");
+                if let Err(failed) = self.workers.act(action, &workers_cx) {
                     return Some(Input::SpawnFailed {
-                        shard,
-                        generation,
-                        error: e.to_string(),
+                        shard: failed.shard,
+                        generation: failed.generation,
+                        error: failed.error,
                     });
                 }
             }

@@ -649,6 +649,14 @@ pub enum WorkerAction {
     StopAllNow,
 }
 
+/// A [`WorkerAction::Spawn`] that failed: no worker was started.
+#[derive(Debug)]
+pub struct SpawnFailed {
+    pub shard: usize,
+    pub generation: u32,
+    pub error: String,
+}
+
 /// What the loop that carries out [`WorkerAction`]s hands to
 /// [`Workers::act`]: what a new worker is started with, and where its
 /// events and the end of a backoff go.
@@ -674,12 +682,17 @@ impl Workers {
         }
     }
 
-    /// Carries out `action`. A spawn that fails returns its error: the
-    /// caller hands it back to its core, which decides what it means.
-    pub fn act(&mut self, action: WorkerAction, cx: &WorkerContext) -> io::Result<()> {
+    /// Carries out `action`. A spawn that fails says so: the caller hands
+    /// it back to its core, which decides what it means.
+    pub fn act(&mut self, action: WorkerAction, cx: &WorkerContext) -> Result<(), SpawnFailed> {
         match action {
             WorkerAction::Spawn { shard, generation } => {
-                self.spawn(shard, generation, cx.version, cx.settings, cx.events)?;
+                self.spawn(shard, generation, cx.version, cx.settings, cx.events)
+                    .map_err(|e| SpawnFailed {
+                        shard,
+                        generation,
+                        error: e.to_string(),
+                    })?;
             }
             WorkerAction::RestartAfter { shard, delay, .. } => {
                 restart_after(shard, delay, cx.restarts);
