@@ -8,6 +8,7 @@
 //! design and the operator's guide are in docs/CLUSTER.md.
 
 pub mod args;
+pub mod host;
 pub mod job;
 pub mod list;
 pub mod poison;

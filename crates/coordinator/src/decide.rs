@@ -22,8 +22,10 @@ use crate::failure_log::FailureLog;
 use crate::lister::{ListError, Page};
 use crate::scheduler::{Scheduler, Snapshot, Totals};
 use crate::shutdown::{OnSignal, Reason, Shutdown, StopSignal};
-use crate::supervisor::{describe_end, kill_on_disconnect, Event, KillWhen, OnExit, Phase, Slots};
-use bulkget_protocol::{BatchId, Failure, FatalKind, SinkKind, ToCoordinator, ToWorker};
+use crate::supervisor::{
+    describe_end, kill_on_disconnect, Event, KillWhen, OnExit, Phase, Slots, WorkerAction,
+};
+use bulkget_protocol::{Failure, FatalKind, SinkKind, ToCoordinator, ToWorker};
 use bulkget_report::format::human_bytes;
 use bulkget_sink::Space;
 use bulkget_stats::{RateWindow, RunState};
@@ -49,7 +51,7 @@ pub enum Input {
     Tick {
         space: Option<Space>,
     },
-    /// [`Action::Spawn`] failed.
+    /// [`WorkerAction::Spawn`] failed.
     SpawnFailed {
         shard: usize,
         generation: u32,
@@ -60,32 +62,9 @@ pub enum Input {
 /// One effect for the run loop to carry out.
 #[derive(Debug)]
 pub enum Action {
-    /// Start the shard's worker of `generation` (its hello goes with it).
-    Spawn { shard: usize, generation: u32 },
-    /// Send `shard` as [`Input::Restart`] once `delay` has passed; `ended`
-    /// says how its worker ended, for the log.
-    RestartAfter {
-        shard: usize,
-        delay: Duration,
-        ended: String,
-    },
-    /// Send batch `id`, encoded as `frame`, to the shard's worker.
-    SendBatch {
-        shard: usize,
-        id: BatchId,
-        frame: Vec<u8>,
-    },
-    /// Send a control message (`Pace`, `Shutdown`) to the shard's worker.
-    Send { shard: usize, msg: ToWorker },
-    /// Kill the shard's worker `when` said; `why` completes "the
-    /// coordinator killed it because ...".
-    Kill {
-        shard: usize,
-        when: KillWhen,
-        why: String,
-    },
-    /// SIGTERM to every worker, SIGKILL to any still there a second later.
-    StopAllNow,
+    /// Start, restart, send to or stop workers: the same orders as
+    /// `cluster work`'s, carried out by [`crate::supervisor::Workers::act`].
+    Worker(WorkerAction),
     /// Show a message to the person watching.
     Note(String),
     /// Append permanent failures to `failed.jsonl`.
@@ -321,10 +300,10 @@ impl Core {
             // Every file is acknowledged: let the workers write their last
             // stats and exit.
             for shard in self.shards.live() {
-                out.push(Action::Send {
+                out.push(Action::Worker(WorkerAction::Send {
                     shard,
                     msg: ToWorker::Shutdown { drain: true },
-                });
+                }));
             }
         }
         if self.shutdown.stopping() {
@@ -389,7 +368,7 @@ impl Core {
     fn spawn(&mut self, shard: usize, out: &mut Vec<Action>) {
         let generation = self.shards.next_generation(shard);
         self.shards.started(shard, generation);
-        out.push(Action::Spawn { shard, generation });
+        out.push(Action::Worker(WorkerAction::Spawn { shard, generation }));
         // Its share before any batch: frames arrive in order.
         self.pace_workers(out);
     }
@@ -420,10 +399,10 @@ impl Core {
             if !slot.live || slot.down || !pace.differs_from(slot.paced) {
                 continue;
             }
-            out.push(Action::Send {
+            out.push(Action::Worker(WorkerAction::Send {
                 shard,
                 msg: pace.frame(),
-            });
+            }));
             slot.paced = Some(pace);
         }
     }
@@ -482,7 +461,7 @@ impl Core {
             // A shard without a live worker gets nothing: the batch comes
             // back with the worker's exit.
             if slot.live {
-                out.push(Action::SendBatch { shard, id, frame });
+                out.push(Action::Worker(WorkerAction::SendBatch { shard, id, frame }));
             }
         }
     }
@@ -507,7 +486,7 @@ impl Core {
                     self.shard_down(shard, now, out);
                     if self.shards[shard].live {
                         let (when, why) = kill_on_disconnect(end);
-                        out.push(Action::Kill { shard, when, why });
+                        out.push(Action::Worker(WorkerAction::Kill { shard, when, why }));
                     }
                 }
             }
@@ -559,11 +538,11 @@ impl Core {
                     OnExit::RestartAfter(delay) => {
                         let line =
                             format!("bulkget: worker {shard} {what}; restarting in {delay:?}");
-                        out.push(Action::RestartAfter {
+                        out.push(Action::Worker(WorkerAction::RestartAfter {
                             shard,
                             delay,
                             ended: what,
-                        });
+                        }));
                         if !self.rules.quiet {
                             note(out, line);
                         }
@@ -670,11 +649,11 @@ impl Core {
     /// Kills the shard's live worker now.
     fn kill(&mut self, shard: usize, why: String, out: &mut Vec<Action>) {
         if self.shards[shard].live {
-            out.push(Action::Kill {
+            out.push(Action::Worker(WorkerAction::Kill {
                 shard,
                 when: KillWhen::Now,
                 why,
-            });
+            }));
         }
     }
 
@@ -760,17 +739,17 @@ impl Core {
     fn ask_idle_workers_to_exit(&mut self, out: &mut Vec<Action>) {
         let sched = &self.sched;
         for shard in self.shards.ask_idle_to_exit(|k| sched.in_flight(k)) {
-            out.push(Action::Send {
+            out.push(Action::Worker(WorkerAction::Send {
                 shard,
                 msg: ToWorker::Shutdown { drain: false },
-            });
+            }));
         }
     }
 
     /// Every worker is stopped now; none is restarted.
     fn stop_all_now(&mut self, out: &mut Vec<Action>) {
         self.shards.stop_all_now();
-        out.push(Action::StopAllNow);
+        out.push(Action::Worker(WorkerAction::StopAllNow));
     }
 }
 
@@ -789,7 +768,7 @@ mod tests {
     use crate::restart::RestartPolicy;
     use crate::scheduler::ListPosition;
     use crate::supervisor::{SocketEnd, EXIT_AFTER_CLOSE};
-    use bulkget_protocol::Names;
+    use bulkget_protocol::{BatchId, Names};
     use std::os::unix::process::ExitStatusExt;
     use std::path::Path;
     use std::process::ExitStatus;
@@ -839,7 +818,9 @@ mod tests {
             let spawned: Vec<_> = out
                 .iter()
                 .filter_map(|a| match a {
-                    Action::Spawn { shard, generation } => Some((*shard, *generation)),
+                    Action::Worker(WorkerAction::Spawn { shard, generation }) => {
+                        Some((*shard, *generation))
+                    }
                     _ => None,
                 })
                 .collect();
@@ -926,7 +907,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::SendBatch { shard, id, .. } => Some((*shard, *id)),
+                Action::Worker(WorkerAction::SendBatch { shard, id, .. }) => Some((*shard, *id)),
                 _ => None,
             })
             .collect()
@@ -937,17 +918,19 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Send {
+                Action::Worker(WorkerAction::Send {
                     shard,
                     msg: ToWorker::Shutdown { drain: d },
-                } if *d == drain => Some(*shard),
+                }) if *d == drain => Some(*shard),
                 _ => None,
             })
             .collect()
     }
 
     fn stops_all_now(actions: &[Action]) -> bool {
-        actions.iter().any(|a| matches!(a, Action::StopAllNow))
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Worker(WorkerAction::StopAllNow)))
     }
 
     fn notes(actions: &[Action]) -> Vec<&str> {
@@ -964,7 +947,9 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::RestartAfter { shard, delay, .. } => Some((*shard, *delay)),
+                Action::Worker(WorkerAction::RestartAfter { shard, delay, .. }) => {
+                    Some((*shard, *delay))
+                }
                 _ => None,
             })
             .collect()
@@ -974,7 +959,9 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Spawn { shard, generation } => Some((*shard, *generation)),
+                Action::Worker(WorkerAction::Spawn { shard, generation }) => {
+                    Some((*shard, *generation))
+                }
                 _ => None,
             })
             .collect()
@@ -1218,7 +1205,7 @@ mod tests {
         assert!(
             matches!(
                 out.as_slice(),
-                [Action::Kill { shard: 0, when: KillWhen::UnlessExitedWithin(after), .. }, ..]
+                [Action::Worker(WorkerAction::Kill { shard: 0, when: KillWhen::UnlessExitedWithin(after), .. }), ..]
                     if *after == EXIT_AFTER_CLOSE
             ),
             "{out:?}"
@@ -1239,7 +1226,7 @@ mod tests {
         assert!(
             matches!(
                 out.as_slice(),
-                [Action::Kill { shard: 1, when: KillWhen::Now, why }, ..]
+                [Action::Worker(WorkerAction::Kill { shard: 1, when: KillWhen::Now, why }), ..]
                     if why == "it acknowledged unknown batch 99"
             ),
             "{out:?}"

@@ -31,7 +31,7 @@ use crate::scheduler::{DoneAfter, ListPosition, Scheduler, Totals};
 use crate::shutdown::{self, StopSignal, StopSignals};
 use crate::state::{RunInfo, Start, StateDir, StateError};
 use crate::state_thread::StateHandle;
-use crate::supervisor::{self, Event, Phase, Slots, Workers};
+use crate::supervisor::{Event, Phase, Slots, WorkerAction, WorkerContext, Workers};
 use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{SinkKind, Version, WorkerSettings};
@@ -398,31 +398,30 @@ impl Run {
     /// says so.
     fn act(&mut self, action: Action, cx: &LoopContext) -> Option<Input> {
         match action {
-            Action::Spawn { shard, generation } => {
-                let version = self.announced_version();
-                if let Err(e) =
-                    self.workers
-                        .spawn(shard, generation, &version, &self.settings, &cx.events)
+            Action::Worker(action) => {
+                if let WorkerAction::RestartAfter {
+                    shard,
+                    delay,
+                    ended,
+                } = &action
                 {
+                    tracing::warn!(shard, what = %ended, ?delay, "worker ended; restarting");
+                }
+                let version = self.announced_version();
+                let workers_cx = WorkerContext {
+                    version: &version,
+                    settings: &self.settings,
+                    events: &cx.events,
+                    restarts: &cx.restarts,
+                };
+                if let Err(failed) = self.workers.act(action, &workers_cx) {
                     return Some(Input::SpawnFailed {
-                        shard,
-                        generation,
-                        error: e.to_string(),
+                        shard: failed.shard,
+                        generation: failed.generation,
+                        error: failed.error,
                     });
                 }
             }
-            Action::RestartAfter {
-                shard,
-                delay,
-                ended,
-            } => {
-                tracing::warn!(shard, what = %ended, ?delay, "worker ended; restarting");
-                supervisor::restart_after(shard, delay, &cx.restarts);
-            }
-            Action::SendBatch { shard, frame, .. } => self.workers.send_frame(shard, frame),
-            Action::Send { shard, msg } => self.workers.send(shard, &msg),
-            Action::Kill { shard, when, why } => self.workers.kill(shard, when, why),
-            Action::StopAllNow => self.workers.stop_all_now(),
             Action::Note(line) => self.progress.note(&line),
             Action::RecordFailures(failures) => self.state.record_failures(failures),
             Action::Checkpoint(snapshot) => self.state.checkpoint(snapshot),

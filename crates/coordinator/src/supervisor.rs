@@ -19,7 +19,8 @@
 //! signal never reaches another process that reuses the pid. It reports
 //! the exit with the reason the coordinator killed the worker, if it did.
 //! All events go to the run loop on one channel; the run loop's one task
-//! owns every decision (for `fetch`, its core in [`crate::decide`]).
+//! owns every decision (a decision core: `fetch`'s in [`crate::decide`],
+//! `cluster work`'s in `bulkget_cluster::host`).
 //!
 //! A shard's life is in two parts. [`Slots`] is data and rules: each
 //! shard's phase, generation and crash history, what an exit means
@@ -27,9 +28,11 @@
 //! worker whose socket ended is killed ([`kill_on_disconnect`]); it holds
 //! no handle, so its rules are tested without processes. [`Workers`] holds
 //! the [`Worker`] handles and is the only code that reaches a worker's
-//! process: it spawns, sends to, signals and kills workers as it is told.
-//! `fetch`'s decision core ([`crate::decide`]) owns the slots and its loop
-//! the handles; `cluster work` holds both in [`Shards`]. No code signals a
+//! process: it spawns, sends to, signals and kills workers as it is told,
+//! each order a [`WorkerAction`] carried out by [`Workers::act`]. A
+//! decision core owns the slots and its loop the handles: `fetch`'s
+//! ([`crate::decide`]) and `cluster work`'s (`bulkget_cluster::host`)
+//! alike. No code signals a
 //! worker by its pid: the pid of a handle is for display only, since once
 //! the waiter has reaped the process the kernel may give that pid to
 //! another process; a signal or kill sent after the reap goes to a closed
@@ -613,6 +616,57 @@ impl Slots {
     }
 }
 
+/// What a decision core asks of the workers' processes. `fetch`'s core
+/// ([`crate::decide`]) and `cluster work`'s both answer with these, and
+/// [`Workers::act`] is the one way they are carried out.
+#[derive(Debug)]
+pub enum WorkerAction {
+    /// Start the shard's worker of `generation` (its hello goes with it).
+    Spawn { shard: usize, generation: u32 },
+    /// Send `shard` back to the loop once `delay` has passed (see
+    /// [`restart_after`]); `ended` says how its worker ended, for the log.
+    RestartAfter {
+        shard: usize,
+        delay: Duration,
+        ended: String,
+    },
+    /// Send batch `id`, encoded as `frame`, to the shard's worker.
+    SendBatch {
+        shard: usize,
+        id: bulkget_protocol::BatchId,
+        frame: Vec<u8>,
+    },
+    /// Send a control message (`Pace`, `Shutdown`) to the shard's worker.
+    Send { shard: usize, msg: ToWorker },
+    /// Kill the shard's worker `when` said; `why` completes "the
+    /// coordinator killed it because ...".
+    Kill {
+        shard: usize,
+        when: KillWhen,
+        why: String,
+    },
+    /// SIGTERM to every worker, SIGKILL to any still there a second later.
+    StopAllNow,
+}
+
+/// A [`WorkerAction::Spawn`] that failed: no worker was started.
+#[derive(Debug)]
+pub struct SpawnFailed {
+    pub shard: usize,
+    pub generation: u32,
+    pub error: String,
+}
+
+/// What the loop that carries out [`WorkerAction`]s hands to
+/// [`Workers::act`]: what a new worker is started with, and where its
+/// events and the end of a backoff go.
+pub struct WorkerContext<'a> {
+    pub version: &'a Version,
+    pub settings: &'a WorkerSettings,
+    pub events: &'a mpsc::UnboundedSender<Event>,
+    pub restarts: &'a mpsc::UnboundedSender<usize>,
+}
+
 /// The workers' handles, one place per shard: the only code that reaches
 /// a worker's process. It does what it is told; it decides nothing.
 #[derive(Default)]
@@ -626,6 +680,29 @@ impl Workers {
         Workers {
             handles: (0..count).map(|_| None).collect(),
         }
+    }
+
+    /// Carries out `action`. A spawn that fails says so: the caller hands
+    /// it back to its core, which decides what it means.
+    pub fn act(&mut self, action: WorkerAction, cx: &WorkerContext) -> Result<(), SpawnFailed> {
+        match action {
+            WorkerAction::Spawn { shard, generation } => {
+                self.spawn(shard, generation, cx.version, cx.settings, cx.events)
+                    .map_err(|e| SpawnFailed {
+                        shard,
+                        generation,
+                        error: e.to_string(),
+                    })?;
+            }
+            WorkerAction::RestartAfter { shard, delay, .. } => {
+                restart_after(shard, delay, cx.restarts);
+            }
+            WorkerAction::SendBatch { shard, frame, .. } => self.send_frame(shard, frame),
+            WorkerAction::Send { shard, msg } => self.send(shard, &msg),
+            WorkerAction::Kill { shard, when, why } => self.kill(shard, when, why),
+            WorkerAction::StopAllNow => self.stop_all_now(),
+        }
+        Ok(())
     }
 
     /// Starts the shard's worker of `generation`.
@@ -695,136 +772,6 @@ impl Workers {
                 "it had not stopped 1s after SIGTERM".into(),
             );
         }
-    }
-}
-
-/// The slots and the handles together, for a loop that decides and acts in
-/// one place (`cluster work`): each method applies [`Slots`]' rule and
-/// carries it out on [`Workers`]. `fetch` keeps them apart: its decision
-/// core owns the slots and its loop the handles.
-pub struct Shards {
-    slots: Slots,
-    workers: Workers,
-}
-
-impl std::ops::Index<usize> for Shards {
-    type Output = ShardSlot;
-    fn index(&self, shard: usize) -> &ShardSlot {
-        &self.slots[shard]
-    }
-}
-
-impl std::ops::IndexMut<usize> for Shards {
-    fn index_mut(&mut self, shard: usize) -> &mut ShardSlot {
-        &mut self.slots[shard]
-    }
-}
-
-impl Shards {
-    /// `count` shards, none started yet, all idle from `now`.
-    pub fn new(count: usize, policy: RestartPolicy, now: Instant) -> Shards {
-        Shards {
-            slots: Slots::new(count, policy, now),
-            workers: Workers::new(count),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    pub fn iter(&self) -> std::slice::Iter<'_, ShardSlot> {
-        self.slots.iter()
-    }
-
-    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, ShardSlot> {
-        self.slots.iter_mut()
-    }
-
-    pub fn policy(&self) -> &RestartPolicy {
-        self.slots.policy()
-    }
-
-    /// The shard's worker, if it has one.
-    pub fn worker(&self, shard: usize) -> Option<&Worker> {
-        self.workers.get(shard)
-    }
-
-    /// Starts the shard's next worker generation.
-    pub fn spawn(
-        &mut self,
-        shard: usize,
-        version: &Version,
-        settings: &WorkerSettings,
-        events: &mpsc::UnboundedSender<Event>,
-    ) -> io::Result<()> {
-        let generation = self.slots.next_generation(shard);
-        self.workers
-            .spawn(shard, generation, version, settings, events)?;
-        self.slots.started(shard, generation);
-        Ok(())
-    }
-
-    /// Whether an event of `generation` is about the shard's current worker
-    /// and that worker is still up.
-    pub fn is_current(&self, shard: usize, generation: u32) -> bool {
-        self.slots.is_current(shard, generation)
-    }
-
-    /// Kills the shard's worker, if it has one; `why` completes "the
-    /// coordinator killed it because ..." in the exit message.
-    pub fn kill(&self, shard: usize, why: String) {
-        self.workers.kill(shard, KillWhen::Now, why);
-    }
-
-    /// The shard's worker's socket ended (the caller has put its work
-    /// back): it is killed as [`kill_on_disconnect`] says.
-    pub fn on_disconnected(&self, shard: usize, end: SocketEnd) {
-        let (when, why) = kill_on_disconnect(end);
-        self.workers.kill(shard, when, why);
-    }
-
-    /// The shard's worker exited: see [`Slots::on_exit`].
-    pub fn on_exit(&mut self, shard: usize, generation: u32, ending: bool, now: Instant) -> OnExit {
-        self.workers.exited(shard, generation);
-        self.slots.on_exit(shard, generation, ending, now)
-    }
-
-    /// Parks the shard. Returns whether every shard is now parked.
-    pub fn park(&mut self, shard: usize) -> bool {
-        self.slots.park(shard)
-    }
-
-    /// While stopping, each shard whose worker has nothing in flight is
-    /// told to exit.
-    pub fn ask_idle_to_exit(&mut self, in_flight: impl Fn(usize) -> usize) {
-        for shard in self.slots.ask_idle_to_exit(in_flight) {
-            self.workers
-                .send(shard, &ToWorker::Shutdown { drain: false });
-        }
-    }
-
-    /// Every file is done: each worker writes its last stats and exits.
-    pub fn drain_all(&self) {
-        for shard in self.slots.live() {
-            self.workers
-                .send(shard, &ToWorker::Shutdown { drain: true });
-        }
-    }
-
-    /// SIGTERM to every worker, SIGKILL to any still there a second later.
-    pub fn stop_all_now(&mut self) {
-        self.slots.stop_all_now();
-        self.workers.stop_all_now();
-    }
-
-    /// Whether every worker process has exited.
-    pub fn all_exited(&self) -> bool {
-        self.slots.all_exited()
     }
 }
 
