@@ -107,9 +107,10 @@ pub struct Conn {
     /// so a caller can record latencies without reading the clock itself.
     last_latency: Duration,
     /// A TLS error that will repeat, as the transport saw it (see
-    /// [`transport::Connected::tls_failure`]): an HTTP/2 request whose
-    /// connection dies only learns "canceled", and h2 keeps only the text
-    /// of the IO error that carried the alert.
+    /// [`transport::Connected::tls_failure`]): a request whose connection
+    /// dies may only learn "canceled" (hyper's HTTP/1.1 dispatcher and h2
+    /// alike), and h2 keeps only the text of the IO error that carried the
+    /// alert.
     tls_failure: Arc<OnceLock<FetchError>>,
 }
 
@@ -367,16 +368,19 @@ impl Conn {
         }
 
         let sender = &mut self.sender;
-        let tls_failure = &self.tls_failure;
+        // Over either protocol, a request whose connection died of a TLS
+        // error may only learn "canceled": hyper's HTTP/1.1 dispatcher
+        // cancels the pending request when its connection task fails, as
+        // h2 does. The transport recorded the error first.
+        let failed = |e: hyper::Error| request_error(&e, &self.tls_failure);
         let response = match race(
             async {
                 match sender {
                     Sender::Http1(s) => {
-                        s.ready().await.map_err(|e| transport_error(&e))?;
-                        s.send_request(req).await.map_err(|e| transport_error(&e))
+                        s.ready().await.map_err(failed)?;
+                        s.send_request(req).await.map_err(failed)
                     }
                     Sender::Http2(s) => {
-                        let failed = |e: hyper::Error| request_error(&e, tls_failure);
                         s.ready().await.map_err(failed)?;
                         s.send_request(req).await.map_err(failed)
                     }
@@ -526,10 +530,10 @@ fn transport_error(e: &hyper::Error) -> FetchError {
     transport::tls_or(e, FetchError::Transport(e.to_string()))
 }
 
-/// The error of an HTTP/2 request that failed: the TLS error its
+/// The error of a request that failed: the TLS error its
 /// connection's transport saw, when there was one (the request itself only
 /// saw "canceled"), else what the request saw. The transport records it
-/// in the read or write that failed, before h2 hears of it.
+/// in the read or write that failed, before hyper or h2 hears of it.
 fn request_error(e: &hyper::Error, tls_failure: &OnceLock<FetchError>) -> FetchError {
     match tls_failure.get() {
         Some(failure) => failure.clone(),

@@ -42,11 +42,14 @@
 //!
 //! A TLS 1.3 server checks a client certificate after the client's side of
 //! the handshake is over, so its refusal arrives with the first read, not
-//! from the handshake. Through hyper it may then surface only as a closed
-//! connection or a broken pipe (a write raced the server's close), and
-//! over HTTP/2 always without the rustls error, which the h2 crate reduces
-//! to its message. A connection that must name the refusal reads it from
-//! the TLS stream itself, as the test server's mutual TLS test does.
+//! from the handshake. Through hyper a request then often sees only
+//! "canceled" (its connection died under it) or a broken pipe (its write
+//! raced the server's close, and the alert was never read), and h2 keeps
+//! only the rustls error's text. So the transport names it itself
+//! (`transport::Connected::tls_failure`): it keeps the first lasting TLS
+//! error any read meets, and after a write that fails on a reset it reads
+//! what the socket still holds into rustls to find the alert; a request
+//! that failed reports that error first.
 
 use std::error::Error as StdError;
 use std::fmt;

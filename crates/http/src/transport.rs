@@ -138,9 +138,10 @@ pub struct Connected {
     pub h2: bool,
     /// Set by the stream's first read or write that fails with a TLS error
     /// that will repeat (over TLS 1.3 a server refuses a client
-    /// certificate after the handshake, in an alert the first read gets).
-    /// HTTP/1.1 requests see that error themselves; HTTP/2 keeps only its
-    /// text, so requests look here.
+    /// certificate after the handshake, in an alert the first read gets;
+    /// see `record_write` for a write that meets the reset first). A
+    /// request may only see "canceled" (hyper's HTTP/1.1 dispatcher) or
+    /// the error's text (h2), so requests that fail look here first.
     pub tls_failure: Arc<OnceLock<FetchError>>,
 }
 
@@ -315,6 +316,61 @@ fn record<T>(result: Poll<io::Result<T>>, failure: &OnceLock<FetchError>) -> Pol
     result
 }
 
+/// [`record`] for a write or flush on a TLS stream. A server that refuses
+/// our client certificate after a TLS 1.3 handshake sends its alert and
+/// closes, and a request written in between meets the reset: the write
+/// fails with a broken pipe while the alert that says why still waits,
+/// unread, in the socket's receive queue. Reading what the socket holds
+/// into rustls, without waiting and without taking any plaintext out (the
+/// reader may still want it), lets rustls find that alert, so the failure
+/// is named rather than lost.
+fn record_write<T>(
+    result: Poll<io::Result<T>>,
+    stream: &mut TlsStream<TcpStream>,
+    failure: &OnceLock<FetchError>,
+) -> Poll<io::Result<T>> {
+    let result = record(result, failure);
+    if let Poll::Ready(Err(e)) = &result {
+        let reset = matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        );
+        if reset && failure.get().is_none() {
+            let (tcp, tls) = stream.get_mut();
+            // Each read_tls takes at most one buffer's worth; a few are
+            // enough for an alert behind a session ticket or two.
+            for _ in 0..4 {
+                match tls.read_tls(&mut TryRead(tcp)) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if let Err(e) = tls.process_new_packets() {
+                            let e = io::Error::new(io::ErrorKind::InvalidData, e);
+                            let _ = record::<()>(Poll::Ready(Err(e)), failure);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    result
+}
+
+/// A TCP stream read as `std::io::Read` without waiting: rustls's
+/// `read_tls` wants that, and `WouldBlock` ends the read. It asks the
+/// socket itself: tokio's `try_read` answers `WouldBlock` without asking
+/// until its reactor has seen the socket readable, which a connection that
+/// only wrote since the alert arrived has not.
+struct TryRead<'a>(&'a TcpStream);
+
+impl std::io::Read for TryRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        recv(self.0.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
+    }
+}
+
 impl AsyncRead for Io {
     #[inline]
     fn poll_read(
@@ -338,7 +394,10 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s, failure) => record(Pin::new(s.as_mut()).poll_write(cx, buf), failure),
+            Io::Tls(s, failure) => {
+                let result = Pin::new(s.as_mut()).poll_write(cx, buf);
+                record_write(result, s, failure)
+            }
         }
     }
 
@@ -351,7 +410,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s, failure) => {
-                record(Pin::new(s.as_mut()).poll_write_vectored(cx, bufs), failure)
+                let result = Pin::new(s.as_mut()).poll_write_vectored(cx, bufs);
+                record_write(result, s, failure)
             }
         }
     }
@@ -367,7 +427,10 @@ impl AsyncWrite for Io {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Tls(s, failure) => {
+                let result = Pin::new(s.as_mut()).poll_flush(cx);
+                record_write(result, s, failure)
+            }
         }
     }
 
