@@ -88,7 +88,8 @@ pub struct FetchArgs {
     #[arg(long, value_name = "N", value_parser = parse_rps, help_heading = "Politeness")]
     pub max_rps: Option<f64>,
     /// on: each worker's requests in flight adapt (AIMD: grow while answers
-    /// are clean and latency stays near its floor, halve on 429 or 503) and
+    /// are clean, up to --connections × the pipeline depth, halve on 429 or
+    /// 503; the latency floor decides how they spread over connections) and
     /// its send rate is cut to what the service serves when it pushes back;
     /// several shards refused in one second slow the whole run. off: every
     /// request task sends as fast as answers come, as before adaptation.
