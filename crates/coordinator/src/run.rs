@@ -36,6 +36,7 @@ use bulkget_console::{outln, MESSAGES};
 use bulkget_http::{Endpoint, Transport};
 use bulkget_protocol::{SinkKind, Version, WorkerSettings};
 use bulkget_stats::{CoordinatorStats, RunState, ShardSummary, SummaryState};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -347,13 +348,14 @@ impl Run {
                 () = shutdown::sleep_until(self.core.deadline()) => Input::Deadline,
                 _ = tick.tick() => Input::Tick { space: self.free_space() },
             };
-            // An action that fails comes back as an input, decided at once.
-            let mut next = Some(input);
-            while let Some(input) = next.take() {
+            // An action that fails comes back as an input, decided at once;
+            // every one of them, however many one input's actions give.
+            let mut pending = VecDeque::from([input]);
+            while let Some(input) = pending.pop_front() {
                 self.core.handle(input, Instant::now(), &mut actions);
                 for action in actions.drain(..) {
                     if let Some(failed) = self.act(action, cx) {
-                        next = Some(failed);
+                        pending.push_back(failed);
                     }
                 }
             }
