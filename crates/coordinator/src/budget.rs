@@ -145,7 +145,11 @@ impl Budget {
             // is not about the rate (names refused whatever the rate). End
             // the slow-down and leave it to the per-name retries a while.
             match self.cut_share {
-                None if self.slowdown.is_none() => self.cut_share = Some((now, None)),
+                // Judged again whenever a judgement ends with pushback still
+                // coming: a slow-down that one judgement let stand (a
+                // second whose few answers happened to look better) must
+                // not then cut for the rest of the run.
+                None => self.cut_share = Some((now, None)),
                 Some((at, None)) if now.saturating_duration_since(at) >= HOLD => {
                     self.cut_share = Some((at, Some(share)));
                 }
@@ -364,6 +368,33 @@ mod tests {
         }
         assert_eq!(b.share(2), (None, false));
         assert!(slowed <= 2, "{slowed}");
+    }
+
+    #[test]
+    fn pushback_that_stops_answering_to_cuts_later_ends_the_slow_down_too() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(2, None, true, t0);
+        let mut t = t0;
+        let mut tick = |b: &mut Budget, refused: u32| {
+            t += SEC;
+            b.report(0, 1000 - refused, refused, t - MS10);
+            b.report(1, 1000 - refused, refused, t - MS10);
+            b.tick(t, 2);
+        };
+        // The first cut seems to help: a tenth refused, then a fiftieth.
+        tick(&mut b, 100);
+        tick(&mut b, 100);
+        tick(&mut b, 20);
+        assert!(b.slowing());
+        // Then a tenth refused second after second, whatever the rate
+        // (names refused once each): the slow-down must end, not cut the
+        // run down to its floor.
+        let mut ended = false;
+        for _ in 0..6 {
+            tick(&mut b, 100);
+            ended |= !b.slowing();
+        }
+        assert!(ended, "still slowed to {:?}", b.slowdown_rate());
     }
 
     #[test]
