@@ -23,11 +23,15 @@
 #      clean and at --error-rate 0.2, alternating in every round;
 #   7. reference servers and pipelining (block `refs`): nginx (Debian's
 #      nginx-light, one worker) serving the same API from static files
-#      beside bulkget-server; against each, in the same rounds: wrk without
-#      pipelining and pipelined at depths 4 and 16 (scripts/wrk-names.lua),
+#      beside bulkget-server, and bulkget-server --coalesce-pipelined (one
+#      write for the answers to requests read together, where nginx and
+#      the plain server write each answer on its own); against each, in the
+#      same rounds: wrk without pipelining and pipelined at depths 4, 8 and
+#      16 (scripts/wrk-names.lua; 4, 16 and 64 on the coalescing server),
 #      h2load over h2c at 4 and 16 streams per connection, and
-#      `bulkget fetch --sink null --pipeline 1, 4 and 16`; then the dir and
-#      sqlite sinks at those depths (and the default's), bulkget-server only;
+#      `bulkget fetch --sink null` at each of those `--pipeline` depths;
+#      then the dir and sqlite sinks at 1, 4 and 16 (and the default's),
+#      bulkget-server only;
 #   8. latency (block `latency`): bulkget-server --latency-ms 1, 10 and 50,
 #      files/s with the defaults (adaptive) against fixed --connections
 #      (--adaptive off) at several counts, so "defaults ÷ best fixed" reads
@@ -812,16 +816,20 @@ fi
 
 # ---------------------------------------------------------------- 7: refs
 if want refs; then
-  # The same rounds against bulkget-server and against nginx: wrk at depths
-  # 1, 4, 16, h2load at 4 and 16 streams, bulkget --pipeline 1, 4, 16 (null
+  # The same rounds against each server: wrk at depth 1 and pipelined,
+  # h2load at 4 and 16 streams, bulkget at the same --pipeline depths (null
   # sink). Each ratio is against wrk at depth 1 on the same server in the
-  # same round.
-  n=$REF_SIZE
-  depths="1 4 8 16"
-  for ref in bulkget-server nginx; do
+  # same round. The coalescing server answers so fast that 200,000 files
+  # are mostly bulkget's start-up and listing: it serves five times as many.
+  for ref in bulkget-server coalescing nginx; do
+    n=$REF_SIZE
+    depths="1 4 8 16"
     if [[ $ref == nginx ]]; then
       command -v nginx >/dev/null || { note "nginx is not installed: no nginx reference"; continue; }
       start_nginx "$n"
+    elif [[ $ref == coalescing ]]; then
+      n=$((REF_SIZE * 5)) depths="1 4 16 64"
+      start_server "$n" --coalesce-pipelined; H2_URL=$URL
     else
       start_server "$n"; H2_URL=$URL
     fi
@@ -837,6 +845,7 @@ if want refs; then
   done
   # The sinks with and without pipelining: what the protocol saves when the
   # file system's work is added (bulkget-server, as the main table).
+  n=$REF_SIZE
   start_server "$n"
   WRK_TAG="ref-sinks"
   for r in $(seq "$RUNS"); do

@@ -715,7 +715,13 @@ def cmd_report(results, meta_path):
             w("")
 
     # ---- reference servers and pipelining
-    refs = [r for r in rows if r.get("tag") in ("ref-bulkget-server", "ref-nginx")]
+    # The reference servers, by tag, and how the tables name them.
+    ref_servers = [
+        ("ref-bulkget-server", "bulkget-server"),
+        ("ref-coalescing", "bulkget-server --coalesce-pipelined"),
+        ("ref-nginx", "nginx"),
+    ]
+    refs = [r for r in rows if r.get("tag") in dict(ref_servers)]
     if refs:
         w("## Reference servers and pipelining (null sink)\n")
         w(
@@ -728,9 +734,8 @@ def cmd_report(results, meta_path):
         )
         w("| server | client | depth or streams | runs | req/s or files/s | × wrk depth 1 | CPU µs/request or file | resent | complete |")
         w("|---|---|---:|---:|---:|---:|---:|---:|---|")
-        for tag in ["ref-bulkget-server", "ref-nginx"]:
+        for tag, server in ref_servers:
             rs_tag = [r for r in refs if r.get("tag") == tag]
-            server = tag[len("ref-"):]
             wr = [r for r in rs_tag if r["kind"] == "wrk"]
             for (depth,), rs in sorted(_group(wr, ["depth"]).items(), key=lambda kv: int(kv[0][0] or 1)):
                 ratios = [_num(r["rps"]) / r["_wrk"] for r in rs if r.get("_wrk")]
@@ -759,7 +764,7 @@ def cmd_report(results, meta_path):
         w(f"Against the targets of issue 16 (bulkget at this build's default, `--pipeline {default}`, and at its best depth):\n")
         w("| target | server | measured | met |")
         w("|---|---|---|---|")
-        for tag in ["ref-bulkget-server", "ref-nginx"]:
+        for tag, server in ref_servers:
             fe = [r for r in refs if r.get("tag") == tag and r["kind"] == "fetch"]
             if not fe:
                 continue
@@ -771,11 +776,11 @@ def cmd_report(results, meta_path):
                     continue
                 ratio, cpu = st["vs_wrk"], st["cpu_us"]
                 w(
-                    f"| null sink ≥ 1.3 × wrk's unpipelined ceiling ({label}: depth {d}) | {tag[4:]} | "
+                    f"| null sink ≥ 1.3 × wrk's unpipelined ceiling ({label}: depth {d}) | {server} | "
                     f"{_fmt(ratio, 2)} × | {'yes' if ratio and ratio >= 1.3 else 'no'} |"
                 )
                 w(
-                    f"| client CPU ≤ 5 µs per file, null sink ({label}: depth {d}) | {tag[4:]} | "
+                    f"| client CPU ≤ 5 µs per file, null sink ({label}: depth {d}) | {server} | "
                     f"{_fmt(cpu, 1)} µs | {'yes' if cpu <= 5 else 'no'} |"
                 )
         w("")

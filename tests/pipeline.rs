@@ -84,6 +84,25 @@ fn requests_behind_a_keep_alive_limit_are_sent_again_and_pipelining_goes_on() {
 }
 
 #[test]
+fn a_server_that_coalesces_its_answers_is_pipelined_at_the_defaults_without_loss() {
+    // `--coalesce-pipelined` writes the answers to requests read together
+    // in one write, many to a segment: the client's reader must take them
+    // apart byte for byte.
+    let server = Server::start(&["--files", "20000", "--coalesce-pipelined"]);
+    let ws = Workspace::new();
+    let mut cmd = fetch_command(&server.url, &ws, &[]);
+    cmd.env("RUST_LOG", "warn");
+    let output = cmd.output().unwrap();
+    assert_code(&output, 0);
+    assert_eq!(verify_flat(&ws.out(), &server.dataset()), 20_000);
+    let s = shards(&ws);
+    assert!(depths(&s).iter().all(|&d| d == 16), "{:?}", depths(&s));
+    assert_eq!(fallbacks(&output.stderr), 0, "{}", text(&output.stderr));
+    assert_eq!(sum(&s, "retries"), 0);
+    assert_eq!(server.stats()["requests"]["get"].as_u64().unwrap(), 20_000);
+}
+
+#[test]
 fn a_server_that_closes_after_two_answers_makes_each_worker_fall_back_once() {
     let server = Server::start(&["--files", "3000", "--keepalive-requests", "2"]);
     let ws = Workspace::new();

@@ -18,7 +18,10 @@
 //! Connections are keep-alive HTTP/1.1, or HTTP/2 with prior knowledge
 //! (h2c: the HTTP/2 preface tells them apart), served by hyper on a
 //! multi-thread tokio runtime (`--threads`, default: one worker per CPU).
-//! `--http1-only` refuses HTTP/2. The server never closes an idle
+//! `--http1-only` refuses HTTP/2. Pipelined HTTP/1.1 answers are written
+//! one at a time, as nginx writes them, unless `--coalesce-pipelined`
+//! (hyper's `pipeline_flush`) writes the answers to requests read together
+//! at once. The server never closes an idle
 //! keep-alive connection itself, so connection counts in [`ServerStats`]
 //! depend only on the client. `--addr` (alias `--bind`) takes IPv4 or IPv6
 //! (`::1`, `[::1]`).

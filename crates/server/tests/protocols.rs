@@ -477,3 +477,51 @@ async fn ipv6_loopback_serves_plain_and_tls() {
     let mut conn = Conn::tls(secure.addr, &client, "::1").await;
     assert_eq!(list_and_get(&mut conn).await, Version::HTTP_2);
 }
+
+/// Reads pipelined answers of `size`-byte files off `buf`: their bodies in
+/// order, and how many bytes they took (a head ends at a blank line and
+/// the body is `size` bytes, as the server writes them).
+fn split_answers(buf: &[u8], size: usize) -> (Vec<Vec<u8>>, usize) {
+    let mut bodies = Vec::new();
+    let mut at = 0;
+    while let Some(end) = buf[at..].windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = std::str::from_utf8(&buf[at..at + end]).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        let body = at + end + 4;
+        if buf.len() < body + size {
+            break;
+        }
+        bodies.push(buf[body..body + size].to_vec());
+        at = body + size;
+    }
+    (bodies, at)
+}
+
+/// `--coalesce-pipelined`: the answers to requests that arrived together
+/// leave in one write, so a client's first read returns all of them, each
+/// the file its request named, in order. (Without the flag each answer is
+/// its own write, and a read returns however many had arrived.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn coalesced_pipelined_answers_arrive_together_and_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let server = serve(ServerArgs {
+        coalesce_pipelined: true,
+        ..ServerArgs::default()
+    });
+    let names: Vec<String> = (0..8).map(|i| format!("file-{:010}", i * 7)).collect();
+    let requests: String = names
+        .iter()
+        .map(|n| format!("GET /get/{n} HTTP/1.1\r\nHost: localhost\r\n\r\n"))
+        .collect();
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let n = stream.read(&mut buf).await.unwrap();
+    let (bodies, used) = split_answers(&buf[..n], 100);
+    assert_eq!(used, n, "the read ends where an answer ends");
+    assert_eq!(bodies.len(), names.len(), "one read holds every answer");
+    for (body, name) in bodies.iter().zip(&names) {
+        assert_eq!(body, &content(name, 100), "{name}");
+    }
+    assert_eq!(server.stats().connections_accepted, 1);
+}
