@@ -149,6 +149,9 @@ pub struct Engine {
     /// until a server shows it mishandles pipelining; then 1 for the rest of
     /// this process (see [`Engine::fall_back`]).
     depth: Cell<u32>,
+    /// The pipelined answers' latency, smoothed (a sixteenth of each new
+    /// one), for the hold before the thread parks ([`crate::park`]).
+    pipelined_latency: Cell<Duration>,
     /// The in-flight limit and the pacing every request goes through.
     pub governor: Governor,
     pub counters: Counters,
@@ -218,6 +221,7 @@ impl Engine {
             drain_progress: Notify::new(),
             jitter: RefCell::new(Jitter::from_entropy()),
             depth: Cell::new(depth),
+            pipelined_latency: Cell::new(Duration::ZERO),
             governor,
             counters,
         })
@@ -536,6 +540,23 @@ impl Engine {
         self.queue.borrow_mut().pop_front()
     }
 
+    /// Folds a pipelined answer's latency into the smoothed one and sets
+    /// the hold before the thread parks from it and the requests still in
+    /// flight.
+    fn note_pipelined_latency(&self, latency: Duration) {
+        let old = self.pipelined_latency.get();
+        let smoothed = if latency > old {
+            old + (latency - old) / 16
+        } else {
+            old - (old - latency) / 16
+        };
+        self.pipelined_latency.set(smoothed);
+        crate::park::set_hold(crate::park::hold_for(
+            self.counters.in_flight.get(),
+            smoothed,
+        ));
+    }
+
     /// Opens a pipelined connection and counts it.
     async fn open_pipelined(&self) -> Result<PipeConn, FetchError> {
         let conn = PipeConn::connect(&self.endpoint, &self.transport).await?;
@@ -734,6 +755,7 @@ impl Engine {
                 c.latency
                     .borrow_mut()
                     .record(answer.latency.as_micros() as u64);
+                self.note_pipelined_latency(answer.latency);
                 self.governor
                     .judge_at(outcome(&answer.result, answer.latency), answer.at);
                 spare = true;
@@ -757,6 +779,10 @@ impl Engine {
                 }
                 drop(queue);
                 self.work_ready.notify_waiters();
+                crate::park::set_hold(crate::park::hold_for(
+                    c.in_flight.get(),
+                    self.pipelined_latency.get(),
+                ));
                 if let Some(fault) = live.fault() {
                     self.fall_back(fault);
                 }

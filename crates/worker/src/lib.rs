@@ -4,7 +4,8 @@
 //! subcommand) with one end of a Unix socket pair as file descriptor 3. It
 //! runs one tokio `current_thread` runtime, so everything below runs on one
 //! thread and shares state through `Rc` and `Cell` with no locks or atomics
-//! on the per-file path.
+//! on the per-file path (the runtime's park hook, on the same thread, reads
+//! a thread-local `Cell`: [`park`]).
 //!
 //! # Theory of operation
 //!
@@ -18,6 +19,8 @@
 //! - [`session`]: the conversation with the coordinator: hello, batches,
 //!   shutdown, end of stream; and the process's exit.
 //! - [`stats_file`]: `shards/shard-KK.json`, rewritten every interval.
+//! - [`park`]: the short wait before the thread sleeps, so that it wakes to
+//!   many answers at once.
 //!
 //! Invariants: a `BatchDone` is sent only after the sink commit that covers
 //! every name of the batch; a worker whose socket reaches end-of-stream
@@ -26,6 +29,7 @@
 
 pub mod engine;
 pub mod governor;
+pub mod park;
 pub mod session;
 pub mod stats_file;
 

@@ -50,6 +50,7 @@ pub fn run_on_fd(fd: RawFd) -> i32 {
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::park::before_park)
         .build()
     {
         Ok(rt) => rt,
