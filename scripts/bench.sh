@@ -661,7 +661,8 @@ if want latency; then
     for r in $(seq "$RUNS"); do
       start_server "$n" --latency-ms "$lat"
       ROW_EXTRA="latency=$lat mode=default" STATS_URL=$URL run_fetch latency "$n" null - "$CONNS" $BATCH $WINDOW 0 1000
-      for c in 32 128 512; do
+      # The default's --connections too: the most the defaults may open.
+      for c in $(printf '%s\n' 32 128 "$CONNS" 512 | sort -un); do
         start_server "$n" --latency-ms "$lat"
         ROW_EXTRA="latency=$lat mode=fixed" STATS_URL=$URL run_fetch latency "$n" null - "$c" $BATCH $WINDOW 0 1000 --adaptive off
       done
