@@ -99,8 +99,11 @@ pub struct FetchArgs {
     /// on plain http:// over HTTP/1.1 (over TLS or HTTP/2 it does not
     /// apply). A server that mishandles pipelining (closes connections
     /// early, stalls or misframes a response) makes each worker fall back to
-    /// 1, logged once. 16 measured 1.32 × wrk's unpipelined rate and 0.61 ×
-    /// the CPU per file of depth 1 (docs/BENCHMARKS.md).
+    /// 1, logged once. 16 measured 1.43 × wrk's unpipelined rate and 0.25 ×
+    /// the CPU per file of depth 1 against a server that writes each answer
+    /// on its own. Depths above 25 fall back against a server that closes
+    /// each connection after 100 requests, as Apache does by default
+    /// (docs/BENCHMARKS.md).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=bulkget_http::MAX_PIPELINE_DEPTH as i64))]
     pub pipeline: u32,
     /// Where files go.
