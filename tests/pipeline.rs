@@ -84,6 +84,28 @@ fn requests_behind_a_keep_alive_limit_are_sent_again_and_pipelining_goes_on() {
 }
 
 #[test]
+fn at_the_defaults_a_worker_holds_before_sleeping_and_unpipelined_never() {
+    // With hundreds of pipelined requests out, a worker that finds nothing
+    // to do waits a little before it sleeps, so that it wakes to many
+    // answers (crates/worker/src/park.rs); the shards count those holds.
+    // One request per connection never gets there.
+    let server = Server::start(&["--files", "100000"]);
+    let ws = Workspace::new();
+    let output = fetch(&server, &ws, &["--sink", "null"]);
+    assert_code(&output, 0);
+    let s = shards(&ws);
+    assert_eq!(sum(&s, "files_ok"), 100_000);
+    assert!(sum(&s, "parks_held") > 0, "no worker held: {s:?}");
+
+    let ws = Workspace::new();
+    let output = fetch(&server, &ws, &["--sink", "null", "--pipeline", "1"]);
+    assert_code(&output, 0);
+    let s = shards(&ws);
+    assert_eq!(sum(&s, "files_ok"), 100_000);
+    assert_eq!(sum(&s, "parks_held"), 0);
+}
+
+#[test]
 fn a_server_that_coalesces_its_answers_is_pipelined_at_the_defaults_without_loss() {
     // `--coalesce-pipelined` writes the answers to requests read together
     // in one write, many to a segment: the client's reader must take them

@@ -234,6 +234,11 @@ pub struct ShardStats {
     /// Requests in flight per connection now: `--pipeline`, or 1 after this
     /// worker found its server mishandling pipelining.
     pub pipeline_depth: u32,
+    /// Times the worker held off before sleeping, so as to wake to many
+    /// pipelined answers at once (with 512 or more requests in flight).
+    /// Absent from files written before it existed.
+    #[serde(default)]
+    pub parks_held: u64,
     /// Responses by HTTP status code (`"200"`, `"503"`, ...) plus `"error"`
     /// for attempts that got no status (connect error, reset, timeout). Only
     /// codes seen appear. Every attempt counts, retried ones included.

@@ -42,6 +42,8 @@ const LATENCY_SHARE: u32 = 16;
 
 thread_local! {
     static HOLD: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    /// Holds so far, for the shard's stats file (`parks_held`).
+    static HOLDS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// How long the thread holds before it parks, with `in_flight` requests
@@ -62,8 +64,14 @@ pub fn set_hold(hold: Duration) {
 pub fn before_park() {
     let hold = HOLD.get();
     if !hold.is_zero() {
+        HOLDS.set(HOLDS.get() + 1);
         std::thread::sleep(hold);
     }
+}
+
+/// How many times this thread has held before parking.
+pub fn holds() -> u64 {
+    HOLDS.get()
 }
 
 #[cfg(test)]
@@ -97,6 +105,9 @@ mod tests {
         let start = std::time::Instant::now();
         before_park();
         assert!(start.elapsed() >= Duration::from_millis(20));
+        assert_eq!(holds(), 1);
         set_hold(Duration::ZERO);
+        before_park();
+        assert_eq!(holds(), 1, "no hold, no count");
     }
 }

@@ -101,6 +101,7 @@ impl StatsFile {
             retries: c.retries.get(),
             pipeline_retries: c.pipeline_retries.get(),
             pipeline_depth: c.pipeline_depth.get(),
+            parks_held: crate::park::holds(),
             http_status: c.status.borrow().to_map(),
             in_flight: c.in_flight.get(),
             open_connections: c.open_connections.get(),

@@ -43,6 +43,7 @@ fn shard(n: u32, files_ok: u64, updated_secs_ago: u64) -> ShardStats {
         retries: 3,
         pipeline_retries: 0,
         pipeline_depth: 1,
+        parks_held: 0,
         http_status: BTreeMap::from([("200".to_string(), files_ok), ("503".to_string(), 3)]),
         in_flight: 64,
         open_connections: 64,
