@@ -540,9 +540,8 @@ impl Engine {
         self.queue.borrow_mut().pop_front()
     }
 
-    /// Folds a pipelined answer's latency into the smoothed one and sets
-    /// the hold before the thread parks from it and the requests still in
-    /// flight.
+    /// Folds a pipelined answer's latency into the smoothed one, and
+    /// updates the hold before the thread parks.
     fn note_pipelined_latency(&self, latency: Duration) {
         let old = self.pipelined_latency.get();
         let smoothed = if latency > old {
@@ -551,9 +550,16 @@ impl Engine {
             old - (old - latency) / 16
         };
         self.pipelined_latency.set(smoothed);
+        self.update_hold();
+    }
+
+    /// Sets the hold before the thread parks from the requests in flight
+    /// now and the smoothed latency: called wherever pipelined requests
+    /// leave flight.
+    fn update_hold(&self) {
         crate::park::set_hold(crate::park::hold_for(
             self.counters.in_flight.get(),
-            smoothed,
+            self.pipelined_latency.get(),
         ));
     }
 
@@ -779,10 +785,7 @@ impl Engine {
                 }
                 drop(queue);
                 self.work_ready.notify_waiters();
-                crate::park::set_hold(crate::park::hold_for(
-                    c.in_flight.get(),
-                    self.pipelined_latency.get(),
-                ));
+                self.update_hold();
                 if let Some(fault) = live.fault() {
                     self.fall_back(fault);
                 }
